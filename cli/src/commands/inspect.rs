@@ -1,0 +1,102 @@
+//! `switchyard inspect MODEL`: what is inside a `.tflite` file.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use switchyard_delegates::CpuResolver;
+use switchyard_interpreter::Model;
+
+#[derive(Args)]
+pub struct InspectArgs {
+    /// Path to a .tflite model.
+    pub model: PathBuf,
+    /// List every node, not only the operator summary.
+    #[arg(long)]
+    pub nodes: bool,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: InspectArgs) -> anyhow::Result<()> {
+    let model = Model::from_path(&args.model)
+        .with_context(|| format!("loading {}", args.model.display()))?;
+    let mut report = Vec::new();
+    for (si, sg) in model.subgraphs.iter().enumerate() {
+        let mut ops: BTreeMap<String, (usize, bool)> = BTreeMap::new();
+        for n in &sg.nodes {
+            let e = ops
+                .entry(n.op.to_string())
+                .or_insert((0, CpuResolver::knows(&n.op)));
+            e.0 += 1;
+        }
+        let io = |ts: &[usize]| -> Vec<serde_json::Value> {
+            ts.iter()
+                .map(|&t| {
+                    let d = &sg.tensors[t];
+                    serde_json::json!({"name": d.name, "dtype": d.dtype.name(), "shape": d.shape, "signature": d.shape_signature})
+                })
+                .collect()
+        };
+        let nodes: Vec<serde_json::Value> = if args.nodes {
+            sg.nodes
+                .iter()
+                .map(|n| serde_json::json!({"index": n.index, "op": n.op.to_string(), "version": n.version,
+                    "inputs": n.inputs, "outputs": n.outputs, "options": format!("{:?}", n.options)}))
+                .collect()
+        } else {
+            vec![]
+        };
+        report.push(serde_json::json!({
+            "subgraph": si, "name": sg.name, "tensors": sg.tensors.len(), "nodes": sg.nodes.len(),
+            "inputs": io(&sg.inputs), "outputs": io(&sg.outputs),
+            "ops": ops.iter().map(|(k, (n, s))| serde_json::json!({"op": k, "count": n, "cpu": s})).collect::<Vec<_>>(),
+            "node_list": nodes,
+        }));
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    println!(
+        "{}: {} bytes, {} subgraph(s)",
+        args.model.display(),
+        model.byte_len,
+        model.subgraphs.len()
+    );
+    for (si, sg) in model.subgraphs.iter().enumerate() {
+        println!(
+            "subgraph {si} {:?}: {} tensors, {} nodes",
+            sg.name,
+            sg.tensors.len(),
+            sg.nodes.len()
+        );
+        for (kind, ts) in [("input", &sg.inputs), ("output", &sg.outputs)] {
+            for &t in ts.iter() {
+                let d = &sg.tensors[t];
+                println!(
+                    "  {kind} {t}: {} {} {:?} sig {:?}",
+                    d.name, d.dtype, d.shape, d.shape_signature
+                );
+            }
+        }
+        let mut ops: BTreeMap<String, usize> = BTreeMap::new();
+        for n in &sg.nodes {
+            *ops.entry(n.op.to_string()).or_default() += 1;
+        }
+        for (op, count) in ops {
+            println!("  {count:>4} x {op}");
+        }
+        if args.nodes {
+            for n in &sg.nodes {
+                println!(
+                    "  node {:>3} {} v{} in {:?} out {:?} {:?}",
+                    n.index, n.op, n.version, n.inputs, n.outputs, n.options
+                );
+            }
+        }
+    }
+    Ok(())
+}

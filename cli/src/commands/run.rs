@@ -1,0 +1,68 @@
+//! `switchyard run --local MODEL --inputs a.npy[,b.npy] --out DIR`: run a model in this
+//! process and write `DIR/output_<i>.npy` in subgraph-0 output order.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use switchyard_delegates::CpuResolver;
+use switchyard_interpreter::{Interpreter, InterpreterOptions, Model, npy};
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// Path to a .tflite model.
+    pub model: PathBuf,
+    /// Input tensors as .npy files, comma separated, in the model's input order.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub inputs: Vec<PathBuf>,
+    /// Directory for output_<i>.npy files (created if missing).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Run in this process instead of through the daemon.
+    #[arg(long)]
+    pub local: bool,
+    /// Kernel threads.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// Use the reference kernels (slow, the correctness oracle).
+    #[arg(long)]
+    pub reference: bool,
+}
+
+pub fn run(args: RunArgs) -> anyhow::Result<()> {
+    if !args.local {
+        bail!("running through the daemon is not available in this build yet; pass --local");
+    }
+    let model = Arc::new(
+        Model::from_path(&args.model)
+            .with_context(|| format!("loading {}", args.model.display()))?,
+    );
+    let resolver = if args.reference {
+        CpuResolver::reference()
+    } else {
+        CpuResolver::optimized()
+    };
+    let options = InterpreterOptions {
+        threads: args.threads.max(1),
+        ..Default::default()
+    };
+    let inputs = args
+        .inputs
+        .iter()
+        .map(|p| npy::read(p).with_context(|| format!("reading {}", p.display())))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut interpreter =
+        Interpreter::new(model, Arc::new(resolver), options).context("preparing the model")?;
+    let views: Vec<_> = inputs.iter().map(|t| t.view()).collect();
+    let outputs = interpreter.run(&views).context("running the model")?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    for (i, t) in outputs.iter().enumerate() {
+        let path = args.out.join(format!("output_{i}.npy"));
+        npy::write(&path, t.dtype, &t.shape, t.data.as_slice())
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("{}: {} {:?}", path.display(), t.dtype, t.shape);
+    }
+    Ok(())
+}

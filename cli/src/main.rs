@@ -1,0 +1,46 @@
+//! `switchyard`: the user and admin command line.
+//!
+//! Layout: `main.rs` parses arguments and dispatches; each subcommand lives in its own
+//! module under `commands/`.
+
+mod commands;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "switchyard",
+    version,
+    about = "Run and inspect on-device ML models with Switchyard"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a model on input tensors (.npy) and write its outputs as .npy files.
+    Run(commands::run::RunArgs),
+    /// Print a model's subgraphs, tensors and operators.
+    Inspect(commands::inspect::InspectArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env("SWITCHYARD_LOG"))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => commands::run::run(args),
+        Command::Inspect(args) => commands::inspect::run(args),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
