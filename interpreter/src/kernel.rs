@@ -106,6 +106,13 @@ pub trait OpKernel: Send + Sync {
         outputs: &mut [TensorViewMut<'_>],
     ) -> Result<(), KernelError>;
 
+    /// Node inputs this kernel updates in place (variable tensors such as LSTM state).
+    /// The executor passes them as extra outputs after the node's own outputs, in this
+    /// order, and as `None` among the inputs.
+    fn mutated_inputs(&self) -> &[usize] {
+        &[]
+    }
+
     /// Short name for profiles, e.g. "conv2d/f32/im2col".
     fn name(&self) -> &str {
         "kernel"
