@@ -884,10 +884,12 @@ impl Interpreter {
     ) -> Result<(), RunError> {
         let err = |e: KernelError| kernel_err(si, node, e);
         match step {
-            Step::Kernel { kernel, .. } => with_node_io(&self.model, sg, rt, node, |ins, outs| {
-                kernel.eval(ins, outs)
-            })
-            .map_err(err),
+            Step::Kernel { kernel, .. } => {
+                with_node_io(sg, rt, node, kernel.mutated_inputs(), |ins, outs| {
+                    kernel.eval(ins, outs)
+                })
+                .map_err(err)
+            }
             Step::Lazy { .. } => {
                 let prepared = {
                     let values: Vec<Option<&[u8]>> = node
@@ -906,9 +908,13 @@ impl Interpreter {
                         other => *other = Storage::Heap(AlignedBuf::zeroed(len)),
                     }
                 }
-                with_node_io(&self.model, sg, rt, node, |ins, outs| {
-                    prepared.kernel.eval(ins, outs)
-                })
+                with_node_io(
+                    sg,
+                    rt,
+                    node,
+                    prepared.kernel.mutated_inputs(),
+                    |ins, outs| prepared.kernel.eval(ins, outs),
+                )
                 .map_err(err)
             }
             Step::CallOnce { init_sg, .. } => {
@@ -1122,26 +1128,39 @@ fn store_outputs(
 /// that they are disjoint from each other and from every input; heap outputs are moved
 /// out of the storage table for the duration of the call.
 fn with_node_io<R>(
-    model: &Model,
     sg: &Subgraph,
     rt: &mut SubgraphRuntime,
     node: &Node,
+    mutated_inputs: &[usize],
     f: impl FnOnce(&[Option<TensorView<'_>>], &mut [TensorViewMut<'_>]) -> Result<R, KernelError>,
 ) -> Result<R, KernelError> {
-    let _ = model;
     let SubgraphRuntime {
         shapes,
         storage,
         arena,
         ..
     } = rt;
+    // Writable tensors: the node's outputs, then the inputs it updates in place.
+    let mut written: Vec<usize> = node.outputs.clone();
+    for &k in mutated_inputs {
+        let t = node
+            .inputs
+            .get(k)
+            .copied()
+            .flatten()
+            .ok_or_else(|| KernelError::invalid(format!("mutated input {k} is absent")))?;
+        written.push(t);
+    }
     let mut taken: Vec<(usize, AlignedBuf)> = Vec::new();
     let mut arena_outs: Vec<(usize, Range<usize>)> = Vec::new();
-    for (k, &o) in node.outputs.iter().enumerate() {
+    for (k, &o) in written.iter().enumerate() {
         match &mut storage[o] {
             Storage::Heap(b) => taken.push((k, std::mem::take(b))),
             Storage::Arena(r) => arena_outs.push((k, r.clone())),
             Storage::Const | Storage::Absent => {
+                for (k, buf) in taken.drain(..) {
+                    storage[written[k]] = Storage::Heap(buf);
+                }
                 return Err(KernelError::invalid(format!(
                     "output tensor {o} is not writable"
                 )));
@@ -1150,15 +1169,15 @@ fn with_node_io<R>(
     }
     let result = (|| {
         let (out_slices, gaps) = split_arena(arena.as_mut_slice(), &arena_outs)?;
-        let mut slots: Vec<Option<&mut [u8]>> = (0..node.outputs.len()).map(|_| None).collect();
+        let mut slots: Vec<Option<&mut [u8]>> = (0..written.len()).map(|_| None).collect();
         for ((k, _), s) in arena_outs.iter().zip(out_slices) {
             slots[*k] = Some(s);
         }
         for (k, buf) in taken.iter_mut() {
             slots[*k] = Some(buf.as_mut_slice());
         }
-        let mut outputs = Vec::with_capacity(node.outputs.len());
-        for (&o, slot) in node.outputs.iter().zip(slots) {
+        let mut outputs = Vec::with_capacity(written.len());
+        for (&o, slot) in written.iter().zip(slots) {
             let bytes = slot.ok_or_else(|| KernelError::invalid("output listed twice"))?;
             outputs.push(TensorViewMut {
                 dtype: sg.tensors[o].dtype,
@@ -1168,15 +1187,19 @@ fn with_node_io<R>(
             });
         }
         let mut inputs = Vec::with_capacity(node.inputs.len());
-        for t in &node.inputs {
+        for (k, t) in node.inputs.iter().enumerate() {
             let Some(t) = *t else {
                 inputs.push(None);
                 continue;
             };
+            if mutated_inputs.contains(&k) {
+                inputs.push(None);
+                continue;
+            }
             let bytes: &[u8] = match &storage[t] {
                 Storage::Const => sg.tensors[t].data.as_ref().map_or(&[], |d| d.as_slice()),
                 Storage::Heap(b) => {
-                    if node.outputs.contains(&t) {
+                    if written.contains(&t) {
                         return Err(KernelError::invalid(format!(
                             "tensor {t} is both input and output"
                         )));
@@ -1196,7 +1219,7 @@ fn with_node_io<R>(
         f(&inputs, &mut outputs)
     })();
     for (k, buf) in taken {
-        storage[node.outputs[k]] = Storage::Heap(buf);
+        storage[written[k]] = Storage::Heap(buf);
     }
     result
 }

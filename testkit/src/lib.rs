@@ -9,11 +9,16 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
-use switchyard_interpreter::{npy, DType, Interpreter, InterpreterOptions, Model, OpResolver, Tensor};
+use switchyard_interpreter::{
+    DType, Interpreter, InterpreterOptions, Model, OpResolver, Tensor, npy,
+};
 
 /// The repository root (this crate lives one level below it).
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
 }
 
 /// The venv's Python, or a panic telling how to create it.
@@ -47,7 +52,11 @@ pub enum LiteRtKernels {
 }
 
 /// Runs `model` in LiteRT on `inputs` and returns its outputs in subgraph-0 order.
-pub fn litert_run(model: &[u8], inputs: &[Tensor], kernels: LiteRtKernels) -> Result<Vec<Tensor>, String> {
+pub fn litert_run(
+    model: &[u8],
+    inputs: &[Tensor],
+    kernels: LiteRtKernels,
+) -> Result<Vec<Tensor>, String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let model_path = dir.path().join("model.tflite");
     std::fs::write(&model_path, model).map_err(|e| e.to_string())?;
@@ -70,9 +79,14 @@ pub fn litert_run(model: &[u8], inputs: &[Tensor], kernels: LiteRtKernels) -> Re
     if kernels == LiteRtKernels::Xnnpack {
         cmd.arg("--xnnpack");
     }
-    let out = cmd.output().map_err(|e| format!("cannot start LiteRT: {e}"))?;
+    let out = cmd
+        .output()
+        .map_err(|e| format!("cannot start LiteRT: {e}"))?;
     if !out.status.success() {
-        return Err(format!("LiteRT failed: {}", String::from_utf8_lossy(&out.stderr)));
+        return Err(format!(
+            "LiteRT failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
     }
     let mut outputs = Vec::new();
     for i in 0.. {
@@ -86,9 +100,14 @@ pub fn litert_run(model: &[u8], inputs: &[Tensor], kernels: LiteRtKernels) -> Re
 }
 
 /// Runs `model` in Switchyard with `resolver`.
-pub fn switchyard_run(model: &[u8], inputs: &[Tensor], resolver: Arc<dyn OpResolver>) -> Result<Vec<Tensor>, String> {
+pub fn switchyard_run(
+    model: &[u8],
+    inputs: &[Tensor],
+    resolver: Arc<dyn OpResolver>,
+) -> Result<Vec<Tensor>, String> {
     let model = Arc::new(Model::from_bytes(model).map_err(|e| e.to_string())?);
-    let mut it = Interpreter::new(model, resolver, InterpreterOptions::default()).map_err(|e| e.to_string())?;
+    let mut it = Interpreter::new(model, resolver, InterpreterOptions::default())
+        .map_err(|e| e.to_string())?;
     let views: Vec<_> = inputs.iter().map(|t| t.view()).collect();
     it.run(&views).map_err(|e| e.to_string())
 }
@@ -99,7 +118,9 @@ pub enum Tolerance {
     /// `|a - e| <= rel * max(|e|, 0.01 * max|E|)`: relative per element, with a floor
     /// proportional to the tensor's magnitude so values near zero are not held to an
     /// impossible relative bound.
-    Float { rel: f64 },
+    Float {
+        rel: f64,
+    },
     /// Integer outputs within `steps` quantization steps.
     Steps(i64),
     Exact,
@@ -118,12 +139,27 @@ pub fn default_tolerance(dtype: DType) -> Tolerance {
 pub fn to_f64(t: &Tensor) -> Vec<f64> {
     let b = t.data.as_slice();
     match t.dtype {
-        DType::F32 => bytemuck::cast_slice::<u8, f32>(b).iter().map(|&v| v as f64).collect(),
+        DType::F32 => bytemuck::cast_slice::<u8, f32>(b)
+            .iter()
+            .map(|&v| v as f64)
+            .collect(),
         DType::F64 => bytemuck::cast_slice::<u8, f64>(b).to_vec(),
-        DType::F16 => bytemuck::cast_slice::<u8, half::f16>(b).iter().map(|v| v.to_f64()).collect(),
-        DType::I32 => bytemuck::cast_slice::<u8, i32>(b).iter().map(|&v| v as f64).collect(),
-        DType::I64 => bytemuck::cast_slice::<u8, i64>(b).iter().map(|&v| v as f64).collect(),
-        DType::I16 => bytemuck::cast_slice::<u8, i16>(b).iter().map(|&v| v as f64).collect(),
+        DType::F16 => bytemuck::cast_slice::<u8, half::f16>(b)
+            .iter()
+            .map(|v| v.to_f64())
+            .collect(),
+        DType::I32 => bytemuck::cast_slice::<u8, i32>(b)
+            .iter()
+            .map(|&v| v as f64)
+            .collect(),
+        DType::I64 => bytemuck::cast_slice::<u8, i64>(b)
+            .iter()
+            .map(|&v| v as f64)
+            .collect(),
+        DType::I16 => bytemuck::cast_slice::<u8, i16>(b)
+            .iter()
+            .map(|&v| v as f64)
+            .collect(),
         DType::I8 => b.iter().map(|&v| v as i8 as f64).collect(),
         DType::U8 | DType::Bool => b.iter().map(|&v| v as f64).collect(),
         _ => b.iter().map(|&v| v as f64).collect(),
@@ -133,10 +169,16 @@ pub fn to_f64(t: &Tensor) -> Vec<f64> {
 /// Compares `actual` with `expected`; the error says where and by how much they differ.
 pub fn compare(actual: &Tensor, expected: &Tensor, tol: Tolerance) -> Result<(), String> {
     if actual.dtype != expected.dtype {
-        return Err(format!("dtype {} != expected {}", actual.dtype, expected.dtype));
+        return Err(format!(
+            "dtype {} != expected {}",
+            actual.dtype, expected.dtype
+        ));
     }
     if actual.shape != expected.shape {
-        return Err(format!("shape {:?} != expected {:?}", actual.shape, expected.shape));
+        return Err(format!(
+            "shape {:?} != expected {:?}",
+            actual.shape, expected.shape
+        ));
     }
     let a = to_f64(actual);
     let e = to_f64(expected);
@@ -208,15 +250,29 @@ pub fn random_tensor(dtype: DType, shape: &[usize], seed: u64, lo: f32, hi: f32)
     let n: usize = shape.iter().product();
     let mut rng = Rng::new(seed);
     let bytes: Vec<u8> = match dtype {
-        DType::F32 => (0..n).flat_map(|_| rng.uniform(lo, hi).to_le_bytes()).collect(),
-        DType::F16 => (0..n).flat_map(|_| half::f16::from_f32(rng.uniform(lo, hi)).to_le_bytes()).collect(),
-        DType::I32 => (0..n).flat_map(|_| (rng.int(lo as i64, hi as i64) as i32).to_le_bytes()).collect(),
-        DType::I64 => (0..n).flat_map(|_| rng.int(lo as i64, hi as i64).to_le_bytes()).collect(),
-        DType::I16 => (0..n)
-            .flat_map(|_| (rng.int((lo as i64).max(-32768), (hi as i64).min(32767)) as i16).to_le_bytes())
+        DType::F32 => (0..n)
+            .flat_map(|_| rng.uniform(lo, hi).to_le_bytes())
             .collect(),
-        DType::I8 => (0..n).map(|_| rng.int((lo as i64).max(-128), (hi as i64).min(127)) as i8 as u8).collect(),
-        DType::U8 => (0..n).map(|_| rng.int((lo as i64).max(0), (hi as i64).min(255)) as u8).collect(),
+        DType::F16 => (0..n)
+            .flat_map(|_| half::f16::from_f32(rng.uniform(lo, hi)).to_le_bytes())
+            .collect(),
+        DType::I32 => (0..n)
+            .flat_map(|_| (rng.int(lo as i64, hi as i64) as i32).to_le_bytes())
+            .collect(),
+        DType::I64 => (0..n)
+            .flat_map(|_| rng.int(lo as i64, hi as i64).to_le_bytes())
+            .collect(),
+        DType::I16 => (0..n)
+            .flat_map(|_| {
+                (rng.int((lo as i64).max(-32768), (hi as i64).min(32767)) as i16).to_le_bytes()
+            })
+            .collect(),
+        DType::I8 => (0..n)
+            .map(|_| rng.int((lo as i64).max(-128), (hi as i64).min(127)) as i8 as u8)
+            .collect(),
+        DType::U8 => (0..n)
+            .map(|_| rng.int((lo as i64).max(0), (hi as i64).min(255)) as u8)
+            .collect(),
         DType::Bool => (0..n).map(|_| rng.int(0, 1) as u8).collect(),
         other => panic!("random_tensor: unsupported dtype {other}"),
     };
@@ -226,11 +282,23 @@ pub fn random_tensor(dtype: DType, shape: &[usize], seed: u64, lo: f32, hi: f32)
 /// Runs `model` in LiteRT's built-in kernels and in Switchyard with each resolver, and
 /// asserts every output agrees within `default_tolerance` (or `tol` when given).
 /// Panics with a message naming the case, resolver, output and worst element.
-pub fn assert_matches_litert(case: &str, model: &[u8], inputs: &[Tensor], resolvers: &[(&str, Arc<dyn OpResolver>)], tol: Option<Tolerance>) {
-    let expected = litert_run(model, inputs, LiteRtKernels::Builtin).unwrap_or_else(|e| panic!("{case}: {e}"));
+pub fn assert_matches_litert(
+    case: &str,
+    model: &[u8],
+    inputs: &[Tensor],
+    resolvers: &[(&str, Arc<dyn OpResolver>)],
+    tol: Option<Tolerance>,
+) {
+    let expected =
+        litert_run(model, inputs, LiteRtKernels::Builtin).unwrap_or_else(|e| panic!("{case}: {e}"));
     for (name, resolver) in resolvers {
-        let actual = switchyard_run(model, inputs, resolver.clone()).unwrap_or_else(|e| panic!("{case} [{name}]: {e}"));
-        assert_eq!(actual.len(), expected.len(), "{case} [{name}]: output count");
+        let actual = switchyard_run(model, inputs, resolver.clone())
+            .unwrap_or_else(|e| panic!("{case} [{name}]: {e}"));
+        assert_eq!(
+            actual.len(),
+            expected.len(),
+            "{case} [{name}]: output count"
+        );
         for (i, (a, e)) in actual.iter().zip(&expected).enumerate() {
             let t = tol.unwrap_or_else(|| default_tolerance(e.dtype));
             if let Err(msg) = compare(a, e, t) {
