@@ -5,6 +5,7 @@
 //! [`KernelMode::Optimized`], a faster one that is tested against the reference.
 
 pub mod ops;
+pub mod optimized;
 pub mod quant;
 pub mod util;
 
