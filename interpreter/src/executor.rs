@@ -17,6 +17,7 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::delegate::{CompiledPartition, PartitionCtx, PartitionReport, PlacedPartition};
 use crate::error::{KernelError, RunError};
 use crate::kernel::{OpKernel, OpResolver, PrepareCtx, TensorMeta};
 use crate::model::{Model, Node, Subgraph};
@@ -98,6 +99,13 @@ enum Step {
     AssignVariable {
         node: usize,
     },
+    /// Nodes placed on a delegate; `fallback` holds their CPU steps, run when the
+    /// delegate is missing, fails, times out, or to validate it.
+    Partition {
+        placement: usize,
+        compiled: Option<Box<dyn CompiledPartition>>,
+        fallback: Vec<Step>,
+    },
 }
 
 impl Step {
@@ -110,6 +118,15 @@ impl Step {
             | Step::CallOnce { node, .. }
             | Step::ReadVariable { node }
             | Step::AssignVariable { node } => *node,
+            Step::Partition { fallback, .. } => fallback.first().map_or(0, Step::node),
+        }
+    }
+
+    /// Nodes this step runs (one, or all of a partition's).
+    fn nodes(&self) -> Vec<usize> {
+        match self {
+            Step::Partition { fallback, .. } => fallback.iter().map(Step::node).collect(),
+            other => vec![other.node()],
         }
     }
 }
@@ -156,6 +173,9 @@ pub struct Interpreter {
     call_once_done: HashSet<usize>,
     depth: usize,
     profiling: bool,
+    placements: Vec<PlacedPartition>,
+    reports: Vec<PartitionReport>,
+    validate: bool,
 }
 
 fn kernel_err(subgraph: usize, node: &Node, source: KernelError) -> RunError {
@@ -191,10 +211,81 @@ impl Interpreter {
             call_once_done: HashSet::new(),
             depth: 0,
             profiling: false,
+            placements: Vec::new(),
+            reports: Vec::new(),
+            validate: false,
         };
         let shapes = it.default_input_shapes(0);
         it.prepare_subgraph(0, shapes)?;
         Ok(it)
+    }
+
+    /// Prepares the model with some partitions placed on delegates. Every partition
+    /// keeps its CPU kernels: compile failures, execution errors and timeouts fall back
+    /// to them and are recorded in [`Interpreter::partition_reports`].
+    pub fn with_placement(
+        model: Arc<Model>,
+        resolver: Arc<dyn OpResolver>,
+        options: InterpreterOptions,
+        placements: Vec<PlacedPartition>,
+    ) -> Result<Interpreter, RunError> {
+        let n = model.subgraphs.len();
+        for p in &placements {
+            let sg = model
+                .subgraphs
+                .get(p.partition.subgraph)
+                .ok_or_else(|| RunError::Graph {
+                    subgraph: p.partition.subgraph,
+                    what: "placement names a missing subgraph".into(),
+                })?;
+            if p.partition.nodes.is_empty()
+                || p.partition.nodes.iter().any(|&i| i >= sg.nodes.len())
+            {
+                return Err(RunError::Graph {
+                    subgraph: p.partition.subgraph,
+                    what: format!(
+                        "placement on {} has invalid nodes {:?}",
+                        p.delegate.name(),
+                        p.partition.nodes
+                    ),
+                });
+            }
+        }
+        let reports = placements
+            .iter()
+            .map(|p| PartitionReport {
+                delegate: p.delegate.name().to_string(),
+                nodes: p.partition.nodes.clone(),
+                ..Default::default()
+            })
+            .collect();
+        let mut it = Interpreter {
+            model,
+            resolver,
+            options,
+            runtimes: (0..n).map(|_| None).collect(),
+            variables: Variables::default(),
+            call_once_done: HashSet::new(),
+            depth: 0,
+            profiling: false,
+            placements,
+            reports,
+            validate: false,
+        };
+        let shapes = it.default_input_shapes(0);
+        it.prepare_subgraph(0, shapes)?;
+        Ok(it)
+    }
+
+    /// In validation mode every delegate execution is followed by the CPU fallback on the
+    /// same inputs; outputs are compared (recorded in the reports) and the CPU's are kept.
+    pub fn set_validation(&mut self, on: bool) {
+        self.validate = on;
+    }
+
+    /// Per placed partition: runs, failures, fallbacks, times, validation error.
+    pub fn partition_reports(&self) -> &[PartitionReport] {
+        &self.reports
     }
 
     pub fn model(&self) -> &Arc<Model> {
@@ -494,6 +585,7 @@ impl Interpreter {
         })();
         self.depth -= 1;
         result?;
+        let steps = self.group_partitions(si, sg, steps, &shapes, &storage)?;
 
         // Plan the arena for every tensor not already placed.
         let last = steps.len();
@@ -507,9 +599,11 @@ impl Interpreter {
             touch(t, 0, &mut first_use, &mut last_use);
         }
         for (si_step, step) in steps.iter().enumerate() {
-            let node = &sg.nodes[step.node()];
-            for &t in node.inputs.iter().flatten().chain(&node.outputs) {
-                touch(t, si_step, &mut first_use, &mut last_use);
+            for n in step.nodes() {
+                let node = &sg.nodes[n];
+                for &t in node.inputs.iter().flatten().chain(&node.outputs) {
+                    touch(t, si_step, &mut first_use, &mut last_use);
+                }
             }
         }
         for &t in &sg.outputs {
@@ -552,6 +646,132 @@ impl Interpreter {
             timings,
         });
         Ok(())
+    }
+
+    /// Folds the steps of each placed partition of subgraph `si` into one
+    /// `Step::Partition` at the position of its first node, and compiles it.
+    fn group_partitions(
+        &mut self,
+        si: usize,
+        sg: &Subgraph,
+        steps: Vec<Step>,
+        shapes: &[Vec<usize>],
+        storage: &[Storage],
+    ) -> Result<Vec<Step>, RunError> {
+        let mine: Vec<usize> = (0..self.placements.len())
+            .filter(|&p| self.placements[p].partition.subgraph == si)
+            .collect();
+        if mine.is_empty() {
+            return Ok(steps);
+        }
+        let mut owner: HashMap<usize, usize> = HashMap::new();
+        for &p in &mine {
+            for &n in &self.placements[p].partition.nodes {
+                if owner.insert(n, p).is_some() {
+                    return Err(RunError::Graph {
+                        subgraph: si,
+                        what: format!("node {n} is placed in two partitions"),
+                    });
+                }
+            }
+        }
+        // A partition runs where its first node was: everything it reads from outside
+        // must be produced before that point.
+        let mut producer: HashMap<usize, usize> = HashMap::new();
+        for node in &sg.nodes {
+            for &t in &node.outputs {
+                producer.insert(t, node.index);
+            }
+        }
+        for &p in &mine {
+            let part = &self.placements[p].partition;
+            let first = part.nodes.iter().copied().min().unwrap_or(0);
+            for &n in &part.nodes {
+                for &t in sg.nodes[n].inputs.iter().flatten() {
+                    if let Some(&pn) = producer.get(&t) {
+                        if !part.nodes.contains(&pn) && pn > first {
+                            return Err(RunError::Graph {
+                                subgraph: si,
+                                what: format!(
+                                    "partition {:?} on {} reads tensor {t} produced later by node {pn}",
+                                    part.nodes,
+                                    self.placements[p].delegate.name()
+                                ),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        let mut out: Vec<Step> = Vec::new();
+        let mut slot_of: HashMap<usize, usize> = HashMap::new();
+        for step in steps {
+            match owner.get(&step.node()) {
+                None => out.push(step),
+                Some(&p) => match slot_of.get(&p) {
+                    Some(&slot) => {
+                        if let Step::Partition { fallback, .. } = &mut out[slot] {
+                            fallback.push(step);
+                        }
+                    }
+                    None => {
+                        slot_of.insert(p, out.len());
+                        out.push(Step::Partition {
+                            placement: p,
+                            compiled: None,
+                            fallback: vec![step],
+                        });
+                    }
+                },
+            }
+        }
+        let model = self.model.clone();
+        for step in out.iter_mut() {
+            let Step::Partition {
+                placement,
+                compiled,
+                fallback,
+            } = step
+            else {
+                continue;
+            };
+            let placed = &self.placements[*placement];
+            let report = &mut self.reports[*placement];
+            if fallback.iter().any(|s| !matches!(s, Step::Kernel { .. })) {
+                report.compile_error =
+                    Some("partition has dynamic shapes or control flow; runs on the CPU".into());
+                continue;
+            }
+            let constant = |t: usize| -> Option<&[u8]> {
+                match &storage[t] {
+                    Storage::Const | Storage::Heap(_) if !sg.tensors[t].is_variable => {
+                        Some(known_bytes(sg, storage, t))
+                    }
+                    _ => None,
+                }
+            };
+            let ctx = PartitionCtx {
+                model: &model,
+                subgraph: sg,
+                partition: &placed.partition,
+                shapes,
+                constant: &constant,
+            };
+            let _span =
+                tracing::debug_span!("compile_partition", delegate = placed.delegate.name())
+                    .entered();
+            match placed.delegate.compile(&ctx) {
+                Ok(c) => {
+                    *compiled = Some(c);
+                    report.compile_error = None;
+                }
+                Err(e) => {
+                    tracing::warn!(delegate = placed.delegate.name(), error = %e, "partition falls back to the CPU");
+                    report.compile_error = Some(e.to_string());
+                }
+            }
+        }
+        Ok(out)
     }
 
     fn prepare_node(
@@ -977,6 +1197,11 @@ impl Interpreter {
                     })?;
                 store_outputs(sg, rt, &node.outputs, vec![value]).map_err(err)
             }
+            Step::Partition {
+                placement,
+                compiled,
+                fallback,
+            } => self.run_partition(si, sg, rt, *placement, compiled.as_deref(), fallback),
             Step::AssignVariable { .. } => {
                 let id = self.resource_id(sg, rt, node).map_err(err)?;
                 let value_t =
@@ -996,6 +1221,88 @@ impl Interpreter {
                 Ok(())
             }
         }
+    }
+
+    fn run_partition(
+        &mut self,
+        si: usize,
+        sg: &Subgraph,
+        rt: &mut SubgraphRuntime,
+        placement: usize,
+        compiled: Option<&dyn CompiledPartition>,
+        fallback: &[Step],
+    ) -> Result<(), RunError> {
+        let Some(compiled) = compiled else {
+            return self.run_fallback(si, sg, rt, placement, fallback);
+        };
+        let part = self.placements[placement].partition.clone();
+        let deadline = self.placements[placement]
+            .timeout
+            .map(|t| Instant::now() + t);
+        let inputs: Vec<Option<usize>> = part.inputs.iter().map(|&t| Some(t)).collect();
+        let started = Instant::now();
+        let result = with_io(sg, rt, &inputs, part.outputs.clone(), &[], |ins, outs| {
+            let ins: Vec<TensorView<'_>> = ins.iter().flatten().copied().collect();
+            Ok(compiled.execute(&ins, outs, deadline))
+        })
+        .map_err(|e| RunError::Graph {
+            subgraph: si,
+            what: e.to_string(),
+        })?;
+        let elapsed = started.elapsed();
+        match result {
+            Ok(exec) => {
+                let report = &mut self.reports[placement];
+                report.runs += 1;
+                report.delegate_wall += elapsed;
+                report.device_time += exec.device_time.unwrap_or(elapsed);
+                if self.validate {
+                    let delegate_out: Vec<Tensor> = part
+                        .outputs
+                        .iter()
+                        .map(|&t| Tensor {
+                            dtype: sg.tensors[t].dtype,
+                            shape: rt.shapes[t].clone(),
+                            data: AlignedBuf::from_bytes(tensor_bytes(&self.model, sg, rt, t)),
+                        })
+                        .collect();
+                    self.run_fallback(si, sg, rt, placement, fallback)?;
+                    let mut worst = 0f64;
+                    for (t, d) in part.outputs.iter().zip(&delegate_out) {
+                        let cpu = tensor_bytes(&self.model, sg, rt, *t);
+                        worst = worst.max(output_error(d.dtype, d.data.as_slice(), cpu));
+                    }
+                    let report = &mut self.reports[placement];
+                    report.validations += 1;
+                    report.max_validation_error = report.max_validation_error.max(worst);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(delegate = %self.reports[placement].delegate, error = %e, "delegate failed; re-running the partition on the CPU");
+                let report = &mut self.reports[placement];
+                report.failures += 1;
+                report.last_error = Some(e.to_string());
+                self.run_fallback(si, sg, rt, placement, fallback)
+            }
+        }
+    }
+
+    fn run_fallback(
+        &mut self,
+        si: usize,
+        sg: &Subgraph,
+        rt: &mut SubgraphRuntime,
+        placement: usize,
+        fallback: &[Step],
+    ) -> Result<(), RunError> {
+        let started = Instant::now();
+        for step in fallback {
+            let node = &sg.nodes[step.node()];
+            self.run_step(si, sg, node, step, rt)?;
+        }
+        self.reports[placement].cpu_wall += started.elapsed();
+        Ok(())
     }
 
     fn resource_id(
@@ -1134,12 +1441,6 @@ fn with_node_io<R>(
     mutated_inputs: &[usize],
     f: impl FnOnce(&[Option<TensorView<'_>>], &mut [TensorViewMut<'_>]) -> Result<R, KernelError>,
 ) -> Result<R, KernelError> {
-    let SubgraphRuntime {
-        shapes,
-        storage,
-        arena,
-        ..
-    } = rt;
     // Writable tensors: the node's outputs, then the inputs it updates in place.
     let mut written: Vec<usize> = node.outputs.clone();
     for &k in mutated_inputs {
@@ -1151,6 +1452,25 @@ fn with_node_io<R>(
             .ok_or_else(|| KernelError::invalid(format!("mutated input {k} is absent")))?;
         written.push(t);
     }
+    with_io(sg, rt, &node.inputs, written, mutated_inputs, f)
+}
+
+/// Views of `input_tensors` (read) and `written` (write) tensors for one call. Inputs at
+/// the positions in `skip_inputs` are passed as `None` (they are among `written`).
+fn with_io<R>(
+    sg: &Subgraph,
+    rt: &mut SubgraphRuntime,
+    input_tensors: &[Option<usize>],
+    written: Vec<usize>,
+    skip_inputs: &[usize],
+    f: impl FnOnce(&[Option<TensorView<'_>>], &mut [TensorViewMut<'_>]) -> Result<R, KernelError>,
+) -> Result<R, KernelError> {
+    let SubgraphRuntime {
+        shapes,
+        storage,
+        arena,
+        ..
+    } = rt;
     let mut taken: Vec<(usize, AlignedBuf)> = Vec::new();
     let mut arena_outs: Vec<(usize, Range<usize>)> = Vec::new();
     for (k, &o) in written.iter().enumerate() {
@@ -1186,13 +1506,13 @@ fn with_node_io<R>(
                 bytes,
             });
         }
-        let mut inputs = Vec::with_capacity(node.inputs.len());
-        for (k, t) in node.inputs.iter().enumerate() {
+        let mut inputs = Vec::with_capacity(input_tensors.len());
+        for (k, t) in input_tensors.iter().enumerate() {
             let Some(t) = *t else {
                 inputs.push(None);
                 continue;
             };
-            if mutated_inputs.contains(&k) {
+            if skip_inputs.contains(&k) {
                 inputs.push(None);
                 continue;
             }
@@ -1267,4 +1587,53 @@ fn split_arena<'a>(
     pieces.push((cursor, &*rest));
     let slices = slices.into_iter().flatten().collect();
     Ok((slices, Gaps { pieces }))
+}
+
+/// Largest difference between a delegate's output and the CPU's: relative to the CPU
+/// output's largest magnitude for floats, in steps for integers.
+fn output_error(dtype: DType, delegate: &[u8], cpu: &[u8]) -> f64 {
+    if delegate.len() != cpu.len() {
+        return f64::INFINITY;
+    }
+    match dtype {
+        DType::F32 => {
+            let (Ok(a), Ok(b)) = (
+                bytemuck::try_cast_slice::<u8, f32>(delegate),
+                bytemuck::try_cast_slice::<u8, f32>(cpu),
+            ) else {
+                return f64::INFINITY;
+            };
+            let scale = b
+                .iter()
+                .fold(0f32, |m, v| m.max(v.abs()))
+                .max(f32::MIN_POSITIVE) as f64;
+            a.iter()
+                .zip(b)
+                .map(|(x, y)| {
+                    if x.is_nan() != y.is_nan() {
+                        f64::INFINITY
+                    } else {
+                        ((x - y).abs() as f64) / scale
+                    }
+                })
+                .fold(0f64, |m, v| if v.is_nan() { m } else { m.max(v) })
+        }
+        DType::I8 => delegate
+            .iter()
+            .zip(cpu)
+            .map(|(&x, &y)| ((x as i8 as i32) - (y as i8 as i32)).abs() as f64)
+            .fold(0f64, f64::max),
+        DType::U8 | DType::Bool => delegate
+            .iter()
+            .zip(cpu)
+            .map(|(&x, &y)| ((x as i32) - (y as i32)).abs() as f64)
+            .fold(0f64, f64::max),
+        _ => {
+            if delegate == cpu {
+                0.0
+            } else {
+                f64::INFINITY
+            }
+        }
+    }
 }

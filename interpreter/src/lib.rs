@@ -26,6 +26,7 @@
 #![deny(unsafe_code)]
 
 pub mod builder;
+pub mod delegate;
 pub mod error;
 pub mod executor;
 pub mod kernel;
@@ -37,6 +38,10 @@ pub mod schema;
 pub mod sparsity;
 pub mod tensor;
 
+pub use delegate::{
+    CompiledPartition, Delegate, DelegateError, ExecReport, NodeSupportCtx, Partition,
+    PartitionCtx, PartitionOptions, PartitionReport, PlacedPartition, ProcessorKind, Support,
+};
 pub use error::{KernelError, ModelError, RunError};
 pub use executor::{Interpreter, InterpreterOptions, StepProfile};
 pub use kernel::{OpKernel, OpResolver, PrepareCtx, PreparedKernel, TensorMeta};
