@@ -24,6 +24,8 @@ enum Command {
     Run(commands::run::RunArgs),
     /// Print a model's subgraphs, tensors and operators.
     Inspect(commands::inspect::InspectArgs),
+    /// Measure a model's latency (median, p90) with a per-operator profile.
+    Bench(commands::bench::BenchArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -35,6 +37,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Run(args) => commands::run::run(args),
         Command::Inspect(args) => commands::inspect::run(args),
+        Command::Bench(args) => commands::bench::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -1637,3 +1637,264 @@ fn output_error(dtype: DType, delegate: &[u8], cpu: &[u8]) -> f64 {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::builder::ModelBuilder;
+    use crate::delegate::{
+        Delegate, DelegateError, ExecReport, NodeSupportCtx, Partition, ProcessorKind, Support,
+    };
+    use crate::kernel::{FnKernel, PreparedKernel};
+    use crate::tensor::TensorViewMut;
+
+    /// Elementwise float ADD of same-shape tensors: enough to exercise the executor.
+    struct AddOnly;
+
+    fn add_into(a: &[f32], b: &[f32], out: &mut [f32], bias: f32) {
+        for ((o, x), y) in out.iter_mut().zip(a).zip(b) {
+            *o = x + y + bias;
+        }
+    }
+
+    impl OpResolver for AddOnly {
+        fn prepare(&self, ctx: &PrepareCtx<'_>) -> Result<PreparedKernel, KernelError> {
+            if ctx.op() != &OpKind::Builtin(BuiltinOp::Add) {
+                return Err(KernelError::unsupported(ctx.op().to_string()));
+            }
+            let shape = ctx.input(0)?.shape.to_vec();
+            Ok(PreparedKernel::new(
+                vec![shape],
+                FnKernel::new("add", |ins, outs| {
+                    let a = crate::kernel::input(ins, 0)?.f32s()?;
+                    let b = crate::kernel::input(ins, 1)?.f32s()?;
+                    add_into(a, b, outs[0].f32s_mut()?, 0.0);
+                    Ok(())
+                }),
+            ))
+        }
+    }
+
+    #[derive(Clone, Copy)]
+    enum Behaviour {
+        Correct,
+        Fail,
+        OffByOne,
+    }
+
+    struct TestDelegate(Behaviour);
+
+    struct Compiled {
+        behaviour: Behaviour,
+        /// (node's two input positions in the partition, or a constant) per node: the
+        /// test graph is a chain x -> +c1 -> +c2, so the partition computes x + c1 + c2.
+        constants: Vec<Vec<f32>>,
+    }
+
+    impl CompiledPartition for Compiled {
+        fn execute(
+            &self,
+            inputs: &[TensorView<'_>],
+            outputs: &mut [TensorViewMut<'_>],
+            _deadline: Option<Instant>,
+        ) -> Result<ExecReport, DelegateError> {
+            let err = |what: String| DelegateError::Execute {
+                delegate: "test".into(),
+                what,
+            };
+            match self.behaviour {
+                Behaviour::Fail => Err(err("injected failure".into())),
+                b => {
+                    let x = inputs[0].f32s().map_err(|e| err(e.to_string()))?;
+                    let out = outputs[0].f32s_mut().map_err(|e| err(e.to_string()))?;
+                    out.copy_from_slice(x);
+                    for c in &self.constants {
+                        for (o, v) in out.iter_mut().zip(c) {
+                            *o += v;
+                        }
+                    }
+                    if matches!(b, Behaviour::OffByOne) {
+                        out.iter_mut().for_each(|o| *o += 1.0);
+                    }
+                    Ok(ExecReport {
+                        device_time: Some(Duration::from_micros(5)),
+                    })
+                }
+            }
+        }
+    }
+
+    impl Delegate for TestDelegate {
+        fn name(&self) -> &str {
+            "test"
+        }
+        fn kind(&self) -> ProcessorKind {
+            ProcessorKind::Npu
+        }
+        fn fingerprint(&self) -> String {
+            "test-1".into()
+        }
+        fn supports(&self, ctx: &NodeSupportCtx<'_>) -> Support {
+            if ctx.node.op == OpKind::Builtin(BuiltinOp::Add) {
+                Support::Supported
+            } else {
+                Support::Unsupported("only ADD".into())
+            }
+        }
+        fn compile(
+            &self,
+            ctx: &PartitionCtx<'_>,
+        ) -> Result<Box<dyn CompiledPartition>, DelegateError> {
+            let mut constants = Vec::new();
+            for &n in &ctx.partition.nodes {
+                let c = ctx.subgraph.nodes[n].inputs[1]
+                    .and_then(|t| (ctx.constant)(t))
+                    .ok_or_else(|| DelegateError::Compile {
+                        delegate: "test".into(),
+                        what: "second input must be constant".into(),
+                    })?;
+                constants.push(bytemuck::cast_slice::<u8, f32>(c).to_vec());
+            }
+            Ok(Box::new(Compiled {
+                behaviour: self.0,
+                constants,
+            }))
+        }
+    }
+
+    fn chain_model() -> Arc<Model> {
+        let mut mb = ModelBuilder::new();
+        let sg = mb.main();
+        let x = sg.tensor("x", DType::F32, &[4]);
+        let c1 = sg.constant_f32("c1", &[4], &[1.0, 2.0, 3.0, 4.0]);
+        let t = sg.tensor("t", DType::F32, &[4]);
+        let c2 = sg.constant_f32("c2", &[4], &[10.0, 20.0, 30.0, 40.0]);
+        let y = sg.tensor("y", DType::F32, &[4]);
+        let add = OpKind::Builtin(BuiltinOp::Add);
+        sg.op(
+            add.clone(),
+            &[Some(x), Some(c1)],
+            &[t],
+            OpOptions::Activation(Default::default()),
+        );
+        sg.op(
+            add,
+            &[Some(t), Some(c2)],
+            &[y],
+            OpOptions::Activation(Default::default()),
+        );
+        sg.set_inputs(&[x]);
+        sg.set_outputs(&[y]);
+        Arc::new(Model::from_bytes(&mb.finish()).unwrap())
+    }
+
+    fn run_placed(b: Behaviour, validate: bool) -> (Vec<f32>, PartitionReport) {
+        let model = chain_model();
+        let partition = Partition::from_nodes(0, &model.subgraphs[0], vec![0, 1]);
+        assert_eq!(partition.inputs, vec![0]);
+        assert_eq!(partition.outputs, vec![4]);
+        let placed = PlacedPartition {
+            partition,
+            delegate: Arc::new(TestDelegate(b)),
+            timeout: None,
+        };
+        let mut it = Interpreter::with_placement(
+            model,
+            Arc::new(AddOnly),
+            InterpreterOptions::default(),
+            vec![placed],
+        )
+        .unwrap();
+        it.set_validation(validate);
+        let x = Tensor::from_f32(vec![4], &[0.5, 0.5, 0.5, 0.5]).unwrap();
+        let out = it.run(&[x.view()]).unwrap();
+        (
+            out[0].view().f32s().unwrap().to_vec(),
+            it.partition_reports()[0].clone(),
+        )
+    }
+
+    const EXPECTED: [f32; 4] = [11.5, 22.5, 33.5, 44.5];
+
+    #[test]
+    fn cpu_only_runs_the_chain() {
+        let mut it = Interpreter::new(
+            chain_model(),
+            Arc::new(AddOnly),
+            InterpreterOptions::default(),
+        )
+        .unwrap();
+        let x = Tensor::from_f32(vec![4], &[0.5; 4]).unwrap();
+        let out = it.run(&[x.view()]).unwrap();
+        assert_eq!(out[0].view().f32s().unwrap(), &EXPECTED);
+        assert_eq!(it.step_count(), 2);
+    }
+
+    #[test]
+    fn delegate_runs_the_partition() {
+        let (y, r) = run_placed(Behaviour::Correct, false);
+        assert_eq!(y, EXPECTED);
+        assert_eq!((r.runs, r.failures), (1, 0));
+        assert_eq!(r.device_time, Duration::from_micros(5));
+    }
+
+    #[test]
+    fn failing_delegate_falls_back_to_cpu() {
+        let (y, r) = run_placed(Behaviour::Fail, false);
+        assert_eq!(y, EXPECTED);
+        assert_eq!(r.failures, 1);
+        assert!(r.last_error.unwrap().contains("injected failure"));
+    }
+
+    #[test]
+    fn validation_catches_wrong_results_and_keeps_cpu_outputs() {
+        let (y, r) = run_placed(Behaviour::OffByOne, true);
+        assert_eq!(y, EXPECTED);
+        assert_eq!(r.validations, 1);
+        assert!(r.max_validation_error > 0.02, "{}", r.max_validation_error);
+        let (_, ok) = run_placed(Behaviour::Correct, true);
+        assert_eq!(ok.max_validation_error, 0.0);
+    }
+
+    #[test]
+    fn invalid_placements_are_rejected() {
+        let model = chain_model();
+        let bad = PlacedPartition {
+            partition: Partition {
+                subgraph: 0,
+                nodes: vec![7],
+                inputs: vec![],
+                outputs: vec![],
+            },
+            delegate: Arc::new(TestDelegate(Behaviour::Correct)),
+            timeout: None,
+        };
+        assert!(
+            Interpreter::with_placement(
+                model,
+                Arc::new(AddOnly),
+                InterpreterOptions::default(),
+                vec![bad]
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn wrong_input_size_is_an_error_not_a_panic() {
+        let mut it = Interpreter::new(
+            chain_model(),
+            Arc::new(AddOnly),
+            InterpreterOptions::default(),
+        )
+        .unwrap();
+        assert!(it.set_input(0, &[0u8; 3]).is_err());
+        assert!(it.set_input(5, &[0u8; 16]).is_err());
+        // A different rank cannot be a resize of a model without a shape signature.
+        let x = Tensor::from_f32(vec![2, 2], &[0.0; 4]).unwrap();
+        assert!(it.run(&[x.view()]).is_err());
+        let i = Tensor::from_bytes(DType::I32, vec![4], &[0; 16]).unwrap();
+        assert!(it.run(&[i.view()]).is_err());
+        assert!(it.run(&[]).is_err());
+    }
+}

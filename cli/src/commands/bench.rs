@@ -1,0 +1,226 @@
+//! `switchyard bench MODEL --local --threads N --runs K [--json]`: latency of a model in
+//! this process (median and p90 over K runs after warm-up), load time, arena bytes, and a
+//! per-operator profile in run order and summed by operator type.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Args;
+use serde::Serialize;
+use switchyard_delegates::CpuResolver;
+use switchyard_interpreter::{npy, DType, Interpreter, InterpreterOptions, Model, Tensor};
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Path to a .tflite model.
+    pub model: PathBuf,
+    /// Run in this process (the only mode for now: the daemon adds its own overhead,
+    /// measured separately by the daemon benchmark).
+    #[arg(long)]
+    pub local: bool,
+    /// Kernel threads.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// Timed runs (after warm-up).
+    #[arg(long, default_value_t = 50)]
+    pub runs: usize,
+    /// Untimed warm-up runs.
+    #[arg(long, default_value_t = 5)]
+    pub warmup: usize,
+    /// Input tensors as .npy files (comma separated); random inputs when omitted.
+    #[arg(long, value_delimiter = ',')]
+    pub inputs: Vec<PathBuf>,
+    /// Shape for input 0 when the model's stored shape is a placeholder, e.g. 1,1760.
+    #[arg(long, value_delimiter = ',')]
+    pub input_shape: Vec<usize>,
+    /// Use the reference kernels.
+    #[arg(long)]
+    pub reference: bool,
+    /// Skip the per-operator profile (profiling adds a timer read per step).
+    #[arg(long)]
+    pub no_profile: bool,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Serialize)]
+struct OpLine {
+    node: usize,
+    op: String,
+    kernel: String,
+    mean_us: f64,
+}
+
+#[derive(Serialize)]
+struct OpSummary {
+    op: String,
+    count: usize,
+    total_us: f64,
+    percent: f64,
+}
+
+#[derive(Serialize)]
+struct Report {
+    model: String,
+    threads: usize,
+    runs: usize,
+    kernels: &'static str,
+    load_ms: f64,
+    median_ms: f64,
+    p90_ms: f64,
+    min_ms: f64,
+    arena_bytes: usize,
+    heap_bytes: usize,
+    steps: usize,
+    ops: Vec<OpLine>,
+    by_op: Vec<OpSummary>,
+}
+
+/// Deterministic inputs for a model: floats in [-1, 1), integers over their range.
+fn synthetic_input(dtype: DType, shape: &[usize], seed: u64) -> anyhow::Result<Tensor> {
+    let n: usize = shape.iter().product();
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let bytes: Vec<u8> = match dtype {
+        DType::F32 => (0..n)
+            .flat_map(|_| ((next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0).to_le_bytes())
+            .collect(),
+        DType::I8 | DType::U8 | DType::Bool => (0..n).map(|_| next() as u8).collect(),
+        DType::I32 => (0..n).flat_map(|_| ((next() % 8) as i32).to_le_bytes()).collect(),
+        other => bail!("cannot synthesise {other} inputs; pass --inputs"),
+    };
+    Ok(Tensor::from_bytes(dtype, shape.to_vec(), &bytes)?)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if !args.local {
+        bail!("pass --local: `bench` measures the in-process interpreter");
+    }
+    if args.runs == 0 {
+        bail!("--runs must be at least 1");
+    }
+    let load_start = Instant::now();
+    let model = Arc::new(Model::from_path(&args.model).with_context(|| format!("loading {}", args.model.display()))?);
+    let resolver = if args.reference { CpuResolver::reference() } else { CpuResolver::optimized() };
+    let options = InterpreterOptions { threads: args.threads.max(1), ..Default::default() };
+    let mut it = Interpreter::new(model, Arc::new(resolver), options).context("preparing the model")?;
+    if !args.input_shape.is_empty() {
+        it.resize_input(0, args.input_shape.clone()).context("resizing input 0")?;
+    }
+    let load = load_start.elapsed();
+
+    let inputs: Vec<Tensor> = if args.inputs.is_empty() {
+        (0..it.input_count())
+            .map(|i| {
+                let (dtype, shape) = it.input_info(i)?;
+                synthetic_input(dtype, &shape, i as u64 + 1)
+            })
+            .collect::<anyhow::Result<_>>()?
+    } else {
+        args.inputs
+            .iter()
+            .map(|p| npy::read(p).with_context(|| format!("reading {}", p.display())))
+            .collect::<anyhow::Result<_>>()?
+    };
+    let views: Vec<_> = inputs.iter().map(|t| t.view()).collect();
+    for _ in 0..args.warmup {
+        it.run(&views).context("warm-up run")?;
+    }
+    let mut times = Vec::with_capacity(args.runs);
+    for _ in 0..args.runs {
+        let t0 = Instant::now();
+        it.run(&views).context("timed run")?;
+        times.push(t0.elapsed());
+    }
+    times.sort();
+
+    let (mut ops, mut by_op) = (Vec::new(), Vec::new());
+    if !args.no_profile {
+        it.set_profiling(true);
+        let profile_runs = args.runs.min(20);
+        for _ in 0..profile_runs {
+            it.run(&views).context("profiled run")?;
+        }
+        let profile = it.profile();
+        let total: f64 = profile.iter().map(|p| p.total.as_secs_f64()).sum::<f64>().max(1e-12);
+        let mut sums: BTreeMap<String, (usize, f64)> = BTreeMap::new();
+        for p in &profile {
+            let mean_us = p.total.as_secs_f64() * 1e6 / p.count.max(1) as f64;
+            ops.push(OpLine { node: p.node, op: p.op.clone(), kernel: p.kernel.clone(), mean_us });
+            let e = sums.entry(p.op.clone()).or_default();
+            e.0 += 1;
+            e.1 += p.total.as_secs_f64();
+        }
+        by_op = sums
+            .into_iter()
+            .map(|(op, (count, secs))| OpSummary {
+                op,
+                count,
+                total_us: secs * 1e6 / profile_runs as f64,
+                percent: 100.0 * secs / total,
+            })
+            .collect();
+        by_op.sort_by(|a, b| b.total_us.total_cmp(&a.total_us));
+    }
+
+    let report = Report {
+        model: args.model.display().to_string(),
+        threads: args.threads.max(1),
+        runs: args.runs,
+        kernels: if args.reference { "reference" } else { "optimized" },
+        load_ms: ms(load),
+        median_ms: ms(percentile(&times, 0.5)),
+        p90_ms: ms(percentile(&times, 0.9)),
+        min_ms: ms(times[0]),
+        arena_bytes: it.arena_bytes(),
+        heap_bytes: it.heap_bytes(),
+        steps: it.step_count(),
+        ops,
+        by_op,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    println!(
+        "{}: {} kernels, {} thread(s), {} runs",
+        report.model, report.kernels, report.threads, report.runs
+    );
+    println!(
+        "  latency  median {:.3} ms  p90 {:.3} ms  min {:.3} ms",
+        report.median_ms, report.p90_ms, report.min_ms
+    );
+    println!(
+        "  load {:.2} ms, arena {} bytes, folded constants/heap {} bytes, {} steps per run",
+        report.load_ms, report.arena_bytes, report.heap_bytes, report.steps
+    );
+    if !report.by_op.is_empty() {
+        println!("  by operator type:");
+        for s in &report.by_op {
+            println!("    {:<24} {:>4} nodes {:>10.1} us {:>5.1}%", s.op, s.count, s.total_us, s.percent);
+        }
+        println!("  in run order (mean per run):");
+        for o in &report.ops {
+            println!("    node {:>4} {:<24} {:<28} {:>9.1} us", o.node, o.op, o.kernel, o.mean_us);
+        }
+    }
+    Ok(())
+}
