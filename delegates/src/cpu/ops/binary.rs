@@ -1,12 +1,495 @@
-//! Not implemented yet.
+//! Binary elementwise arithmetic with NumPy broadcasting: ADD, SUB, MUL, DIV, MAXIMUM,
+//! MINIMUM, SQUARED_DIFFERENCE, POW, FLOOR_DIV, FLOOR_MOD.
+//!
+//! Float and int32 compute directly. int8/uint8 ADD/SUB follow TFLite's scheme: both
+//! inputs are rescaled to a common scale with 20 bits of headroom, summed, and rescaled to
+//! the output, all in fixed point so results are bit-exact with LiteRT. MUL rescales the
+//! product of the zero-point-corrected inputs once. MAXIMUM/MINIMUM compare raw values
+//! (LiteRT requires equal quantization for them).
 
-use switchyard_interpreter::{KernelError, PrepareCtx, PreparedKernel};
+use switchyard_interpreter::{
+    Activation, BuiltinOp, DType, KernelError, OpOptions, PrepareCtx, PreparedKernel, TensorView,
+    TensorViewMut, kernel::input,
+};
 
 use crate::cpu::KernelMode;
+use crate::cpu::quant::{
+    activation_range, load_q, multiply_by_quantized_multiplier, per_tensor, quantize_multiplier,
+    store_q,
+};
+use crate::cpu::util::{broadcast_shapes, for_each_broadcast};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Max,
+    Min,
+    SquaredDifference,
+    Pow,
+    FloorDiv,
+    FloorMod,
+}
+
+fn kind_of(op: BuiltinOp) -> Option<Kind> {
+    Some(match op {
+        BuiltinOp::Add => Kind::Add,
+        BuiltinOp::Sub => Kind::Sub,
+        BuiltinOp::Mul => Kind::Mul,
+        BuiltinOp::Div => Kind::Div,
+        BuiltinOp::Maximum => Kind::Max,
+        BuiltinOp::Minimum => Kind::Min,
+        BuiltinOp::SquaredDifference => Kind::SquaredDifference,
+        BuiltinOp::Pow => Kind::Pow,
+        BuiltinOp::FloorDiv => Kind::FloorDiv,
+        BuiltinOp::FloorMod => Kind::FloorMod,
+        _ => return None,
+    })
+}
+
+/// Fixed-point parameters of a quantized ADD/SUB/MUL.
+#[derive(Clone, Copy, Debug)]
+struct QuantParams {
+    zp1: i32,
+    zp2: i32,
+    zp_out: i32,
+    m1: (i32, i32),
+    m2: (i32, i32),
+    m_out: (i32, i32),
+    act_min: i32,
+    act_max: i32,
+}
+
+/// Bits of headroom TFLite gives int8/uint8 inputs before summing.
+const ADD_LEFT_SHIFT: i32 = 20;
+
+struct Binary {
+    kind: Kind,
+    dtype: DType,
+    out_dtype: DType,
+    a_shape: Vec<usize>,
+    b_shape: Vec<usize>,
+    out_shape: Vec<usize>,
+    activation: Activation,
+    quant: Option<QuantParams>,
+}
 
 pub fn prepare(ctx: &PrepareCtx<'_>, _mode: KernelMode) -> Result<PreparedKernel, KernelError> {
-    Err(KernelError::unsupported(format!(
-        "{} is not implemented yet",
-        ctx.op()
-    )))
+    let op = ctx
+        .op()
+        .builtin()
+        .and_then(kind_of)
+        .ok_or_else(|| KernelError::unsupported(format!("{} is not a binary op", ctx.op())))?;
+    ctx.expect_arity(2, 2, 1)?;
+    let a = ctx.input(0)?;
+    let b = ctx.input(1)?;
+    let out = ctx.output(0)?;
+    if a.dtype != b.dtype {
+        return Err(KernelError::invalid(format!(
+            "input dtypes differ: {} and {}",
+            a.dtype, b.dtype
+        )));
+    }
+    let out_shape = broadcast_shapes(a.shape, b.shape)?;
+    let activation = match &ctx.node.options {
+        OpOptions::Activation(act) => *act,
+        _ => Activation::None,
+    };
+    let dtype = a.dtype;
+    let quant = match dtype {
+        DType::F32 => None,
+        DType::I32 | DType::I64 => {
+            if matches!(op, Kind::Pow | Kind::SquaredDifference) && dtype == DType::I64 {
+                return Err(KernelError::unsupported(format!("{} on int64", ctx.op())));
+            }
+            None
+        }
+        DType::I8 | DType::U8 | DType::I16 => {
+            let (s1, zp1) = per_tensor(a.quant, "input 0")?;
+            let (s2, zp2) = per_tensor(b.quant, "input 1")?;
+            let (so, zpo) = per_tensor(out.quant, "output")?;
+            let (act_min, act_max) = activation_range(activation, so, zpo, out.dtype)?;
+            let params = match op {
+                Kind::Add | Kind::Sub => {
+                    let twice_max = 2.0 * (s1 as f64).max(s2 as f64);
+                    QuantParams {
+                        zp1,
+                        zp2,
+                        zp_out: zpo,
+                        m1: quantize_multiplier(s1 as f64 / twice_max),
+                        m2: quantize_multiplier(s2 as f64 / twice_max),
+                        m_out: quantize_multiplier(
+                            twice_max / ((1i64 << ADD_LEFT_SHIFT) as f64 * so as f64),
+                        ),
+                        act_min,
+                        act_max,
+                    }
+                }
+                Kind::Mul => QuantParams {
+                    zp1,
+                    zp2,
+                    zp_out: zpo,
+                    m1: (0, 0),
+                    m2: (0, 0),
+                    m_out: quantize_multiplier(s1 as f64 * s2 as f64 / so as f64),
+                    act_min,
+                    act_max,
+                },
+                Kind::Max | Kind::Min => {
+                    if s1 != so || s2 != so || zp1 != zpo || zp2 != zpo {
+                        return Err(KernelError::unsupported(format!(
+                            "quantized {} needs equal input and output quantization",
+                            ctx.op()
+                        )));
+                    }
+                    QuantParams {
+                        zp1,
+                        zp2,
+                        zp_out: zpo,
+                        m1: (0, 0),
+                        m2: (0, 0),
+                        m_out: (0, 0),
+                        act_min,
+                        act_max,
+                    }
+                }
+                _ => {
+                    return Err(KernelError::unsupported(format!(
+                        "quantized {} is not supported",
+                        ctx.op()
+                    )));
+                }
+            };
+            Some(params)
+        }
+        other => return Err(KernelError::dtype("float32, int32, int64, int8 or uint8", other)),
+    };
+    if out.dtype != dtype {
+        return Err(KernelError::invalid(format!(
+            "output dtype {} differs from input dtype {dtype}",
+            out.dtype
+        )));
+    }
+    Ok(PreparedKernel::new(
+        vec![out_shape.clone()],
+        Binary {
+            kind: op,
+            dtype,
+            out_dtype: out.dtype,
+            a_shape: a.shape.to_vec(),
+            b_shape: b.shape.to_vec(),
+            out_shape,
+            activation,
+            quant,
+        },
+    ))
+}
+
+#[inline(always)]
+fn float_op(kind: Kind, x: f32, y: f32) -> f32 {
+    match kind {
+        Kind::Add => x + y,
+        Kind::Sub => x - y,
+        Kind::Mul => x * y,
+        Kind::Div => x / y,
+        Kind::Max => x.max(y),
+        Kind::Min => x.min(y),
+        Kind::SquaredDifference => (x - y) * (x - y),
+        Kind::Pow => x.powf(y),
+        Kind::FloorDiv => (x / y).floor(),
+        Kind::FloorMod => {
+            let r = x % y;
+            if r != 0.0 && ((r < 0.0) != (y < 0.0)) { r + y } else { r }
+        }
+    }
+}
+
+#[inline(always)]
+fn int_op(kind: Kind, x: i64, y: i64) -> i64 {
+    match kind {
+        Kind::Add => x.wrapping_add(y),
+        Kind::Sub => x.wrapping_sub(y),
+        Kind::Mul => x.wrapping_mul(y),
+        Kind::Div => {
+            if y == 0 {
+                0
+            } else {
+                x.wrapping_div(y)
+            }
+        }
+        Kind::Max => x.max(y),
+        Kind::Min => x.min(y),
+        Kind::SquaredDifference => (x - y).wrapping_mul(x - y),
+        Kind::Pow => {
+            if y < 0 {
+                0
+            } else {
+                x.wrapping_pow(y.min(u32::MAX as i64) as u32)
+            }
+        }
+        Kind::FloorDiv => {
+            if y == 0 {
+                0
+            } else {
+                x.div_euclid(y) - if y < 0 && x.rem_euclid(y) != 0 { 1 } else { 0 }
+            }
+        }
+        Kind::FloorMod => {
+            if y == 0 {
+                0
+            } else {
+                let r = x % y;
+                if r != 0 && ((r < 0) != (y < 0)) { r + y } else { r }
+            }
+        }
+    }
+}
+
+impl Binary {
+    fn same_shape(&self) -> bool {
+        self.a_shape == self.b_shape
+    }
+
+    fn eval_f32(&self, a: &[f32], b: &[f32], out: &mut [f32]) {
+        let act = self.activation;
+        let kind = self.kind;
+        if self.same_shape() {
+            for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
+                *o = act.apply(float_op(kind, x, y));
+            }
+        } else if b.len() == 1 {
+            let y = b[0];
+            for (o, &x) in out.iter_mut().zip(a) {
+                *o = act.apply(float_op(kind, x, y));
+            }
+        } else if a.len() == 1 {
+            let x = a[0];
+            for (o, &y) in out.iter_mut().zip(b) {
+                *o = act.apply(float_op(kind, x, y));
+            }
+        } else {
+            for_each_broadcast(&self.a_shape, &self.b_shape, &self.out_shape, |o, i, j| {
+                out[o] = act.apply(float_op(kind, a[i], b[j]));
+            });
+        }
+    }
+
+    fn eval_quant(&self, a: &TensorView<'_>, b: &TensorView<'_>, out: &mut [u8], q: &QuantParams) {
+        let (dt, odt) = (self.dtype, self.out_dtype);
+        let kind = self.kind;
+        let compute = |x: i32, y: i32| -> i32 {
+            let v = match kind {
+                Kind::Add | Kind::Sub => {
+                    let sx = multiply_by_quantized_multiplier(
+                        (x - q.zp1) * (1 << ADD_LEFT_SHIFT),
+                        q.m1.0,
+                        q.m1.1,
+                    );
+                    let sy = multiply_by_quantized_multiplier(
+                        (y - q.zp2) * (1 << ADD_LEFT_SHIFT),
+                        q.m2.0,
+                        q.m2.1,
+                    );
+                    let raw = if kind == Kind::Add { sx + sy } else { sx - sy };
+                    multiply_by_quantized_multiplier(raw, q.m_out.0, q.m_out.1) + q.zp_out
+                }
+                Kind::Mul => {
+                    multiply_by_quantized_multiplier((x - q.zp1) * (y - q.zp2), q.m_out.0, q.m_out.1)
+                        + q.zp_out
+                }
+                Kind::Max => x.max(y),
+                _ => x.min(y),
+            };
+            v.clamp(q.act_min, q.act_max)
+        };
+        for_each_broadcast(&self.a_shape, &self.b_shape, &self.out_shape, |o, i, j| {
+            let v = compute(load_q(a.bytes, dt, i), load_q(b.bytes, dt, j));
+            store_q(out, odt, o, v);
+        });
+    }
+
+    fn eval_int<T: Copy + Into<i64>>(&self, a: &[T], b: &[T], out: &mut [T], from: impl Fn(i64) -> T) {
+        let (lo, hi) = match self.activation {
+            Activation::Relu => (0, i64::MAX),
+            Activation::Relu6 => (0, 6),
+            Activation::ReluN1To1 => (-1, 1),
+            _ => (i64::MIN, i64::MAX),
+        };
+        let kind = self.kind;
+        for_each_broadcast(&self.a_shape, &self.b_shape, &self.out_shape, |o, i, j| {
+            out[o] = from(int_op(kind, a[i].into(), b[j].into()).clamp(lo, hi));
+        });
+    }
+}
+
+impl switchyard_interpreter::OpKernel for Binary {
+    fn eval(&self, inputs: &[Option<TensorView<'_>>], outputs: &mut [TensorViewMut<'_>]) -> Result<(), KernelError> {
+        let a = input(inputs, 0)?;
+        let b = input(inputs, 1)?;
+        let out = outputs
+            .first_mut()
+            .ok_or_else(|| KernelError::invalid("missing output"))?;
+        match self.dtype {
+            DType::F32 => self.eval_f32(a.f32s()?, b.f32s()?, out.f32s_mut()?),
+            DType::I32 => self.eval_int(a.i32s()?, b.i32s()?, out.i32s_mut()?, |v| v as i32),
+            DType::I64 => self.eval_int(a.i64s()?, b.i64s()?, out.i64s_mut()?, |v| v),
+            _ => {
+                let q = self
+                    .quant
+                    .as_ref()
+                    .ok_or_else(|| KernelError::invalid("quantized op without parameters"))?;
+                self.eval_quant(a, b, out.bytes, q);
+            }
+        }
+        Ok(())
+    }
+
+    fn name(&self) -> &str {
+        "binary"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use switchyard_interpreter::builder::ModelBuilder;
+    use switchyard_interpreter::{OpKind, OpResolver, Quant};
+    use switchyard_testkit::{assert_matches_litert, random_tensor};
+
+    use super::*;
+    use crate::cpu::CpuResolver;
+
+    fn resolvers() -> Vec<(&'static str, Arc<dyn OpResolver>)> {
+        vec![
+            ("reference", Arc::new(CpuResolver::reference())),
+            ("optimized", Arc::new(CpuResolver::optimized())),
+        ]
+    }
+
+    struct Case {
+        op: BuiltinOp,
+        dtype: DType,
+        a: Vec<usize>,
+        b: Vec<usize>,
+        act: Activation,
+        quant: Option<[(f32, i64); 3]>,
+    }
+
+    fn run(case: &Case) {
+        let out_shape = broadcast_shapes(&case.a, &case.b).unwrap();
+        let mut mb = ModelBuilder::new();
+        let sg = mb.main();
+        let a = sg.tensor("a", case.dtype, &case.a);
+        let b = sg.tensor("b", case.dtype, &case.b);
+        let y = sg.tensor("y", case.dtype, &out_shape);
+        if let Some(q) = case.quant {
+            for (t, (s, z)) in [a, b, y].into_iter().zip(q) {
+                sg.set_quant(t, Quant::per_tensor(s, z));
+            }
+        }
+        let options = match case.op {
+            BuiltinOp::Add | BuiltinOp::Sub | BuiltinOp::Mul | BuiltinOp::Div => {
+                OpOptions::Activation(case.act)
+            }
+            _ => OpOptions::None,
+        };
+        sg.op(OpKind::Builtin(case.op), &[Some(a), Some(b)], &[y], options);
+        sg.set_inputs(&[a, b]);
+        sg.set_outputs(&[y]);
+        let (lo, hi) = match case.dtype {
+            DType::F32 => (-2.0, 2.0),
+            DType::I32 => (-50.0, 50.0),
+            _ => (-128.0, 255.0),
+        };
+        let mut xa = random_tensor(case.dtype, &case.a, 1, lo, hi);
+        let xb = random_tensor(case.dtype, &case.b, 2, lo, hi);
+        if matches!(case.op, BuiltinOp::Div | BuiltinOp::FloorDiv | BuiltinOp::FloorMod) {
+            // Keep divisors away from zero.
+            xa = random_tensor(case.dtype, &case.a, 1, lo, hi);
+        }
+        let xb = if matches!(case.op, BuiltinOp::Div | BuiltinOp::FloorDiv | BuiltinOp::FloorMod) {
+            match case.dtype {
+                DType::F32 => random_tensor(DType::F32, &case.b, 2, 0.5, 3.0),
+                _ => random_tensor(case.dtype, &case.b, 2, 1.0, 9.0),
+            }
+        } else if case.op == BuiltinOp::Pow {
+            random_tensor(case.dtype, &case.b, 2, 0.0, 3.0)
+        } else {
+            xb
+        };
+        let xa = if case.op == BuiltinOp::Pow && case.dtype == DType::F32 {
+            random_tensor(DType::F32, &case.a, 1, 0.1, 2.0)
+        } else {
+            xa
+        };
+        let name = format!("{:?} {:?} {:?}x{:?} {:?}", case.op, case.dtype, case.a, case.b, case.act);
+        assert_matches_litert(&name, &mb.finish(), &[xa, xb], &resolvers(), None);
+    }
+
+    fn case(op: BuiltinOp, dtype: DType, a: &[usize], b: &[usize]) -> Case {
+        Case { op, dtype, a: a.to_vec(), b: b.to_vec(), act: Activation::None, quant: None }
+    }
+
+    #[test]
+    fn float_ops_with_broadcasting() {
+        use BuiltinOp::*;
+        for op in [Add, Sub, Mul, Div, Maximum, Minimum, SquaredDifference, Pow, FloorDiv, FloorMod] {
+            run(&case(op, DType::F32, &[2, 3, 4], &[2, 3, 4]));
+            run(&case(op, DType::F32, &[2, 3, 4], &[4]));
+        }
+        run(&case(Add, DType::F32, &[2, 1, 4], &[3, 1]));
+        run(&case(Mul, DType::F32, &[1], &[5, 2]));
+    }
+
+    #[test]
+    fn fused_activations() {
+        for act in [Activation::Relu, Activation::Relu6, Activation::ReluN1To1] {
+            for op in [BuiltinOp::Add, BuiltinOp::Mul, BuiltinOp::Sub] {
+                run(&Case { act, ..case(op, DType::F32, &[4, 5], &[5]) });
+            }
+        }
+    }
+
+    #[test]
+    fn int32_ops() {
+        use BuiltinOp::*;
+        for op in [Add, Sub, Mul, Maximum, Minimum, FloorDiv, FloorMod] {
+            run(&case(op, DType::I32, &[3, 4], &[4]));
+        }
+    }
+
+    #[test]
+    fn quantized_add_sub_mul() {
+        let q = [(0.05, -3), (0.1, 10), (0.12, -1)];
+        for dtype in [DType::I8, DType::U8] {
+            let shift = if dtype == DType::U8 { 128 } else { 0 };
+            let q = q.map(|(s, z)| (s, z + shift));
+            for op in [BuiltinOp::Add, BuiltinOp::Sub, BuiltinOp::Mul] {
+                for act in [Activation::None, Activation::Relu] {
+                    run(&Case { act, quant: Some(q), ..case(op, dtype, &[2, 3, 8], &[8]) });
+                }
+            }
+            let same = [(0.05, 3 + shift); 3];
+            run(&Case { quant: Some(same), ..case(BuiltinOp::Maximum, dtype, &[4, 4], &[4]) });
+            run(&Case { quant: Some(same), ..case(BuiltinOp::Minimum, dtype, &[4, 4], &[4, 4]) });
+        }
+    }
+
+    #[test]
+    fn incompatible_shapes_are_errors() {
+        let mut mb = ModelBuilder::new();
+        let sg = mb.main();
+        let a = sg.tensor("a", DType::F32, &[2, 3]);
+        let b = sg.tensor("b", DType::F32, &[3, 2]);
+        let y = sg.tensor("y", DType::F32, &[2, 3]);
+        sg.op(OpKind::Builtin(BuiltinOp::Add), &[Some(a), Some(b)], &[y], OpOptions::None);
+        sg.set_inputs(&[a, b]);
+        sg.set_outputs(&[y]);
+        let model = Arc::new(switchyard_interpreter::Model::from_bytes(&mb.finish()).unwrap());
+        let r = switchyard_interpreter::Interpreter::new(model, Arc::new(CpuResolver::reference()), Default::default());
+        assert!(r.is_err());
+    }
 }
