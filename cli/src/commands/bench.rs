@@ -7,11 +7,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::{Context, bail};
 use clap::Args;
 use serde::Serialize;
 use switchyard_delegates::CpuResolver;
-use switchyard_interpreter::{npy, DType, Interpreter, InterpreterOptions, Model, Tensor};
+use switchyard_interpreter::{DType, Interpreter, InterpreterOptions, Model, Tensor, npy};
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -95,7 +95,9 @@ fn synthetic_input(dtype: DType, shape: &[usize], seed: u64) -> anyhow::Result<T
             .flat_map(|_| ((next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0).to_le_bytes())
             .collect(),
         DType::I8 | DType::U8 | DType::Bool => (0..n).map(|_| next() as u8).collect(),
-        DType::I32 => (0..n).flat_map(|_| ((next() % 8) as i32).to_le_bytes()).collect(),
+        DType::I32 => (0..n)
+            .flat_map(|_| ((next() % 8) as i32).to_le_bytes())
+            .collect(),
         other => bail!("cannot synthesise {other} inputs; pass --inputs"),
     };
     Ok(Tensor::from_bytes(dtype, shape.to_vec(), &bytes)?)
@@ -118,12 +120,24 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         bail!("--runs must be at least 1");
     }
     let load_start = Instant::now();
-    let model = Arc::new(Model::from_path(&args.model).with_context(|| format!("loading {}", args.model.display()))?);
-    let resolver = if args.reference { CpuResolver::reference() } else { CpuResolver::optimized() };
-    let options = InterpreterOptions { threads: args.threads.max(1), ..Default::default() };
-    let mut it = Interpreter::new(model, Arc::new(resolver), options).context("preparing the model")?;
+    let model = Arc::new(
+        Model::from_path(&args.model)
+            .with_context(|| format!("loading {}", args.model.display()))?,
+    );
+    let resolver = if args.reference {
+        CpuResolver::reference()
+    } else {
+        CpuResolver::optimized()
+    };
+    let options = InterpreterOptions {
+        threads: args.threads.max(1),
+        ..Default::default()
+    };
+    let mut it =
+        Interpreter::new(model, Arc::new(resolver), options).context("preparing the model")?;
     if !args.input_shape.is_empty() {
-        it.resize_input(0, args.input_shape.clone()).context("resizing input 0")?;
+        it.resize_input(0, args.input_shape.clone())
+            .context("resizing input 0")?;
     }
     let load = load_start.elapsed();
 
@@ -160,11 +174,20 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             it.run(&views).context("profiled run")?;
         }
         let profile = it.profile();
-        let total: f64 = profile.iter().map(|p| p.total.as_secs_f64()).sum::<f64>().max(1e-12);
+        let total: f64 = profile
+            .iter()
+            .map(|p| p.total.as_secs_f64())
+            .sum::<f64>()
+            .max(1e-12);
         let mut sums: BTreeMap<String, (usize, f64)> = BTreeMap::new();
         for p in &profile {
             let mean_us = p.total.as_secs_f64() * 1e6 / p.count.max(1) as f64;
-            ops.push(OpLine { node: p.node, op: p.op.clone(), kernel: p.kernel.clone(), mean_us });
+            ops.push(OpLine {
+                node: p.node,
+                op: p.op.clone(),
+                kernel: p.kernel.clone(),
+                mean_us,
+            });
             let e = sums.entry(p.op.clone()).or_default();
             e.0 += 1;
             e.1 += p.total.as_secs_f64();
@@ -185,7 +208,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         model: args.model.display().to_string(),
         threads: args.threads.max(1),
         runs: args.runs,
-        kernels: if args.reference { "reference" } else { "optimized" },
+        kernels: if args.reference {
+            "reference"
+        } else {
+            "optimized"
+        },
         load_ms: ms(load),
         median_ms: ms(percentile(&times, 0.5)),
         p90_ms: ms(percentile(&times, 0.9)),
@@ -215,11 +242,17 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     if !report.by_op.is_empty() {
         println!("  by operator type:");
         for s in &report.by_op {
-            println!("    {:<24} {:>4} nodes {:>10.1} us {:>5.1}%", s.op, s.count, s.total_us, s.percent);
+            println!(
+                "    {:<24} {:>4} nodes {:>10.1} us {:>5.1}%",
+                s.op, s.count, s.total_us, s.percent
+            );
         }
         println!("  in run order (mean per run):");
         for o in &report.ops {
-            println!("    node {:>4} {:<24} {:<28} {:>9.1} us", o.node, o.op, o.kernel, o.mean_us);
+            println!(
+                "    node {:>4} {:<24} {:<28} {:>9.1} us",
+                o.node, o.op, o.kernel, o.mean_us
+            );
         }
     }
     Ok(())

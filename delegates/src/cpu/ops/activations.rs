@@ -19,7 +19,11 @@ enum Kernel {
     Float(fn(f32, f32) -> f32, f32),
     /// int8/uint8 through a table indexed by the raw byte.
     Table(Box<[u8; 256]>),
-    Prelu { x: Vec<usize>, alpha: Vec<usize>, out: Vec<usize> },
+    Prelu {
+        x: Vec<usize>,
+        alpha: Vec<usize>,
+        out: Vec<usize>,
+    },
 }
 
 struct Activation {
@@ -32,14 +36,17 @@ fn erf(x: f32) -> f32 {
     let x64 = x as f64;
     let t = 1.0 / (1.0 + 0.5 * x64.abs());
     // Numerical Recipes' erfc Chebyshev fit (fractional error < 1.2e-7).
-    let y = t * (-x64 * x64 - 1.265_512_23
-        + t * (1.000_023_68
-            + t * (0.374_091_96
-                + t * (0.096_784_18
-                    + t * (-0.186_288_06
-                        + t * (0.278_868_07
-                            + t * (-1.135_203_98 + t * (1.488_515_87 + t * (-0.822_152_23 + t * 0.170_872_77)))))))))
-        .exp();
+    let y = t
+        * (-x64 * x64 - 1.265_512_23
+            + t * (1.000_023_68
+                + t * (0.374_091_96
+                    + t * (0.096_784_18
+                        + t * (-0.186_288_06
+                            + t * (0.278_868_07
+                                + t * (-1.135_203_98
+                                    + t * (1.488_515_87
+                                        + t * (-0.822_152_23 + t * 0.170_872_77)))))))))
+            .exp();
     (if x64 >= 0.0 { 1.0 - y } else { y - 1.0 }) as f32
 }
 
@@ -70,7 +77,10 @@ fn float_fn(op: BuiltinOp, options: &OpOptions) -> Option<(fn(f32, f32) -> f32, 
                     0.0,
                 )
             } else {
-                (|x, _| 0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2)), 0.0)
+                (
+                    |x, _| 0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2)),
+                    0.0,
+                )
             }
         }
         _ => return None,
@@ -94,7 +104,11 @@ pub fn prepare(ctx: &PrepareCtx<'_>, _mode: KernelMode) -> Result<PreparedKernel
         return Ok(PreparedKernel::new(
             vec![shape.clone()],
             Activation {
-                kernel: Kernel::Prelu { x: x.shape.to_vec(), alpha: alpha.shape.to_vec(), out: shape },
+                kernel: Kernel::Prelu {
+                    x: x.shape.to_vec(),
+                    alpha: alpha.shape.to_vec(),
+                    out: shape,
+                },
             },
         ));
     }
@@ -105,16 +119,25 @@ pub fn prepare(ctx: &PrepareCtx<'_>, _mode: KernelMode) -> Result<PreparedKernel
         DType::F32 => Kernel::Float(f, param),
         DType::I8 | DType::U8 => {
             if out.dtype != x.dtype && !(op == BuiltinOp::Logistic || op == BuiltinOp::Tanh) {
-                return Err(KernelError::invalid("output dtype differs from input dtype"));
+                return Err(KernelError::invalid(
+                    "output dtype differs from input dtype",
+                ));
             }
             let (si, zi) = per_tensor(x.quant, "input")?;
             let (so, zo) = per_tensor(out.quant, "output")?;
             let (qmin, qmax) = crate::cpu::quant::dtype_range(out.dtype)?;
             let mut table = Box::new([0u8; 256]);
-            let relu_like = matches!(op, BuiltinOp::Relu | BuiltinOp::Relu6 | BuiltinOp::ReluN1To1);
+            let relu_like = matches!(
+                op,
+                BuiltinOp::Relu | BuiltinOp::Relu6 | BuiltinOp::ReluN1To1
+            );
             let (m, shift) = quantize_multiplier(si as f64 / so as f64);
             for raw in 0..256u32 {
-                let q = if x.dtype == DType::I8 { raw as u8 as i8 as i32 } else { raw as i32 };
+                let q = if x.dtype == DType::I8 {
+                    raw as u8 as i8 as i32
+                } else {
+                    raw as i32
+                };
                 let v = if relu_like {
                     // Requantize, then clamp to the activation's range (as LiteRT's
                     // quantized ReLU does).
@@ -131,20 +154,37 @@ pub fn prepare(ctx: &PrepareCtx<'_>, _mode: KernelMode) -> Result<PreparedKernel
                     let y = f(real, param);
                     ((y / so).round() as i32 + zo).clamp(qmin, qmax)
                 };
-                let idx = if x.dtype == DType::I8 { (q as i8) as u8 } else { q as u8 };
-                table[idx as usize] = if out.dtype == DType::I8 { v as i8 as u8 } else { v as u8 };
+                let idx = if x.dtype == DType::I8 {
+                    (q as i8) as u8
+                } else {
+                    q as u8
+                };
+                table[idx as usize] = if out.dtype == DType::I8 {
+                    v as i8 as u8
+                } else {
+                    v as u8
+                };
             }
             Kernel::Table(table)
         }
         other => return Err(KernelError::unsupported(format!("{} on {other}", ctx.op()))),
     };
-    Ok(PreparedKernel::new(vec![x.shape.to_vec()], Activation { kernel }))
+    Ok(PreparedKernel::new(
+        vec![x.shape.to_vec()],
+        Activation { kernel },
+    ))
 }
 
 impl OpKernel for Activation {
-    fn eval(&self, inputs: &[Option<TensorView<'_>>], outputs: &mut [TensorViewMut<'_>]) -> Result<(), KernelError> {
+    fn eval(
+        &self,
+        inputs: &[Option<TensorView<'_>>],
+        outputs: &mut [TensorViewMut<'_>],
+    ) -> Result<(), KernelError> {
         let x = input(inputs, 0)?;
-        let out = outputs.first_mut().ok_or_else(|| KernelError::invalid("missing output"))?;
+        let out = outputs
+            .first_mut()
+            .ok_or_else(|| KernelError::invalid("missing output"))?;
         match &self.kernel {
             Kernel::Float(f, p) => {
                 for (o, &v) in out.f32s_mut()?.iter_mut().zip(x.f32s()?) {
@@ -156,7 +196,11 @@ impl OpKernel for Activation {
                     *o = t[v as usize];
                 }
             }
-            Kernel::Prelu { x: xs, alpha, out: os } => {
+            Kernel::Prelu {
+                x: xs,
+                alpha,
+                out: os,
+            } => {
                 let a = input(inputs, 1)?.f32s()?;
                 let xv = x.f32s()?;
                 let o = out.f32s_mut()?;
@@ -190,10 +234,20 @@ mod tests {
     use crate::cpu::CpuResolver;
 
     fn resolvers() -> Vec<(&'static str, Arc<dyn OpResolver>)> {
-        vec![("reference", Arc::new(CpuResolver::reference())), ("optimized", Arc::new(CpuResolver::optimized()))]
+        vec![
+            ("reference", Arc::new(CpuResolver::reference())),
+            ("optimized", Arc::new(CpuResolver::optimized())),
+        ]
     }
 
-    fn single(op: BuiltinOp, options: OpOptions, dtype: DType, qin: Option<Quant>, out_dtype: DType, qout: Option<Quant>) -> Vec<u8> {
+    fn single(
+        op: BuiltinOp,
+        options: OpOptions,
+        dtype: DType,
+        qin: Option<Quant>,
+        out_dtype: DType,
+        qout: Option<Quant>,
+    ) -> Vec<u8> {
         let mut mb = ModelBuilder::new();
         let sg = mb.main();
         let x = sg.tensor("x", dtype, &[3, 40]);
@@ -228,7 +282,13 @@ mod tests {
         for (op, options) in cases {
             let model = single(op, options.clone(), DType::F32, None, DType::F32, None);
             let x = random_tensor(DType::F32, &[3, 40], 9, -8.0, 8.0);
-            assert_matches_litert(&format!("{op:?} {options:?}"), &model, &[x], &resolvers(), None);
+            assert_matches_litert(
+                &format!("{op:?} {options:?}"),
+                &model,
+                &[x],
+                &resolvers(),
+                None,
+            );
         }
     }
 
@@ -242,7 +302,14 @@ mod tests {
             (Relu, Quant::per_tensor(0.05, -128)),
             (Relu6, Quant::per_tensor(0.05, -128)),
         ] {
-            let model = single(op, OpOptions::None, DType::I8, Some(qin.clone()), DType::I8, Some(out_q));
+            let model = single(
+                op,
+                OpOptions::None,
+                DType::I8,
+                Some(qin.clone()),
+                DType::I8,
+                Some(out_q),
+            );
             let x = random_tensor(DType::I8, &[3, 40], 11, -128.0, 127.0);
             assert_matches_litert(&format!("{op:?} int8"), &model, &[x], &resolvers(), None);
         }
@@ -265,7 +332,12 @@ mod tests {
         let x = sg.tensor("x", DType::F32, &[1, 4, 4, 3]);
         let alpha = sg.constant_f32("alpha", &[1, 1, 3], &[0.1, -0.5, 2.0]);
         let y = sg.tensor("y", DType::F32, &[1, 4, 4, 3]);
-        sg.op(OpKind::Builtin(BuiltinOp::Prelu), &[Some(x), Some(alpha)], &[y], OpOptions::None);
+        sg.op(
+            OpKind::Builtin(BuiltinOp::Prelu),
+            &[Some(x), Some(alpha)],
+            &[y],
+            OpOptions::None,
+        );
         sg.set_inputs(&[x]);
         sg.set_outputs(&[y]);
         let input = random_tensor(DType::F32, &[1, 4, 4, 3], 13, -2.0, 2.0);
@@ -274,7 +346,13 @@ mod tests {
 
     #[test]
     fn erf_is_accurate() {
-        for (x, want) in [(0.0f32, 0.0f32), (0.5, 0.520_499_9), (1.0, 0.842_700_8), (-2.0, -0.995_322_3), (3.0, 0.999_977_9)] {
+        for (x, want) in [
+            (0.0f32, 0.0f32),
+            (0.5, 0.520_499_9),
+            (1.0, 0.842_700_8),
+            (-2.0, -0.995_322_3),
+            (3.0, 0.999_977_9),
+        ] {
             assert!((erf(x) - want).abs() < 2e-7, "erf({x}) = {}", erf(x));
         }
     }

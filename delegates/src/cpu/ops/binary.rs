@@ -164,7 +164,12 @@ pub fn prepare(ctx: &PrepareCtx<'_>, _mode: KernelMode) -> Result<PreparedKernel
             };
             Some(params)
         }
-        other => return Err(KernelError::dtype("float32, int32, int64, int8 or uint8", other)),
+        other => {
+            return Err(KernelError::dtype(
+                "float32, int32, int64, int8 or uint8",
+                other,
+            ));
+        }
     };
     if out.dtype != dtype {
         return Err(KernelError::invalid(format!(
@@ -201,7 +206,11 @@ fn float_op(kind: Kind, x: f32, y: f32) -> f32 {
         Kind::FloorDiv => (x / y).floor(),
         Kind::FloorMod => {
             let r = x % y;
-            if r != 0.0 && ((r < 0.0) != (y < 0.0)) { r + y } else { r }
+            if r != 0.0 && ((r < 0.0) != (y < 0.0)) {
+                r + y
+            } else {
+                r
+            }
         }
     }
 }
@@ -241,7 +250,11 @@ fn int_op(kind: Kind, x: i64, y: i64) -> i64 {
                 0
             } else {
                 let r = x % y;
-                if r != 0 && ((r < 0) != (y < 0)) { r + y } else { r }
+                if r != 0 && ((r < 0) != (y < 0)) {
+                    r + y
+                } else {
+                    r
+                }
             }
         }
     }
@@ -296,8 +309,11 @@ impl Binary {
                     multiply_by_quantized_multiplier(raw, q.m_out.0, q.m_out.1) + q.zp_out
                 }
                 Kind::Mul => {
-                    multiply_by_quantized_multiplier((x - q.zp1) * (y - q.zp2), q.m_out.0, q.m_out.1)
-                        + q.zp_out
+                    multiply_by_quantized_multiplier(
+                        (x - q.zp1) * (y - q.zp2),
+                        q.m_out.0,
+                        q.m_out.1,
+                    ) + q.zp_out
                 }
                 Kind::Max => x.max(y),
                 _ => x.min(y),
@@ -310,7 +326,13 @@ impl Binary {
         });
     }
 
-    fn eval_int<T: Copy + Into<i64>>(&self, a: &[T], b: &[T], out: &mut [T], from: impl Fn(i64) -> T) {
+    fn eval_int<T: Copy + Into<i64>>(
+        &self,
+        a: &[T],
+        b: &[T],
+        out: &mut [T],
+        from: impl Fn(i64) -> T,
+    ) {
         let (lo, hi) = match self.activation {
             Activation::Relu => (0, i64::MAX),
             Activation::Relu6 => (0, 6),
@@ -325,7 +347,11 @@ impl Binary {
 }
 
 impl switchyard_interpreter::OpKernel for Binary {
-    fn eval(&self, inputs: &[Option<TensorView<'_>>], outputs: &mut [TensorViewMut<'_>]) -> Result<(), KernelError> {
+    fn eval(
+        &self,
+        inputs: &[Option<TensorView<'_>>],
+        outputs: &mut [TensorViewMut<'_>],
+    ) -> Result<(), KernelError> {
         let a = input(inputs, 0)?;
         let b = input(inputs, 1)?;
         let out = outputs
@@ -406,11 +432,17 @@ mod tests {
         };
         let mut xa = random_tensor(case.dtype, &case.a, 1, lo, hi);
         let xb = random_tensor(case.dtype, &case.b, 2, lo, hi);
-        if matches!(case.op, BuiltinOp::Div | BuiltinOp::FloorDiv | BuiltinOp::FloorMod) {
+        if matches!(
+            case.op,
+            BuiltinOp::Div | BuiltinOp::FloorDiv | BuiltinOp::FloorMod
+        ) {
             // Keep divisors away from zero.
             xa = random_tensor(case.dtype, &case.a, 1, lo, hi);
         }
-        let xb = if matches!(case.op, BuiltinOp::Div | BuiltinOp::FloorDiv | BuiltinOp::FloorMod) {
+        let xb = if matches!(
+            case.op,
+            BuiltinOp::Div | BuiltinOp::FloorDiv | BuiltinOp::FloorMod
+        ) {
             match case.dtype {
                 DType::F32 => random_tensor(DType::F32, &case.b, 2, 0.5, 3.0),
                 _ => random_tensor(case.dtype, &case.b, 2, 1.0, 9.0),
@@ -425,18 +457,39 @@ mod tests {
         } else {
             xa
         };
-        let name = format!("{:?} {:?} {:?}x{:?} {:?}", case.op, case.dtype, case.a, case.b, case.act);
+        let name = format!(
+            "{:?} {:?} {:?}x{:?} {:?}",
+            case.op, case.dtype, case.a, case.b, case.act
+        );
         assert_matches_litert(&name, &mb.finish(), &[xa, xb], &resolvers(), None);
     }
 
     fn case(op: BuiltinOp, dtype: DType, a: &[usize], b: &[usize]) -> Case {
-        Case { op, dtype, a: a.to_vec(), b: b.to_vec(), act: Activation::None, quant: None }
+        Case {
+            op,
+            dtype,
+            a: a.to_vec(),
+            b: b.to_vec(),
+            act: Activation::None,
+            quant: None,
+        }
     }
 
     #[test]
     fn float_ops_with_broadcasting() {
         use BuiltinOp::*;
-        for op in [Add, Sub, Mul, Div, Maximum, Minimum, SquaredDifference, Pow, FloorDiv, FloorMod] {
+        for op in [
+            Add,
+            Sub,
+            Mul,
+            Div,
+            Maximum,
+            Minimum,
+            SquaredDifference,
+            Pow,
+            FloorDiv,
+            FloorMod,
+        ] {
             run(&case(op, DType::F32, &[2, 3, 4], &[2, 3, 4]));
             run(&case(op, DType::F32, &[2, 3, 4], &[4]));
         }
@@ -448,7 +501,10 @@ mod tests {
     fn fused_activations() {
         for act in [Activation::Relu, Activation::Relu6, Activation::ReluN1To1] {
             for op in [BuiltinOp::Add, BuiltinOp::Mul, BuiltinOp::Sub] {
-                run(&Case { act, ..case(op, DType::F32, &[4, 5], &[5]) });
+                run(&Case {
+                    act,
+                    ..case(op, DType::F32, &[4, 5], &[5])
+                });
             }
         }
     }
@@ -469,12 +525,22 @@ mod tests {
             let q = q.map(|(s, z)| (s, z + shift));
             for op in [BuiltinOp::Add, BuiltinOp::Sub, BuiltinOp::Mul] {
                 for act in [Activation::None, Activation::Relu] {
-                    run(&Case { act, quant: Some(q), ..case(op, dtype, &[2, 3, 8], &[8]) });
+                    run(&Case {
+                        act,
+                        quant: Some(q),
+                        ..case(op, dtype, &[2, 3, 8], &[8])
+                    });
                 }
             }
             let same = [(0.05, 3 + shift); 3];
-            run(&Case { quant: Some(same), ..case(BuiltinOp::Maximum, dtype, &[4, 4], &[4]) });
-            run(&Case { quant: Some(same), ..case(BuiltinOp::Minimum, dtype, &[4, 4], &[4, 4]) });
+            run(&Case {
+                quant: Some(same),
+                ..case(BuiltinOp::Maximum, dtype, &[4, 4], &[4])
+            });
+            run(&Case {
+                quant: Some(same),
+                ..case(BuiltinOp::Minimum, dtype, &[4, 4], &[4, 4])
+            });
         }
     }
 
@@ -485,11 +551,20 @@ mod tests {
         let a = sg.tensor("a", DType::F32, &[2, 3]);
         let b = sg.tensor("b", DType::F32, &[3, 2]);
         let y = sg.tensor("y", DType::F32, &[2, 3]);
-        sg.op(OpKind::Builtin(BuiltinOp::Add), &[Some(a), Some(b)], &[y], OpOptions::None);
+        sg.op(
+            OpKind::Builtin(BuiltinOp::Add),
+            &[Some(a), Some(b)],
+            &[y],
+            OpOptions::None,
+        );
         sg.set_inputs(&[a, b]);
         sg.set_outputs(&[y]);
         let model = Arc::new(switchyard_interpreter::Model::from_bytes(&mb.finish()).unwrap());
-        let r = switchyard_interpreter::Interpreter::new(model, Arc::new(CpuResolver::reference()), Default::default());
+        let r = switchyard_interpreter::Interpreter::new(
+            model,
+            Arc::new(CpuResolver::reference()),
+            Default::default(),
+        );
         assert!(r.is_err());
     }
 }

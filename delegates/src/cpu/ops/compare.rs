@@ -46,7 +46,9 @@ struct Compare {
 }
 
 fn qparams(q: Option<&Quant>) -> (f64, i32) {
-    q.map_or((1.0, 0), |q| (q.scale_at(0) as f64, q.zero_point_at(0) as i32))
+    q.map_or((1.0, 0), |q| {
+        (q.scale_at(0) as f64, q.zero_point_at(0) as i32)
+    })
 }
 
 pub fn prepare(ctx: &PrepareCtx<'_>, _mode: KernelMode) -> Result<PreparedKernel, KernelError> {
@@ -57,12 +59,20 @@ pub fn prepare(ctx: &PrepareCtx<'_>, _mode: KernelMode) -> Result<PreparedKernel
         Some(BuiltinOp::GreaterEqual) => Cmp::GreaterEqual,
         Some(BuiltinOp::Equal) => Cmp::Equal,
         Some(BuiltinOp::NotEqual) => Cmp::NotEqual,
-        _ => return Err(KernelError::unsupported(format!("{} is not a comparison", ctx.op()))),
+        _ => {
+            return Err(KernelError::unsupported(format!(
+                "{} is not a comparison",
+                ctx.op()
+            )));
+        }
     };
     ctx.expect_arity(2, 2, 1)?;
     let (a, b) = (ctx.input(0)?, ctx.input(1)?);
     if a.dtype != b.dtype {
-        return Err(KernelError::invalid(format!("input dtypes differ: {} and {}", a.dtype, b.dtype)));
+        return Err(KernelError::invalid(format!(
+            "input dtypes differ: {} and {}",
+            a.dtype, b.dtype
+        )));
     }
     if ctx.output(0)?.dtype != DType::Bool {
         return Err(KernelError::dtype("bool output", ctx.output(0)?.dtype));
@@ -73,37 +83,63 @@ pub fn prepare(ctx: &PrepareCtx<'_>, _mode: KernelMode) -> Result<PreparedKernel
             let (qa, qb) = (qparams(a.quant), qparams(b.quant));
             if qa == qb { None } else { Some([qa, qb]) }
         }
-        other => return Err(KernelError::dtype("float32, int32, int64, int8, uint8 or bool", other)),
+        other => {
+            return Err(KernelError::dtype(
+                "float32, int32, int64, int8, uint8 or bool",
+                other,
+            ));
+        }
     };
     let out = broadcast_shapes(a.shape, b.shape)?;
     Ok(PreparedKernel::new(
         vec![out.clone()],
-        Compare { cmp, dtype: a.dtype, a: a.shape.to_vec(), b: b.shape.to_vec(), out, dequant },
+        Compare {
+            cmp,
+            dtype: a.dtype,
+            a: a.shape.to_vec(),
+            b: b.shape.to_vec(),
+            out,
+            dequant,
+        },
     ))
 }
 
 impl OpKernel for Compare {
-    fn eval(&self, inputs: &[Option<TensorView<'_>>], outputs: &mut [TensorViewMut<'_>]) -> Result<(), KernelError> {
+    fn eval(
+        &self,
+        inputs: &[Option<TensorView<'_>>],
+        outputs: &mut [TensorViewMut<'_>],
+    ) -> Result<(), KernelError> {
         let (a, b) = (input(inputs, 0)?, input(inputs, 1)?);
-        let out = outputs.first_mut().ok_or_else(|| KernelError::invalid("missing output"))?;
+        let out = outputs
+            .first_mut()
+            .ok_or_else(|| KernelError::invalid("missing output"))?;
         let o = out.u8s_mut()?;
         let cmp = self.cmp;
         match self.dtype {
             DType::F32 => {
                 let (x, y) = (a.f32s()?, b.f32s()?);
-                for_each_broadcast(&self.a, &self.b, &self.out, |k, i, j| o[k] = cmp.apply(x[i], y[j]) as u8);
+                for_each_broadcast(&self.a, &self.b, &self.out, |k, i, j| {
+                    o[k] = cmp.apply(x[i], y[j]) as u8
+                });
             }
             DType::I32 => {
                 let (x, y) = (a.i32s()?, b.i32s()?);
-                for_each_broadcast(&self.a, &self.b, &self.out, |k, i, j| o[k] = cmp.apply(x[i], y[j]) as u8);
+                for_each_broadcast(&self.a, &self.b, &self.out, |k, i, j| {
+                    o[k] = cmp.apply(x[i], y[j]) as u8
+                });
             }
             DType::I64 => {
                 let (x, y) = (a.i64s()?, b.i64s()?);
-                for_each_broadcast(&self.a, &self.b, &self.out, |k, i, j| o[k] = cmp.apply(x[i], y[j]) as u8);
+                for_each_broadcast(&self.a, &self.b, &self.out, |k, i, j| {
+                    o[k] = cmp.apply(x[i], y[j]) as u8
+                });
             }
             DType::Bool => {
                 let (x, y) = (a.u8s()?, b.u8s()?);
-                for_each_broadcast(&self.a, &self.b, &self.out, |k, i, j| o[k] = cmp.apply(x[i] != 0, y[j] != 0) as u8);
+                for_each_broadcast(&self.a, &self.b, &self.out, |k, i, j| {
+                    o[k] = cmp.apply(x[i] != 0, y[j] != 0) as u8
+                });
             }
             dt => {
                 let (xb, yb) = (a.bytes, b.bytes);
@@ -111,11 +147,13 @@ impl OpKernel for Compare {
                     None => for_each_broadcast(&self.a, &self.b, &self.out, |k, i, j| {
                         o[k] = cmp.apply(load_q(xb, dt, i), load_q(yb, dt, j)) as u8
                     }),
-                    Some([(sa, za), (sb, zb)]) => for_each_broadcast(&self.a, &self.b, &self.out, |k, i, j| {
-                        let x = sa * (load_q(xb, dt, i) - za) as f64;
-                        let y = sb * (load_q(yb, dt, j) - zb) as f64;
-                        o[k] = cmp.apply(x, y) as u8
-                    }),
+                    Some([(sa, za), (sb, zb)]) => {
+                        for_each_broadcast(&self.a, &self.b, &self.out, |k, i, j| {
+                            let x = sa * (load_q(xb, dt, i) - za) as f64;
+                            let y = sb * (load_q(yb, dt, j) - zb) as f64;
+                            o[k] = cmp.apply(x, y) as u8
+                        })
+                    }
                 }
             }
         }
@@ -140,8 +178,10 @@ mod tests {
 
     #[test]
     fn comparisons_match_litert() {
-        let resolvers: Vec<(&str, Arc<dyn OpResolver>)> =
-            vec![("reference", Arc::new(CpuResolver::reference())), ("optimized", Arc::new(CpuResolver::optimized()))];
+        let resolvers: Vec<(&str, Arc<dyn OpResolver>)> = vec![
+            ("reference", Arc::new(CpuResolver::reference())),
+            ("optimized", Arc::new(CpuResolver::optimized())),
+        ];
         use BuiltinOp::*;
         for op in [Less, LessEqual, Greater, GreaterEqual, Equal, NotEqual] {
             for (dtype, lo, hi) in [(DType::F32, -1.0, 1.0), (DType::I32, -3.0, 3.0)] {
@@ -150,12 +190,23 @@ mod tests {
                 let a = sg.tensor("a", dtype, &[3, 4]);
                 let b = sg.tensor("b", dtype, &[4]);
                 let y = sg.tensor("y", DType::Bool, &[3, 4]);
-                sg.op(OpKind::Builtin(op), &[Some(a), Some(b)], &[y], OpOptions::None);
+                sg.op(
+                    OpKind::Builtin(op),
+                    &[Some(a), Some(b)],
+                    &[y],
+                    OpOptions::None,
+                );
                 sg.set_inputs(&[a, b]);
                 sg.set_outputs(&[y]);
                 let xa = random_tensor(dtype, &[3, 4], 3, lo, hi);
                 let xb = random_tensor(dtype, &[4], 4, lo, hi);
-                assert_matches_litert(&format!("{op:?} {dtype}"), &mb.finish(), &[xa, xb], &resolvers, None);
+                assert_matches_litert(
+                    &format!("{op:?} {dtype}"),
+                    &mb.finish(),
+                    &[xa, xb],
+                    &resolvers,
+                    None,
+                );
             }
         }
     }

@@ -60,7 +60,10 @@ pub fn prepare(ctx: &PrepareCtx<'_>, _mode: KernelMode) -> Result<PreparedKernel
         let shapes = ctx
             .inputs
             .iter()
-            .map(|i| i.map(|i| i.shape.to_vec()).ok_or_else(|| KernelError::invalid("missing input")))
+            .map(|i| {
+                i.map(|i| i.shape.to_vec())
+                    .ok_or_else(|| KernelError::invalid("missing input"))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         (axis, shapes)
     };
@@ -73,7 +76,10 @@ pub fn prepare(ctx: &PrepareCtx<'_>, _mode: KernelMode) -> Result<PreparedKernel
             return Err(KernelError::invalid("inputs have different dtypes"));
         }
         if s.len() != rank || (0..rank).any(|d| d != axis && s[d] != shapes[0][d]) {
-            return Err(KernelError::shape(format!("input {k} shape {s:?} does not match {:?} off axis {axis}", shapes[0])));
+            return Err(KernelError::shape(format!(
+                "input {k} shape {s:?} does not match {:?} off axis {axis}",
+                shapes[0]
+            )));
         }
         out_shape[axis] += s[axis];
     }
@@ -90,23 +96,52 @@ pub fn prepare(ctx: &PrepareCtx<'_>, _mode: KernelMode) -> Result<PreparedKernel
             let (Some(qi), Some(qo)) = (ctx.input(k)?.quant, out.quant) else {
                 return Ok(None);
             };
-            let (si, zi, so, zo) = (qi.scale_at(0), qi.zero_point_at(0) as i32, qo.scale_at(0), qo.zero_point_at(0) as i32);
-            Ok(if si == so && zi == zo { None } else { Some((si / so, zi, zo)) })
+            let (si, zi, so, zo) = (
+                qi.scale_at(0),
+                qi.zero_point_at(0) as i32,
+                qo.scale_at(0),
+                qo.zero_point_at(0) as i32,
+            );
+            Ok(if si == so && zi == zo {
+                None
+            } else {
+                Some((si / so, zi, zo))
+            })
         })
         .collect::<Result<Vec<_>, KernelError>>()?;
-    let qrange = if quantized { dtype_range(first.dtype)? } else { (0, 0) };
+    let qrange = if quantized {
+        dtype_range(first.dtype)?
+    } else {
+        (0, 0)
+    };
     Ok(PreparedKernel::new(
         vec![out_shape],
-        Concat { chunk, outer, requant, dtype: first.dtype, elem, qrange, activation },
+        Concat {
+            chunk,
+            outer,
+            requant,
+            dtype: first.dtype,
+            elem,
+            qrange,
+            activation,
+        },
     ))
 }
 
 impl OpKernel for Concat {
-    fn eval(&self, inputs: &[Option<TensorView<'_>>], outputs: &mut [TensorViewMut<'_>]) -> Result<(), KernelError> {
-        let out = outputs.first_mut().ok_or_else(|| KernelError::invalid("missing output"))?;
+    fn eval(
+        &self,
+        inputs: &[Option<TensorView<'_>>],
+        outputs: &mut [TensorViewMut<'_>],
+    ) -> Result<(), KernelError> {
+        let out = outputs
+            .first_mut()
+            .ok_or_else(|| KernelError::invalid("missing output"))?;
         let row: usize = self.chunk.iter().sum();
         for (k, x) in inputs.iter().enumerate() {
-            let x = x.as_ref().ok_or_else(|| KernelError::invalid("missing input"))?;
+            let x = x
+                .as_ref()
+                .ok_or_else(|| KernelError::invalid("missing input"))?;
             let c = self.chunk[k];
             let offset: usize = self.chunk[..k].iter().sum();
             for o in 0..self.outer {
@@ -119,7 +154,8 @@ impl OpKernel for Concat {
                         let base = dst_start / self.elem;
                         for e in 0..n {
                             let q = load_q(src, self.dtype, e);
-                            let v = ((ratio * (q - zi) as f32).round() as i32 + zo).clamp(self.qrange.0, self.qrange.1);
+                            let v = ((ratio * (q - zi) as f32).round() as i32 + zo)
+                                .clamp(self.qrange.0, self.qrange.1);
                             store_q(out.bytes, self.dtype, base + e, v);
                         }
                     }
@@ -152,9 +188,15 @@ mod tests {
 
     #[test]
     fn concatenation_matches_litert() {
-        let resolvers: Vec<(&str, Arc<dyn OpResolver>)> =
-            vec![("reference", Arc::new(CpuResolver::reference())), ("optimized", Arc::new(CpuResolver::optimized()))];
-        for (axis, shapes) in [(-1, [[2, 3, 4], [2, 3, 5]]), (1, [[2, 1, 4], [2, 3, 4]]), (0, [[1, 3, 4], [2, 3, 4]])] {
+        let resolvers: Vec<(&str, Arc<dyn OpResolver>)> = vec![
+            ("reference", Arc::new(CpuResolver::reference())),
+            ("optimized", Arc::new(CpuResolver::optimized())),
+        ];
+        for (axis, shapes) in [
+            (-1, [[2, 3, 4], [2, 3, 5]]),
+            (1, [[2, 1, 4], [2, 3, 4]]),
+            (0, [[1, 3, 4], [2, 3, 4]]),
+        ] {
             // LiteRT requires equal quantization for int8 inputs; uint8 may be requantized.
             for (dtype, q) in [
                 (DType::F32, None),
@@ -174,13 +216,26 @@ mod tests {
                         sg.set_quant(t, Quant::per_tensor(s, z));
                     }
                 }
-                sg.op(OpKind::Builtin(BuiltinOp::Concatenation), &[Some(a), Some(b)], &[y],
-                    OpOptions::Concatenation { axis, activation: Activation::None });
+                sg.op(
+                    OpKind::Builtin(BuiltinOp::Concatenation),
+                    &[Some(a), Some(b)],
+                    &[y],
+                    OpOptions::Concatenation {
+                        axis,
+                        activation: Activation::None,
+                    },
+                );
                 sg.set_inputs(&[a, b]);
                 sg.set_outputs(&[y]);
                 let xa = random_tensor(dtype, &shapes[0], 1, -128.0, 255.0);
                 let xb = random_tensor(dtype, &shapes[1], 2, -128.0, 255.0);
-                assert_matches_litert(&format!("CONCAT axis {axis} {dtype}"), &mb.finish(), &[xa, xb], &resolvers, None);
+                assert_matches_litert(
+                    &format!("CONCAT axis {axis} {dtype}"),
+                    &mb.finish(),
+                    &[xa, xb],
+                    &resolvers,
+                    None,
+                );
             }
         }
     }

@@ -14,9 +14,15 @@ use crate::cpu::util::normalize_axis;
 pub struct CopyKernel;
 
 impl OpKernel for CopyKernel {
-    fn eval(&self, inputs: &[Option<TensorView<'_>>], outputs: &mut [TensorViewMut<'_>]) -> Result<(), KernelError> {
+    fn eval(
+        &self,
+        inputs: &[Option<TensorView<'_>>],
+        outputs: &mut [TensorViewMut<'_>],
+    ) -> Result<(), KernelError> {
         let x = input(inputs, 0)?;
-        let out = outputs.first_mut().ok_or_else(|| KernelError::invalid("missing output"))?;
+        let out = outputs
+            .first_mut()
+            .ok_or_else(|| KernelError::invalid("missing output"))?;
         if out.bytes.len() != x.bytes.len() {
             return Err(KernelError::shape("reshape changes the number of bytes"));
         }
@@ -36,8 +42,16 @@ pub fn resolve_shape(requested: &[i64], count: usize) -> Result<Vec<usize>, Kern
     for (i, &d) in requested.iter().enumerate() {
         match d {
             -1 if unknown.is_none() => unknown = Some(i),
-            -1 => return Err(KernelError::shape(format!("more than one -1 in {requested:?}"))),
-            d if d < 0 => return Err(KernelError::shape(format!("negative dimension in {requested:?}"))),
+            -1 => {
+                return Err(KernelError::shape(format!(
+                    "more than one -1 in {requested:?}"
+                )));
+            }
+            d if d < 0 => {
+                return Err(KernelError::shape(format!(
+                    "negative dimension in {requested:?}"
+                )));
+            }
             d => {
                 known = known
                     .checked_mul(d as usize)
@@ -49,12 +63,16 @@ pub fn resolve_shape(requested: &[i64], count: usize) -> Result<Vec<usize>, Kern
     match unknown {
         Some(i) => {
             if known == 0 || count % known != 0 {
-                return Err(KernelError::shape(format!("cannot reshape {count} elements to {requested:?}")));
+                return Err(KernelError::shape(format!(
+                    "cannot reshape {count} elements to {requested:?}"
+                )));
             }
             shape[i] = count / known;
         }
         None if known != count => {
-            return Err(KernelError::shape(format!("cannot reshape {count} elements to {requested:?}")));
+            return Err(KernelError::shape(format!(
+                "cannot reshape {count} elements to {requested:?}"
+            )));
         }
         None => {}
     }
@@ -69,12 +87,16 @@ pub fn prepare(ctx: &PrepareCtx<'_>, _mode: KernelMode) -> Result<PreparedKernel
             ctx.expect_arity(1, 2, 1)?;
             // The shape input wins when present, then the option, then the stored shape.
             let requested: Vec<i64> = match ctx.optional_input(1) {
-                Some(s) if !(s.shape.len() == 1 && s.shape[0] == 0 && s.data.is_some()) => match s.value() {
-                    Some(v) => v.to_i64_vec()?,
-                    None => return Err(KernelError::NeedsValues),
-                },
+                Some(s) if !(s.shape.len() == 1 && s.shape[0] == 0 && s.data.is_some()) => {
+                    match s.value() {
+                        Some(v) => v.to_i64_vec()?,
+                        None => return Err(KernelError::NeedsValues),
+                    }
+                }
                 _ => match &ctx.node.options {
-                    OpOptions::Reshape { new_shape: Some(s) } => s.iter().map(|&d| d as i64).collect(),
+                    OpOptions::Reshape { new_shape: Some(s) } => {
+                        s.iter().map(|&d| d as i64).collect()
+                    }
                     _ => ctx.output(0)?.shape.iter().map(|&d| d as i64).collect(),
                 },
             };
@@ -96,17 +118,31 @@ pub fn prepare(ctx: &PrepareCtx<'_>, _mode: KernelMode) -> Result<PreparedKernel
                 for &d in &dims {
                     let a = normalize_axis(d as i64, rank)?;
                     if x.shape[a] != 1 {
-                        return Err(KernelError::shape(format!("cannot squeeze dimension {a} of {:?}", x.shape)));
+                        return Err(KernelError::shape(format!(
+                            "cannot squeeze dimension {a} of {:?}",
+                            x.shape
+                        )));
                     }
                     drop[a] = true;
                 }
             }
-            x.shape.iter().zip(&drop).filter(|(_, d)| !**d).map(|(&s, _)| s).collect()
+            x.shape
+                .iter()
+                .zip(&drop)
+                .filter(|(_, d)| !**d)
+                .map(|(&s, _)| s)
+                .collect()
         }
         Some(BuiltinOp::ExpandDims) => {
             ctx.expect_arity(2, 2, 1)?;
-            let axis = ctx.input(1)?.value().ok_or(KernelError::NeedsValues)?.to_i64_vec()?;
-            let axis = *axis.first().ok_or_else(|| KernelError::invalid("empty axis"))?;
+            let axis = ctx
+                .input(1)?
+                .value()
+                .ok_or(KernelError::NeedsValues)?
+                .to_i64_vec()?;
+            let axis = *axis
+                .first()
+                .ok_or_else(|| KernelError::invalid("empty axis"))?;
             let a = normalize_axis(axis, x.shape.len() + 1)?;
             let mut shape = x.shape.to_vec();
             shape.insert(a, 1);
@@ -119,7 +155,9 @@ pub fn prepare(ctx: &PrepareCtx<'_>, _mode: KernelMode) -> Result<PreparedKernel
         _ => return Err(KernelError::unsupported(ctx.op().to_string())),
     };
     if ctx.output(0)?.dtype != x.dtype {
-        return Err(KernelError::invalid("output dtype differs from input dtype"));
+        return Err(KernelError::invalid(
+            "output dtype differs from input dtype",
+        ));
     }
     Ok(PreparedKernel::new(vec![out_shape], CopyKernel))
 }
@@ -136,7 +174,10 @@ mod tests {
     use crate::cpu::CpuResolver;
 
     fn resolvers() -> Vec<(&'static str, Arc<dyn OpResolver>)> {
-        vec![("reference", Arc::new(CpuResolver::reference())), ("optimized", Arc::new(CpuResolver::optimized()))]
+        vec![
+            ("reference", Arc::new(CpuResolver::reference())),
+            ("optimized", Arc::new(CpuResolver::optimized())),
+        ]
     }
 
     #[test]
@@ -147,10 +188,21 @@ mod tests {
         let x = sg.tensor("x", DType::F32, &[2, 3, 4]);
         let s = sg.constant_i32("s", &[2], &[-1, 6]);
         let y = sg.tensor("y", DType::F32, &[4, 6]);
-        sg.op(OpKind::Builtin(BuiltinOp::Reshape), &[Some(x), Some(s)], &[y], OpOptions::Reshape { new_shape: None });
+        sg.op(
+            OpKind::Builtin(BuiltinOp::Reshape),
+            &[Some(x), Some(s)],
+            &[y],
+            OpOptions::Reshape { new_shape: None },
+        );
         sg.set_inputs(&[x]);
         sg.set_outputs(&[y]);
-        assert_matches_litert("RESHAPE", &mb.finish(), &[random_tensor(DType::F32, &[2, 3, 4], 1, -1.0, 1.0)], &resolvers(), None);
+        assert_matches_litert(
+            "RESHAPE",
+            &mb.finish(),
+            &[random_tensor(DType::F32, &[2, 3, 4], 1, -1.0, 1.0)],
+            &resolvers(),
+            None,
+        );
 
         // SQUEEZE with explicit dims and EXPAND_DIMS with a negative axis, on int8.
         let mut mb = ModelBuilder::new();
@@ -159,11 +211,27 @@ mod tests {
         let y = sg.tensor("y", DType::I8, &[3, 1, 4]);
         let axis = sg.constant_i32("axis", &[], &[-1]);
         let z = sg.tensor("z", DType::I8, &[3, 1, 4, 1]);
-        sg.op(OpKind::Builtin(BuiltinOp::Squeeze), &[Some(x)], &[y], OpOptions::Squeeze { dims: vec![0] });
-        sg.op(OpKind::Builtin(BuiltinOp::ExpandDims), &[Some(y), Some(axis)], &[z], OpOptions::None);
+        sg.op(
+            OpKind::Builtin(BuiltinOp::Squeeze),
+            &[Some(x)],
+            &[y],
+            OpOptions::Squeeze { dims: vec![0] },
+        );
+        sg.op(
+            OpKind::Builtin(BuiltinOp::ExpandDims),
+            &[Some(y), Some(axis)],
+            &[z],
+            OpOptions::None,
+        );
         sg.set_inputs(&[x]);
         sg.set_outputs(&[z]);
-        assert_matches_litert("SQUEEZE+EXPAND_DIMS", &mb.finish(), &[random_tensor(DType::I8, &[1, 3, 1, 4], 2, -128.0, 127.0)], &resolvers(), None);
+        assert_matches_litert(
+            "SQUEEZE+EXPAND_DIMS",
+            &mb.finish(),
+            &[random_tensor(DType::I8, &[1, 3, 1, 4], 2, -128.0, 127.0)],
+            &resolvers(),
+            None,
+        );
     }
 
     #[test]

@@ -18,25 +18,45 @@ pub fn prepare(ctx: &PrepareCtx<'_>, _mode: KernelMode) -> Result<PreparedKernel
     ctx.expect_arity(1, 1, 1)?;
     let x = ctx.input(0)?;
     if x.dtype != DType::F32 {
-        return Err(KernelError::unsupported(format!("{} on {}", ctx.op(), x.dtype)));
+        return Err(KernelError::unsupported(format!(
+            "{} on {}",
+            ctx.op(),
+            x.dtype
+        )));
     }
-    let depth = *x.shape.last().ok_or_else(|| KernelError::shape("softmax of a scalar"))?;
+    let depth = *x
+        .shape
+        .last()
+        .ok_or_else(|| KernelError::shape("softmax of a scalar"))?;
     let log = ctx.op().builtin() == Some(BuiltinOp::LogSoftmax);
     let beta = match ctx.node.options {
         OpOptions::Softmax { beta } => beta,
         _ => 1.0,
     };
-    Ok(PreparedKernel::new(vec![x.shape.to_vec()], Softmax { beta, log, depth }))
+    Ok(PreparedKernel::new(
+        vec![x.shape.to_vec()],
+        Softmax { beta, log, depth },
+    ))
 }
 
 impl OpKernel for Softmax {
-    fn eval(&self, inputs: &[Option<TensorView<'_>>], outputs: &mut [TensorViewMut<'_>]) -> Result<(), KernelError> {
+    fn eval(
+        &self,
+        inputs: &[Option<TensorView<'_>>],
+        outputs: &mut [TensorViewMut<'_>],
+    ) -> Result<(), KernelError> {
         let x = input(inputs, 0)?.f32s()?;
-        let out = outputs.first_mut().ok_or_else(|| KernelError::invalid("missing output"))?.f32s_mut()?;
+        let out = outputs
+            .first_mut()
+            .ok_or_else(|| KernelError::invalid("missing output"))?
+            .f32s_mut()?;
         if self.depth == 0 {
             return Ok(());
         }
-        for (row, orow) in x.chunks_exact(self.depth).zip(out.chunks_exact_mut(self.depth)) {
+        for (row, orow) in x
+            .chunks_exact(self.depth)
+            .zip(out.chunks_exact_mut(self.depth))
+        {
             let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             if self.log {
                 let sum: f32 = row.iter().map(|&v| ((v - max) * self.beta).exp()).sum();
@@ -75,8 +95,10 @@ mod tests {
 
     #[test]
     fn softmax_matches_litert() {
-        let resolvers: Vec<(&str, Arc<dyn OpResolver>)> =
-            vec![("reference", Arc::new(CpuResolver::reference())), ("optimized", Arc::new(CpuResolver::optimized()))];
+        let resolvers: Vec<(&str, Arc<dyn OpResolver>)> = vec![
+            ("reference", Arc::new(CpuResolver::reference())),
+            ("optimized", Arc::new(CpuResolver::optimized())),
+        ];
         for (op, options) in [
             (BuiltinOp::Softmax, OpOptions::Softmax { beta: 1.0 }),
             (BuiltinOp::Softmax, OpOptions::Softmax { beta: 0.5 }),
@@ -90,7 +112,13 @@ mod tests {
             sg.set_inputs(&[x]);
             sg.set_outputs(&[y]);
             let input = random_tensor(DType::F32, &[2, 3, 10], 21, -10.0, 10.0);
-            assert_matches_litert(&format!("{op:?} {options:?}"), &mb.finish(), &[input], &resolvers, None);
+            assert_matches_litert(
+                &format!("{op:?} {options:?}"),
+                &mb.finish(),
+                &[input],
+                &resolvers,
+                None,
+            );
         }
     }
 }

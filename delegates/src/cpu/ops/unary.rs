@@ -45,18 +45,33 @@ pub fn prepare(ctx: &PrepareCtx<'_>, _mode: KernelMode) -> Result<PreparedKernel
         _ => false,
     };
     if !ok {
-        return Err(KernelError::unsupported(format!("{} on {}", ctx.op(), x.dtype)));
+        return Err(KernelError::unsupported(format!(
+            "{} on {}",
+            ctx.op(),
+            x.dtype
+        )));
     }
     if ctx.output(0)?.dtype != x.dtype {
-        return Err(KernelError::invalid("output dtype differs from input dtype"));
+        return Err(KernelError::invalid(
+            "output dtype differs from input dtype",
+        ));
     }
-    Ok(PreparedKernel::new(vec![x.shape.to_vec()], Unary { op, dtype: x.dtype }))
+    Ok(PreparedKernel::new(
+        vec![x.shape.to_vec()],
+        Unary { op, dtype: x.dtype },
+    ))
 }
 
 impl OpKernel for Unary {
-    fn eval(&self, inputs: &[Option<TensorView<'_>>], outputs: &mut [TensorViewMut<'_>]) -> Result<(), KernelError> {
+    fn eval(
+        &self,
+        inputs: &[Option<TensorView<'_>>],
+        outputs: &mut [TensorViewMut<'_>],
+    ) -> Result<(), KernelError> {
         let x = input(inputs, 0)?;
-        let out = outputs.first_mut().ok_or_else(|| KernelError::invalid("missing output"))?;
+        let out = outputs
+            .first_mut()
+            .ok_or_else(|| KernelError::invalid("missing output"))?;
         match self.dtype {
             DType::F32 => {
                 let f = float_fn(self.op).ok_or_else(|| KernelError::unsupported("op"))?;
@@ -101,11 +116,19 @@ mod tests {
 
     #[test]
     fn unary_float_ops_match_litert() {
-        let resolvers: Vec<(&str, Arc<dyn OpResolver>)> =
-            vec![("reference", Arc::new(CpuResolver::reference())), ("optimized", Arc::new(CpuResolver::optimized()))];
+        let resolvers: Vec<(&str, Arc<dyn OpResolver>)> = vec![
+            ("reference", Arc::new(CpuResolver::reference())),
+            ("optimized", Arc::new(CpuResolver::optimized())),
+        ];
         use BuiltinOp::*;
-        for op in [Abs, Neg, Log, Exp, Sqrt, Rsqrt, Square, Sin, Cos, Floor, Ceil, Round] {
-            let (lo, hi) = if matches!(op, Log | Sqrt | Rsqrt) { (0.05, 4.0) } else { (-3.0, 3.0) };
+        for op in [
+            Abs, Neg, Log, Exp, Sqrt, Rsqrt, Square, Sin, Cos, Floor, Ceil, Round,
+        ] {
+            let (lo, hi) = if matches!(op, Log | Sqrt | Rsqrt) {
+                (0.05, 4.0)
+            } else {
+                (-3.0, 3.0)
+            };
             let mut mb = ModelBuilder::new();
             let sg = mb.main();
             let x = sg.tensor("x", DType::F32, &[2, 17]);
