@@ -688,17 +688,18 @@ impl Interpreter {
             let first = part.nodes.iter().copied().min().unwrap_or(0);
             for &n in &part.nodes {
                 for &t in sg.nodes[n].inputs.iter().flatten() {
-                    if let Some(&pn) = producer.get(&t) {
-                        if !part.nodes.contains(&pn) && pn > first {
-                            return Err(RunError::Graph {
-                                subgraph: si,
-                                what: format!(
-                                    "partition {:?} on {} reads tensor {t} produced later by node {pn}",
-                                    part.nodes,
-                                    self.placements[p].delegate.name()
-                                ),
-                            });
-                        }
+                    if let Some(&pn) = producer.get(&t)
+                        && !part.nodes.contains(&pn)
+                        && pn > first
+                    {
+                        return Err(RunError::Graph {
+                            subgraph: si,
+                            what: format!(
+                                "partition {:?} on {} reads tensor {t} produced later by node {pn}",
+                                part.nodes,
+                                self.placements[p].delegate.name()
+                            ),
+                        });
                     }
                 }
             }

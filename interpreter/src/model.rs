@@ -416,12 +416,12 @@ fn decode_tensor(
         .filter(|&b| b <= isize::MAX as usize)
         .ok_or_else(|| err(format!("shape {shape:?} is too large")))?;
     let shape_signature: Option<Vec<i32>> = t.shape_signature().map(|v| v.iter().collect());
-    if let Some(sig) = &shape_signature {
-        if sig.len() != shape.len() {
-            return Err(err(format!(
-                "shape signature {sig:?} does not match shape {shape:?}"
-            )));
-        }
+    if let Some(sig) = &shape_signature
+        && sig.len() != shape.len()
+    {
+        return Err(err(format!(
+            "shape signature {sig:?} does not match shape {shape:?}"
+        )));
     }
 
     let quant = t.quantization().and_then(|q| {
@@ -508,7 +508,8 @@ fn decode_tensor(
                         range.len()
                     )));
                 }
-                let aligned = (file.as_ptr() as usize + range.start) % dtype.size().max(1) == 0;
+                let aligned =
+                    (file.as_ptr() as usize + range.start).is_multiple_of(dtype.size().max(1));
                 if aligned {
                     Some(ConstData::Model {
                         bytes: storage.clone(),

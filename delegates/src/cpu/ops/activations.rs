@@ -50,7 +50,10 @@ fn erf(x: f32) -> f32 {
     (if x64 >= 0.0 { 1.0 - y } else { y - 1.0 }) as f32
 }
 
-fn float_fn(op: BuiltinOp, options: &OpOptions) -> Option<(fn(f32, f32) -> f32, f32)> {
+/// An element function taking the value and one parameter (alpha), with that parameter.
+type FloatFn = (fn(f32, f32) -> f32, f32);
+
+fn float_fn(op: BuiltinOp, options: &OpOptions) -> Option<FloatFn> {
     Some(match op {
         BuiltinOp::Relu => (|x, _| x.max(0.0), 0.0),
         BuiltinOp::Relu6 => (|x, _| x.clamp(0.0, 6.0), 0.0),

@@ -62,7 +62,7 @@ pub fn resolve_shape(requested: &[i64], count: usize) -> Result<Vec<usize>, Kern
     let mut shape: Vec<usize> = requested.iter().map(|&d| d.max(0) as usize).collect();
     match unknown {
         Some(i) => {
-            if known == 0 || count % known != 0 {
+            if known == 0 || !count.is_multiple_of(known) {
                 return Err(KernelError::shape(format!(
                     "cannot reshape {count} elements to {requested:?}"
                 )));
