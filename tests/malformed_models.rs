@@ -50,6 +50,15 @@ fn truncated_models_are_refused_with_an_error() {
     }
 }
 
+/// Corruptions tried per model: a quick pass in CI; set SWITCHYARD_FUZZ_ITERS for a
+/// deeper local run.
+fn corruptions_per_model() -> usize {
+    std::env::var("SWITCHYARD_FUZZ_ITERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(60)
+}
+
 #[test]
 fn corrupted_models_never_panic() {
     let mut rng = Rng::new(7);
@@ -61,11 +70,14 @@ fn corrupted_models_never_panic() {
         let structure: Vec<usize> = (0..bytes.len().min(4096))
             .chain(bytes.len().saturating_sub(8192)..bytes.len())
             .collect();
-        for _ in 0..60 {
+        for _ in 0..corruptions_per_model() {
             let mut bad = bytes.clone();
             for _ in 0..1 + rng.int(0, 3) {
                 let pos = structure[rng.int(0, structure.len() as i64 - 1) as usize];
                 bad[pos] = rng.int(0, 255) as u8;
+            }
+            if std::env::var_os("SWITCHYARD_FUZZ_TRACE").is_some() {
+                eprintln!("{stem}: {:?}", diff_positions(&bytes, &bad));
             }
             load_and_try(&bad);
         }
@@ -80,4 +92,14 @@ fn garbage_is_not_a_model() {
         assert!(load_and_try(&bytes), "{len} random bytes were accepted");
     }
     assert!(Model::from_path("/nonexistent/model.tflite").is_err());
+}
+
+/// Positions and new values where `bad` differs from `good` (to reproduce a failure).
+fn diff_positions(good: &[u8], bad: &[u8]) -> Vec<(usize, u8)> {
+    good.iter()
+        .zip(bad)
+        .enumerate()
+        .filter(|(_, (a, b))| a != b)
+        .map(|(i, (_, b))| (i, *b))
+        .collect()
 }
