@@ -12,6 +12,7 @@ pub mod depthwise_conv2d;
 pub mod fully_connected;
 pub mod gather;
 pub mod lstm;
+pub mod movement;
 pub mod pad;
 pub mod pool;
 pub mod quantize;
