@@ -186,7 +186,7 @@ fn kernel_err(subgraph: usize, node: &Node, source: KernelError) -> RunError {
         subgraph,
         node: node.index,
         op: node.op.to_string(),
-        source,
+        error: source,
     }
 }
 
