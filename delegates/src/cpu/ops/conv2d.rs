@@ -65,15 +65,17 @@ pub(crate) fn float_clamp(act: Activation) -> Result<(f32, f32), KernelError> {
 }
 
 /// How requantization rounds its final right shift. LiteRT's builtin kernels do not
-/// all agree, and matching them bit for bit means following each; the tie tests
+/// all agree, and matching them bit for bit means following each. The tie tests
 /// (power-of-two multipliers and small values, so that many products land exactly
 /// half-way) pin down which op uses which:
-/// - `Gemmlowp`: TFLite's reference MultiplyByQuantizedMultiplier, whose shift
-///   (RoundingDivideByPOT) rounds half away from zero;
-/// - `HalfUp`: the shift rounds half up, as ruy (LiteRT's convolution GEMM) and the
-///   generic path of its int8 depthwise kernel do.
+/// - `Gemmlowp`, TFLite's reference MultiplyByQuantizedMultiplier, whose shift
+///   (RoundingDivideByPOT) rounds half away from zero: DEPTHWISE_CONV_2D (uint8, and
+///   int8 with depth multiplier 1), int8 BATCH_MATMUL, int8 TRANSPOSE_CONV;
+/// - `HalfUp`, the shift rounds half up as ruy does: CONV_2D and FULLY_CONNECTED (int8
+///   and uint8), int8 DEPTHWISE_CONV_2D with depth multiplier > 1, uint8
+///   TRANSPOSE_CONV.
 ///
-/// Both share the doubling high multiply, and they differ only on exact negative ties.
+/// Both share the doubling high multiply and differ only on exact negative ties.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Rounding {
     Gemmlowp,
