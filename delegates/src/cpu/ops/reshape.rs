@@ -86,10 +86,11 @@ pub fn resolve_shape(requested: &[i64], count: usize) -> Result<Vec<usize>, Kern
 /// then the `new_shape` option (where the legacy `[0]` means a scalar), then the shape
 /// stored in the model for the output.
 fn requested_shape(ctx: &PrepareCtx<'_>) -> Result<Vec<i64>, KernelError> {
-    if let Some(s) = ctx.optional_input(1) {
-        if s.shape.len() == 1 && matches!(s.dtype, DType::I32 | DType::I64) {
-            return known_ints(&s, "shape");
-        }
+    let vector = ctx
+        .optional_input(1)
+        .filter(|s| s.shape.len() == 1 && matches!(s.dtype, DType::I32 | DType::I64));
+    if let Some(s) = vector {
+        return known_ints(&s, "shape");
     }
     match &ctx.node.options {
         OpOptions::Reshape { new_shape: Some(s) } => Ok(if s.as_slice() == [0] {
