@@ -8,7 +8,9 @@ use switchyard_interpreter::{
     TensorViewMut,
 };
 
-use super::movement::{checked_input, count, expect_bytes, known_ints, known_scalar, movable_elem};
+use super::movement::{
+    byte_len, checked_input, count, expect_bytes, known_ints, known_scalar, movable_elem,
+};
 use crate::cpu::KernelMode;
 use crate::cpu::util::normalize_axis;
 
@@ -112,7 +114,7 @@ fn squeeze_shape(shape: &[usize], dims: &[i32]) -> Result<Vec<usize>, KernelErro
     } else {
         for &d in dims {
             let a = normalize_axis(d as i64, rank)?;
-            if shape[a] != 1 {
+            if shape.get(a) != Some(&1) {
                 return Err(KernelError::shape(format!(
                     "cannot squeeze dimension {a} of {shape:?}: its size is not 1"
                 )));
@@ -167,7 +169,9 @@ pub fn prepare(ctx: &PrepareCtx<'_>, _mode: KernelMode) -> Result<PreparedKernel
     super::movement::same_dtype(x.dtype, ctx.output(0)?.dtype)?;
     Ok(PreparedKernel::new(
         vec![out_shape],
-        CopyKernel { bytes: n * elem },
+        CopyKernel {
+            bytes: byte_len(x.shape, elem)?,
+        },
     ))
 }
 
@@ -371,6 +375,8 @@ mod tests {
         sg.set_inputs(&[x]);
         sg.set_outputs(&[y]);
         expect_error(&mb, &[data(DType::F32, &[1, 3], 1)], "cannot squeeze");
+        assert!(squeeze_shape(&[], &[0]).is_err());
+        assert_eq!(squeeze_shape(&[], &[]).unwrap(), Vec::<usize>::new());
 
         let mut mb = ModelBuilder::new();
         let sg = mb.main();
