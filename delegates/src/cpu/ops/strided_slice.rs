@@ -248,13 +248,11 @@ fn index_vector(
         )));
     }
     let v = known_ints(meta, what)?;
-    if let Some(len) = len {
-        if v.len() != len {
-            return Err(KernelError::shape(format!(
-                "{what} has {} values, expected {len}",
-                v.len()
-            )));
-        }
+    if let Some(len) = len.filter(|&len| v.len() != len) {
+        return Err(KernelError::shape(format!(
+            "{what} has {} values, expected {len}",
+            v.len()
+        )));
     }
     Ok(v)
 }
