@@ -407,3 +407,203 @@ fn signatures_run_like_litert_signature_runners() {
         assert!(it.run_signature("scale", &[("x", wrong.view())]).is_err());
     }
 }
+
+/// WHILE whose body holds an IF: acc += x on even i, acc -= x on odd i; and whose then
+/// branch reshapes, so the IF's output shape depends on the branch taken (dynamic).
+fn nested_model() -> Vec<u8> {
+    let mut mb = ModelBuilder::new();
+    let cond_sg = mb.add_subgraph();
+    let body_sg = mb.add_subgraph();
+    let plus_sg = mb.add_subgraph();
+    let minus_sg = mb.add_subgraph();
+    for (sgi, b) in [(plus_sg, BuiltinOp::Add), (minus_sg, BuiltinOp::Sub)] {
+        let sg = &mut mb.subgraphs[sgi];
+        let acc = sg.tensor("acc", DType::F32, &[4]);
+        let x = sg.tensor("x", DType::F32, &[4]);
+        let y = sg.tensor("y", DType::F32, &[4]);
+        sg.op(op(b), &[Some(acc), Some(x)], &[y], no_act());
+        sg.set_inputs(&[acc, x]);
+        sg.set_outputs(&[y]);
+    }
+    {
+        let sg = &mut mb.subgraphs[cond_sg];
+        let i = sg.tensor("i", DType::I32, &[1]);
+        let n = sg.tensor("n", DType::I32, &[1]);
+        let acc = sg.tensor("acc", DType::F32, &[4]);
+        let x = sg.tensor("x", DType::F32, &[4]);
+        let go = sg.tensor("go", DType::Bool, &[1]);
+        sg.op(
+            op(BuiltinOp::Less),
+            &[Some(i), Some(n)],
+            &[go],
+            OpOptions::None,
+        );
+        sg.set_inputs(&[i, n, acc, x]);
+        sg.set_outputs(&[go]);
+    }
+    {
+        let sg = &mut mb.subgraphs[body_sg];
+        let i = sg.tensor("i", DType::I32, &[1]);
+        let n = sg.tensor("n", DType::I32, &[1]);
+        let acc = sg.tensor("acc", DType::F32, &[4]);
+        let x = sg.tensor("x", DType::F32, &[4]);
+        let one = sg.constant_i32("one", &[1], &[1]);
+        let two = sg.constant_i32("two", &[1], &[2]);
+        let zero = sg.constant_i32("zero", &[1], &[0]);
+        let parity = sg.tensor("parity", DType::I32, &[1]);
+        let even = sg.tensor("even", DType::Bool, &[1]);
+        let acc2 = sg.tensor("acc_next", DType::F32, &[4]);
+        let i2 = sg.tensor("i_next", DType::I32, &[1]);
+        sg.op(
+            op(BuiltinOp::FloorMod),
+            &[Some(i), Some(two)],
+            &[parity],
+            OpOptions::None,
+        );
+        sg.op(
+            op(BuiltinOp::Equal),
+            &[Some(parity), Some(zero)],
+            &[even],
+            OpOptions::None,
+        );
+        sg.op(
+            op(BuiltinOp::If),
+            &[Some(even), Some(acc), Some(x)],
+            &[acc2],
+            OpOptions::If {
+                then_subgraph: plus_sg,
+                else_subgraph: minus_sg,
+            },
+        );
+        sg.op(op(BuiltinOp::Add), &[Some(i), Some(one)], &[i2], no_act());
+        sg.set_inputs(&[i, n, acc, x]);
+        sg.set_outputs(&[i2, n, acc2, x]);
+    }
+    let sg = mb.main();
+    let n = sg.tensor("n", DType::I32, &[1]);
+    let x = sg.tensor("x", DType::F32, &[4]);
+    let i0 = sg.constant_i32("i0", &[1], &[0]);
+    let acc0 = sg.constant_f32("acc0", &[4], &[0.0; 4]);
+    let outs: Vec<usize> = [
+        ("i_out", DType::I32, 1),
+        ("n_out", DType::I32, 1),
+        ("acc_out", DType::F32, 4),
+        ("x_out", DType::F32, 4),
+    ]
+    .iter()
+    .map(|&(name, dt, len)| sg.tensor(name, dt, &[len]))
+    .collect();
+    sg.op(
+        op(BuiltinOp::While),
+        &[Some(i0), Some(n), Some(acc0), Some(x)],
+        &outs,
+        OpOptions::While {
+            cond_subgraph: cond_sg,
+            body_subgraph: body_sg,
+        },
+    );
+    sg.set_inputs(&[n, x]);
+    sg.set_outputs(&[outs[0], outs[2]]);
+    mb.finish()
+}
+
+#[test]
+fn if_nested_in_while_matches_litert() {
+    let model = nested_model();
+    let x = random_tensor(DType::F32, &[4], 9, -3.0, 3.0);
+    let invokes: Vec<Vec<Tensor>> = [0, 1, 4, 7]
+        .iter()
+        .map(|&n| vec![i32s(&[1], &[n]), x.clone()])
+        .collect();
+    assert_matches_litert_seq("IF in WHILE", &model, &invokes, &resolvers(), None);
+}
+
+/// IF whose branches return different shapes: then = x (shape [2, 3]), else = x
+/// reshaped to [3, 2]. The IF output's shape is only known at run time.
+fn dynamic_if_model() -> Vec<u8> {
+    let mut mb = ModelBuilder::new();
+    let then_sg = mb.add_subgraph();
+    let else_sg = mb.add_subgraph();
+    {
+        let sg = &mut mb.subgraphs[then_sg];
+        let x = sg.tensor("x", DType::F32, &[2, 3]);
+        let two = sg.constant_f32("two", &[1], &[2.0]);
+        let y = sg.tensor("y", DType::F32, &[2, 3]);
+        sg.op(op(BuiltinOp::Mul), &[Some(x), Some(two)], &[y], no_act());
+        sg.set_inputs(&[x]);
+        sg.set_outputs(&[y]);
+    }
+    {
+        let sg = &mut mb.subgraphs[else_sg];
+        let x = sg.tensor("x", DType::F32, &[2, 3]);
+        let shape = sg.constant_i32("shape", &[2], &[3, 2]);
+        let y = sg.tensor("y", DType::F32, &[3, 2]);
+        sg.op(
+            op(BuiltinOp::Reshape),
+            &[Some(x), Some(shape)],
+            &[y],
+            OpOptions::Reshape {
+                new_shape: Some(vec![3, 2]),
+            },
+        );
+        sg.set_inputs(&[x]);
+        sg.set_outputs(&[y]);
+    }
+    let sg = mb.main();
+    let c = sg.tensor("c", DType::Bool, &[1]);
+    let x = sg.tensor("x", DType::F32, &[2, 3]);
+    let y = sg.tensor("y", DType::F32, &[2, 3]);
+    sg.set_signature(y, vec![-1, -1]);
+    sg.op(
+        op(BuiltinOp::If),
+        &[Some(c), Some(x)],
+        &[y],
+        OpOptions::If {
+            then_subgraph: then_sg,
+            else_subgraph: else_sg,
+        },
+    );
+    sg.set_inputs(&[c, x]);
+    sg.set_outputs(&[y]);
+    mb.finish()
+}
+
+#[test]
+fn if_with_branch_dependent_output_shape_matches_litert() {
+    let model = dynamic_if_model();
+    let x = random_tensor(DType::F32, &[2, 3], 4, -1.0, 1.0);
+    let cond = |v: bool| Tensor::from_bytes(DType::Bool, vec![1], &[u8::from(v)]).unwrap();
+    let invokes: Vec<Vec<Tensor>> = [true, false, false, true]
+        .iter()
+        .map(|&c| vec![cond(c), x.clone()])
+        .collect();
+    assert_matches_litert_seq("IF dynamic shape", &model, &invokes, &resolvers(), None);
+}
+
+#[test]
+fn self_recursive_control_flow_is_an_error_not_a_hang() {
+    // IF in subgraph 0 whose branches call subgraph 0 again.
+    let mut mb = ModelBuilder::new();
+    let sg = mb.main();
+    let c = sg.tensor("c", DType::Bool, &[1]);
+    let x = sg.tensor("x", DType::F32, &[2]);
+    let y = sg.tensor("y", DType::F32, &[2]);
+    sg.op(
+        op(BuiltinOp::If),
+        &[Some(c), Some(c), Some(x)],
+        &[y],
+        OpOptions::If {
+            then_subgraph: 0,
+            else_subgraph: 0,
+        },
+    );
+    sg.set_inputs(&[c, x]);
+    sg.set_outputs(&[y]);
+    let model = Arc::new(Model::from_bytes(&mb.finish()).unwrap());
+    let r = Interpreter::new(
+        model,
+        Arc::new(CpuResolver::reference()),
+        InterpreterOptions::default(),
+    );
+    assert!(r.is_err(), "a subgraph that calls itself must be rejected");
+}
