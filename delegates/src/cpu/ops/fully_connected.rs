@@ -406,6 +406,39 @@ mod tests {
         }
     }
 
+    /// The wake-word model's int8 FULLY_CONNECTED (v4), cut out with its weights.
+    #[test]
+    fn real_model_node_matches_litert() {
+        assert_eq!(
+            real_nodes_match_litert("mww_okay_nabu.tflite", BuiltinOp::FullyConnected),
+            1
+        );
+    }
+
+    /// tfm_sine_float is three FULLY_CONNECTED layers and nothing else: the whole real
+    /// model against LiteRT's recorded outputs (builtin kernels and XNNPACK).
+    #[test]
+    fn sine_model_matches_golden_outputs() {
+        let model = switchyard_testkit::models_dir().join("tfm_sine_float.tflite");
+        let bytes = std::fs::read(&model).expect("model present (scripts/setup.sh)");
+        let golden = switchyard_testkit::golden_dir().join("tfm_sine_float");
+        let read =
+            |f: &str| switchyard_interpreter::npy::read(golden.join(f)).expect("golden present");
+        let x = read("input_0.npy");
+        for (name, resolver) in resolvers() {
+            let got =
+                switchyard_testkit::switchyard_run(&bytes, std::slice::from_ref(&x), resolver)
+                    .unwrap_or_else(|e| panic!("{name}: {e}"));
+            for f in ["output_0.ref.npy", "output_0.npy"] {
+                let want = read(f);
+                let t = switchyard_testkit::default_tolerance(want.dtype);
+                if let Err(e) = switchyard_testkit::compare(&got[0], &want, t) {
+                    panic!("{name} vs {f}: {e}");
+                }
+            }
+        }
+    }
+
     /// A float node over `input` with weights `weights` and options.
     fn float_node(input: &[usize], weights: &[usize], keep_num_dims: bool, bias: usize) -> Vec<u8> {
         let mut mb = ModelBuilder::new();
