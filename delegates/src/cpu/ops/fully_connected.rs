@@ -60,6 +60,12 @@ pub(crate) fn prepare_params(ctx: &PrepareCtx<'_>) -> Result<FullyConnectedParam
     let (float_min, float_max) = float_clamp(activation)?;
     expect_rank("weights", weights.shape, 2)?;
     let (units, depth) = (weights.shape[0], weights.shape[1]);
+    if units == 0 {
+        return Err(KernelError::shape(format!(
+            "weights {:?} have no output units",
+            weights.shape
+        )));
+    }
     let count = input.element_count();
     if depth == 0 || count % depth != 0 {
         return Err(KernelError::shape(format!(
@@ -471,6 +477,8 @@ mod tests {
         assert!(e.contains("keep_num_dims"), "{e}");
         let e = prepare_error(&float_node(&[2, 8], &[3, 4], false, 4));
         assert!(e.contains("bias"), "{e}");
+        let e = prepare_error(&float_node(&[2, 8], &[0, 4], false, 0));
+        assert!(e.contains("no output units"), "{e}");
         let e = prepare_error(&float_node(&[2, 8], &[3, 4, 1], false, 3));
         assert!(e.contains("rank 2"), "{e}");
     }

@@ -159,7 +159,7 @@ pub(crate) fn prepare_params(ctx: &PrepareCtx<'_>) -> Result<TransposeConvParams
             weights.shape, input.shape
         )));
     }
-    if fh == 0 || fw == 0 {
+    if fh == 0 || fw == 0 || out_c == 0 {
         return Err(KernelError::shape(format!(
             "empty filter {:?}",
             weights.shape
