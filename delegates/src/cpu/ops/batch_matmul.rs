@@ -373,6 +373,16 @@ mod tests {
         });
     }
 
+    /// The BATCH_MATMUL of the openWakeWord melspectrogram front end (float, the
+    /// mel filterbank), cut out with its real operand.
+    #[test]
+    fn real_model_node_matches_litert() {
+        assert_eq!(
+            real_nodes_match_litert("oww_melspectrogram.tflite", BuiltinOp::BatchMatmul),
+            1
+        );
+    }
+
     fn float_node(lhs: &[usize], rhs: &[usize]) -> Vec<u8> {
         let mut mb = ModelBuilder::new();
         let sg = mb.main();

@@ -675,13 +675,15 @@ impl OpKernel for Conv2dReference {
 pub(crate) mod testing {
     use std::sync::Arc;
 
+    use switchyard_interpreter::builder::ModelBuilder;
     use switchyard_interpreter::builder::SubgraphBuilder;
     use switchyard_interpreter::{
-        Activation, DType, Interpreter, Model, OpResolver, Quant, Tensor,
+        Activation, BuiltinOp, DType, Interpreter, Model, OpKind, OpOptions, OpResolver, Quant,
+        Tensor,
     };
     use switchyard_testkit::{
-        LiteRtKernels, Tolerance, compare, default_tolerance, litert_run, random_tensor,
-        switchyard_run,
+        LiteRtKernels, Tolerance, assert_matches_litert, compare, default_tolerance, litert_run,
+        random_tensor, switchyard_run,
     };
 
     use crate::cpu::CpuResolver;
@@ -837,6 +839,109 @@ pub(crate) mod testing {
                 distinct.len()
             );
         }
+    }
+
+    /// One node cut out of a real model: a one-op model with the node's options,
+    /// version, constants and quantization, its activation inputs turned into model
+    /// inputs (with random values), and its outputs as model outputs. Float16 weights
+    /// behind a DEQUANTIZE (MediaPipe's layout) become float32 constants, as the
+    /// executor's folding makes them. `as_op` replaces the operator (and options).
+    pub struct Extracted {
+        pub model: Vec<u8>,
+        pub inputs: Vec<Tensor>,
+        pub name: String,
+    }
+
+    pub fn extract(file: &str, node_index: usize, as_op: Option<(OpKind, OpOptions)>) -> Extracted {
+        let path = switchyard_testkit::models_dir().join(file);
+        let model = Model::from_path(&path)
+            .unwrap_or_else(|e| panic!("{}: {e} (run scripts/setup.sh)", path.display()));
+        let sg = &model.subgraphs[0];
+        let node = &sg.nodes[node_index];
+        let mut mb = ModelBuilder::new();
+        let out = mb.main();
+        let mut inputs = Vec::new();
+        let mut model_inputs = Vec::new();
+        let mut node_inputs = Vec::new();
+        for (k, t) in node.inputs.iter().enumerate() {
+            let Some(t) = *t else {
+                node_inputs.push(None);
+                continue;
+            };
+            let td = &sg.tensors[t];
+            let folded = sg
+                .nodes
+                .iter()
+                .find(|n| n.outputs.contains(&t) && n.builtin() == Some(BuiltinOp::Dequantize))
+                .and_then(|n| n.inputs.first().copied().flatten())
+                .map(|src| &sg.tensors[src])
+                .filter(|src| src.dtype == DType::F16 && src.data.is_some());
+            let idx = if let Some(data) = &td.data {
+                let i = out.constant(&td.name, td.dtype, &td.shape, data.as_slice().to_vec());
+                if let Some(q) = &td.quant {
+                    out.set_quant(i, q.clone());
+                }
+                i
+            } else if let Some(src) = folded {
+                let bytes = src.data.as_ref().map(|d| d.as_slice()).unwrap_or_default();
+                let values: Vec<f32> = bytes
+                    .chunks_exact(2)
+                    .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                    .collect();
+                out.constant_f32(&td.name, &src.shape, &values)
+            } else {
+                let i = out.tensor(&td.name, td.dtype, &td.shape);
+                if let Some(q) = &td.quant {
+                    out.set_quant(i, q.clone());
+                }
+                model_inputs.push(i);
+                inputs.push(random(td.dtype, &td.shape, 11 + k as u64));
+                i
+            };
+            node_inputs.push(Some(idx));
+        }
+        let mut outs = Vec::new();
+        for &t in &node.outputs {
+            let td = &sg.tensors[t];
+            let i = out.tensor(&td.name, td.dtype, &td.shape);
+            if let Some(q) = &td.quant {
+                out.set_quant(i, q.clone());
+            }
+            outs.push(i);
+        }
+        let (op, options) = as_op.unwrap_or_else(|| (node.op.clone(), node.options.clone()));
+        out.op_versioned(op, node.version, &node_inputs, &outs, options);
+        out.set_inputs(&model_inputs);
+        out.set_outputs(&outs);
+        Extracted {
+            model: mb.finish(),
+            inputs,
+            name: format!("{file} node {node_index} ({})", node.op),
+        }
+    }
+
+    /// Indices of the subgraph-0 nodes of `file` that run `op`.
+    pub fn nodes_of(file: &str, op: BuiltinOp) -> Vec<usize> {
+        let path = switchyard_testkit::models_dir().join(file);
+        let model = Model::from_path(&path)
+            .unwrap_or_else(|e| panic!("{}: {e} (run scripts/setup.sh)", path.display()));
+        model.subgraphs[0]
+            .nodes
+            .iter()
+            .filter(|n| n.builtin() == Some(op))
+            .map(|n| n.index)
+            .collect()
+    }
+
+    /// Cuts every `op` node out of `file` and compares it with LiteRT.
+    pub fn real_nodes_match_litert(file: &str, op: BuiltinOp) -> usize {
+        let nodes = nodes_of(file, op);
+        for &n in &nodes {
+            let e = extract(file, n, None);
+            let dtype = e.inputs.first().map_or(DType::F32, |t| t.dtype);
+            assert_matches_litert(&e.name, &e.model, &e.inputs, &resolvers(), tol(dtype));
+        }
+        nodes.len()
     }
 
     /// Integer outputs must be bit-exact with LiteRT; floats use the default bound.
@@ -1115,6 +1220,20 @@ mod tests {
         for c in variants(DType::U8) {
             check(&c);
         }
+    }
+
+    /// Every CONV_2D of the int8 wake-word model (per-channel, v3) and of the float
+    /// selfie segmenter (fp16 weights), cut out with their real weights.
+    #[test]
+    fn real_model_nodes_match_litert() {
+        assert_eq!(
+            real_nodes_match_litert("mww_okay_nabu.tflite", BuiltinOp::Conv2d),
+            6
+        );
+        assert_eq!(
+            real_nodes_match_litert("mp_selfie_segmentation.tflite", BuiltinOp::Conv2d),
+            43
+        );
     }
 
     #[test]

@@ -449,6 +449,20 @@ mod tests {
         }
     }
 
+    /// Every DEPTHWISE_CONV_2D of the int8 wake-word model and of the selfie
+    /// segmenter, cut out with their real weights.
+    #[test]
+    fn real_model_nodes_match_litert() {
+        assert_eq!(
+            real_nodes_match_litert("mww_okay_nabu.tflite", BuiltinOp::DepthwiseConv2d),
+            8
+        );
+        assert_eq!(
+            real_nodes_match_litert("mp_selfie_segmentation.tflite", BuiltinOp::DepthwiseConv2d),
+            11
+        );
+    }
+
     /// A depthwise node whose filter has shape `filter` over a `[1, 5, 5, 4]` input.
     fn float_with_filter(filter: &[usize]) -> Vec<u8> {
         let mut mb = ModelBuilder::new();

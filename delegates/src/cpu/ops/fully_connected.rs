@@ -60,6 +60,12 @@ pub(crate) fn prepare_params(ctx: &PrepareCtx<'_>) -> Result<FullyConnectedParam
     let (float_min, float_max) = float_clamp(activation)?;
     expect_rank("weights", weights.shape, 2)?;
     let (units, depth) = (weights.shape[0], weights.shape[1]);
+    if units == 0 {
+        return Err(KernelError::shape(format!(
+            "weights {:?} have no output units",
+            weights.shape
+        )));
+    }
     let count = input.element_count();
     if depth == 0 || count % depth != 0 {
         return Err(KernelError::shape(format!(
@@ -406,6 +412,39 @@ mod tests {
         }
     }
 
+    /// The wake-word model's int8 FULLY_CONNECTED (v4), cut out with its weights.
+    #[test]
+    fn real_model_node_matches_litert() {
+        assert_eq!(
+            real_nodes_match_litert("mww_okay_nabu.tflite", BuiltinOp::FullyConnected),
+            1
+        );
+    }
+
+    /// tfm_sine_float is three FULLY_CONNECTED layers and nothing else: the whole real
+    /// model against LiteRT's recorded outputs (builtin kernels and XNNPACK).
+    #[test]
+    fn sine_model_matches_golden_outputs() {
+        let model = switchyard_testkit::models_dir().join("tfm_sine_float.tflite");
+        let bytes = std::fs::read(&model).expect("model present (scripts/setup.sh)");
+        let golden = switchyard_testkit::golden_dir().join("tfm_sine_float");
+        let read =
+            |f: &str| switchyard_interpreter::npy::read(golden.join(f)).expect("golden present");
+        let x = read("input_0.npy");
+        for (name, resolver) in resolvers() {
+            let got =
+                switchyard_testkit::switchyard_run(&bytes, std::slice::from_ref(&x), resolver)
+                    .unwrap_or_else(|e| panic!("{name}: {e}"));
+            for f in ["output_0.ref.npy", "output_0.npy"] {
+                let want = read(f);
+                let t = switchyard_testkit::default_tolerance(want.dtype);
+                if let Err(e) = switchyard_testkit::compare(&got[0], &want, t) {
+                    panic!("{name} vs {f}: {e}");
+                }
+            }
+        }
+    }
+
     /// A float node over `input` with weights `weights` and options.
     fn float_node(input: &[usize], weights: &[usize], keep_num_dims: bool, bias: usize) -> Vec<u8> {
         let mut mb = ModelBuilder::new();
@@ -438,6 +477,8 @@ mod tests {
         assert!(e.contains("keep_num_dims"), "{e}");
         let e = prepare_error(&float_node(&[2, 8], &[3, 4], false, 4));
         assert!(e.contains("bias"), "{e}");
+        let e = prepare_error(&float_node(&[2, 8], &[0, 4], false, 0));
+        assert!(e.contains("no output units"), "{e}");
         let e = prepare_error(&float_node(&[2, 8], &[3, 4, 1], false, 3));
         assert!(e.contains("rank 2"), "{e}");
     }

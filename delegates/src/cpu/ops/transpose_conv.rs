@@ -159,7 +159,7 @@ pub(crate) fn prepare_params(ctx: &PrepareCtx<'_>) -> Result<TransposeConvParams
             weights.shape, input.shape
         )));
     }
-    if fh == 0 || fw == 0 {
+    if fh == 0 || fw == 0 || out_c == 0 {
         return Err(KernelError::shape(format!(
             "empty filter {:?}",
             weights.shape
@@ -666,6 +666,59 @@ mod tests {
                 &[x],
             );
         }
+    }
+
+    /// The selfie segmenter's own Convolution2DTransposeBias node (real weights, fp16
+    /// dequantized), against LiteRT's builtin TRANSPOSE_CONV rebuilt from the same
+    /// tensors (LiteRT cannot run the custom op itself).
+    #[test]
+    fn selfie_segmentation_node_matches_builtin_in_litert() {
+        let file = "mp_selfie_segmentation.tflite";
+        let model =
+            switchyard_interpreter::Model::from_path(switchyard_testkit::models_dir().join(file))
+                .expect("model present (scripts/setup.sh)");
+        let n = model.subgraphs[0]
+            .nodes
+            .iter()
+            .position(|n| n.op == OpKind::Custom(CONV2D_TRANSPOSE_BIAS.into()))
+            .expect("the selfie model has one transposed convolution");
+        let ours = extract(file, n, None);
+        let one = switchyard_interpreter::Model::from_bytes(&ours.model).expect("extracted");
+        let sg = &one.subgraphs[0];
+        let node = &sg.nodes[0];
+        let OpOptions::Custom(bytes) = &node.options else {
+            panic!("custom options expected");
+        };
+        let (padding, stride_w, stride_h) = mediapipe_options(bytes).expect("valid options");
+        let t = |i: usize| &sg.tensors[node.inputs[i].expect("present")];
+        let y_def = &sg.tensors[node.outputs[0]];
+        let mut mb = ModelBuilder::new();
+        let b = mb.main();
+        let x = b.tensor("x", DType::F32, &t(0).shape);
+        let data = |i: usize| t(i).data.as_ref().expect("constant").as_slice().to_vec();
+        let w = b.constant("w", DType::F32, &t(1).shape, data(1));
+        let bias = b.constant("b", DType::F32, &t(2).shape, data(2));
+        let shape: Vec<i32> = y_def.shape.iter().map(|&d| d as i32).collect();
+        let s = b.constant_i32("output_shape", &[4], &shape);
+        let y = b.tensor("y", DType::F32, &y_def.shape);
+        b.op_versioned(
+            OpKind::Builtin(BuiltinOp::TransposeConv),
+            4,
+            &[Some(s), Some(w), Some(x), Some(bias)],
+            &[y],
+            OpOptions::Conv(ConvOptions {
+                padding,
+                stride_h,
+                stride_w,
+                dilation_h: 1,
+                dilation_w: 1,
+                depth_multiplier: 1,
+                activation: Activation::None,
+            }),
+        );
+        b.set_inputs(&[x]);
+        b.set_outputs(&[y]);
+        assert_matches_litert_twin(&ours.name, &ours.model, &mb.finish(), &ours.inputs);
     }
 
     #[test]
