@@ -167,15 +167,16 @@ impl BatchMatmulParams {
     }
 }
 
+/// Float32 reference, summing in f64 (see `conv2d::conv_f32`).
 pub(crate) fn batch_matmul_f32(p: &BatchMatmulParams, lhs: &[f32], rhs: &[f32], out: &mut [f32]) {
     p.for_each_batch(|ob, lb, rb| {
         for i in 0..p.m {
             for j in 0..p.n {
-                let mut acc = 0.0f32;
+                let mut acc = 0.0f64;
                 for kk in 0..p.k {
-                    acc += lhs[p.lhs_at(lb, i, kk)] * rhs[p.rhs_at(rb, kk, j)];
+                    acc += lhs[p.lhs_at(lb, i, kk)] as f64 * rhs[p.rhs_at(rb, kk, j)] as f64;
                 }
-                out[ob + i * p.n + j] = acc;
+                out[ob + i * p.n + j] = acc as f32;
             }
         }
     });

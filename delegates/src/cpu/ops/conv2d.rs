@@ -80,13 +80,19 @@ pub(crate) fn float_clamp(act: Activation) -> Result<(f32, f32), KernelError> {
 pub(crate) enum Rounding {
     Gemmlowp,
     HalfUp,
+    /// `HalfUp` for output channels below the bound, `Gemmlowp` from there on: LiteRT's
+    /// int8 depthwise kernel requantizes whole groups of 8 channels with SIMD (half
+    /// up) and the remaining `out_c % 8` channels with scalar code (gemmlowp).
+    HalfUpBelow(usize),
 }
 
 /// Fixed-point `x * multiplier * 2^(shift - 31)` rounded as `rounding` says.
 #[inline(always)]
 pub(crate) fn requantize_with(rounding: Rounding, x: i32, multiplier: i32, shift: i32) -> i32 {
     match rounding {
-        Rounding::Gemmlowp => multiply_by_quantized_multiplier(x, multiplier, shift),
+        Rounding::Gemmlowp | Rounding::HalfUpBelow(_) => {
+            multiply_by_quantized_multiplier(x, multiplier, shift)
+        }
         Rounding::HalfUp => {
             let left = shift.max(0);
             let right = (-shift).max(0);
@@ -122,7 +128,11 @@ impl QuantOutput {
     #[inline(always)]
     pub fn requantize(&self, acc: i32, c: usize) -> i32 {
         let (m, s) = (self.multipliers[c], self.shifts[c]);
-        let scaled = requantize_with(self.rounding, acc, m, s);
+        let rounding = match self.rounding {
+            Rounding::HalfUpBelow(n) if c < n => Rounding::HalfUp,
+            other => other,
+        };
+        let scaled = requantize_with(rounding, acc, m, s);
         scaled
             .wrapping_add(self.output_offset)
             .max(self.act_min)
@@ -524,7 +534,9 @@ pub(crate) fn expect_len(what: &str, got: usize, want: usize) -> Result<(), Kern
     Ok(())
 }
 
-/// Float32 reference convolution.
+/// Float32 reference convolution. Sums run in f64: the reference is the oracle, and
+/// an exact-as-possible sum keeps its own rounding out of every comparison with LiteRT
+/// and with the optimized kernels, whatever order they sum in.
 pub(crate) fn conv_f32(
     p: &Conv2dParams,
     input: &[f32],
@@ -541,7 +553,7 @@ pub(crate) fn conv_f32(
                 let out_base = ((b * g.out_h + oy) * g.out_w + ox) * g.out_c;
                 for oc in 0..g.out_c {
                     let ic0 = (oc / oc_per_group) * fic;
-                    let mut acc = 0.0f32;
+                    let mut acc = 0.0f64;
                     for ky in 0..g.filter_h {
                         let Some(iy) = g.in_y(oy, ky) else { continue };
                         for kx in 0..g.filter_w {
@@ -549,14 +561,14 @@ pub(crate) fn conv_f32(
                             let ib = ((b * g.in_h + iy) * g.in_w + ix) * g.in_c + ic0;
                             let fb = ((oc * g.filter_h + ky) * g.filter_w + kx) * fic;
                             for (x, w) in input[ib..ib + fic].iter().zip(&filter[fb..fb + fic]) {
-                                acc += x * w;
+                                acc += *x as f64 * *w as f64;
                             }
                         }
                     }
                     if let Some(bias) = bias {
-                        acc += bias[oc];
+                        acc += bias[oc] as f64;
                     }
-                    out[out_base + oc] = acc.max(p.float_min).min(p.float_max);
+                    out[out_base + oc] = (acc as f32).max(p.float_min).min(p.float_max);
                 }
             }
         }
