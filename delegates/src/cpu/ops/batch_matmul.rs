@@ -367,11 +367,13 @@ mod tests {
 
     #[test]
     fn int8_ties_match_litert() {
-        check(&Case {
-            dtype: DType::I8,
-            ties: true,
-            ..case(&[2, 3, 8], &[2, 8, 5], false, false)
-        });
+        for (lhs, rhs) in [([2, 3, 8], [2, 8, 5]), ([2, 12, 8], [2, 8, 12])] {
+            check(&Case {
+                dtype: DType::I8,
+                ties: true,
+                ..case(&lhs, &rhs, false, false)
+            });
+        }
     }
 
     /// The BATCH_MATMUL of the openWakeWord melspectrogram front end (float, the

@@ -69,20 +69,21 @@ pub(crate) fn float_clamp(act: Activation) -> Result<(f32, f32), KernelError> {
 /// (power-of-two multipliers and small values, so that many products land exactly
 /// half-way) pin down which op uses which:
 /// - `Gemmlowp`, TFLite's reference MultiplyByQuantizedMultiplier, whose shift
-///   (RoundingDivideByPOT) rounds half away from zero: DEPTHWISE_CONV_2D (uint8, and
-///   int8 with depth multiplier 1), int8 BATCH_MATMUL, int8 TRANSPOSE_CONV;
+///   (RoundingDivideByPOT) rounds half away from zero: uint8 DEPTHWISE_CONV_2D and
+///   int8 BATCH_MATMUL;
 /// - `HalfUp`, the shift rounds half up as ruy does: CONV_2D and FULLY_CONNECTED (int8
-///   and uint8), int8 DEPTHWISE_CONV_2D with depth multiplier > 1, uint8
-///   TRANSPOSE_CONV.
+///   and uint8) and uint8 TRANSPOSE_CONV;
+/// - `HalfUpBelow`: int8 DEPTHWISE_CONV_2D and int8 TRANSPOSE_CONV.
 ///
-/// Both share the doubling high multiply and differ only on exact negative ties.
+/// All share the doubling high multiply and differ only on exact negative ties.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Rounding {
     Gemmlowp,
     HalfUp,
     /// `HalfUp` for output channels below the bound, `Gemmlowp` from there on: LiteRT's
-    /// int8 depthwise kernel requantizes whole groups of 8 channels with SIMD (half
-    /// up) and the remaining `out_c % 8` channels with scalar code (gemmlowp).
+    /// int8 depthwise and transposed convolutions requantize whole groups of 8
+    /// channels with SIMD (half up) and the remaining `out_c % 8` channels with scalar
+    /// code (gemmlowp).
     HalfUpBelow(usize),
 }
 
@@ -1224,6 +1225,12 @@ mod tests {
             for c in variants(dtype).into_iter().take(2) {
                 check(&Case { ties: true, ..c });
             }
+            let b = base(dtype);
+            check(&Case {
+                ties: true,
+                filter: [12, 1, 1, b.filter[3]],
+                ..b
+            });
         }
     }
 

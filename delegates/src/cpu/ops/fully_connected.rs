@@ -404,11 +404,15 @@ mod tests {
     fn quantized_ties_match_litert() {
         for dtype in [DType::I8, DType::U8] {
             for per_channel in [false, dtype == DType::I8] {
-                check(&Case {
-                    ties: true,
-                    per_channel,
-                    ..base(dtype)
-                });
+                for (rows, units) in [(3, 7), (1, 12), (1, 1)] {
+                    check(&Case {
+                        ties: true,
+                        per_channel,
+                        input: vec![rows, 20],
+                        units,
+                        ..base(dtype)
+                    });
+                }
             }
         }
     }

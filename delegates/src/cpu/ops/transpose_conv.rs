@@ -231,12 +231,13 @@ pub(crate) fn prepare_params(ctx: &PrepareCtx<'_>) -> Result<TransposeConvParams
     let quant = match dtype {
         DType::F32 => None,
         _ => Some(QuantOutput {
-            // LiteRT's uint8 kernel goes through its GEMM (ruy, half up); the int8
-            // one rounds as TFLite's reference. The tie tests pin both.
+            // LiteRT's uint8 kernel goes through its GEMM (ruy, half up); the int8 one
+            // requantizes groups of 8 channels with SIMD (half up) and the rest with
+            // scalar gemmlowp code. The tie tests pin both.
             rounding: if dtype == DType::U8 {
                 Rounding::HalfUp
             } else {
-                Rounding::Gemmlowp
+                Rounding::HalfUpBelow(out_c / 8 * 8)
             },
             ..quant_output(
                 &input,
@@ -631,10 +632,14 @@ mod tests {
     #[test]
     fn quantized_ties_match_litert() {
         for dtype in [DType::I8, DType::U8] {
-            check(&Case {
-                ties: true,
-                ..base(dtype)
-            });
+            for out_c in [4, 12] {
+                let b = base(dtype);
+                check(&Case {
+                    ties: true,
+                    filter: [out_c, b.filter[1], b.filter[2]],
+                    ..b
+                });
+            }
         }
     }
 
