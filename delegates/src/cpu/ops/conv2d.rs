@@ -11,8 +11,8 @@
 //! bit-exact with LiteRT's kernels rather than merely close.
 
 use switchyard_interpreter::{
-    Activation, DType, KernelError, OpKernel, OpOptions, PrepareCtx, PreparedKernel, TensorMeta,
-    TensorView, TensorViewMut, kernel::input, ops::ConvOptions,
+    Activation, DType, KernelError, OpKernel, OpOptions, Padding, PrepareCtx, PreparedKernel,
+    TensorMeta, TensorView, TensorViewMut, kernel::input, ops::ConvOptions,
 };
 
 use crate::cpu::KernelMode;
@@ -344,20 +344,19 @@ impl ConvGeometry {
         opts: &ConvOptions,
     ) -> Result<ConvGeometry, KernelError> {
         expect_rank("input", input_shape, 4)?;
-        let (out_h, pad_top) = conv_output_size(
-            input_shape[1],
-            filter_h,
-            opts.stride_h,
-            opts.dilation_h,
-            opts.padding,
-        )?;
-        let (out_w, pad_left) = conv_output_size(
-            input_shape[2],
-            filter_w,
-            opts.stride_w,
-            opts.dilation_w,
-            opts.padding,
-        )?;
+        // A VALID window larger than the input leaves no output positions: an empty
+        // output rather than an error, because models with dynamic input sizes (e.g.
+        // oww_melspectrogram's [-1, -1] audio) are first prepared with placeholder
+        // sizes of 1, before the caller's real input re-prepares them.
+        let size = |input: usize, filter: usize, stride: usize, dilation: usize| {
+            let effective = filter.saturating_sub(1).saturating_mul(dilation) + 1;
+            if opts.padding == Padding::Valid && filter > 0 && input < effective {
+                return Ok((0, 0));
+            }
+            conv_output_size(input, filter, stride, dilation, opts.padding)
+        };
+        let (out_h, pad_top) = size(input_shape[1], filter_h, opts.stride_h, opts.dilation_h)?;
+        let (out_w, pad_left) = size(input_shape[2], filter_w, opts.stride_w, opts.dilation_w)?;
         Ok(ConvGeometry {
             batches: input_shape[0],
             in_h: input_shape[1],
@@ -1014,7 +1013,7 @@ pub(crate) mod testing {
 #[cfg(test)]
 mod tests {
     use switchyard_interpreter::builder::ModelBuilder;
-    use switchyard_interpreter::{BuiltinOp, OpKind, Padding, Quant};
+    use switchyard_interpreter::{BuiltinOp, OpKind, Quant};
     use switchyard_testkit::{assert_matches_litert, random_tensor};
 
     use super::testing::*;
@@ -1289,25 +1288,37 @@ mod tests {
         sg.set_outputs(&[y]);
         let e = prepare_error(&model.finish());
         assert!(e.contains("bias"), "{e}");
-        // Valid padding, filter too large.
-        let mut c = good.clone();
+    }
+
+    /// Dynamic-size models are prepared with placeholder sizes first; a VALID window
+    /// larger than such an input gives an empty output instead of failing the load.
+    #[test]
+    fn window_larger_than_input_gives_empty_output() {
+        let mut c = base(DType::F32);
         c.padding = Padding::Valid;
-        c.input = [1, 2, 6, 5];
         let mut mb = ModelBuilder::new();
         let sg = mb.main();
-        let x = sg.tensor("x", DType::F32, &c.input);
+        let x = sg.tensor("x", DType::F32, &[1, 2, 6, 5]);
         let y = sg.tensor("y", DType::F32, &[1, 1, 4, 4]);
         let w = sg.constant_f32("w", &[4, 3, 3, 5], &[0.5; 180]);
+        let b = sg.constant_f32("b", &[4], &[0.0; 4]);
         sg.op(
             OpKind::Builtin(BuiltinOp::Conv2d),
-            &[Some(x), Some(w), None],
+            &[Some(x), Some(w), Some(b)],
             &[y],
             OpOptions::Conv(options(&c)),
         );
         sg.set_inputs(&[x]);
         sg.set_outputs(&[y]);
-        let e = prepare_error(&mb.finish());
-        assert!(e.contains("smaller than"), "{e}");
+        for (name, resolver) in resolvers() {
+            let out = switchyard_testkit::switchyard_run(
+                &mb.finish(),
+                &[random(DType::F32, &[1, 2, 6, 5], 1)],
+                resolver,
+            )
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(out[0].shape, vec![1, 0, 4, 4], "{name}");
+        }
     }
 
     /// Builds an int8 conv whose quantization is replaced by `q` on tensor `which`.
