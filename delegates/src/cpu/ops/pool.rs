@@ -232,6 +232,16 @@ impl OpKernel for Pool {
         let y = outputs
             .first_mut()
             .ok_or_else(|| KernelError::invalid("missing output"))?;
+        let g = &self.geo;
+        if x.element_count() != g.batches * g.in_h * g.in_w * g.depth
+            || y.element_count() != g.batches * g.out_h * g.out_w * g.depth
+            || x.bytes.len() != x.element_count() * x.dtype.size()
+            || y.bytes.len() != y.element_count() * y.dtype.size()
+        {
+            return Err(KernelError::shape(
+                "pooling buffers do not match the prepared shapes",
+            ));
+        }
         match self.arith {
             Arith::Float { min, max } => self.eval_f32(x.f32s()?, y.f32s_mut()?, min, max),
             Arith::Quant { dtype, min, max } => self.eval_q(x.bytes, y.bytes, dtype, min, max),

@@ -506,7 +506,14 @@ impl OpKernel for Reduce {
         let y = outputs
             .first_mut()
             .ok_or_else(|| KernelError::invalid("missing output"))?;
-        if y.element_count() != self.out_len {
+        let in_len: usize = self.in_shape.iter().product();
+        if x.element_count() != in_len || x.bytes.len() != in_len * x.dtype.size() {
+            return Err(KernelError::shape(format!(
+                "input has shape {:?}, prepared for {:?}",
+                x.shape, self.in_shape
+            )));
+        }
+        if y.element_count() != self.out_len || y.bytes.len() != self.out_len * y.dtype.size() {
             return Err(KernelError::shape(format!(
                 "output has {} elements, expected {}",
                 y.element_count(),
