@@ -766,6 +766,31 @@ mod tests {
     }
 
     #[test]
+    fn edge_cases_match_litert() {
+        // No axes: a copy. The general int8 MEAN path for a 4-D tensor without kept dims.
+        run(&case(BuiltinOp::Sum, DType::F32, &[2, 3], &[]));
+        run(&case(BuiltinOp::ReduceMax, DType::I32, &[2, 3], &[]));
+        run(&Case {
+            quant: Some((Quant::per_tensor(0.05, 3), Quant::per_tensor(0.02, -5))),
+            ..case(BuiltinOp::Mean, DType::I8, &[2, 5, 7, 3], &[1, 2])
+        });
+        // SUM with shared quantization and zero point 0, in range: LiteRT's raw int8
+        // sum and our requantized one agree.
+        let same = (Quant::per_tensor(0.1, 0), Quant::per_tensor(0.1, 0));
+        let mut mb_case = case(BuiltinOp::Sum, DType::I8, &[4, 3], &[0]);
+        mb_case.quant = Some(same);
+        let x = random_tensor(DType::I8, &[4, 3], 3, -20.0, 20.0);
+        let name = "SUM int8 shared quantization";
+        assert_matches_litert(
+            name,
+            &model(&mb_case),
+            &[x],
+            &resolvers(),
+            Some(Tolerance::Exact),
+        );
+    }
+
+    #[test]
     fn quantized_int8_prod_rescales_each_step_like_litert() {
         for (shape, axes, keep_dims, qi, qo) in [
             (vec![3, 4, 5], vec![1], false, (0.02, 0), (0.05, -4)),
