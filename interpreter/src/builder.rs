@@ -430,6 +430,44 @@ mod tests {
     }
 
     #[test]
+    fn pack_unpack_mirror_pad_options_round_trip() {
+        use crate::ops::MirrorPadMode;
+        let cases = [
+            (
+                BuiltinOp::Pack,
+                OpOptions::Pack {
+                    values_count: 3,
+                    axis: -2,
+                },
+            ),
+            (BuiltinOp::Unpack, OpOptions::Unpack { num: 4, axis: 1 }),
+            (
+                BuiltinOp::MirrorPad,
+                OpOptions::MirrorPad {
+                    mode: MirrorPadMode::Symmetric,
+                },
+            ),
+            (
+                BuiltinOp::MirrorPad,
+                OpOptions::MirrorPad {
+                    mode: MirrorPadMode::Reflect,
+                },
+            ),
+        ];
+        for (op, options) in cases {
+            let mut mb = ModelBuilder::new();
+            let sg = mb.main();
+            let x = sg.tensor("x", DType::F32, &[2]);
+            let y = sg.tensor("y", DType::F32, &[2]);
+            sg.op(OpKind::Builtin(op), &[Some(x)], &[y], options.clone());
+            sg.set_inputs(&[x]);
+            sg.set_outputs(&[y]);
+            let m = Model::from_bytes(&mb.finish()).unwrap();
+            assert_eq!(m.subgraphs[0].nodes[0].options, options);
+        }
+    }
+
+    #[test]
     fn signatures_round_trip() {
         let mut mb = ModelBuilder::new();
         let sg = mb.main();

@@ -236,6 +236,15 @@ pub struct LstmOptions {
     pub time_major: bool,
 }
 
+/// How MIRROR_PAD mirrors (`MirrorPadMode`): REFLECT leaves the edge element out of the
+/// mirrored part, SYMMETRIC repeats it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum MirrorPadMode {
+    #[default]
+    Reflect,
+    Symmetric,
+}
+
 /// Decoded options of one node. Ops without options (or whose options we ignore) get
 /// `OpOptions::None`.
 #[derive(Clone, Debug, PartialEq, Default)]
@@ -285,6 +294,19 @@ pub enum OpOptions {
     Gather {
         axis: i32,
         batch_dims: i32,
+    },
+    /// PACK: stacks `values_count` equal-shaped inputs along a new `axis`.
+    Pack {
+        values_count: usize,
+        axis: i32,
+    },
+    /// UNPACK: splits `axis` into `num` outputs, removing that axis.
+    Unpack {
+        num: usize,
+        axis: i32,
+    },
+    MirrorPad {
+        mode: MirrorPadMode,
     },
     BatchMatmul {
         adj_x: bool,
@@ -345,6 +367,15 @@ pub fn decode_options(op: BuiltinOp, table: Option<OptionsTable<'_>>) -> OpOptio
             dilation_w: usize_of(t(5, 1)),
             dilation_h: usize_of(t(6, 1)),
         }),
+        B::TransposeConv => OpOptions::Conv(ConvOptions {
+            padding: Padding::from_code(i8f(0)),
+            stride_w: usize_of(t(1, 1)),
+            stride_h: usize_of(t(2, 1)),
+            activation: act(3),
+            dilation_w: 1,
+            dilation_h: 1,
+            depth_multiplier: 1,
+        }),
         B::AveragePool2d | B::MaxPool2d | B::L2Pool2d => OpOptions::Pool(PoolOptions {
             padding: Padding::from_code(i8f(0)),
             stride_w: usize_of(t(1, 1)),
@@ -403,6 +434,21 @@ pub fn decode_options(op: BuiltinOp, table: Option<OptionsTable<'_>>) -> OpOptio
         B::Gather => OpOptions::Gather {
             axis: t(0, 0),
             batch_dims: t(1, 0),
+        },
+        B::Pack => OpOptions::Pack {
+            values_count: usize_of(t(0, 0)),
+            axis: t(1, 0),
+        },
+        B::Unpack => OpOptions::Unpack {
+            num: usize_of(t(0, 0)),
+            axis: t(1, 0),
+        },
+        B::MirrorPad => OpOptions::MirrorPad {
+            mode: if i8f(0) == 1 {
+                MirrorPadMode::Symmetric
+            } else {
+                MirrorPadMode::Reflect
+            },
         },
         B::BatchMatmul => OpOptions::BatchMatmul {
             adj_x: b(0),
@@ -498,6 +544,15 @@ pub fn encode_options(op: BuiltinOp, options: &OpOptions) -> Option<EncodedOptio
                 (6, i(c.dilation_h)),
             ],
         ),
+        (BuiltinOp::TransposeConv, OpOptions::Conv(c)) => (
+            49,
+            vec![
+                (0, I8(c.padding.code())),
+                (1, i(c.stride_w)),
+                (2, i(c.stride_h)),
+                (3, I8(c.activation.code())),
+            ],
+        ),
         (
             BuiltinOp::AveragePool2d | BuiltinOp::MaxPool2d | BuiltinOp::L2Pool2d,
             OpOptions::Pool(p),
@@ -568,6 +623,16 @@ pub fn encode_options(op: BuiltinOp, options: &OpOptions) -> Option<EncodedOptio
         (BuiltinOp::Gather, OpOptions::Gather { axis, batch_dims }) => {
             (23, vec![(0, I32(*axis)), (1, I32(*batch_dims))])
         }
+        (BuiltinOp::Pack, OpOptions::Pack { values_count, axis }) => {
+            (59, vec![(0, i(*values_count)), (1, I32(*axis))])
+        }
+        (BuiltinOp::Unpack, OpOptions::Unpack { num, axis }) => {
+            (64, vec![(0, i(*num)), (1, I32(*axis))])
+        }
+        (BuiltinOp::MirrorPad, OpOptions::MirrorPad { mode }) => (
+            77,
+            vec![(0, I8(i8::from(*mode == MirrorPadMode::Symmetric)))],
+        ),
         (
             BuiltinOp::Mean
             | BuiltinOp::Sum

@@ -12,6 +12,7 @@ pub mod depthwise_conv2d;
 pub mod fully_connected;
 pub mod gather;
 pub mod lstm;
+pub mod movement;
 pub mod pad;
 pub mod pool;
 pub mod quantize;
@@ -143,7 +144,7 @@ pub(crate) mod testing {
             Default::default(),
         ) {
             Ok(_) => panic!("prepare accepted a bad node"),
-            Err(RunError::Node { source, .. }) => source,
+            Err(RunError::Node { error, .. }) => error,
             Err(other) => panic!("expected a node error, got {other}"),
         }
     }
