@@ -33,7 +33,7 @@ pub enum ClientError {
     #[error("cannot connect to {target}: {why}")]
     Connect { target: String, why: String },
     /// The daemon refused or failed the request; `code` says why (e.g. `NotFound`).
-    #[error("{}: {}", .0.code(), .0.message())]
+    #[error("{:?}: {}", .0.code(), .0.message())]
     Status(#[from] tonic::Status),
     #[error("shared memory: {0}")]
     Shm(String),
