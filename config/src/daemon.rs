@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::ConfigError;
 
@@ -26,7 +26,7 @@ pub fn shm_socket_path(grpc_socket: &Path) -> PathBuf {
     grpc_socket.with_extension("shm")
 }
 
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct DaemonConfig {
     /// gRPC Unix socket; its directory is created if missing.
@@ -55,7 +55,7 @@ pub struct DaemonConfig {
     pub quota: QuotaConfig,
 }
 
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct TokenConfig {
     pub token: String,
@@ -65,7 +65,7 @@ pub struct TokenConfig {
 }
 
 /// Limits per tenant.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct QuotaConfig {
     /// Models a tenant may hold at once.
@@ -114,36 +114,14 @@ impl Default for DaemonConfig {
     }
 }
 
-#[derive(Deserialize, Default)]
-struct Document {
-    #[serde(default)]
-    daemon: DaemonConfig,
-}
-
 impl DaemonConfig {
-    /// Reads the `[daemon]` table of a TOML document (other sections are ignored, so one
-    /// file serves every component) and validates it.
+    /// Reads the `[daemon]` section of a whole config document (validating all of it).
     pub fn from_toml(text: &str) -> Result<DaemonConfig, ConfigError> {
-        let value: toml::Table =
-            toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
-        let mut doc_table = toml::Table::new();
-        if let Some(d) = value.get("daemon") {
-            doc_table.insert("daemon".into(), d.clone());
-        }
-        let doc: Document = doc_table
-            .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
-        doc.daemon.validate()?;
-        Ok(doc.daemon)
+        Ok(crate::Config::from_toml_str(text)?.daemon)
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |field: &str, why: &str| {
-            Err(ConfigError::Invalid {
-                field: format!("daemon.{field}"),
-                why: why.into(),
-            })
-        };
+        let bad = |field: &str, why: &str| Err(ConfigError::invalid(format!("daemon.{field}"), why));
         if self.socket.as_os_str().is_empty() {
             return bad("socket", "must not be empty");
         }
@@ -216,7 +194,7 @@ mod tests {
     #[test]
     fn reads_section_and_ignores_others() {
         let c = DaemonConfig::from_toml(
-            "[scheduler]\nx = 1\n[daemon]\nsocket = \"/tmp/a.sock\"\nsocket_mode = 0o600\n[daemon.quota]\nmodels = 2\n",
+            "[devices.npu]\nclock_mhz = 600.0\n[daemon]\nsocket = \"/tmp/a.sock\"\nsocket_mode = 0o600\n[daemon.quota]\nmodels = 2\n",
         )
         .unwrap();
         assert_eq!(c.socket, PathBuf::from("/tmp/a.sock"));
