@@ -121,7 +121,8 @@ impl DaemonConfig {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |field: &str, why: &str| Err(ConfigError::invalid(format!("daemon.{field}"), why));
+        let bad =
+            |field: &str, why: &str| Err(ConfigError::invalid(format!("daemon.{field}"), why));
         if self.socket.as_os_str().is_empty() {
             return bad("socket", "must not be empty");
         }

@@ -205,25 +205,41 @@ impl ModelRegistry {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn model_bytes(stem: &str) -> Vec<u8> {
-        let path = format!("{}/../models/{stem}.tflite", env!("CARGO_MANIFEST_DIR"));
-        std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e} (run scripts/setup.sh)"))
+    use switchyard_interpreter::builder::ModelBuilder;
+    use switchyard_interpreter::{Activation, BuiltinOp, OpKind, OpOptions};
+
+    /// A one-op model `y = x + c` over a [1, 4] float tensor; `c` makes distinct bytes.
+    pub(crate) fn add_model(c: f32) -> Vec<u8> {
+        let mut mb = ModelBuilder::new();
+        let sg = mb.main();
+        let x = sg.tensor("x", DType::F32, &[1, 4]);
+        let k = sg.constant_f32("c", &[1, 4], &[c; 4]);
+        let y = sg.tensor("y", DType::F32, &[1, 4]);
+        sg.op(
+            OpKind::Builtin(BuiltinOp::Add),
+            &[Some(x), Some(k)],
+            &[y],
+            OpOptions::Activation(Activation::None),
+        );
+        sg.set_inputs(&[x]);
+        sg.set_outputs(&[y]);
+        mb.finish()
     }
 
     #[test]
     fn same_bytes_share_one_prepared_copy_until_last_handle_drops() {
         let reg = ModelRegistry::new(1, 2);
-        let bytes = model_bytes("tfm_sine_float");
+        let bytes = add_model(1.0);
         let (a, shared_a) = reg.load(&bytes).unwrap();
         let (b, shared_b) = reg.load(&bytes).unwrap();
         assert!(!shared_a);
         assert!(shared_b);
         assert!(Arc::ptr_eq(&a, &b));
         assert_eq!(reg.live(), 1);
-        let other = reg.load(&model_bytes("oww_melspectrogram")).unwrap().0;
+        let other = reg.load(&add_model(2.0)).unwrap().0;
         assert_eq!(reg.live(), 2);
         drop(a);
         assert_eq!(reg.live(), 2);
@@ -236,7 +252,7 @@ mod tests {
     #[test]
     fn malformed_bytes_are_a_model_error() {
         let reg = ModelRegistry::new(1, 1);
-        let mut bytes = model_bytes("tfm_sine_float");
+        let mut bytes = add_model(1.0);
         bytes.truncate(bytes.len() / 3);
         assert!(matches!(reg.load(&bytes), Err(DaemonError::Model(_))));
         assert!(matches!(
@@ -249,7 +265,7 @@ mod tests {
     #[test]
     fn interpreters_come_back_to_the_pool() {
         let reg = ModelRegistry::new(1, 2);
-        let (m, _) = reg.load(&model_bytes("tfm_sine_float")).unwrap();
+        let (m, _) = reg.load(&add_model(1.0)).unwrap();
         let it = m.take_interpreter().unwrap();
         let it2 = m.take_interpreter().unwrap();
         m.give_back(it);

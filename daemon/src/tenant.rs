@@ -274,3 +274,79 @@ fn check_model_quota(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::ModelRegistry;
+    use crate::registry::tests::add_model;
+
+    fn caller(uid: u32) -> Caller {
+        Caller {
+            tenant: TenantId::Uid(uid),
+            pid: Some(100 + uid),
+            admin: false,
+        }
+    }
+
+    #[test]
+    fn in_flight_quota_is_per_tenant_and_released_with_the_permit() {
+        let t = Tenants::new(QuotaConfig {
+            in_flight: 2,
+            ..QuotaConfig::default()
+        });
+        let (a, b) = (caller(1), caller(2));
+        let p1 = t.admit(&a).unwrap();
+        let _p2 = t.admit(&a).unwrap();
+        let e = t.admit(&a).unwrap_err();
+        assert!(e.to_string().contains("`in_flight`"), "{e}");
+        let _other = t.admit(&b).unwrap();
+        drop(p1);
+        let _again = t.admit(&a).unwrap();
+        let snap = t.snapshot();
+        assert_eq!(snap[0].counters.rejected, 1);
+    }
+
+    #[test]
+    fn model_quotas_count_handles_and_bytes_and_unload_frees_them() {
+        let reg = ModelRegistry::new(1, 1);
+        let one = reg.load(&add_model(1.0)).unwrap().0;
+        let two = reg.load(&add_model(2.0)).unwrap().0;
+        let t = Tenants::new(QuotaConfig {
+            models: 1,
+            ..QuotaConfig::default()
+        });
+        let a = caller(1);
+        let handle = |m: &Arc<PreparedModel>| Handle {
+            name: "m".into(),
+            model: m.clone(),
+        };
+        t.insert(&a, one.id(), handle(&one)).unwrap();
+        // Loading the same model again is not a second model.
+        t.insert(&a, one.id(), handle(&one)).unwrap();
+        let e = t.insert(&a, two.id(), handle(&two)).unwrap_err();
+        assert!(e.to_string().contains("`models`"), "{e}");
+        assert!(t.precheck_load(&a, 10).is_err());
+        // Another tenant cannot see the first tenant's handle: same error as unknown.
+        let b = caller(2);
+        let theirs = t.handle(&b, &one.id()).err().map(|e| e.to_string());
+        let unknown = t
+            .handle(&b, "0000000000000000")
+            .err()
+            .map(|e| e.to_string());
+        assert_eq!(
+            theirs.map(|s| s.replace(&one.id(), "X")),
+            unknown.map(|s| s.replace("0000000000000000", "X"))
+        );
+        t.remove(&a, &one.id()).unwrap();
+        t.insert(&a, two.id(), handle(&two)).unwrap();
+
+        let tight = Tenants::new(QuotaConfig {
+            model_bytes: one.bytes + two.bytes - 1,
+            ..QuotaConfig::default()
+        });
+        tight.insert(&a, one.id(), handle(&one)).unwrap();
+        let e = tight.insert(&a, two.id(), handle(&two)).unwrap_err();
+        assert!(e.to_string().contains("`model_bytes`"), "{e}");
+    }
+}
