@@ -175,18 +175,32 @@ pub async fn run(
         "shutting down: no new connections; draining"
     );
     let _ = stop_tx.send(true);
-    let drained =
-        tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
-    let in_flight: usize = state.tenants.snapshot().iter().map(|s| s.in_flight).sum();
-    match drained {
-        Ok(()) => info!(in_flight, "drained"),
-        Err(_) => {
-            warn!(
-                in_flight,
-                "grace period over; exiting with requests still in flight"
-            );
-            tasks.abort_all();
+    // Idle client connections can keep hyper's graceful shutdown waiting (they are not
+    // closed until the client hangs up), so the drain ends when no load or run is still
+    // executing, not when every connection has closed.
+    let state_ref = &state;
+    let drained = tokio::time::timeout(grace, async {
+        loop {
+            tokio::select! {
+                done = tasks.join_next() => if done.is_none() { return; },
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {
+                    if state_ref.active() == 0 {
+                        // Let the last responses reach their sockets.
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        return;
+                    }
+                }
+            }
         }
+    })
+    .await;
+    tasks.abort_all();
+    match drained {
+        Ok(()) => info!("drained; exiting"),
+        Err(_) => warn!(
+            active = state.active(),
+            "grace period over; exiting with requests still running"
+        ),
     }
     for p in &paths {
         let _ = std::fs::remove_file(p);

@@ -2,7 +2,7 @@
 //! models on the blocking pool.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use switchyard_config::DaemonConfig;
@@ -28,6 +28,17 @@ pub struct State {
     pub tenants: Tenants,
     pub regions: Arc<Regions>,
     next_request: AtomicU64,
+    /// Load and run handlers currently executing; shutdown drains until this is zero.
+    active: Arc<AtomicUsize>,
+}
+
+/// Counts one executing handler for as long as it lives.
+pub struct ActiveGuard(Arc<AtomicUsize>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl State {
@@ -38,8 +49,19 @@ impl State {
             regions: Arc::new(Regions::new(config.quota.clone())),
             started: Instant::now(),
             next_request: AtomicU64::new(1),
+            active: Arc::new(AtomicUsize::new(0)),
             config,
         }
+    }
+
+    pub fn enter(&self) -> ActiveGuard {
+        self.active.fetch_add(1, Ordering::AcqRel);
+        ActiveGuard(self.active.clone())
+    }
+
+    /// Load and run requests still executing.
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::Acquire)
     }
 
     /// The tenant behind a request: peer credentials on the Unix socket, the bearer
@@ -373,6 +395,7 @@ impl Switchyard for Service {
         &self,
         req: Request<v1::LoadModelRequest>,
     ) -> Result<Response<v1::LoadModelResponse>, Status> {
+        let _active = self.state.enter();
         let caller = self.state.caller(&req)?;
         let r = req.into_inner();
         let span = info_span!("load", tenant = %caller.tenant, bytes = r.model.len());
@@ -386,6 +409,7 @@ impl Switchyard for Service {
         &self,
         req: Request<ChunkStream>,
     ) -> Result<Response<v1::LoadModelResponse>, Status> {
+        let _active = self.state.enter();
         let caller = self.state.caller(&req)?;
         let limit = self.state.tenants.quota().model_bytes;
         let mut stream = req.into_inner();
@@ -440,6 +464,7 @@ impl Switchyard for Service {
     }
 
     async fn run(&self, req: Request<v1::RunRequest>) -> Result<Response<v1::RunResponse>, Status> {
+        let _active = self.state.enter();
         let caller = self.state.caller(&req)?;
         let request_id = self.state.next_request.fetch_add(1, Ordering::Relaxed);
         let r = req.into_inner();
