@@ -62,7 +62,7 @@ fn model_json(m: &ModelInfo) -> Value {
 }
 
 fn tenant_json(t: &TenantInfo) -> Value {
-    let c = t.counters.clone().unwrap_or_default();
+    let c = t.counters.unwrap_or_default();
     json!({
         "id": t.id, "uid": t.uid, "pids": t.pids, "models": t.models,
         "model_bytes": t.model_bytes, "arena_bytes": t.arena_bytes,
@@ -80,7 +80,7 @@ fn print_tenants(ts: &[TenantInfo]) {
         "TENANT", "MODELS", "MODEL BYTES", "REGIONS", "REQUESTS", "FAILED", "IN FLIGHT", "AVG RUN"
     );
     for t in ts {
-        let c = t.counters.clone().unwrap_or_default();
+        let c = t.counters.unwrap_or_default();
         let avg = if c.requests > 0 {
             format!(
                 "{:.2} ms",
