@@ -6,6 +6,7 @@
 //! file is a valid configuration.
 //!
 //! Layout:
+//! - [`daemon`]: the `[daemon]` section — sockets, threads, tokens, per-tenant quotas.
 //! - [`device`]: device profiles — clock, MACs per cycle, dispatch overhead, transfer
 //!   bandwidth, on-chip memory, fault injection — used by the emulated DSP/NPU and as
 //!   the cost model's priors for every processor.
@@ -17,6 +18,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod daemon;
 pub mod device;
 
 use std::path::Path;
@@ -24,6 +26,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+pub use daemon::DaemonConfig;
 pub use device::{DeviceProfile, DeviceProfiles, FaultInjection};
 
 /// Why a configuration was refused.
@@ -55,6 +58,8 @@ impl ConfigError {
 pub struct Config {
     /// Processor profiles (emulated device models and cost-model priors).
     pub devices: DeviceProfiles,
+    /// The daemon: sockets, threads, tokens, quotas.
+    pub daemon: DaemonConfig,
 }
 
 impl Config {
@@ -82,7 +87,8 @@ impl Config {
 
     /// Checks every value is in range; the error names the first offending key.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        self.devices.validate()
+        self.devices.validate()?;
+        self.daemon.validate()
     }
 
     /// The configuration as TOML (for `--print-config` and docs).
