@@ -29,7 +29,7 @@ mod program;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use switchyard_config::DeviceProfile;
+use switchyard_config::{DeviceProfile, DeviceProfiles};
 use switchyard_interpreter::{
     CompiledPartition, DType, Delegate, DelegateError, ExecReport, NodeSupportCtx, PartitionCtx,
     PartitionOptions, ProcessorKind, Support, TensorView, TensorViewMut,
@@ -70,6 +70,19 @@ impl EmulatedDelegate {
     /// The emulated NPU: int8 only, static shapes, limited on-chip memory.
     pub fn npu(profile: DeviceProfile) -> EmulatedDelegate {
         EmulatedDelegate::new(EmulatedKind::Npu, profile)
+    }
+
+    /// The enabled emulated devices of a configuration (DSP first), as the daemon
+    /// offers them when no vendor plugin replaces them.
+    pub fn from_profiles(profiles: &DeviceProfiles) -> Vec<EmulatedDelegate> {
+        let mut out = Vec::new();
+        if profiles.dsp.enabled {
+            out.push(EmulatedDelegate::dsp(profiles.dsp.clone()));
+        }
+        if profiles.npu.enabled {
+            out.push(EmulatedDelegate::npu(profiles.npu.clone()));
+        }
+        out
     }
 
     pub fn new(kind: EmulatedKind, profile: DeviceProfile) -> EmulatedDelegate {

@@ -546,6 +546,12 @@ fn names_and_fingerprints_say_emulated() {
             "{f}"
         );
     }
+    let mut profiles = DeviceProfiles::default();
+    assert_eq!(EmulatedDelegate::from_profiles(&profiles).len(), 2);
+    profiles.npu.enabled = false;
+    let only = EmulatedDelegate::from_profiles(&profiles);
+    assert_eq!(only.len(), 1);
+    assert_eq!(only[0].name(), "dsp (emulated)");
     let mut newer = npu();
     newer.driver_version = "emulated-npu-2.0".into();
     assert_ne!(EmulatedDelegate::npu(newer).fingerprint(), n.fingerprint());
@@ -637,5 +643,63 @@ fn okay_nabu_on_emulated_devices_matches_the_cpu() {
             assert_eq!(r.max_validation_error, 0.0, "{r:?}");
         }
         assert!(d.device_clock() > Duration::ZERO);
+    }
+}
+
+/// The real int8 model: the per-channel int8 convolutions go to both devices, the
+/// variable plumbing to neither, SPLIT_V and the final uint8 QUANTIZE only to the DSP.
+#[test]
+fn okay_nabu_support_decisions() {
+    let path = switchyard_testkit::models_dir().join("mww_okay_nabu.tflite");
+    let model = Model::from_path(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (run scripts/setup.sh to fetch the models)",
+            path.display()
+        )
+    });
+    let dsp = EmulatedDelegate::dsp(dsp());
+    let npu = EmulatedDelegate::npu(npu());
+    let both = [
+        "RESHAPE",
+        "CONCATENATION",
+        "STRIDED_SLICE",
+        "CONV_2D",
+        "DEPTHWISE_CONV_2D",
+        "FULLY_CONNECTED",
+        "LOGISTIC",
+    ];
+    let sg = &model.subgraphs[0];
+    assert!(
+        sg.tensors
+            .iter()
+            .any(|t| t.quant.as_ref().is_some_and(|q| q.is_per_channel())),
+        "the model has per-channel weights"
+    );
+    for (n, node) in sg.nodes.iter().enumerate() {
+        let op = node.op.to_string();
+        let d = supports(&dsp, &model, 0, n);
+        let p = supports(&npu, &model, 0, n);
+        let on_dsp = both.contains(&op.as_str()) || op == "SPLIT_V" || op == "QUANTIZE";
+        assert_eq!(d.is_supported(), on_dsp, "dsp, node {n} {op}: {d:?}");
+        assert_eq!(
+            p.is_supported(),
+            both.contains(&op.as_str()),
+            "npu, node {n} {op}: {p:?}"
+        );
+        match op.as_str() {
+            "QUANTIZE" => assert_eq!(
+                p,
+                Support::Unsupported("npu runs int8 only: QUANTIZE has uint8 outputs".into())
+            ),
+            "SPLIT_V" => assert_eq!(
+                p,
+                Support::Unsupported("npu (emulated) does not run SPLIT_V".into())
+            ),
+            "READ_VARIABLE" => assert_eq!(
+                d,
+                Support::Unsupported("dsp (emulated) does not run READ_VARIABLE".into())
+            ),
+            _ => {}
+        }
     }
 }
