@@ -703,3 +703,126 @@ fn okay_nabu_support_decisions() {
         }
     }
 }
+
+/// One int8 op with per-channel int8 weights and int32 bias: `kind` is CONV_2D,
+/// DEPTHWISE_CONV_2D or FULLY_CONNECTED. Returns the model and its MAC count.
+fn int8_weighted(op: BuiltinOp) -> (Arc<Model>, f64) {
+    use switchyard_interpreter::Padding;
+    use switchyard_interpreter::ops::ConvOptions;
+    let mut mb = ModelBuilder::new();
+    let sg = mb.main();
+    let (x_shape, w_shape, y_shape, channels, macs): (
+        Vec<usize>,
+        Vec<usize>,
+        Vec<usize>,
+        usize,
+        f64,
+    ) = match op {
+        BuiltinOp::Conv2d => (
+            vec![1, 6, 6, 3],
+            vec![4, 3, 3, 3],
+            vec![1, 6, 6, 4],
+            4,
+            144.0 * 27.0,
+        ),
+        BuiltinOp::DepthwiseConv2d => (
+            vec![1, 6, 6, 4],
+            vec![1, 3, 3, 4],
+            vec![1, 6, 6, 4],
+            4,
+            144.0 * 9.0,
+        ),
+        _ => (vec![2, 12], vec![5, 12], vec![2, 5], 5, 10.0 * 12.0),
+    };
+    let x = sg.tensor("x", DType::I8, &x_shape);
+    q(x, sg, 0.05, -4);
+    let nw: usize = w_shape.iter().product();
+    let w_data: Vec<u8> = (0..nw)
+        .map(|i| ((i * 29 % 255) as i32 - 127) as i8 as u8)
+        .collect();
+    let w = sg.constant("w", DType::I8, &w_shape, w_data);
+    let w_scales: Vec<f32> = (0..channels).map(|c| 0.01 + 0.003 * c as f32).collect();
+    let axis = if op == BuiltinOp::DepthwiseConv2d {
+        3
+    } else {
+        0
+    };
+    sg.set_quant(
+        w,
+        Quant {
+            scale: w_scales.clone(),
+            zero_point: vec![0; channels],
+            axis,
+        },
+    );
+    let bias: Vec<i32> = (0..channels as i32).map(|c| c * 37 - 50).collect();
+    let b = sg.constant_i32("b", &[channels], &bias);
+    sg.set_quant(
+        b,
+        Quant {
+            scale: w_scales.iter().map(|s| s * 0.05).collect(),
+            zero_point: vec![0; channels],
+            axis: 0,
+        },
+    );
+    let y = sg.tensor("y", DType::I8, &y_shape);
+    q(y, sg, 0.2, 3);
+    let options = match op {
+        BuiltinOp::FullyConnected => OpOptions::FullyConnected {
+            activation: Activation::Relu,
+            keep_num_dims: false,
+            weights_format: 0,
+        },
+        _ => OpOptions::Conv(ConvOptions {
+            padding: Padding::Same,
+            stride_w: 1,
+            stride_h: 1,
+            dilation_w: 1,
+            dilation_h: 1,
+            depth_multiplier: 1,
+            activation: Activation::Relu6,
+        }),
+    };
+    sg.op(
+        OpKind::Builtin(op),
+        &[Some(x), Some(w), Some(b)],
+        &[y],
+        options,
+    );
+    sg.set_inputs(&[x]);
+    sg.set_outputs(&[y]);
+    let model = Arc::new(Model::from_bytes(&mb.finish()).expect("valid model"));
+    (model, macs)
+}
+
+#[test]
+fn weighted_int8_ops_are_bit_exact_and_count_macs() {
+    for op in [
+        BuiltinOp::Conv2d,
+        BuiltinOp::DepthwiseConv2d,
+        BuiltinOp::FullyConnected,
+    ] {
+        let (model, macs) = int8_weighted(op);
+        let d = Arc::new(EmulatedDelegate::npu(npu()));
+        assert_eq!(supports(&d, &model, 0, 0), Support::Supported, "{op:?}");
+        let sg = &model.subgraphs[0];
+        let x_shape = sg.tensors[sg.inputs[0]].shape.clone();
+        let x = random_tensor(DType::I8, &x_shape, 21, -128.0, 127.0);
+        if let Err(e) = Interpreter::new(
+            model.clone(),
+            Arc::new(CpuResolver::reference()),
+            InterpreterOptions::default(),
+        ) {
+            eprintln!("SKIPPED {op:?}: the CPU reference cannot run it yet: {e}");
+            continue;
+        }
+        let cpu = cpu_outputs(&model, std::slice::from_ref(&x));
+        let (out, r) = placed_run(&model, d, vec![0], None, true, 1, &[x]);
+        assert_eq!(r.compile_error, None, "{op:?}");
+        assert_eq!((r.runs, r.max_validation_error), (1, 0.0), "{op:?}");
+        assert_eq!(bytes(&out), bytes(&cpu), "{op:?}");
+        let io = (x_shape.iter().product::<usize>() + out[0].data.len()) as f64;
+        let expected = Duration::from_secs_f64(npu().estimate_seconds(macs, 0.0, io));
+        assert_eq!(r.device_time, expected, "{op:?}");
+    }
+}
