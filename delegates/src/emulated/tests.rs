@@ -410,17 +410,37 @@ fn device_time_follows_the_profile_formula() {
     assert_eq!(npu.device_clock(), per_run * 3);
 }
 
+/// With pacing on, an execution lasts its device time in wall time: a deadline shorter
+/// than that device time cuts it off, while unpaced the device time is only reported.
 #[test]
-fn wall_time_can_follow_the_virtual_clock() {
+fn paced_executions_take_their_device_time() {
     let dims = [1, 8, 8, 16];
     let model = int8_chain(&dims);
     let mut profile = npu();
-    profile.dispatch_overhead_us = 20_000.0;
-    let npu = Arc::new(EmulatedDelegate::npu(profile).with_time_scale(1.0));
+    profile.dispatch_overhead_us = 200_000.0;
     let x = random_tensor(DType::I8, &dims, 5, -128.0, 127.0);
-    let (_, r) = placed_run(&model, npu, vec![0, 1, 2], None, false, 1, &[x]);
-    // Pacing sleeps at least the device time: a lower bound, never flaky.
-    assert!(r.delegate_wall >= Duration::from_millis(20), "{r:?}");
+    let deadline = Some(Duration::from_millis(5));
+    let paced = Arc::new(EmulatedDelegate::npu(profile.clone()).with_time_scale(1.0));
+    let (_, r) = placed_run(
+        &model,
+        paced,
+        vec![0, 1, 2],
+        deadline,
+        false,
+        1,
+        std::slice::from_ref(&x),
+    );
+    assert_eq!((r.runs, r.failures), (0, 1), "{r:?}");
+    assert!(
+        r.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("timed out")),
+        "{r:?}"
+    );
+    let unpaced = Arc::new(EmulatedDelegate::npu(profile));
+    let (_, r) = placed_run(&model, unpaced, vec![0, 1, 2], None, false, 1, &[x]);
+    assert_eq!((r.runs, r.failures), (1, 0), "{r:?}");
+    assert!(r.device_time >= Duration::from_millis(200));
 }
 
 fn faulty(f: FaultInjection) -> DeviceProfile {
