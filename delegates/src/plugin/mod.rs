@@ -299,8 +299,16 @@ impl OwnedGraph<'_> {
                 },
                 quant_count: t.scales.len().min(t.zero_points.len()) as u32,
                 quant_axis: t.axis,
-                quant_scale: t.scales.as_ptr(),
-                quant_zero_point: t.zero_points.as_ptr(),
+                quant_scale: if t.scales.is_empty() {
+                    std::ptr::null()
+                } else {
+                    t.scales.as_ptr()
+                },
+                quant_zero_point: if t.zero_points.is_empty() {
+                    std::ptr::null()
+                } else {
+                    t.zero_points.as_ptr()
+                },
                 data: t.data.map_or(std::ptr::null(), |d| d.as_ptr()),
                 data_len: t.data.map_or(0, |d| d.len()),
             })
@@ -312,7 +320,11 @@ impl OwnedGraph<'_> {
                 builtin_code: n.code,
                 version: n.version,
                 fused_activation: n.activation,
-                inputs: n.inputs.as_ptr(),
+                inputs: if n.inputs.is_empty() {
+                    std::ptr::null()
+                } else {
+                    n.inputs.as_ptr()
+                },
                 n_inputs: n.inputs.len(),
                 outputs: n.outputs.as_ptr(),
                 n_outputs: n.outputs.len(),
