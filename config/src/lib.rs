@@ -9,6 +9,7 @@
 //! - [`device`]: device profiles — clock, MACs per cycle, dispatch overhead, transfer
 //!   bandwidth, on-chip memory, fault injection — used by the emulated DSP/NPU and as
 //!   the cost model's priors for every processor.
+//! - [`scheduler`]: allowlist tolerances, cost-model smoothing, arbiter queue limits.
 //!
 //! ```
 //! let cfg = switchyard_config::Config::from_toml_str("[devices.npu]\nclock_mhz = 600.0\n")?;
@@ -18,6 +19,7 @@
 #![forbid(unsafe_code)]
 
 pub mod device;
+pub mod scheduler;
 
 use std::path::Path;
 
@@ -25,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 pub use device::{DeviceProfile, DeviceProfiles, FaultInjection};
+pub use scheduler::SchedulerConfig;
 
 /// Why a configuration was refused.
 #[derive(Debug, Error)]
@@ -55,6 +58,8 @@ impl ConfigError {
 pub struct Config {
     /// Processor profiles (emulated device models and cost-model priors).
     pub devices: DeviceProfiles,
+    /// Partitioner, allowlist and arbiter settings.
+    pub scheduler: SchedulerConfig,
 }
 
 impl Config {
@@ -82,7 +87,8 @@ impl Config {
 
     /// Checks every value is in range; the error names the first offending key.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        self.devices.validate()
+        self.devices.validate()?;
+        self.scheduler.validate()
     }
 
     /// The configuration as TOML (for `--print-config` and docs).
