@@ -26,6 +26,8 @@ enum Command {
     Inspect(commands::inspect::InspectArgs),
     /// Measure a model's latency (median, p90) with a per-operator profile.
     Bench(commands::bench::BenchArgs),
+    /// Show where each node of a model runs (processor, partition, latency) and why.
+    Placement(commands::placement::PlacementArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -38,6 +40,7 @@ fn main() -> std::process::ExitCode {
         Command::Run(args) => commands::run::run(args),
         Command::Inspect(args) => commands::inspect::run(args),
         Command::Bench(args) => commands::bench::run(args),
+        Command::Placement(args) => commands::placement::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

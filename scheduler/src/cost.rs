@@ -109,6 +109,17 @@ impl CostModel {
         }
     }
 
+    /// One node's share of a partition on `kind`: its compute time without the
+    /// partition's dispatch overhead (for per-node explanations).
+    pub fn node_seconds(&self, info: &GraphInfo, n: usize, kind: ProcessorKind) -> f64 {
+        let w = info.work.get(n).copied().unwrap_or_default();
+        let p = self.profile(kind);
+        (self.prior_seconds(kind, w) / self.scale.get(&kind).unwrap_or(&1.0)
+            - p.dispatch_overhead_us * 1e-6)
+            .max(0.0)
+            * self.scale.get(&kind).unwrap_or(&1.0)
+    }
+
     /// Records one observed time of a partition on a processor.
     pub fn observe(&mut self, key: &str, kind: ProcessorKind, seconds: f64) {
         if !(seconds.is_finite() && seconds >= 0.0) {

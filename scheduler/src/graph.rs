@@ -11,7 +11,8 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 use switchyard_delegates::CpuResolver;
 use switchyard_interpreter::{
-    BuiltinOp, DType, Interpreter, InterpreterOptions, Model, NodeSupportCtx, OpKind, TensorMeta,
+    BuiltinOp, DType, Interpreter, InterpreterOptions, Model, NodeSupportCtx, OpKind, Tensor,
+    TensorMeta, TensorView,
 };
 
 use crate::SchedError;
@@ -30,6 +31,15 @@ impl std::ops::AddAssign for Work {
         self.macs += o.macs;
         self.elements += o.elements;
     }
+}
+
+/// Real CPU timings of one model.
+#[derive(Clone, Debug)]
+pub struct CpuMeasurement {
+    /// Mean seconds per invoke.
+    pub total_s: f64,
+    /// Mean seconds per node (profiled), `None` for folded nodes.
+    pub per_node_s: Vec<Option<f64>>,
 }
 
 /// A model prepared on the CPU, seen by the scheduler (subgraph 0, the entry point).
@@ -126,6 +136,47 @@ impl GraphInfo {
     /// The CPU interpreter prepared for this model, when every op has a CPU kernel.
     pub fn interpreter(&self) -> Option<&Interpreter> {
         self.interp.as_ref()
+    }
+
+    /// Times the model on the real CPU (zero-filled inputs, `runs` timed runs after one
+    /// warm-up): the cost model's calibration and the "measured" column of
+    /// `switchyard placement`. `None` when some op has no CPU kernel yet.
+    pub fn measure_cpu(&self, runs: u32) -> Option<CpuMeasurement> {
+        self.interp.as_ref()?;
+        let mut it = Interpreter::new(
+            self.model.clone(),
+            Arc::new(CpuResolver::optimized()),
+            InterpreterOptions::default(),
+        )
+        .ok()?;
+        let inputs: Vec<Tensor> = (0..it.input_count())
+            .map(|i| {
+                let (dtype, shape) = it.input_info(i).ok()?;
+                let n: usize = shape.iter().product();
+                Tensor::from_bytes(dtype, shape, &vec![0u8; n * dtype.size()]).ok()
+            })
+            .collect::<Option<_>>()?;
+        let views: Vec<TensorView<'_>> = inputs.iter().map(Tensor::view).collect();
+        it.run(&views).ok()?;
+        it.set_profiling(true);
+        let runs = runs.max(1);
+        let started = std::time::Instant::now();
+        for _ in 0..runs {
+            it.run(&views).ok()?;
+        }
+        let total_s = started.elapsed().as_secs_f64() / f64::from(runs);
+        let mut per_node_s = vec![None; self.node_count()];
+        for p in it.profile() {
+            if p.subgraph == 0
+                && let Some(slot) = per_node_s.get_mut(p.node)
+            {
+                *slot = Some(p.total.as_secs_f64() / p.count.max(1) as f64);
+            }
+        }
+        Some(CpuMeasurement {
+            total_s,
+            per_node_s,
+        })
     }
 
     pub fn node_count(&self) -> usize {

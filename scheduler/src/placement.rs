@@ -198,8 +198,8 @@ pub fn plan(
             Some(p) if p.processor != ProcessorKind::Cpu => (
                 p.processor,
                 Some(p.id),
-                cost.estimate(info, &[n], p.processor).seconds,
-                p.measured_s,
+                cost.node_seconds(info, n, p.processor),
+                None,
             ),
             Some(p) => (
                 ProcessorKind::Cpu,
@@ -209,18 +209,14 @@ pub fn plan(
             ),
             None => (ProcessorKind::Cpu, None, node_cpu.seconds, None),
         };
-        let why = if processor != ProcessorKind::Cpu {
-            let p = part.map(|p| p).into_iter().next();
-            match p {
-                Some(p) => format!(
-                    "cheapest allowed: {:.3} ms on {} (+{:.3} ms transfers) vs {:.3} ms on the cpu",
-                    p.expected_s * 1e3,
-                    p.delegate,
-                    p.transfer_s * 1e3,
-                    p.cpu_s * 1e3
-                ),
-                None => String::new(),
-            }
+        let why = if let Some(p) = part.filter(|_| processor != ProcessorKind::Cpu) {
+            format!(
+                "cost: partition {:.3} ms on {} (+{:.3} ms transfers) vs {:.3} ms on the cpu",
+                p.expected_s * 1e3,
+                p.delegate,
+                p.transfer_s * 1e3,
+                p.cpu_s * 1e3
+            )
         } else {
             cpu_reason(n, parts, caps, &denied, &too_slow, &owner)
         };
@@ -340,21 +336,26 @@ mod tests {
     }
 
     #[test]
-    fn int8_model_goes_to_an_emulated_accelerator() {
+    fn a_tiny_int8_model_stays_on_the_cpu_because_dispatch_costs_more() {
         let Some(info) = info("mww_okay_nabu") else {
             return;
         };
         let profiles = DeviceProfiles::default();
         let caps = profile_rules(&profiles);
         let parts = partition(&info, &caps);
+        assert!(
+            parts.candidates.iter().any(|c| c.kind == ProcessorKind::Dsp),
+            "int8 convolutions are dsp candidates"
+        );
         let cost = CostModel::new(profiles, 0.2);
         let p = plan(&info, &parts, &caps, &cost, &|_| Permission::Allowed);
+        let conv = p.nodes.iter().find(|n| n.op == "CONV_2D").unwrap();
+        assert_eq!(conv.processor, Some(ProcessorKind::Cpu));
         assert!(
-            p.partitions
-                .iter()
-                .any(|p| matches!(p.processor, ProcessorKind::Npu | ProcessorKind::Dsp)),
-            "{:?}",
-            p.partitions
+            conv.why.contains("dsp (emulated): cost: slower than the cpu"),
+            "{}",
+            conv.why
         );
+        assert!(conv.why.contains("gpu: unsupported: gpu runs float32 only"), "{}", conv.why);
     }
 }
