@@ -28,6 +28,8 @@ enum Command {
     Bench(commands::bench::BenchArgs),
     /// Show where each node of a model runs (processor, partition, latency) and why.
     Placement(commands::placement::PlacementArgs),
+    /// Compare scheduling policies with fixed placements on a workload of apps.
+    Simulate(commands::simulate::SimulateArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -41,6 +43,7 @@ fn main() -> std::process::ExitCode {
         Command::Inspect(args) => commands::inspect::run(args),
         Command::Bench(args) => commands::bench::run(args),
         Command::Placement(args) => commands::placement::run(args),
+        Command::Simulate(args) => commands::simulate::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

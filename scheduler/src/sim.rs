@@ -219,7 +219,8 @@ pub struct Report {
     pub fixed: bool,
     pub apps: Vec<(String, Stats)>,
     pub overall: Stats,
-    /// Busy fraction of each processor over the workload's duration.
+    /// Busy fraction of each processor during the workload's duration (work drained
+    /// after the last arrival window is not counted).
     pub utilisation: BTreeMap<String, f64>,
 }
 
@@ -367,7 +368,8 @@ pub fn simulate(s: &Setup, strategy: Strategy) -> Report {
         for a in arb.dispatch(now) {
             let factor = 0.95 + 0.15 * noise(s.seed ^ 0xA5A5, a.job.request, a.job.stage as u64);
             let took = a.job.service_on(a.processor).unwrap_or(0.0) * factor;
-            *busy.entry(a.processor).or_default() += took;
+            let inside = (now + took).min(s.duration_s) - now.min(s.duration_s);
+            *busy.entry(a.processor).or_default() += inside;
             heap.push(Finish(now + took, a.processor, took));
         }
         record(
