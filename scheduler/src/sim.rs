@@ -451,7 +451,10 @@ pub fn best(reports: &[Report]) -> Option<((&str, f64), (&str, f64))> {
         reports
             .iter()
             .filter(|r| r.fixed == fixed)
-            .max_by(|a, b| a.overall.slo_pct.total_cmp(&b.overall.slo_pct))
+            .fold(None::<&Report>, |best, r| match best {
+                Some(b) if b.overall.slo_pct >= r.overall.slo_pct => Some(b),
+                _ => Some(r),
+            })
             .map(|r| (r.strategy.as_str(), r.overall.slo_pct))
     };
     Some((pick(false)?, pick(true)?))

@@ -435,6 +435,17 @@ impl Arbiter {
         }
     }
 
+    /// Records that `processor`'s job failed for good (its CPU fallback failed too):
+    /// the processor is free again and the request is refused with the reason.
+    pub fn fail(&mut self, processor: ProcessorKind, reason: String) {
+        let Some((request, _, _)) = self.running.remove(&processor) else {
+            return;
+        };
+        self.busy_until.remove(&processor);
+        self.pending.remove(&request);
+        self.outcomes.push(Outcome::Rejected { request, reason });
+    }
+
     /// Outcomes since the last call.
     pub fn take_outcomes(&mut self) -> Vec<Outcome> {
         std::mem::take(&mut self.outcomes)
