@@ -527,7 +527,10 @@ impl Interpreter {
     /// Resolved shape of every tensor of subgraph `si` after prepare, for the
     /// scheduler's partitioner and cost model (`None` when `si` is not prepared).
     pub fn tensor_shapes(&self, si: usize) -> Option<&[Vec<usize>]> {
-        self.runtimes.get(si)?.as_ref().map(|rt| rt.shapes.as_slice())
+        self.runtimes
+            .get(si)?
+            .as_ref()
+            .map(|rt| rt.shapes.as_slice())
     }
 
     /// Nodes of subgraph `si` that run at every invoke, in run order. Nodes folded at
@@ -547,7 +550,9 @@ impl Interpreter {
             Storage::Const => def.data.as_ref().map(|d| d.as_slice()),
             Storage::Heap(b) if !def.is_variable => {
                 let produced_by_step = rt.steps.iter().flat_map(Step::nodes).any(|n| {
-                    sg.nodes.get(n).is_some_and(|node| node.outputs.contains(&t))
+                    sg.nodes
+                        .get(n)
+                        .is_some_and(|node| node.outputs.contains(&t))
                 });
                 (!produced_by_step && !sg.inputs.contains(&t)).then(|| b.as_slice())
             }

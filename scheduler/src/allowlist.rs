@@ -185,11 +185,11 @@ pub fn validate_partition(
 ) -> Result<Entry, SchedError> {
     let fingerprint = placed.delegate.fingerprint();
     let sg = &model.subgraphs[0];
-    let quantized = placed
-        .partition
-        .outputs
-        .iter()
-        .all(|&t| sg.tensors.get(t).is_some_and(|d| d.dtype.is_quantized_int()));
+    let quantized = placed.partition.outputs.iter().all(|&t| {
+        sg.tensors
+            .get(t)
+            .is_some_and(|d| d.dtype.is_quantized_int())
+    });
     let tol = if quantized {
         tolerance.quantized_steps
     } else {
@@ -211,7 +211,11 @@ pub fn validate_partition(
         .first()
         .cloned()
         .ok_or_else(|| SchedError::Invalid("no partition report".into()))?;
-    let timeouts = if r.last_error.as_deref().is_some_and(|e| e.contains("timed out")) {
+    let timeouts = if r
+        .last_error
+        .as_deref()
+        .is_some_and(|e| e.contains("timed out"))
+    {
         r.failures
     } else {
         0
@@ -236,7 +240,7 @@ pub fn validate_partition(
                 r.last_error.clone().unwrap_or_default()
             ),
         )
-    } else if !(r.max_validation_error <= tol) {
+    } else if r.max_validation_error.is_nan() || r.max_validation_error > tol {
         (
             Verdict::Blocked,
             format!(

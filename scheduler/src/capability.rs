@@ -212,7 +212,10 @@ impl Capability for ProfileRules {
             }
             ProcessorKind::Dsp => {
                 if let Some(m) = tensors.iter().find(|m| !m.dtype.is_quantized_int()) {
-                    return no(format!("dsp runs quantized ops only; {} is {}", m.name, m.dtype));
+                    return no(format!(
+                        "dsp runs quantized ops only; {} is {}",
+                        m.name, m.dtype
+                    ));
                 }
             }
             ProcessorKind::Npu => {

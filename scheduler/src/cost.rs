@@ -151,7 +151,10 @@ mod tests {
     fn measurements_replace_the_prior_as_a_moving_average() {
         let mut cm = CostModel::new(DeviceProfiles::default(), 0.5);
         cm.observe("m:1,2", ProcessorKind::Npu, 0.010);
-        assert_eq!(cm.measured("m:1,2", ProcessorKind::Npu).unwrap().mean_s, 0.010);
+        assert_eq!(
+            cm.measured("m:1,2", ProcessorKind::Npu).unwrap().mean_s,
+            0.010
+        );
         cm.observe("m:1,2", ProcessorKind::Npu, 0.020);
         let m = cm.measured("m:1,2", ProcessorKind::Npu).unwrap();
         assert!((m.mean_s - 0.015).abs() < 1e-12);

@@ -258,9 +258,10 @@ impl GraphInfo {
                 }
             }
             for &t in &node.outputs {
-                let used_outside = self.run_nodes.iter().any(|&m| {
-                    !inside(m) && sg.nodes[m].inputs.iter().flatten().any(|&x| x == t)
-                });
+                let used_outside = self
+                    .run_nodes
+                    .iter()
+                    .any(|&m| !inside(m) && sg.nodes[m].inputs.iter().flatten().any(|&x| x == t));
                 if (used_outside || sg.outputs.contains(&t)) && !outs.contains(&t) {
                     outs.push(t);
                 }
@@ -314,11 +315,10 @@ impl GraphInfo {
                     0.0
                 }
             }
-            OpKind::Builtin(
-                BuiltinOp::UnidirectionalSequenceLstm | BuiltinOp::Lstm,
-            ) => {
+            OpKind::Builtin(BuiltinOp::UnidirectionalSequenceLstm | BuiltinOp::Lstm) => {
                 // Four gates over [input, hidden] per output element.
-                let k = in0.last().copied().unwrap_or(0) + shape(Some(node.outputs[0])).last().copied().unwrap_or(0);
+                let k = in0.last().copied().unwrap_or(0)
+                    + shape(Some(node.outputs[0])).last().copied().unwrap_or(0);
                 out * 4.0 * k as f64
             }
             _ => 0.0,
@@ -397,7 +397,10 @@ mod tests {
             .join("../models")
             .join(format!("{stem}.tflite"));
         if !path.exists() {
-            eprintln!("skipping: {} missing (run scripts/setup.sh)", path.display());
+            eprintln!(
+                "skipping: {} missing (run scripts/setup.sh)",
+                path.display()
+            );
             return None;
         }
         Some(Arc::new(Model::from_path(path).unwrap()))

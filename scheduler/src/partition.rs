@@ -56,12 +56,13 @@ pub fn is_valid(info: &GraphInfo, nodes: &[usize]) -> bool {
     let sg = &info.model.subgraphs[0];
     nodes.iter().all(|&n| {
         sg.nodes.get(n).is_some_and(|node| {
-            node.inputs.iter().flatten().all(|&t| {
-                match info.producer.get(t).copied().flatten() {
+            node.inputs
+                .iter()
+                .flatten()
+                .all(|&t| match info.producer.get(t).copied().flatten() {
                     None => true,
                     Some(p) => nodes.contains(&p) || p < first || info.folded[p],
-                }
-            })
+                })
         })
     })
 }

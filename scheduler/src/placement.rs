@@ -159,8 +159,11 @@ pub fn plan(
                 }
                 flush_cpu(&mut cpu_run, &mut partitions);
                 let c = &parts.candidates[ci];
-                let (_, dev_s, transfer, measured) =
-                    taken.iter().find(|t| t.0 == ci).copied().unwrap_or_default();
+                let (_, dev_s, transfer, measured) = taken
+                    .iter()
+                    .find(|t| t.0 == ci)
+                    .copied()
+                    .unwrap_or_default();
                 partitions.push(PlannedPartition {
                     id: partitions.len(),
                     processor: c.kind,
@@ -261,7 +264,13 @@ fn cpu_reason(
             .iter()
             .position(|c| c.processor == pi && c.nodes.contains(&n));
         let clause = match cand {
-            None => match parts.rejections.get(n).and_then(|r| r.get(pi)).cloned().flatten() {
+            None => match parts
+                .rejections
+                .get(n)
+                .and_then(|r| r.get(pi))
+                .cloned()
+                .flatten()
+            {
                 Some(why) => format!("{}: unsupported: {why}", cap.name()),
                 None => format!("{}: unsupported", cap.name()),
             },
@@ -300,7 +309,10 @@ mod tests {
             .join("../models")
             .join(format!("{stem}.tflite"));
         if !path.exists() {
-            eprintln!("skipping: {} missing (run scripts/setup.sh)", path.display());
+            eprintln!(
+                "skipping: {} missing (run scripts/setup.sh)",
+                path.display()
+            );
             return None;
         }
         Some(GraphInfo::analyse(Arc::new(Model::from_path(path).unwrap())).unwrap())
@@ -317,7 +329,9 @@ mod tests {
         let cost = CostModel::new(profiles, 0.2);
         let p = plan(&info, &parts, &caps, &cost, &|_| Permission::Allowed);
         assert!(
-            p.partitions.iter().any(|p| p.processor == ProcessorKind::Gpu),
+            p.partitions
+                .iter()
+                .any(|p| p.processor == ProcessorKind::Gpu),
             "{:?}",
             p.partitions
         );
@@ -329,10 +343,23 @@ mod tests {
         let denied = plan(&info, &parts, &caps, &cost, &|_| {
             Permission::Denied("blocked: wrong results".into())
         });
-        assert!(denied.partitions.iter().all(|p| p.processor == ProcessorKind::Cpu));
+        assert!(
+            denied
+                .partitions
+                .iter()
+                .all(|p| p.processor == ProcessorKind::Cpu)
+        );
         let conv = denied.nodes.iter().find(|n| n.op == "CONV_2D").unwrap();
-        assert!(conv.why.contains("gpu: not allowlisted: blocked"), "{}", conv.why);
-        assert!(conv.why.contains("dsp (emulated): unsupported"), "{}", conv.why);
+        assert!(
+            conv.why.contains("gpu: not allowlisted: blocked"),
+            "{}",
+            conv.why
+        );
+        assert!(
+            conv.why.contains("dsp (emulated): unsupported"),
+            "{}",
+            conv.why
+        );
     }
 
     #[test]
@@ -344,7 +371,10 @@ mod tests {
         let caps = profile_rules(&profiles);
         let parts = partition(&info, &caps);
         assert!(
-            parts.candidates.iter().any(|c| c.kind == ProcessorKind::Dsp),
+            parts
+                .candidates
+                .iter()
+                .any(|c| c.kind == ProcessorKind::Dsp),
             "int8 convolutions are dsp candidates"
         );
         let cost = CostModel::new(profiles, 0.2);
@@ -352,10 +382,15 @@ mod tests {
         let conv = p.nodes.iter().find(|n| n.op == "CONV_2D").unwrap();
         assert_eq!(conv.processor, Some(ProcessorKind::Cpu));
         assert!(
-            conv.why.contains("dsp (emulated): cost: slower than the cpu"),
+            conv.why
+                .contains("dsp (emulated): cost: slower than the cpu"),
             "{}",
             conv.why
         );
-        assert!(conv.why.contains("gpu: unsupported: gpu runs float32 only"), "{}", conv.why);
+        assert!(
+            conv.why.contains("gpu: unsupported: gpu runs float32 only"),
+            "{}",
+            conv.why
+        );
     }
 }

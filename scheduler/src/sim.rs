@@ -226,7 +226,8 @@ pub struct Report {
 
 /// Deterministic noise in [0, 1) from a seed and two integers (splitmix64).
 fn noise(seed: u64, a: u64, b: u64) -> f64 {
-    let mut z = seed ^ a.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ b.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    let mut z =
+        seed ^ a.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ b.wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^= z >> 31;
@@ -381,7 +382,9 @@ pub fn simulate(s: &Setup, strategy: Strategy) -> Report {
         );
     }
     let stats = |filter: &dyn Fn(usize) -> bool| -> Stats {
-        let idx: Vec<usize> = (0..requests.len()).filter(|&i| filter(requests[i].0)).collect();
+        let idx: Vec<usize> = (0..requests.len())
+            .filter(|&i| filter(requests[i].0))
+            .collect();
         let mut lat: Vec<f64> = idx.iter().filter_map(|&i| completed[i]).collect();
         lat.sort_by(f64::total_cmp);
         let frames = idx.len() as u64;
@@ -445,8 +448,11 @@ pub fn compare(s: &Setup) -> Vec<Report> {
     strategies.into_iter().map(|st| simulate(s, st)).collect()
 }
 
+/// A strategy's name and its overall SLO satisfaction in percent.
+pub type Best<'a> = (&'a str, f64);
+
 /// Best policy's and best fixed placement's overall SLO satisfaction, by name.
-pub fn best(reports: &[Report]) -> Option<((&str, f64), (&str, f64))> {
+pub fn best(reports: &[Report]) -> Option<(Best<'_>, Best<'_>)> {
     let pick = |fixed: bool| {
         reports
             .iter()

@@ -81,7 +81,10 @@ impl Workload {
 
     pub fn validate(&self) -> Result<(), String> {
         if !(self.duration_s.is_finite() && self.duration_s > 0.0 && self.duration_s <= 3600.0) {
-            return Err(format!("duration_s must be in (0, 3600], is {}", self.duration_s));
+            return Err(format!(
+                "duration_s must be in (0, 3600], is {}",
+                self.duration_s
+            ));
         }
         if self.apps.is_empty() {
             return Err("no apps".into());

@@ -1,5 +1,5 @@
 pub mod bench;
 pub mod inspect;
-pub mod run;
 pub mod placement;
+pub mod run;
 pub mod simulate;

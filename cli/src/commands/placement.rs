@@ -80,7 +80,9 @@ pub fn run(args: PlacementArgs) -> anyhow::Result<()> {
         info.measure_cpu(3)
     };
     if let Some(m) = &measured {
-        let prior = cost.estimate(&info, &info.run_nodes, ProcessorKind::Cpu).prior_s;
+        let prior = cost
+            .estimate(&info, &info.run_nodes, ProcessorKind::Cpu)
+            .prior_s;
         cost.calibrate(ProcessorKind::Cpu, m.total_s / prior);
     }
     let allowlist = if cfg.scheduler.allowlist_path.is_empty() {
@@ -158,7 +160,11 @@ fn text(r: &Report<'_>) -> String {
             o,
             "proc    {:<16} {}{}",
             p.name,
-            if p.has_delegate { "delegate" } else { "profile only" },
+            if p.has_delegate {
+                "delegate"
+            } else {
+                "profile only"
+            },
             if p.emulated { ", emulated" } else { "" }
         );
     }
@@ -216,7 +222,9 @@ fn colour(p: Option<ProcessorKind>) -> &'static str {
 }
 
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 /// Layered drawing: a node's row is one more than its deepest producer's.

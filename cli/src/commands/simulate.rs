@@ -136,7 +136,11 @@ fn table(s: &sim::Setup, reports: &[Report], per_app: bool) -> String {
             r.overall.rejected
         );
         for p in &procs {
-            let _ = write!(o, " {:>6.1}", 100.0 * r.utilisation.get(p).copied().unwrap_or(0.0));
+            let _ = write!(
+                o,
+                " {:>6.1}",
+                100.0 * r.utilisation.get(p).copied().unwrap_or(0.0)
+            );
         }
         o.push('\n');
     }

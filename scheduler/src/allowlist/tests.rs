@@ -262,9 +262,11 @@ fn decisions_persist_and_a_new_fingerprint_revalidates() {
     let reloaded = Allowlist::open(&path).unwrap();
     assert!(matches!(reloaded.lookup(&k, "drv-2"), Lookup::Blocked(_)));
     assert!(
-        std::fs::read_dir(dir.path())
+        std::fs::read_dir(dir.path()).unwrap().all(|f| !f
             .unwrap()
-            .all(|f| !f.unwrap().file_name().to_string_lossy().contains(".tmp.")),
+            .file_name()
+            .to_string_lossy()
+            .contains(".tmp.")),
         "no temporary file left behind"
     );
 }

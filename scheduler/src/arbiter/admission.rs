@@ -49,7 +49,10 @@ pub fn expired(ctx: &Ctx<'_>, queue: &mut Queue) -> Vec<(Job, String)> {
                 let job = jobs.remove(i);
                 out.push((
                     job,
-                    format!("dropped: would finish {:.1} ms after its deadline", late * 1e3),
+                    format!(
+                        "dropped: would finish {:.1} ms after its deadline",
+                        late * 1e3
+                    ),
                 ));
             } else {
                 i += 1;
@@ -70,7 +73,12 @@ mod tests {
     fn full_queue_and_hopeless_deadline_are_refused() {
         let q = queue(vec![job(1, Cpu, 0.010, 1.0), job(2, Cpu, 0.010, 1.0)]);
         let (busy, served) = (BTreeMap::new(), HashMap::new());
-        let ctx = Ctx { now: 0.0, free: vec![], busy_until: &busy, served: &served };
+        let ctx = Ctx {
+            now: 0.0,
+            free: vec![],
+            busy_until: &busy,
+            served: &served,
+        };
         let err = admit(&ctx, &q, &job(3, Cpu, 0.01, 1.0), 2, true).unwrap_err();
         assert!(err.contains("full"), "{err}");
         // Behind 20 ms of queued work, a 10 ms job cannot make a 25 ms deadline.
@@ -84,7 +92,12 @@ mod tests {
     fn expired_jobs_leave_the_queue() {
         let mut q = queue(vec![job(1, Cpu, 0.010, 0.015), job(2, Cpu, 0.010, 1.0)]);
         let (busy, served) = (BTreeMap::new(), HashMap::new());
-        let ctx = Ctx { now: 0.010, free: vec![], busy_until: &busy, served: &served };
+        let ctx = Ctx {
+            now: 0.010,
+            free: vec![],
+            busy_until: &busy,
+            served: &served,
+        };
         let gone = expired(&ctx, &mut q);
         assert_eq!(gone.len(), 1);
         assert_eq!(gone[0].0.request, 1);

@@ -22,7 +22,12 @@ mod tests {
             job(4, Gpu, 0.01, 0.2),
         ]);
         let (busy, served) = (BTreeMap::new(), HashMap::new());
-        let ctx = Ctx { now: 0.0, free: vec![Cpu, Gpu], busy_until: &busy, served: &served };
+        let ctx = Ctx {
+            now: 0.0,
+            free: vec![Cpu, Gpu],
+            busy_until: &busy,
+            served: &served,
+        };
         let a = schedule(&ctx, &mut q);
         let ids: Vec<u64> = a.iter().map(|a| a.job.request).collect();
         assert_eq!(ids, vec![2, 4]);

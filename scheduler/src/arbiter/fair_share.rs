@@ -24,7 +24,12 @@ mod tests {
         let mut q = queue(vec![job(1, Cpu, 0.01, 0.1), job(2, Cpu, 0.01, 0.9)]);
         let busy = BTreeMap::new();
         let served = HashMap::from([("t1".to_string(), 0.5), ("t0".to_string(), 0.1)]);
-        let ctx = Ctx { now: 0.0, free: vec![Cpu], busy_until: &busy, served: &served };
+        let ctx = Ctx {
+            now: 0.0,
+            free: vec![Cpu],
+            busy_until: &busy,
+            served: &served,
+        };
         assert_eq!(schedule(&ctx, &mut q)[0].job.request, 2);
     }
 }

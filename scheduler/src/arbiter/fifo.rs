@@ -18,7 +18,12 @@ mod tests {
     fn oldest_first() {
         let mut q = queue(vec![job(3, Cpu, 0.01, 0.02), job(1, Cpu, 0.01, 0.5)]);
         let (busy, served) = (BTreeMap::new(), HashMap::new());
-        let ctx = Ctx { now: 0.0, free: vec![Cpu], busy_until: &busy, served: &served };
+        let ctx = Ctx {
+            now: 0.0,
+            free: vec![Cpu],
+            busy_until: &busy,
+            served: &served,
+        };
         let a = schedule(&ctx, &mut q);
         assert_eq!(a[0].job.request, 1);
         assert_eq!(q.len(Cpu), 1);

@@ -28,7 +28,12 @@ mod tests {
         b.rest_s = 0.030;
         let mut q = queue(vec![a, b]);
         let (busy, served) = (BTreeMap::new(), HashMap::new());
-        let ctx = Ctx { now: 0.0, free: vec![Cpu], busy_until: &busy, served: &served };
+        let ctx = Ctx {
+            now: 0.0,
+            free: vec![Cpu],
+            busy_until: &busy,
+            served: &served,
+        };
         assert_eq!(schedule(&ctx, &mut q)[0].job.request, 2);
     }
 }

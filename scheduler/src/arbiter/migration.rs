@@ -57,8 +57,8 @@ mod tests {
     use super::super::StageOption;
     use super::super::testutil::{job, queue};
     use super::*;
-    use std::collections::{BTreeMap, HashMap};
     use ProcessorKind::{Cpu, Gpu};
+    use std::collections::{BTreeMap, HashMap};
 
     #[test]
     fn a_job_stuck_behind_a_busy_gpu_moves_to_the_idle_cpu() {
@@ -70,9 +70,21 @@ mod tests {
         let mut q = queue(vec![j]);
         let busy = BTreeMap::from([(Gpu, 0.020)]);
         let served = HashMap::new();
-        let ctx = Ctx { now: 0.0, free: vec![Cpu], busy_until: &busy, served: &served };
+        let ctx = Ctx {
+            now: 0.0,
+            free: vec![Cpu],
+            busy_until: &busy,
+            served: &served,
+        };
         let m = migrate(&ctx, &mut q);
-        assert_eq!(m, vec![Move { request: 1, from: Gpu, to: Cpu }]);
+        assert_eq!(
+            m,
+            vec![Move {
+                request: 1,
+                from: Gpu,
+                to: Cpu
+            }]
+        );
         assert_eq!(q.len(Cpu), 1);
 
         // With the GPU about to be free, it stays.
@@ -83,7 +95,12 @@ mod tests {
         });
         let mut q = queue(vec![j]);
         let busy = BTreeMap::from([(Gpu, 0.001)]);
-        let ctx = Ctx { now: 0.0, free: vec![Cpu], busy_until: &busy, served: &served };
+        let ctx = Ctx {
+            now: 0.0,
+            free: vec![Cpu],
+            busy_until: &busy,
+            served: &served,
+        };
         assert!(migrate(&ctx, &mut q).is_empty());
     }
 }

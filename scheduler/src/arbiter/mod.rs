@@ -267,9 +267,15 @@ pub struct ArbiterOptions {
 /// What happened to a request.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Outcome {
-    Completed { request: u64, finish: f64 },
+    Completed {
+        request: u64,
+        finish: f64,
+    },
     /// Refused at submit or dropped later, with the reason.
-    Rejected { request: u64, reason: String },
+    Rejected {
+        request: u64,
+        reason: String,
+    },
 }
 
 struct Pending {
@@ -492,7 +498,12 @@ mod tests {
     use super::*;
     use ProcessorKind::{Cpu, Gpu};
 
-    fn req(id: u64, arrival: f64, deadline: f64, stages: Vec<Vec<(ProcessorKind, f64)>>) -> Request {
+    fn req(
+        id: u64,
+        arrival: f64,
+        deadline: f64,
+        stages: Vec<Vec<(ProcessorKind, f64)>>,
+    ) -> Request {
         Request {
             id,
             tenant: "a".into(),
@@ -528,8 +539,11 @@ mod tests {
     #[test]
     fn stages_run_in_order_and_complete_the_request() {
         let mut a = Arbiter::new(&[Cpu, Gpu], opts(false, false));
-        a.submit(req(1, 0.0, 1.0, vec![vec![(Gpu, 0.01)], vec![(Cpu, 0.02)]]), 0.0)
-            .unwrap();
+        a.submit(
+            req(1, 0.0, 1.0, vec![vec![(Gpu, 0.01)], vec![(Cpu, 0.02)]]),
+            0.0,
+        )
+        .unwrap();
         let d = a.dispatch(0.0);
         assert_eq!(d.len(), 1);
         assert_eq!(d[0].processor, Gpu);

@@ -24,7 +24,12 @@ mod tests {
         rt.class = PriorityClass::Realtime;
         let mut q = queue(vec![old, rt]);
         let (busy, served) = (BTreeMap::new(), HashMap::new());
-        let ctx = Ctx { now: 0.0, free: vec![Cpu], busy_until: &busy, served: &served };
+        let ctx = Ctx {
+            now: 0.0,
+            free: vec![Cpu],
+            busy_until: &busy,
+            served: &served,
+        };
         assert_eq!(schedule(&ctx, &mut q)[0].job.request, 2);
     }
 }

@@ -98,8 +98,7 @@ impl ArbiterService {
                         let job = a.job.clone();
                         let p = a.processor;
                         let started = me.now();
-                        let result =
-                            tokio::task::spawn_blocking(move || runner.run(&job, p)).await;
+                        let result = tokio::task::spawn_blocking(move || runner.run(&job, p)).await;
                         let mut st = me.inner.state.lock().await;
                         let now = me.now();
                         match result {
@@ -138,8 +137,8 @@ fn deliver(st: &mut State) {
 mod tests {
     use super::super::{ArbiterOptions, Policy, PriorityClass, Stage, StageOption};
     use super::*;
-    use std::sync::Mutex as StdMutex;
     use ProcessorKind::{Cpu, Gpu};
+    use std::sync::Mutex as StdMutex;
 
     /// Records which (request, stage, processor) ran, in order; fails request 99.
     #[derive(Default)]
@@ -211,7 +210,10 @@ mod tests {
         assert!(matches!(a, Outcome::Completed { request: 1, .. }), "{a:?}");
         assert!(matches!(b, Outcome::Completed { request: 2, .. }), "{b:?}");
         match c {
-            Outcome::Rejected { request: 99, reason } => assert!(reason.contains("fallback")),
+            Outcome::Rejected {
+                request: 99,
+                reason,
+            } => assert!(reason.contains("fallback")),
             other => panic!("{other:?}"),
         }
         match d {
