@@ -11,6 +11,8 @@
 //!   measurements (EWMA), plus tensor transfers between processors
 //! - [`allowlist`]: learned, persisted decisions on which delegate may run what
 //! - [`placement`]: the cheapest allowed plan and a per-node explanation
+//! - [`decide`]: the whole decision for one model with real delegates (validate
+//!   unknown candidates, measure, plan), as the daemon makes it on first load
 //! - [`arbiter`]: per-processor queues, pure scheduling policies, admission control,
 //!   job migration, and a tokio wrapper for the daemon
 //! - [`sim`], [`workload`]: a virtual-clock simulator comparing policies with fixed
@@ -34,11 +36,14 @@ pub mod allowlist;
 pub mod arbiter;
 pub mod capability;
 pub mod cost;
+pub mod decide;
 mod error;
 pub mod graph;
 pub mod partition;
 pub mod placement;
 pub mod sim;
+#[cfg(test)]
+pub(crate) mod testing;
 pub mod workload;
 
 pub use error::SchedError;
