@@ -94,7 +94,6 @@ fn policies_beat_fixed_placements_on_the_contended_workload() {
         "--workload",
         w.to_str().unwrap(),
         "--json",
-        "--no-calibrate",
     ]);
     let reports = v["reports"].as_array().unwrap();
     let frames: Vec<u64> = reports
@@ -123,7 +122,6 @@ fn light_workload_is_met_by_everyone() {
         "--workload",
         w.to_str().unwrap(),
         "--json",
-        "--no-calibrate",
     ]);
     for r in v["reports"].as_array().unwrap() {
         assert_eq!(

@@ -24,9 +24,11 @@ pub struct SimulateArgs {
     /// Configuration file (device profiles, queue limit); embedded defaults otherwise.
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Use the CPU profile's prior instead of timing each model on this CPU.
+    /// Time each model once on this machine's CPU and use that instead of the CPU
+    /// profile's prior (the profile describes the target board; this machine and its
+    /// current kernels may be much faster or slower).
     #[arg(long)]
-    pub no_calibrate: bool,
+    pub calibrate_cpu: bool,
     /// Also print per-app lines for every strategy.
     #[arg(long)]
     pub per_app: bool,
@@ -52,7 +54,7 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
         &workload,
         &cfg.devices,
         cfg.scheduler.queue_limit,
-        !args.no_calibrate,
+        args.calibrate_cpu,
     )?;
     let reports = sim::compare(&setup);
     let best = sim::best(&reports);
