@@ -89,12 +89,7 @@ fn placement_draws_an_svg() {
 #[test]
 fn policies_beat_fixed_placements_on_the_contended_workload() {
     let w = repo_root().join("workloads/contended.toml");
-    let v = json(&[
-        "simulate",
-        "--workload",
-        w.to_str().unwrap(),
-        "--json",
-    ]);
+    let v = json(&["simulate", "--workload", w.to_str().unwrap(), "--json"]);
     let reports = v["reports"].as_array().unwrap();
     let frames: Vec<u64> = reports
         .iter()
@@ -117,12 +112,7 @@ fn policies_beat_fixed_placements_on_the_contended_workload() {
 #[test]
 fn light_workload_is_met_by_everyone() {
     let w = repo_root().join("workloads/light.toml");
-    let v = json(&[
-        "simulate",
-        "--workload",
-        w.to_str().unwrap(),
-        "--json",
-    ]);
+    let v = json(&["simulate", "--workload", w.to_str().unwrap(), "--json"]);
     for r in v["reports"].as_array().unwrap() {
         assert_eq!(
             r["overall"]["slo_pct"].as_f64().unwrap(),

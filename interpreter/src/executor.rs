@@ -889,9 +889,14 @@ impl Interpreter {
             }
         }
         // A partition runs where its first node was: everything it reads from outside
-        // must be produced before that point.
+        // must be produced before that point. Nodes folded at prepare produce
+        // constants, available from the start.
+        let stepped: HashSet<usize> = steps.iter().map(Step::node).collect();
         let mut producer: HashMap<usize, usize> = HashMap::new();
         for node in &sg.nodes {
+            if !stepped.contains(&node.index) {
+                continue;
+            }
             for &t in &node.outputs {
                 producer.insert(t, node.index);
             }

@@ -315,4 +315,106 @@ mod tests {
             assert!(is_valid(&info, &c.nodes));
         }
     }
+
+    /// Has no device: compile always fails, so the executor keeps the CPU kernels. The
+    /// executor still checks the partition's structure first.
+    struct NoDevice;
+
+    impl Delegate for NoDevice {
+        fn name(&self) -> &str {
+            "no-device"
+        }
+        fn kind(&self) -> ProcessorKind {
+            ProcessorKind::Gpu
+        }
+        fn fingerprint(&self) -> String {
+            "none".into()
+        }
+        fn supports(&self, _: &NodeSupportCtx<'_>) -> Support {
+            Support::Supported
+        }
+        fn compile(
+            &self,
+            _: &switchyard_interpreter::PartitionCtx<'_>,
+        ) -> Result<
+            Box<dyn switchyard_interpreter::CompiledPartition>,
+            switchyard_interpreter::DelegateError,
+        > {
+            Err(switchyard_interpreter::DelegateError::Unavailable {
+                delegate: "no-device".into(),
+                what: "test".into(),
+            })
+        }
+    }
+
+    #[test]
+    fn real_model_partitions_are_accepted_by_the_executor() {
+        let profiles = switchyard_config::DeviceProfiles::default();
+        let rules = crate::capability::profile_rules(&profiles);
+        for stem in [
+            "mp_face_detection_short_range",
+            "mp_pose_detection",
+            "mww_okay_nabu",
+        ] {
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../models")
+                .join(format!("{stem}.tflite"));
+            if !path.exists() {
+                eprintln!(
+                    "skipping: {} missing (run scripts/setup.sh)",
+                    path.display()
+                );
+                return;
+            }
+            let model = Arc::new(Model::from_path(&path).unwrap());
+            let info = GraphInfo::analyse(model.clone()).unwrap();
+            let parts = partition(&info, &rules);
+            assert!(!parts.candidates.is_empty(), "{stem}");
+            // One processor's candidates never overlap; place them all at once.
+            for kind in [ProcessorKind::Gpu, ProcessorKind::Dsp, ProcessorKind::Npu] {
+                let mine: Vec<&Candidate> =
+                    parts.candidates.iter().filter(|c| c.kind == kind).collect();
+                let sg = &model.subgraphs[0];
+                let placed: Vec<PlacedPartition> = mine
+                    .iter()
+                    .map(|c| {
+                        assert!(is_valid(&info, &c.nodes));
+                        PlacedPartition {
+                            partition: Partition::from_nodes(0, sg, c.nodes.clone()),
+                            delegate: Arc::new(NoDevice),
+                            timeout: None,
+                        }
+                    })
+                    .collect();
+                let n = placed.len();
+                let mut it = switchyard_interpreter::Interpreter::with_placement(
+                    model.clone(),
+                    Arc::new(switchyard_delegates::CpuResolver::optimized()),
+                    switchyard_interpreter::InterpreterOptions::default(),
+                    placed,
+                )
+                .unwrap_or_else(|e| panic!("{stem} on {kind}: {e}"));
+                assert_eq!(it.partition_reports().len(), n);
+                if stem == "mp_face_detection_short_range" && kind == ProcessorKind::Gpu {
+                    // Partitions fall back to the CPU in place: same outputs as no
+                    // placement at all.
+                    let mut plain = switchyard_interpreter::Interpreter::new(
+                        model.clone(),
+                        Arc::new(switchyard_delegates::CpuResolver::optimized()),
+                        switchyard_interpreter::InterpreterOptions::default(),
+                    )
+                    .unwrap();
+                    let x = crate::decide::validation_inputs(&info).unwrap();
+                    let views: Vec<_> = x.iter().map(|t| t.view()).collect();
+                    let a = it.run(&views).unwrap();
+                    let b = plain.run(&views).unwrap();
+                    assert_eq!(a.len(), b.len());
+                    for (a, b) in a.iter().zip(&b) {
+                        assert_eq!(a.data.as_slice(), b.data.as_slice());
+                    }
+                    assert!(it.partition_reports()[0].compile_error.is_some());
+                }
+            }
+        }
+    }
 }
