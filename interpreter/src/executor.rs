@@ -680,6 +680,42 @@ impl Interpreter {
         out
     }
 
+    /// Resolved shape of every tensor of subgraph `si` after prepare, for the
+    /// scheduler's partitioner and cost model (`None` when `si` is not prepared).
+    pub fn tensor_shapes(&self, si: usize) -> Option<&[Vec<usize>]> {
+        self.runtimes
+            .get(si)?
+            .as_ref()
+            .map(|rt| rt.shapes.as_slice())
+    }
+
+    /// Nodes of subgraph `si` that run at every invoke, in run order. Nodes folded at
+    /// prepare (constant inputs) are absent: placing them anywhere costs nothing.
+    pub fn run_nodes(&self, si: usize) -> Option<Vec<usize>> {
+        let rt = self.runtimes.get(si)?.as_ref()?;
+        Some(rt.steps.iter().flat_map(Step::nodes).collect())
+    }
+
+    /// Value of tensor `t` of subgraph `si` when known at prepare time: a model constant
+    /// or the output of a folded node.
+    pub fn prepared_value(&self, si: usize, t: usize) -> Option<&[u8]> {
+        let rt = self.runtimes.get(si)?.as_ref()?;
+        let sg = self.model.subgraphs.get(si)?;
+        let def = sg.tensors.get(t)?;
+        match rt.storage.get(t)? {
+            Storage::Const => def.data.as_ref().map(|d| d.as_slice()),
+            Storage::Heap(b) if !def.is_variable => {
+                let produced_by_step = rt.steps.iter().flat_map(Step::nodes).any(|n| {
+                    sg.nodes
+                        .get(n)
+                        .is_some_and(|node| node.outputs.contains(&t))
+                });
+                (!produced_by_step && !sg.inputs.contains(&t)).then(|| b.as_slice())
+            }
+            _ => None,
+        }
+    }
+
     /// Number of steps in subgraph 0 that run per invoke (after folding).
     pub fn step_count(&self) -> usize {
         self.runtimes[0].as_ref().map_or(0, |r| r.steps.len())
@@ -853,9 +889,14 @@ impl Interpreter {
             }
         }
         // A partition runs where its first node was: everything it reads from outside
-        // must be produced before that point.
+        // must be produced before that point. Nodes folded at prepare produce
+        // constants, available from the start.
+        let stepped: HashSet<usize> = steps.iter().map(Step::node).collect();
         let mut producer: HashMap<usize, usize> = HashMap::new();
         for node in &sg.nodes {
+            if !stepped.contains(&node.index) {
+                continue;
+            }
             for &t in &node.outputs {
                 producer.insert(t, node.index);
             }
