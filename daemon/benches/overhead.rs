@@ -91,7 +91,8 @@ async fn main() {
             InterpreterOptions::default(),
         )
         .expect("interpreter");
-        let local_in = switchyard_interpreter::Tensor::from_f32(vec![1, n], &values).expect("tensor");
+        let local_in =
+            switchyard_interpreter::Tensor::from_f32(vec![1, n], &values).expect("tensor");
         let local = time(runs, || {
             let out = it.run(&[local_in.view()]).expect("run");
             std::hint::black_box(out);
@@ -124,8 +125,13 @@ async fn main() {
             }
         })
         .await;
-        let check = client.run_shm(&info.id, &[input.clone()], &[slot]).await.expect("run");
-        let got = region.read(&check.shm[0].expect("shm output")).expect("read");
+        let check = client
+            .run_shm(&info.id, &[input.clone()], &[slot])
+            .await
+            .expect("run");
+        let got = region
+            .read(&check.shm[0].expect("shm output"))
+            .expect("read");
         assert_eq!(&got[..4], &1.0f32.to_le_bytes());
         drop(region);
 

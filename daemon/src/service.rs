@@ -261,6 +261,12 @@ fn check_inputs(
                 t.shape.len()
             )));
         }
+        // TFLite dimensions are int32; larger ones can only be hostile.
+        if let Some(d) = t.shape.iter().find(|&&d| d > i32::MAX as u64) {
+            return Err(DaemonError::invalid(format!(
+                "input {i}: dimension {d} is too large"
+            )));
+        }
         let expected = wire.byte_len(&t.shape).ok_or_else(|| {
             DaemonError::invalid(format!("input {i}: shape {:?} overflows", t.shape))
         })?;
@@ -335,8 +341,12 @@ fn execute(
         for (i, x) in inputs.iter().enumerate() {
             let (_, current) = it.input_info(i).map_err(DaemonError::Run)?;
             if current != x.shape {
-                it.resize_input(i, x.shape.clone())
-                    .map_err(DaemonError::Run)?;
+                it.resize_input(i, x.shape.clone()).map_err(|e| {
+                    DaemonError::invalid(format!(
+                        "input {i}: shape {:?} does not fit the model: {e}",
+                        x.shape
+                    ))
+                })?;
             }
             let bytes = match &x.data {
                 Input::Inline(b) => b.as_slice(),
