@@ -126,7 +126,7 @@ async fn main() {
         })
         .await;
         let check = client
-            .run_shm(&info.id, &[input.clone()], &[slot])
+            .run_shm(&info.id, std::slice::from_ref(&input), &[slot])
             .await
             .expect("run");
         let got = region
