@@ -494,6 +494,8 @@ fn malformed_models_get_a_clear_error_and_the_daemon_keeps_serving() {
     let e = c.load_model("three", add_model(3.0)).unwrap_err();
     assert_eq!(e.code(), Some(tonic::Code::ResourceExhausted), "{e}");
     assert!(e.to_string().contains("`models`"), "{e}");
+    // Reloading a model the tenant holds costs no quota.
+    assert_eq!(c.load_model("again", add_model(1.0)).unwrap().id, m.id);
     assert!(d.stop().success());
 }
 

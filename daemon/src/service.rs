@@ -201,14 +201,22 @@ async fn spawn_load(
     name: String,
     bytes: Vec<u8>,
 ) -> Result<v1::LoadModelResponse, DaemonError> {
-    state.tenants.precheck_load(caller, bytes.len() as u64)?;
     if name.len() > 256 {
         return Err(DaemonError::invalid("model name is longer than 256 bytes"));
     }
     let st = state.clone();
-    let (model, shared) = tokio::task::spawn_blocking(move || st.registry.load(&bytes))
-        .await
-        .map_err(|e| DaemonError::Internal(format!("load task: {e}")))??;
+    let c = caller.clone();
+    let (model, shared) = tokio::task::spawn_blocking(move || {
+        let digest = ModelRegistry::digest(&bytes);
+        // Quotas are checked before the expensive prepare, except for a model the tenant
+        // already holds, which a reload does not charge again.
+        if !st.tenants.holds(&c, &digest) {
+            st.tenants.precheck_load(&c, bytes.len() as u64)?;
+        }
+        st.registry.load_digest(digest, &bytes)
+    })
+    .await
+    .map_err(|e| DaemonError::Internal(format!("load task: {e}")))??;
     state.finish_load(caller, name, model, shared)
 }
 
