@@ -188,7 +188,7 @@ fn add_model(c: f32) -> Vec<u8> {
 
 #[test]
 fn daemon_matches_local_inline_and_shm_bit_for_bit() {
-    let d = Daemon::start("");
+    let d = Daemon::start("[daemon.quota]\nmodels = 32\n");
     let scratch = d.dir.path().to_path_buf();
     let models = runnable_models(&scratch);
     assert!(!models.is_empty(), "no model runs in-process yet");

@@ -32,6 +32,10 @@ enum Command {
     Tenants(commands::daemon::TenantsArgs),
     /// Daemon status: uptime, models, requests in flight, per-tenant counters.
     Status(commands::daemon::StatusArgs),
+    /// Show where each node of a model runs (processor, partition, latency) and why.
+    Placement(commands::placement::PlacementArgs),
+    /// Compare scheduling policies with fixed placements on a workload of apps.
+    Simulate(commands::simulate::SimulateArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -47,6 +51,8 @@ fn main() -> std::process::ExitCode {
         Command::Models(args) => commands::daemon::models(args),
         Command::Tenants(args) => commands::daemon::tenants(args),
         Command::Status(args) => commands::daemon::status(args),
+        Command::Placement(args) => commands::placement::run(args),
+        Command::Simulate(args) => commands::simulate::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -10,6 +10,7 @@
 //! - [`device`]: device profiles — clock, MACs per cycle, dispatch overhead, transfer
 //!   bandwidth, on-chip memory, fault injection — used by the emulated DSP/NPU and as
 //!   the cost model's priors for every processor.
+//! - [`scheduler`]: allowlist tolerances, cost-model smoothing, arbiter queue limits.
 //!
 //! ```
 //! let cfg = switchyard_config::Config::from_toml_str("[devices.npu]\nclock_mhz = 600.0\n")?;
@@ -20,6 +21,7 @@
 
 pub mod daemon;
 pub mod device;
+pub mod scheduler;
 
 use std::path::Path;
 
@@ -28,6 +30,7 @@ use thiserror::Error;
 
 pub use daemon::DaemonConfig;
 pub use device::{DeviceProfile, DeviceProfiles, FaultInjection};
+pub use scheduler::SchedulerConfig;
 
 /// Why a configuration was refused.
 #[derive(Debug, Error)]
@@ -60,6 +63,8 @@ pub struct Config {
     pub devices: DeviceProfiles,
     /// The daemon: sockets, threads, tokens, quotas.
     pub daemon: DaemonConfig,
+    /// Partitioner, allowlist and arbiter settings.
+    pub scheduler: SchedulerConfig,
 }
 
 impl Config {
@@ -88,7 +93,8 @@ impl Config {
     /// Checks every value is in range; the error names the first offending key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.devices.validate()?;
-        self.daemon.validate()
+        self.daemon.validate()?;
+        self.scheduler.validate()
     }
 
     /// The configuration as TOML (for `--print-config` and docs).
