@@ -338,3 +338,23 @@ fn connect_reason(e: &tonic::transport::Error) -> String {
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tensor_length_must_match_dtype_and_shape() {
+        assert!(Tensor::new(DataType::Float32, vec![2, 3], vec![0; 24]).is_ok());
+        assert!(Tensor::new(DataType::Float32, vec![2, 3], vec![0; 23]).is_err());
+        assert!(Tensor::new(DataType::Int8, vec![u64::MAX, 2], vec![]).is_err());
+        let t = Tensor::from_f32(vec![2], &[1.5, -2.0]);
+        assert_eq!(t.to_f32().unwrap(), vec![1.5, -2.0]);
+        assert_eq!(
+            Tensor::new(DataType::Int32, vec![1], vec![0; 4])
+                .unwrap()
+                .to_f32(),
+            None
+        );
+    }
+}

@@ -34,7 +34,7 @@ pub enum ClientError {
     Connect { target: String, why: String },
     /// The daemon refused or failed the request; `code` says why (e.g. `NotFound`).
     #[error("{:?}: {}", .0.code(), .0.message())]
-    Status(#[from] tonic::Status),
+    Status(tonic::Status),
     #[error("shared memory: {0}")]
     Shm(String),
     #[error("{what}: {source}")]
@@ -45,6 +45,14 @@ pub enum ClientError {
     },
     #[error("invalid argument: {0}")]
     Invalid(String),
+}
+
+// Not `#[from]`: that would also make the status the error's source, and printed error
+// chains would repeat its message.
+impl From<tonic::Status> for ClientError {
+    fn from(s: tonic::Status) -> ClientError {
+        ClientError::Status(s)
+    }
 }
 
 impl ClientError {

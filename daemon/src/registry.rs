@@ -144,7 +144,15 @@ impl ModelRegistry {
     /// interpreter) if no tenant holds it. Blocking: call from the blocking pool. The
     /// flag tells whether an existing copy was reused.
     pub fn load(&self, bytes: &[u8]) -> Result<(Arc<PreparedModel>, bool), DaemonError> {
-        let digest = Self::digest(bytes);
+        self.load_digest(Self::digest(bytes), bytes)
+    }
+
+    /// [`ModelRegistry::load`] with the digest already computed.
+    pub fn load_digest(
+        &self,
+        digest: [u8; 32],
+        bytes: &[u8],
+    ) -> Result<(Arc<PreparedModel>, bool), DaemonError> {
         if let Some(m) = self.lookup(&digest) {
             return Ok((m, true));
         }

@@ -201,14 +201,22 @@ async fn spawn_load(
     name: String,
     bytes: Vec<u8>,
 ) -> Result<v1::LoadModelResponse, DaemonError> {
-    state.tenants.precheck_load(caller, bytes.len() as u64)?;
     if name.len() > 256 {
         return Err(DaemonError::invalid("model name is longer than 256 bytes"));
     }
     let st = state.clone();
-    let (model, shared) = tokio::task::spawn_blocking(move || st.registry.load(&bytes))
-        .await
-        .map_err(|e| DaemonError::Internal(format!("load task: {e}")))??;
+    let c = caller.clone();
+    let (model, shared) = tokio::task::spawn_blocking(move || {
+        let digest = ModelRegistry::digest(&bytes);
+        // Quotas are checked before the expensive prepare, except for a model the tenant
+        // already holds, which a reload does not charge again.
+        if !st.tenants.holds(&c, &digest) {
+            st.tenants.precheck_load(&c, bytes.len() as u64)?;
+        }
+        st.registry.load_digest(digest, &bytes)
+    })
+    .await
+    .map_err(|e| DaemonError::Internal(format!("load task: {e}")))??;
     state.finish_load(caller, name, model, shared)
 }
 
@@ -259,6 +267,12 @@ fn check_inputs(
             return Err(DaemonError::invalid(format!(
                 "input {i}: rank {} is above {MAX_RANK}",
                 t.shape.len()
+            )));
+        }
+        // TFLite dimensions are int32; larger ones can only be hostile.
+        if let Some(d) = t.shape.iter().find(|&&d| d > i32::MAX as u64) {
+            return Err(DaemonError::invalid(format!(
+                "input {i}: dimension {d} is too large"
             )));
         }
         let expected = wire.byte_len(&t.shape).ok_or_else(|| {
@@ -335,8 +349,12 @@ fn execute(
         for (i, x) in inputs.iter().enumerate() {
             let (_, current) = it.input_info(i).map_err(DaemonError::Run)?;
             if current != x.shape {
-                it.resize_input(i, x.shape.clone())
-                    .map_err(DaemonError::Run)?;
+                it.resize_input(i, x.shape.clone()).map_err(|e| {
+                    DaemonError::invalid(format!(
+                        "input {i}: shape {:?} does not fit the model: {e}",
+                        x.shape
+                    ))
+                })?;
             }
             let bytes = match &x.data {
                 Input::Inline(b) => b.as_slice(),

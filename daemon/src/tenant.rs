@@ -163,6 +163,14 @@ impl Tenants {
         })
     }
 
+    /// Whether `caller` already holds the model with this digest (reloading it costs no
+    /// quota).
+    pub fn holds(&self, caller: &Caller, digest: &[u8; 32]) -> bool {
+        self.with(caller, |s| {
+            s.handles.values().any(|h| &h.model.sha256 == digest)
+        })
+    }
+
     /// Gives `caller` a handle on `model`; loading the same model twice returns the
     /// existing handle without charging the quota again.
     pub fn insert(&self, caller: &Caller, id: String, handle: Handle) -> Result<(), DaemonError> {

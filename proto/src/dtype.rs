@@ -50,6 +50,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn reflection_descriptor_names_the_service() {
+        let needle = b"Switchyard";
+        let set = crate::FILE_DESCRIPTOR_SET;
+        assert!(set.windows(needle.len()).any(|w| w == needle));
+        assert!(set.windows(13).any(|w| w == b"switchyard.v1"));
+    }
+
+    #[test]
     fn byte_len_checks_overflow() {
         assert_eq!(DataType::Float32.byte_len(&[1, 2, 3]), Some(24));
         assert_eq!(DataType::Int8.byte_len(&[]), Some(1));

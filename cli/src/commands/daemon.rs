@@ -200,9 +200,34 @@ pub fn run_model(
     shm: bool,
 ) -> anyhow::Result<()> {
     let mut client = connect(&daemon.socket)?;
+    // A one-shot run leaves the daemon as it found it: the model is unloaded afterwards
+    // unless this tenant already held it (an app of the same uid may be using it).
+    let held_before = client
+        .list_models()
+        .context("listing models")?
+        .into_iter()
+        .map(|m| m.id)
+        .collect::<Vec<_>>();
     let info = client
         .load_model_file(model)
         .with_context(|| format!("loading {}", model.display()))?;
+    let result = run_loaded(&mut client, &info, inputs, out, daemon, shm);
+    if !held_before.contains(&info.id)
+        && let Err(e) = client.unload(&info.id)
+    {
+        tracing::warn!("could not unload {}: {e}", info.id);
+    }
+    result
+}
+
+fn run_loaded(
+    client: &mut Client,
+    info: &ModelInfo,
+    inputs: &[PathBuf],
+    out: &Path,
+    daemon: &DaemonArgs,
+    shm: bool,
+) -> anyhow::Result<()> {
     let tensors = inputs
         .iter()
         .map(|p| {
@@ -216,7 +241,7 @@ pub fn run_model(
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let (outputs, timing) = if shm {
-        run_via_shm(&mut client, &info, &tensors)?
+        run_via_shm(client, info, &tensors)?
     } else {
         let r = client
             .run(&info.id, &tensors)
