@@ -310,7 +310,7 @@ fn tenants_cannot_see_each_others_models() {
     switchyard_interpreter::npy::write(&input, DType::F32, &[1, 4], &x.data).unwrap();
     let listed = run_ok(
         as_uid(UID_A, &cli())
-            .arg("run")
+            .args(["run", "--keep"])
             .arg(&model_file)
             .arg("--inputs")
             .arg(&input)

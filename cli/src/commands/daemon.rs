@@ -198,6 +198,7 @@ pub fn run_model(
     out: &Path,
     daemon: &DaemonArgs,
     shm: bool,
+    keep: bool,
 ) -> anyhow::Result<()> {
     let mut client = connect(&daemon.socket)?;
     // A one-shot run leaves the daemon as it found it: the model is unloaded afterwards
@@ -212,7 +213,8 @@ pub fn run_model(
         .load_model_file(model)
         .with_context(|| format!("loading {}", model.display()))?;
     let result = run_loaded(&mut client, &info, inputs, out, daemon, shm);
-    if !held_before.contains(&info.id)
+    if !keep
+        && !held_before.contains(&info.id)
         && let Err(e) = client.unload(&info.id)
     {
         tracing::warn!("could not unload {}: {e}", info.id);

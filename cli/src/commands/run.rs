@@ -32,6 +32,10 @@ pub struct RunArgs {
     /// Through the daemon: pass tensors in a shared-memory region instead of inline.
     #[arg(long, conflicts_with = "local")]
     pub shm: bool,
+    /// Through the daemon: leave the model loaded afterwards (it stays this tenant's, as
+    /// after a client's load), instead of unloading what this run loaded.
+    #[arg(long, conflicts_with = "local")]
+    pub keep: bool,
     #[command(flatten)]
     pub daemon: super::daemon::DaemonArgs,
 }
@@ -44,6 +48,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             &args.out,
             &args.daemon,
             args.shm,
+            args.keep,
         );
     }
     let model = Arc::new(
