@@ -19,8 +19,9 @@ use super::pool::ThreadPool;
 
 /// Columns per packed panel (two AVX2 vectors).
 pub const NR: usize = 16;
-/// Rows per micro-kernel call.
-pub const MR: usize = 6;
+/// Rows per micro-kernel call: 5 rows × 2 vectors keep 10 accumulators, 2 weight
+/// vectors and a broadcast in the 16 AVX2 registers (6 rows made LLVM spill one).
+pub const MR: usize = 5;
 
 /// Which micro-kernel family runs, chosen once at prepare from the running CPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -157,8 +158,7 @@ pub unsafe fn panel_kernel(
                 2 => $f::<2>(k, a, w, c, nr, clamp),
                 3 => $f::<3>(k, a, w, c, nr, clamp),
                 4 => $f::<4>(k, a, w, c, nr, clamp),
-                5 => $f::<5>(k, a, w, c, nr, clamp),
-                _ => $f::<6>(k, a, w, c, nr, clamp),
+                _ => $f::<5>(k, a, w, c, nr, clamp),
             }
         };
     }
