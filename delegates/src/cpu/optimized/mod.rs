@@ -16,6 +16,7 @@
 pub mod conv;
 pub mod depthwise;
 pub mod gemm;
+pub mod kernels;
 pub mod pool;
 
 pub use conv::{Conv2dF32, ConvGeom};
