@@ -23,6 +23,9 @@ enum Kernel {
         x: Vec<usize>,
         alpha: Vec<usize>,
         out: Vec<usize>,
+        /// Optimized mode, when alpha varies along the last axis only and x has the
+        /// output's shape (MediaPipe's per-channel PRELU): one alpha row per pixel.
+        per_channel: bool,
     },
 }
 
@@ -90,7 +93,7 @@ fn float_fn(op: BuiltinOp, options: &OpOptions) -> Option<FloatFn> {
     })
 }
 
-pub fn prepare(ctx: &PrepareCtx<'_>, _mode: KernelMode) -> Result<PreparedKernel, KernelError> {
+pub fn prepare(ctx: &PrepareCtx<'_>, mode: KernelMode) -> Result<PreparedKernel, KernelError> {
     let op = ctx
         .op()
         .builtin()
@@ -104,6 +107,11 @@ pub fn prepare(ctx: &PrepareCtx<'_>, _mode: KernelMode) -> Result<PreparedKernel
             return Err(KernelError::unsupported(format!("PRELU on {}", x.dtype)));
         }
         let shape = broadcast_shapes(x.shape, alpha.shape)?;
+        let per_channel = mode == KernelMode::Optimized
+            && x.shape == shape.as_slice()
+            && alpha.element_count() > 0
+            && alpha.element_count() == shape.last().copied().unwrap_or(0)
+            && alpha.shape.last() == shape.last();
         return Ok(PreparedKernel::new(
             vec![shape.clone()],
             Activation {
@@ -111,6 +119,7 @@ pub fn prepare(ctx: &PrepareCtx<'_>, _mode: KernelMode) -> Result<PreparedKernel
                     x: x.shape.to_vec(),
                     alpha: alpha.shape.to_vec(),
                     out: shape,
+                    per_channel,
                 },
             },
         ));
@@ -203,10 +212,19 @@ impl OpKernel for Activation {
                 x: xs,
                 alpha,
                 out: os,
+                per_channel,
             } => {
                 let a = input(inputs, 1)?.f32s()?;
                 let xv = x.f32s()?;
                 let o = out.f32s_mut()?;
+                if *per_channel {
+                    for (orow, xrow) in o.chunks_exact_mut(a.len()).zip(xv.chunks_exact(a.len())) {
+                        for ((ov, &v), &al) in orow.iter_mut().zip(xrow).zip(a) {
+                            *ov = if v >= 0.0 { v } else { al * v };
+                        }
+                    }
+                    return Ok(());
+                }
                 for_each_broadcast(xs, alpha, os, |k, i, j| {
                     let v = xv[i];
                     o[k] = if v >= 0.0 { v } else { a[j] * v };
