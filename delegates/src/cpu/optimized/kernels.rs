@@ -308,3 +308,63 @@ pub fn try_fully_connected(
         name,
     })))
 }
+
+/// Shared by the op files' tests: the optimized resolver against the reference one on
+/// one-op models, at one and two threads.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::sync::Arc;
+
+    use switchyard_interpreter::{Interpreter, InterpreterOptions, Model, Tensor};
+
+    use crate::cpu::CpuResolver;
+
+    fn run(
+        model: &Arc<Model>,
+        inputs: &[Tensor],
+        resolver: CpuResolver,
+        threads: usize,
+    ) -> (Vec<Tensor>, Vec<String>) {
+        let options = InterpreterOptions {
+            threads,
+            ..Default::default()
+        };
+        let mut it = Interpreter::new(model.clone(), Arc::new(resolver), options).expect("prepare");
+        it.set_profiling(true);
+        let views: Vec<_> = inputs.iter().map(|t| t.view()).collect();
+        let out = it.run(&views).expect("run");
+        let kernels = it.profile().into_iter().map(|p| p.kernel).collect();
+        (out, kernels)
+    }
+
+    /// Optimized outputs agree with the reference within 1e-4 relative (absolute below
+    /// 1.0), and a kernel whose name starts with `kernel` ran.
+    pub fn assert_optimized_matches_reference(
+        case: &str,
+        model: &[u8],
+        inputs: &[Tensor],
+        kernel: &str,
+    ) {
+        let model = Arc::new(Model::from_bytes(model).expect("model"));
+        let (want, _) = run(&model, inputs, CpuResolver::reference(), 1);
+        for threads in [1, 2] {
+            let (got, kernels) = run(&model, inputs, CpuResolver::optimized(), threads);
+            assert!(
+                kernels.iter().any(|k| k.starts_with(kernel)),
+                "{case}: expected a {kernel} kernel, ran {kernels:?}"
+            );
+            assert_eq!(got.len(), want.len());
+            for (g, w) in got.iter().zip(&want) {
+                assert_eq!(g.shape, w.shape, "{case}");
+                let (g, w) = (g.view(), w.view());
+                let (g, w) = (g.f32s().expect("f32"), w.f32s().expect("f32"));
+                for (i, (&x, &y)) in g.iter().zip(w).enumerate() {
+                    assert!(
+                        (x - y).abs() <= 1e-4 * y.abs().max(1.0),
+                        "{case}, {threads} thread(s), element {i}: optimized {x}, reference {y}"
+                    );
+                }
+            }
+        }
+    }
+}
