@@ -17,6 +17,9 @@ use crate::cpu::util::{broadcast_shapes, for_each_broadcast};
 
 enum Kernel {
     Float(fn(f32, f32) -> f32, f32),
+    /// Optimized mode: the same formulas as `Float`, with the op chosen once per call
+    /// rather than through a function pointer per element, so the loops vectorise.
+    FastFloat(BuiltinOp, f32),
     /// int8/uint8 through a table indexed by the raw byte.
     Table(Box<[u8; 256]>),
     Prelu {
@@ -128,6 +131,20 @@ pub fn prepare(ctx: &PrepareCtx<'_>, mode: KernelMode) -> Result<PreparedKernel,
     let (f, param) = float_fn(op, &ctx.node.options)
         .ok_or_else(|| KernelError::unsupported(format!("{} is not an activation", ctx.op())))?;
     let kernel = match x.dtype {
+        DType::F32
+            if mode == KernelMode::Optimized
+                && matches!(
+                    op,
+                    BuiltinOp::Relu
+                        | BuiltinOp::Relu6
+                        | BuiltinOp::ReluN1To1
+                        | BuiltinOp::LeakyRelu
+                        | BuiltinOp::HardSwish
+                        | BuiltinOp::Logistic
+                ) =>
+        {
+            Kernel::FastFloat(op, param)
+        }
         DType::F32 => Kernel::Float(f, param),
         DType::I8 | DType::U8 => {
             if out.dtype != x.dtype && !(op == BuiltinOp::Logistic || op == BuiltinOp::Tanh) {
@@ -203,6 +220,23 @@ impl OpKernel for Activation {
                     *o = f(v, *p);
                 }
             }
+            Kernel::FastFloat(op, a) => {
+                let (o, x) = (out.f32s_mut()?, x.f32s()?);
+                fn map(o: &mut [f32], x: &[f32], f: impl Fn(f32) -> f32) {
+                    for (o, &v) in o.iter_mut().zip(x) {
+                        *o = f(v);
+                    }
+                }
+                let a = *a;
+                match op {
+                    BuiltinOp::Relu => map(o, x, |x| x.max(0.0)),
+                    BuiltinOp::Relu6 => map(o, x, |x| x.clamp(0.0, 6.0)),
+                    BuiltinOp::ReluN1To1 => map(o, x, |x| x.clamp(-1.0, 1.0)),
+                    BuiltinOp::LeakyRelu => map(o, x, |x| if x > 0.0 { x } else { a * x }),
+                    BuiltinOp::HardSwish => map(o, x, |x| x * (x + 3.0).clamp(0.0, 6.0) / 6.0),
+                    _ => map(o, x, |x| 1.0 / (1.0 + (-x).exp())),
+                }
+            }
             Kernel::Table(t) => {
                 for (o, &v) in out.bytes.iter_mut().zip(x.bytes) {
                     *o = t[v as usize];
@@ -237,6 +271,7 @@ impl OpKernel for Activation {
     fn name(&self) -> &str {
         match self.kernel {
             Kernel::Float(..) => "activation/f32",
+            Kernel::FastFloat(..) => "activation/f32/fast",
             Kernel::Table(_) => "activation/lut",
             Kernel::Prelu { .. } => "prelu/f32",
         }
