@@ -8,7 +8,10 @@
 //! Kernels prepared with the same thread count share one pool (a registry of weak
 //! references), so a model holds `threads - 1` extra OS threads, not one set per node.
 //! Workers spin briefly after a job (the next kernel usually follows within
-//! microseconds) and then sleep on a condition variable.
+//! microseconds) and then sleep on a condition variable. The caller always works on its
+//! own tasks and never waits for a worker that has not started: on a loaded machine a
+//! sleeping worker may not run for milliseconds, and the caller then simply does all
+//! the tasks itself.
 //!
 //! If the pool is already running a job (two interpreters on one pool), the caller runs
 //! its tasks inline instead of queueing: slower, never deadlocking.
@@ -36,7 +39,10 @@ unsafe impl Send for Job {}
 struct Shared {
     generation: AtomicU64,
     next: AtomicUsize,
-    acks: AtomicUsize,
+    /// The generation workers may still join, or 0 once the caller has closed it.
+    open: AtomicU64,
+    /// Workers inside the current job; the caller returns only when this is 0.
+    joined: AtomicUsize,
     shutdown: AtomicBool,
     job: Mutex<Option<Job>>,
     sleep: Mutex<()>,
@@ -89,25 +95,32 @@ fn worker(shared: Arc<Shared>) {
             return;
         }
         seen = shared.generation.load(Ordering::Acquire);
-        let job = *shared.job.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(job) = job {
-            run_tasks(&shared, job);
+        // Join, then check the job is still open: with SeqCst on both sides either the
+        // caller sees us joined and waits, or we see it closed and never touch the job.
+        shared.joined.fetch_add(1, Ordering::SeqCst);
+        if shared.open.load(Ordering::SeqCst) == seen {
+            let job = *shared.job.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(job) = job {
+                run_tasks(&shared, job);
+            }
         }
-        shared.acks.fetch_add(1, Ordering::AcqRel);
+        shared.joined.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
-/// Waits for all workers to acknowledge the current job, also when the caller's own
-/// tasks unwind, so no worker can touch the closure after `run` returns.
-struct AckGuard<'a> {
+/// Closes the current job and waits for the workers inside it, also when the caller's
+/// own tasks unwind, so no worker can touch the closure after `run` returns. A worker
+/// that has not woken up yet is not waited for: under load (more runnable threads than
+/// cores) waiting for it to be scheduled would cost more than the work it could take.
+struct CloseGuard<'a> {
     shared: &'a Shared,
-    workers: usize,
 }
 
-impl Drop for AckGuard<'_> {
+impl Drop for CloseGuard<'_> {
     fn drop(&mut self) {
+        self.shared.open.store(0, Ordering::SeqCst);
         let mut spins = 0usize;
-        while self.shared.acks.load(Ordering::Acquire) < self.workers {
+        while self.shared.joined.load(Ordering::SeqCst) > 0 {
             if spins < SPIN_ITERS {
                 std::hint::spin_loop();
                 spins += 1;
@@ -126,7 +139,8 @@ impl ThreadPool {
         let shared = Arc::new(Shared {
             generation: AtomicU64::new(0),
             next: AtomicUsize::new(0),
-            acks: AtomicUsize::new(0),
+            open: AtomicU64::new(0),
+            joined: AtomicUsize::new(0),
             shutdown: AtomicBool::new(false),
             job: Mutex::new(None),
             sleep: Mutex::new(()),
@@ -169,22 +183,23 @@ impl ThreadPool {
             (0..tasks).for_each(f);
             return;
         };
-        // SAFETY: erases the closure's lifetime; `AckGuard` below waits until every
-        // worker has finished with it before this function returns or unwinds.
-        let f_static: *const TaskFn =
-            unsafe { std::mem::transmute::<*const (dyn Fn(usize) + Sync + '_), *const TaskFn>(f) };
+        // SAFETY: erases the closure's lifetime; `CloseGuard` below waits until every
+        // worker that joined the job has left it before this function returns or unwinds.
+        let f_static: *const TaskFn = unsafe {
+            std::mem::transmute::<*const (dyn Fn(usize) + Sync + '_), *const TaskFn>(f)
+        };
         let job = Job { f: f_static, tasks };
         *self.shared.job.lock().unwrap_or_else(|e| e.into_inner()) = Some(job);
         self.shared.next.store(0, Ordering::Relaxed);
-        self.shared.acks.store(0, Ordering::Relaxed);
         {
             let _g = self.shared.sleep.lock().unwrap_or_else(|e| e.into_inner());
-            self.shared.generation.fetch_add(1, Ordering::AcqRel);
+            let generation = self.shared.generation.load(Ordering::Relaxed) + 1;
+            self.shared.open.store(generation, Ordering::SeqCst);
+            self.shared.generation.store(generation, Ordering::SeqCst);
             self.shared.wake.notify_all();
         }
-        let _ack = AckGuard {
+        let _close = CloseGuard {
             shared: &self.shared,
-            workers: self.workers.len(),
         };
         run_tasks(&self.shared, job);
     }
