@@ -125,19 +125,20 @@ impl Conv2dF32 {
         }
         let k = self.packed.k;
         let panels = self.packed.panels();
-        let split = Split::new(m, panels, pool.threads());
+        let mr = self.isa.mr();
+        let split = Split::new(m, mr, panels, pool.threads());
         let out = SendPtr(output.as_mut_ptr());
         pool.run(split.tasks(), &|t| {
             let (r0, r1, p0, p1) = split.task(t, m, panels);
             let out = out;
             TILE.with(|tile| {
                 let mut tile = tile.borrow_mut();
-                if tile.len() < MR * k {
-                    tile.resize(MR * k, 0.0);
+                if tile.len() < mr * k {
+                    tile.resize(mr * k, 0.0);
                 }
                 let mut r = r0;
                 while r < r1 {
-                    let rows = MR.min(r1 - r);
+                    let rows = mr.min(r1 - r);
                     for i in 0..rows {
                         self.gather(input, r + i, &mut tile[i * k..(i + 1) * k]);
                     }
@@ -292,7 +293,7 @@ pub(crate) mod tests {
             let clamp = (0.0, f32::INFINITY);
             let want = naive_conv(&g, &x, &f, &b, clamp);
             let pool = ThreadPool::new(threads);
-            for isa in [Isa::Portable, Isa::detect()] {
+            for isa in crate::cpu::optimized::gemm::tests::isas() {
                 let conv = Conv2dF32::new(g, &f, Some(&b), clamp, isa).unwrap();
                 let mut out = vec![f32::NAN; g.output_len()];
                 conv.run(&pool, &x, &mut out).unwrap();

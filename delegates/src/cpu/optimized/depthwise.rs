@@ -45,6 +45,18 @@ impl DepthwiseF32 {
         if filter.len() != geom.k_h * geom.k_w * c || bias.is_some_and(|b| b.len() != c) {
             return Err(KernelError::shape("depthwise filter or bias size mismatch"));
         }
+        // The channel loop is bound by loads, not arithmetic: 256-bit vectors suffice.
+        #[cfg(target_arch = "x86_64")]
+        let isa = match isa {
+            Isa::Avx512
+                if std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma") =>
+            {
+                Isa::Avx2Fma
+            }
+            Isa::Avx512 => Isa::Portable,
+            other => other,
+        };
         Ok(DepthwiseF32 {
             geom,
             filter: filter.to_vec(),
@@ -135,7 +147,7 @@ impl DepthwiseF32 {
                 // every tap offset + c is within input/filter (in-bounds pixel, tap index
                 // < kh*kw), and dst has c floats.
                 Isa::Avx2Fma => unsafe { self.pixel_avx2(input, &taps[..n], dst) },
-                Isa::Portable => self.pixel_portable(input, &taps[..n], dst),
+                _ => self.pixel_portable(input, &taps[..n], dst),
             }
         }
     }
@@ -282,7 +294,7 @@ mod tests {
             let clamp = (-0.5, 6.0);
             let want = naive_depthwise(&g, &x, &f, &b, clamp);
             let pool = ThreadPool::new(threads);
-            for isa in [Isa::Portable, Isa::detect()] {
+            for isa in crate::cpu::optimized::gemm::tests::isas() {
                 let dw = DepthwiseF32::new(g, &f, Some(&b), clamp, isa).unwrap();
                 let mut out = vec![f32::NAN; g.output_len()];
                 dw.run(&pool, &x, &mut out).unwrap();

@@ -19,9 +19,9 @@ use super::pool::ThreadPool;
 
 /// Columns per packed panel (two AVX2 vectors).
 pub const NR: usize = 16;
-/// Rows per micro-kernel call: 5 rows × 2 vectors keep 10 accumulators, 2 weight
-/// vectors and a broadcast in the 16 AVX2 registers (6 rows made LLVM spill one).
-pub const MR: usize = 5;
+/// The most rows any micro-kernel takes per call (the size of the row-pointer arrays).
+/// Each ISA has its own count, [`Isa::mr`].
+pub const MR: usize = 12;
 
 /// Which micro-kernel family runs, chosen once at prepare from the running CPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,10 +31,30 @@ pub enum Isa {
     Portable,
     #[cfg(target_arch = "x86_64")]
     Avx2Fma,
+    /// One 512-bit register per row of a panel; 32 registers allow 12 rows.
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
 }
 
 impl Isa {
+    /// Rows per micro-kernel call. AVX2: 5 rows × 2 vectors keep 10 accumulators, 2
+    /// weight vectors and a broadcast in the 16 registers (6 rows made LLVM spill one).
+    /// AVX-512: 12 accumulators of 16 lanes, enough independent FMAs to hide latency.
+    pub fn mr(self) -> usize {
+        match self {
+            Isa::Portable => 5,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2Fma => 5,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => 12,
+        }
+    }
+
     pub fn detect() -> Isa {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            return Isa::Avx512;
+        }
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
@@ -132,12 +152,12 @@ impl PackedB {
     }
 }
 
-/// Computes `rows` (≤ MR) output rows × panel `p`. `a[r]` points at `k` floats of row r,
+/// Computes `rows` (≤ `isa.mr()`) output rows × panel `p`. `a[r]` points at `k` floats of row r,
 /// `c[r]` at the output row's first column of this panel (`nr` valid columns).
 ///
 /// # Safety
 /// `a[r]` must be readable for `packed.k` floats and `c[r]` writable for `nr` floats,
-/// for `r < rows`; `rows <= MR`, `nr <= NR`.
+/// for `r < rows`; `rows <= isa.mr()`, `nr <= NR`.
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn panel_kernel(
     isa: Isa,
@@ -152,13 +172,10 @@ pub unsafe fn panel_kernel(
     let w = packed.panel(p);
     let k = packed.k;
     macro_rules! dispatch {
-        ($f:ident) => {
+        ($f:ident, $($r:literal)+) => {
             match rows {
-                1 => $f::<1>(k, a, w, c, nr, clamp),
-                2 => $f::<2>(k, a, w, c, nr, clamp),
-                3 => $f::<3>(k, a, w, c, nr, clamp),
-                4 => $f::<4>(k, a, w, c, nr, clamp),
-                _ => $f::<5>(k, a, w, c, nr, clamp),
+                $($r => $f::<$r>(k, a, w, c, nr, clamp),)+
+                _ => {}
             }
         };
     }
@@ -166,9 +183,12 @@ pub unsafe fn panel_kernel(
         // SAFETY: forwarded from this function's contract; the AVX2 kernel is only
         // selected when the CPU reported avx2 and fma.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2Fma => unsafe { dispatch!(kernel_avx2) },
+        Isa::Avx2Fma => unsafe { dispatch!(kernel_avx2, 1 2 3 4 5) },
+        // SAFETY: as above, for avx512f.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { dispatch!(kernel_avx512, 1 2 3 4 5 6 7 8 9 10 11 12) },
         // SAFETY: forwarded from this function's contract.
-        Isa::Portable => unsafe { dispatch!(kernel_portable) },
+        Isa::Portable => unsafe { dispatch!(kernel_portable, 1 2 3 4 5) },
     }
 }
 
@@ -253,6 +273,45 @@ unsafe fn kernel_avx2<const R: usize>(
     }
 }
 
+/// # Safety
+/// As [`panel_kernel`], and the CPU must support AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn kernel_avx512<const R: usize>(
+    k: usize,
+    a: &[*const f32; MR],
+    w: &[f32],
+    c: &[*mut f32; MR],
+    nr: usize,
+    (lo, hi): (f32, f32),
+) {
+    use std::arch::x86_64::*;
+    let wp = w.as_ptr();
+    // SAFETY: w holds (k + 1) * NR floats, so every load below is in bounds; a[r] and
+    // c[r] are valid per the contract; the partial store is masked to nr lanes.
+    unsafe {
+        let bias = _mm512_loadu_ps(wp.add(k * NR));
+        let mut acc = [bias; R];
+        for kk in 0..k {
+            let wv = _mm512_loadu_ps(wp.add(kk * NR));
+            for r in 0..R {
+                acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(*a[r].add(kk)), wv, acc[r]);
+            }
+        }
+        let vlo = _mm512_set1_ps(lo);
+        let vhi = _mm512_set1_ps(hi);
+        let mask: __mmask16 = if nr >= NR {
+            0xFFFF
+        } else {
+            ((1u32 << nr) - 1) as u16
+        };
+        for r in 0..R {
+            let v = _mm512_min_ps(_mm512_max_ps(acc[r], vlo), vhi);
+            _mm512_mask_storeu_ps(c[r], mask, v);
+        }
+    }
+}
+
 /// How a GEMM is cut into tasks: blocks of rows, or (when there are few rows, as in a
 /// FULLY_CONNECTED with batch 1) groups of panels.
 #[derive(Clone, Copy, Debug)]
@@ -264,11 +323,11 @@ pub struct Split {
 }
 
 impl Split {
-    pub fn new(m: usize, panels: usize, threads: usize) -> Split {
-        let row_blocks = m.div_ceil(MR).max(1);
+    pub fn new(m: usize, mr: usize, panels: usize, threads: usize) -> Split {
+        let row_blocks = m.div_ceil(mr).max(1);
         if threads <= 1 {
             return Split {
-                row_block: row_blocks * MR,
+                row_block: row_blocks * mr,
                 row_tasks: 1,
                 panel_group: panels.max(1),
                 panel_tasks: 1,
@@ -279,7 +338,7 @@ impl Split {
         if row_blocks >= want || row_blocks >= panels {
             let per = row_blocks.div_ceil(want).max(1);
             Split {
-                row_block: per * MR,
+                row_block: per * mr,
                 row_tasks: row_blocks.div_ceil(per),
                 panel_group: panels.max(1),
                 panel_tasks: 1,
@@ -287,7 +346,7 @@ impl Split {
         } else {
             let per = panels.div_ceil(threads * 2).max(1);
             Split {
-                row_block: row_blocks * MR,
+                row_block: row_blocks * mr,
                 row_tasks: 1,
                 panel_group: per,
                 panel_tasks: panels.div_ceil(per),
@@ -346,7 +405,8 @@ pub fn gemm(
         )));
     }
     let panels = packed.panels();
-    let split = Split::new(m, panels, pool.threads());
+    let mr = isa.mr();
+    let split = Split::new(m, mr, panels, pool.threads());
     let cptr = SendPtr(c.as_mut_ptr());
     let aptr = a.as_ptr() as usize;
     pool.run(split.tasks(), &|t| {
@@ -354,7 +414,7 @@ pub fn gemm(
         let cp = cptr;
         let mut r = r0;
         while r < r1 {
-            let rows = MR.min(r1 - r);
+            let rows = mr.min(r1 - r);
             let mut ap = [std::ptr::null::<f32>(); MR];
             for (i, p) in ap.iter_mut().enumerate() {
                 // SAFETY: row r + min(i, rows - 1) < m, so the offset stays inside A
@@ -430,10 +490,20 @@ pub(crate) mod tests {
             .collect()
     }
 
-    fn isas() -> Vec<Isa> {
+    /// Every kernel family this CPU can run.
+    pub fn isas() -> Vec<Isa> {
+        #[allow(unused_mut)]
         let mut v = vec![Isa::Portable];
-        if Isa::detect() != Isa::Portable {
-            v.push(Isa::detect());
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                v.push(Isa::Avx2Fma);
+            }
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                v.push(Isa::Avx512);
+            }
         }
         v
     }
@@ -441,7 +511,7 @@ pub(crate) mod tests {
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
         #[test]
-        fn gemm_matches_naive(m in 1usize..40, k in 1usize..70, n in 1usize..50,
+        fn gemm_matches_naive(m in 1usize..60, k in 1usize..70, n in 1usize..50,
                               threads in 1usize..4, bias in any::<bool>(), relu in any::<bool>(),
                               seed in 0u64..1000) {
             let a = values(m * k, seed);

@@ -156,6 +156,10 @@ pub fn try_conv2d(
         (Isa::Avx2Fma, true) => "conv2d/f32/gemm/avx2",
         #[cfg(target_arch = "x86_64")]
         (Isa::Avx2Fma, false) => "conv2d/f32/im2col-tile/avx2",
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx512, true) => "conv2d/f32/gemm/avx512",
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx512, false) => "conv2d/f32/im2col-tile/avx512",
     };
     Ok(Some(Box::new(ConvKernel {
         conv,
@@ -213,7 +217,7 @@ pub fn try_depthwise(
     let name = match isa {
         Isa::Portable => "depthwise/f32/portable",
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2Fma => "depthwise/f32/avx2",
+        Isa::Avx2Fma | Isa::Avx512 => "depthwise/f32/avx2",
     };
     Ok(Some(Box::new(DepthwiseKernel {
         dw,
@@ -299,6 +303,8 @@ pub fn try_fully_connected(
         Isa::Portable => "fully_connected/f32/gemm/portable",
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2Fma => "fully_connected/f32/gemm/avx2",
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => "fully_connected/f32/gemm/avx512",
     };
     Ok(Some(Box::new(FcKernel {
         packed,

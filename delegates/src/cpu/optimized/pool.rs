@@ -185,9 +185,8 @@ impl ThreadPool {
         };
         // SAFETY: erases the closure's lifetime; `CloseGuard` below waits until every
         // worker that joined the job has left it before this function returns or unwinds.
-        let f_static: *const TaskFn = unsafe {
-            std::mem::transmute::<*const (dyn Fn(usize) + Sync + '_), *const TaskFn>(f)
-        };
+        let f_static: *const TaskFn =
+            unsafe { std::mem::transmute::<*const (dyn Fn(usize) + Sync + '_), *const TaskFn>(f) };
         let job = Job { f: f_static, tasks };
         *self.shared.job.lock().unwrap_or_else(|e| e.into_inner()) = Some(job);
         self.shared.next.store(0, Ordering::Relaxed);
