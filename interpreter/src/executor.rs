@@ -186,7 +186,7 @@ fn kernel_err(subgraph: usize, node: &Node, source: KernelError) -> RunError {
         subgraph,
         node: node.index,
         op: node.op.to_string(),
-        source,
+        error: source,
     }
 }
 
@@ -447,6 +447,100 @@ impl Interpreter {
         self.invoke()?;
         (0..self.output_count())
             .map(|i| self.output(i).map(|v| v.to_owned_tensor()))
+            .collect()
+    }
+
+    /// Keys of the model's signatures, in model order.
+    pub fn signature_keys(&self) -> Vec<&str> {
+        self.model
+            .signatures
+            .iter()
+            .map(|s| s.key.as_str())
+            .collect()
+    }
+
+    /// Runs the signature `key` on inputs given by name and returns its outputs by name,
+    /// in the signature's order. A signature may name any subgraph; it runs on this
+    /// interpreter's state (variables, CALL_ONCE), like LiteRT's signature runners.
+    pub fn run_signature(
+        &mut self,
+        key: &str,
+        inputs: &[(&str, TensorView<'_>)],
+    ) -> Result<Vec<(String, Tensor)>, RunError> {
+        let model = self.model.clone();
+        let sig = model
+            .signatures
+            .iter()
+            .find(|s| s.key == key)
+            .ok_or_else(|| RunError::Graph {
+                subgraph: 0,
+                what: format!("model has no signature {key:?}"),
+            })?;
+        let si = sig.subgraph;
+        let sg = &model.subgraphs[si];
+        if let Some((name, _)) = inputs
+            .iter()
+            .find(|(n, _)| !sig.inputs.iter().any(|(s, _)| s == n))
+        {
+            return Err(RunError::Input {
+                index: 0,
+                what: format!("signature {key:?} has no input {name:?}"),
+            });
+        }
+        let mut args = Vec::with_capacity(sg.inputs.len());
+        for (index, &t) in sg.inputs.iter().enumerate() {
+            let (name, _) =
+                sig.inputs
+                    .iter()
+                    .find(|(_, st)| *st == t)
+                    .ok_or_else(|| RunError::Input {
+                        index,
+                        what: format!("signature {key:?} does not name subgraph input {index}"),
+                    })?;
+            let (_, view) =
+                inputs
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .ok_or_else(|| RunError::Input {
+                        index,
+                        what: format!("missing input {name:?} of signature {key:?}"),
+                    })?;
+            let def = &sg.tensors[t];
+            if view.dtype != def.dtype {
+                return Err(RunError::Input {
+                    index,
+                    what: format!("{name:?}: expected {}, got {}", def.dtype, view.dtype),
+                });
+            }
+            if view.shape.len() != def.shape.len() {
+                return Err(RunError::Input {
+                    index,
+                    what: format!(
+                        "{name:?}: shape {:?} has a different rank than {:?}",
+                        view.shape, def.shape
+                    ),
+                });
+            }
+            args.push(view.to_owned_tensor());
+        }
+        let outs = self.call_subgraph(si, args)?;
+        sig.outputs
+            .iter()
+            .map(|(name, t)| {
+                let k = sg
+                    .outputs
+                    .iter()
+                    .position(|o| o == t)
+                    .ok_or_else(|| RunError::Output {
+                        index: 0,
+                        what: format!("signature output {name:?} is not a subgraph output"),
+                    })?;
+                let value = outs.get(k).cloned().ok_or_else(|| RunError::Output {
+                    index: k,
+                    what: "missing result".into(),
+                })?;
+                Ok((name.clone(), value))
+            })
             .collect()
     }
 
