@@ -167,13 +167,18 @@ def main():
     print(f"{'model':<31} {'thr':>3} {'litert ms':>9} {'p90':>7} {'switchyard ms':>13} {'p90':>7} "
           f"{'ratio':>6} {'load lt/sy ms':>15} {'rss+ lt/sy MB':>14} {'sy arena KiB':>12}",
           flush=True)
-    rows = []
+    rows, failed = [], []
     for path in models:
         for th in [int(t) for t in a.threads.split(",")]:
             lt, sy = [], []
-            for _ in range(a.repeat):
-                lt.append(litert(path, th, a.runs, a.warmup))
-                sy.append(switchyard(a.binary, path, th, a.runs, a.warmup, base_rss))
+            try:
+                for _ in range(a.repeat):
+                    lt.append(litert(path, th, a.runs, a.warmup))
+                    sy.append(switchyard(a.binary, path, th, a.runs, a.warmup, base_rss))
+            except RuntimeError as e:
+                print(f"{stem(path):<31} {th:>3} failed, left out of the means: {e}", flush=True)
+                failed.append(dict(model=stem(path), threads=th, error=str(e)))
+                continue
             med = lambda rs, k: statistics.median(r[k] for r in rs)  # noqa: E731
             row = dict(model=stem(path), threads=th,
                        litert_ms=med(lt, "median_ms"), switchyard_ms=med(sy, "median_ms"),
@@ -201,7 +206,7 @@ def main():
               f"{summary[th]['baseline']:.3f} over the {len(base_r)} baseline models")
     if a.json:
         with open(a.json, "w") as fh:
-            json.dump(dict(rows=rows, geomean=summary, loadavg=os.getloadavg()), fh, indent=1)
+            json.dump(dict(rows=rows, failed=failed, geomean=summary, loadavg=os.getloadavg()), fh, indent=1)
 
 
 if __name__ == "__main__":
