@@ -232,7 +232,7 @@ impl OpKernel for Activation {
                     BuiltinOp::Relu => map(o, x, |x| x.max(0.0)),
                     BuiltinOp::Relu6 => map(o, x, |x| x.clamp(0.0, 6.0)),
                     BuiltinOp::ReluN1To1 => map(o, x, |x| x.clamp(-1.0, 1.0)),
-                    BuiltinOp::LeakyRelu => map(o, x, |x| if x > 0.0 { x } else { a * x }),
+                    BuiltinOp::LeakyRelu => map(o, x, |x| x.max(0.0) + a * x.min(0.0)),
                     BuiltinOp::HardSwish => map(o, x, |x| x * (x + 3.0).clamp(0.0, 6.0) / 6.0),
                     _ => map(o, x, |x| 1.0 / (1.0 + (-x).exp())),
                 }
@@ -253,8 +253,11 @@ impl OpKernel for Activation {
                 let o = out.f32s_mut()?;
                 if *per_channel {
                     for (orow, xrow) in o.chunks_exact_mut(a.len()).zip(xv.chunks_exact(a.len())) {
+                        // Branch-free so it vectorises (signs are random: a branch
+                        // mispredicts half the time); equal to the reference up to
+                        // the sign of a zero.
                         for ((ov, &v), &al) in orow.iter_mut().zip(xrow).zip(a) {
-                            *ov = if v >= 0.0 { v } else { al * v };
+                            *ov = v.max(0.0) + al * v.min(0.0);
                         }
                     }
                     return Ok(());
