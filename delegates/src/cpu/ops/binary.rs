@@ -288,7 +288,20 @@ impl Binary {
         }
         #[inline(always)]
         fn run_with(a: &[f32], b: &[f32], out: &mut [f32], f: impl Fn(f32, f32) -> f32) {
-            if a.len() == b.len() {
+            if a.len() > b.len() && b.len() > 1 {
+                // b repeats along the leading axes (a per-channel scale or bias).
+                for (orow, arow) in out.chunks_exact_mut(b.len()).zip(a.chunks_exact(b.len())) {
+                    for ((o, &x), &y) in orow.iter_mut().zip(arow).zip(b) {
+                        *o = f(x, y);
+                    }
+                }
+            } else if b.len() > a.len() && a.len() > 1 {
+                for (orow, brow) in out.chunks_exact_mut(a.len()).zip(b.chunks_exact(a.len())) {
+                    for ((o, &x), &y) in orow.iter_mut().zip(a).zip(brow) {
+                        *o = f(x, y);
+                    }
+                }
+            } else if a.len() == b.len() {
                 for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
                     *o = f(x, y);
                 }
@@ -304,7 +317,18 @@ impl Binary {
                 }
             }
         }
-        let shapes_ok = self.same_shape() || b.len() == 1 || a.len() == 1;
+        /// `small` broadcasts over `full` by repeating whole: after dropping its leading
+        /// 1s it is a suffix of `full`, which is the output shape.
+        fn repeats(small: &[usize], full: &[usize], out: &[usize]) -> bool {
+            let lead = small.iter().take_while(|&&d| d == 1).count();
+            let tail = &small[lead..];
+            full == out && tail.len() <= full.len() && full.ends_with(tail)
+        }
+        let shapes_ok = self.same_shape()
+            || b.len() == 1
+            || a.len() == 1
+            || repeats(&self.b_shape, &self.a_shape, &self.out_shape)
+            || repeats(&self.a_shape, &self.b_shape, &self.out_shape);
         let clamp = self.activation;
         if crate::cpu::optimized::clamp_of(clamp).is_none()
             || !shapes_ok
@@ -556,6 +580,9 @@ mod tests {
         }
         run(&case(Add, DType::F32, &[2, 1, 4], &[3, 1]));
         run(&case(Mul, DType::F32, &[1], &[5, 2]));
+        // Per-channel operands on either side (the optimized repeat path).
+        run(&case(Mul, DType::F32, &[1, 1, 1, 6], &[1, 3, 2, 6]));
+        run(&case(Sub, DType::F32, &[2, 3, 5], &[1, 3, 5]));
     }
 
     #[test]

@@ -61,9 +61,12 @@ struct Pool {
     kind: Kind,
     geo: Geometry,
     arith: Arith,
+    /// Optimized mode: float pooling with channels innermost (vectorised); the same
+    /// operations in the same order per channel, so results equal the reference.
+    channels_inner: bool,
 }
 
-pub fn prepare(ctx: &PrepareCtx<'_>, _mode: KernelMode) -> Result<PreparedKernel, KernelError> {
+pub fn prepare(ctx: &PrepareCtx<'_>, mode: KernelMode) -> Result<PreparedKernel, KernelError> {
     let kind = match ctx.op().builtin() {
         Some(BuiltinOp::MaxPool2d) => Kind::Max,
         Some(BuiltinOp::AveragePool2d) => Kind::Average,
@@ -138,11 +141,67 @@ pub fn prepare(ctx: &PrepareCtx<'_>, _mode: KernelMode) -> Result<PreparedKernel
         }
     };
     let shape = vec![geo.batches, out_h, out_w, geo.depth];
-    Ok(PreparedKernel::new(vec![shape], Pool { kind, geo, arith }))
+    let channels_inner = mode == KernelMode::Optimized;
+    Ok(PreparedKernel::new(
+        vec![shape],
+        Pool {
+            kind,
+            geo,
+            arith,
+            channels_inner,
+        },
+    ))
 }
 
 impl Pool {
+    fn eval_f32_channels_inner(&self, x: &[f32], y: &mut [f32], min: f32, max: f32) {
+        let g = &self.geo;
+        let d = g.depth;
+        if d == 0 {
+            return;
+        }
+        let mut pixels = y.chunks_exact_mut(d);
+        for b in 0..g.batches {
+            for oy in 0..g.out_h {
+                for ox in 0..g.out_w {
+                    let Some(dst) = pixels.next() else {
+                        return;
+                    };
+                    let (ys, xs) = g.window(oy, ox);
+                    dst.fill(match self.kind {
+                        Kind::Max => f32::MIN,
+                        Kind::Average => 0.0,
+                    });
+                    let mut count = 0usize;
+                    for iy in ys.clone() {
+                        for ix in xs.clone() {
+                            let at = ((b * g.in_h + iy) * g.in_w + ix) * d;
+                            let src = &x[at..at + d];
+                            match self.kind {
+                                Kind::Max => {
+                                    dst.iter_mut().zip(src).for_each(|(a, &v)| *a = a.max(v))
+                                }
+                                Kind::Average => {
+                                    dst.iter_mut().zip(src).for_each(|(a, &v)| *a += v)
+                                }
+                            }
+                            count += 1;
+                        }
+                    }
+                    if self.kind == Kind::Average && count > 0 {
+                        let n = count as f32;
+                        dst.iter_mut().for_each(|a| *a /= n);
+                    }
+                    dst.iter_mut().for_each(|a| *a = a.clamp(min, max));
+                }
+            }
+        }
+    }
+
     fn eval_f32(&self, x: &[f32], y: &mut [f32], min: f32, max: f32) {
+        if self.channels_inner {
+            return self.eval_f32_channels_inner(x, y, min, max);
+        }
         let g = &self.geo;
         let mut o = 0;
         for b in 0..g.batches {
