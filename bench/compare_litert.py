@@ -11,14 +11,15 @@ Reports, per model and thread count (median over the R repeats):
             ratio = switchyard / litert (below 1.0: Switchyard is faster)
   load      LiteRT: Interpreter() + allocate_tensors() (XNNPACK packs weights here);
             Switchyard: model load + prepare (folding, packing, arena planning)
-  memory    LiteRT has no public arena-size API, so its figure is the process's peak RSS
-            above its RSS just before the model is loaded (numpy and LiteRT already
-            imported). Switchyard reports its arena (activations) and heap (folded
-            constants, packed weights excluded) bytes exactly, and the same peak-RSS
-            delta as LiteRT (peak RSS of the bench process minus that of a trivial
-            invocation of the same binary), so both are compared on one measure.
+  memory    LiteRT has no public arena-size API, so both runtimes are compared on one
+            measure: the process's peak RSS (VmHWM) at the end minus its peak RSS just
+            before the model is loaded (for LiteRT with numpy and LiteRT imported and the
+            inputs read). It covers arena, packed weights and runtime buffers. Switchyard
+            also reports its arena (activations) bytes exactly.
 Then the geometric mean of the ratios per thread count, over all models run and over
-the five models of the issue's baseline.
+the five models of the issue's baseline. "min r" is the ratio of the fastest runs: on a
+machine shared with other work the median includes time the process spent descheduled
+(longer runs are preempted more often), and the minimum shows the kernels' own speed.
 
 usage: .venv/bin/python bench/compare_litert.py [--models a.tflite ...] [--threads 1,2]
            [--runs 50] [--warmup 10] [--repeat 3] [--json out.json]
@@ -28,7 +29,6 @@ import argparse
 import json
 import math
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -75,7 +75,13 @@ def golden_inputs(path):
 
 
 def peak_rss_mb():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    """VmHWM: this process's own peak RSS. (getrusage's ru_maxrss would also carry the
+    high-water mark of the parent that forked it, which exec does not reset.)"""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    return float("nan")
 
 
 def litert_child(path, threads, runs, warmup):
@@ -103,37 +109,37 @@ def litert_child(path, threads, runs, warmup):
         ts.append((time.perf_counter_ns() - t0) / 1e6)
     ts.sort()
     return dict(median_ms=statistics.median(ts), p90_ms=ts[int(round(0.9 * (len(ts) - 1)))],
-                load_ms=load_ms, rss_delta_mb=peak_rss_mb() - rss_base)
+                min_ms=ts[0], load_ms=load_ms, rss_delta_mb=peak_rss_mb() - rss_base)
 
 
 def run_measured(cmd):
-    """Runs cmd and returns (stdout, its own peak RSS in MB)."""
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    out_chunks, err = p.stdout.read(), p.stderr.read()
-    _, status, ru = os.wait4(p.pid, 0)
-    p.returncode = os.waitstatus_to_exitcode(status)
+    """Runs cmd in a fresh process and returns its stdout."""
+    p = subprocess.run(cmd, capture_output=True, text=True)
     if p.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed ({p.returncode}): {err.strip()[-600:]}")
-    return out_chunks, ru.ru_maxrss / 1024.0
+        raise RuntimeError(f"{' '.join(cmd)} failed ({p.returncode}): {p.stderr.strip()[-600:]}")
+    return p.stdout
 
 
 def litert(path, threads, runs, warmup):
     cmd = [sys.executable, os.path.abspath(__file__), "--child", path, str(threads),
            "--runs", str(runs), "--warmup", str(warmup)]
-    out, _ = run_measured(cmd)
+    out = run_measured(cmd)
     line = [ln for ln in out.splitlines() if ln.startswith("RESULT ")][-1]
     return json.loads(line[7:])
 
 
-def switchyard(binary, path, threads, runs, warmup, base_rss_mb):
+def switchyard(binary, path, threads, runs, warmup):
     cmd = [binary, "bench", path, "--local", "--threads", str(threads), "--runs", str(runs),
            "--warmup", str(warmup), "--json", "--no-profile",
            "--inputs", ",".join(golden_inputs(path))]
-    out, rss = run_measured(cmd)
+    out = run_measured(cmd)
     r = json.loads(out)
-    return dict(median_ms=r["median_ms"], p90_ms=r["p90_ms"], load_ms=r["load_ms"],
-                arena_bytes=r["arena_bytes"], heap_bytes=r["heap_bytes"],
-                rss_delta_mb=rss - base_rss_mb)
+    delta = float("nan")
+    if r.get("rss_peak_bytes") is not None and r.get("rss_before_load_bytes") is not None:
+        delta = (r["rss_peak_bytes"] - r["rss_before_load_bytes"]) / 2**20
+    return dict(median_ms=r["median_ms"], p90_ms=r["p90_ms"], min_ms=r["min_ms"],
+                load_ms=r["load_ms"],
+                arena_bytes=r["arena_bytes"], heap_bytes=r["heap_bytes"], rss_delta_mb=delta)
 
 
 def geomean(xs):
@@ -160,12 +166,11 @@ def main():
         sys.exit(f"{a.binary} missing: run cargo build --release -p switchyard-cli")
     import ai_edge_litert
     models = a.models or [os.path.join(ROOT, "models", m) for m in MODELS]
-    _, base_rss = run_measured([a.binary, "--help"])
     print(f"LiteRT {getattr(ai_edge_litert, '__version__', '?')} (XNNPACK) vs {a.binary}; "
           f"{a.runs} runs after {a.warmup} warm-up, median of {a.repeat} interleaved repeats; "
           f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs", flush=True)
     print(f"{'model':<31} {'thr':>3} {'litert ms':>9} {'p90':>7} {'switchyard ms':>13} {'p90':>7} "
-          f"{'ratio':>6} {'load lt/sy ms':>15} {'rss+ lt/sy MB':>14} {'sy arena KiB':>12}",
+          f"{'ratio':>6} {'min r':>6} {'load lt/sy ms':>15} {'rss+ lt/sy MB':>14} {'sy arena KiB':>12}",
           flush=True)
     rows, failed = [], []
     for path in models:
@@ -174,7 +179,7 @@ def main():
             try:
                 for _ in range(a.repeat):
                     lt.append(litert(path, th, a.runs, a.warmup))
-                    sy.append(switchyard(a.binary, path, th, a.runs, a.warmup, base_rss))
+                    sy.append(switchyard(a.binary, path, th, a.runs, a.warmup))
             except RuntimeError as e:
                 print(f"{stem(path):<31} {th:>3} failed, left out of the means: {e}", flush=True)
                 failed.append(dict(model=stem(path), threads=th, error=str(e)))
@@ -183,12 +188,15 @@ def main():
             row = dict(model=stem(path), threads=th,
                        litert_ms=med(lt, "median_ms"), switchyard_ms=med(sy, "median_ms"),
                        litert_p90_ms=med(lt, "p90_ms"), switchyard_p90_ms=med(sy, "p90_ms"),
+                       litert_min_ms=min(r["min_ms"] for r in lt),
+                       switchyard_min_ms=min(r["min_ms"] for r in sy),
                        litert_load_ms=med(lt, "load_ms"), switchyard_load_ms=med(sy, "load_ms"),
                        litert_rss_delta_mb=med(lt, "rss_delta_mb"),
                        switchyard_rss_delta_mb=med(sy, "rss_delta_mb"),
                        switchyard_arena_bytes=sy[0]["arena_bytes"],
                        switchyard_heap_bytes=sy[0]["heap_bytes"])
             row["ratio"] = row["switchyard_ms"] / row["litert_ms"]
+            row["min_ratio"] = row["switchyard_min_ms"] / row["litert_min_ms"]
             rows.append(row)
             print(f"{row['model']:<31} {th:>3} {row['litert_ms']:>9.3f} {row['litert_p90_ms']:>7.3f} "
                   f"{row['switchyard_ms']:>13.3f} {row['switchyard_p90_ms']:>7.3f} {row['ratio']:>6.2f} "
@@ -199,11 +207,15 @@ def main():
     for th in sorted({r["threads"] for r in rows}):
         all_r = [r["ratio"] for r in rows if r["threads"] == th]
         base_r = [r["ratio"] for r in rows if r["threads"] == th and r["model"] in BASELINE]
+        min_all = [r["min_ratio"] for r in rows if r["threads"] == th]
+        min_base = [r["min_ratio"] for r in rows if r["threads"] == th and r["model"] in BASELINE]
         summary[th] = dict(all=geomean(all_r), baseline=geomean(base_r), n_all=len(all_r),
-                           n_baseline=len(base_r))
-        print(f"geometric mean ratio (switchyard/litert), {th} thread(s): "
-              f"{summary[th]['all']:.3f} over {len(all_r)} models; "
-              f"{summary[th]['baseline']:.3f} over the {len(base_r)} baseline models")
+                           n_baseline=len(base_r), min_all=geomean(min_all),
+                           min_baseline=geomean(min_base))
+        print(f"geometric mean ratio (switchyard/litert), {th} thread(s): median "
+              f"{summary[th]['all']:.3f} over {len(all_r)} models, "
+              f"{summary[th]['baseline']:.3f} over the {len(base_r)} baseline models; "
+              f"min {summary[th]['min_all']:.3f} / {summary[th]['min_baseline']:.3f}")
     if a.json:
         with open(a.json, "w") as fh:
             json.dump(dict(rows=rows, failed=failed, geomean=summary, loadavg=os.getloadavg()), fh, indent=1)
