@@ -199,7 +199,7 @@ def main():
             row["min_ratio"] = row["switchyard_min_ms"] / row["litert_min_ms"]
             rows.append(row)
             print(f"{row['model']:<31} {th:>3} {row['litert_ms']:>9.3f} {row['litert_p90_ms']:>7.3f} "
-                  f"{row['switchyard_ms']:>13.3f} {row['switchyard_p90_ms']:>7.3f} {row['ratio']:>6.2f} "
+                  f"{row['switchyard_ms']:>13.3f} {row['switchyard_p90_ms']:>7.3f} {row['ratio']:>6.2f} {row['min_ratio']:>6.2f} "
                   f"{row['litert_load_ms']:>7.1f}/{row['switchyard_load_ms']:<7.1f} "
                   f"{row['litert_rss_delta_mb']:>6.1f}/{row['switchyard_rss_delta_mb']:<7.1f} "
                   f"{row['switchyard_arena_bytes'] / 1024:>12.0f}", flush=True)

@@ -280,7 +280,7 @@ impl Binary {
             f: impl Fn(f32, f32) -> f32,
         ) {
             if act == Activation::None {
-                run_with(a, b, out, |x, y| f(x, y));
+                run_with(a, b, out, &f);
             } else {
                 let (lo, hi) = act.float_range();
                 run_with(a, b, out, |x, y| f(x, y).max(lo).min(hi));

@@ -502,13 +502,13 @@ pub fn prepare(ctx: &PrepareCtx<'_>, mode: KernelMode) -> Result<PreparedKernel,
     let shape = params.geometry.output_shape();
     // Optimized: float32 with constant filters runs on the packed GEMM
     // (cpu/optimized/conv.rs); everything else keeps the reference loops.
-    if mode == KernelMode::Optimized {
-        if let Some(kernel) = crate::cpu::optimized::kernels::try_conv2d(ctx, &shape)? {
-            return Ok(PreparedKernel {
-                output_shapes: vec![shape],
-                kernel,
-            });
-        }
+    if mode == KernelMode::Optimized
+        && let Some(kernel) = crate::cpu::optimized::kernels::try_conv2d(ctx, &shape)?
+    {
+        return Ok(PreparedKernel {
+            output_shapes: vec![shape],
+            kernel,
+        });
     }
     Ok(PreparedKernel::new(vec![shape], Conv2dReference { params }))
 }

@@ -101,13 +101,13 @@ pub fn prepare(ctx: &PrepareCtx<'_>, mode: KernelMode) -> Result<PreparedKernel,
     let shape = params.geometry.output_shape();
     // Optimized: float32 with constant filters and multiplier 1 runs the
     // channel-vectorised kernel (cpu/optimized/depthwise.rs); the rest the reference.
-    if mode == KernelMode::Optimized {
-        if let Some(kernel) = crate::cpu::optimized::kernels::try_depthwise(ctx, &shape)? {
-            return Ok(PreparedKernel {
-                output_shapes: vec![shape],
-                kernel,
-            });
-        }
+    if mode == KernelMode::Optimized
+        && let Some(kernel) = crate::cpu::optimized::kernels::try_depthwise(ctx, &shape)?
+    {
+        return Ok(PreparedKernel {
+            output_shapes: vec![shape],
+            kernel,
+        });
     }
     Ok(PreparedKernel::new(
         vec![shape],

@@ -118,13 +118,13 @@ pub fn prepare(ctx: &PrepareCtx<'_>, mode: KernelMode) -> Result<PreparedKernel,
     let shape = params.output_shape.clone();
     // Optimized: float32 with constant weights runs on the packed GEMM
     // (cpu/optimized/gemm.rs); the rest the reference.
-    if mode == KernelMode::Optimized {
-        if let Some(kernel) = crate::cpu::optimized::kernels::try_fully_connected(ctx, &shape)? {
-            return Ok(PreparedKernel {
-                output_shapes: vec![shape],
-                kernel,
-            });
-        }
+    if mode == KernelMode::Optimized
+        && let Some(kernel) = crate::cpu::optimized::kernels::try_fully_connected(ctx, &shape)?
+    {
+        return Ok(PreparedKernel {
+            output_shapes: vec![shape],
+            kernel,
+        });
     }
     Ok(PreparedKernel::new(
         vec![shape],

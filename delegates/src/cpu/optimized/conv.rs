@@ -130,7 +130,6 @@ impl Conv2dF32 {
         let out = SendPtr(output.as_mut_ptr());
         pool.run(split.tasks(), &|t| {
             let (r0, r1, p0, p1) = split.task(t, m, panels);
-            let out = out;
             TILE.with(|tile| {
                 let mut tile = tile.borrow_mut();
                 if tile.len() < mr * k {
@@ -152,7 +151,7 @@ impl Conv2dF32 {
                         for (i, q) in cr.iter_mut().enumerate() {
                             // SAFETY: pixel r + i < m, so the row lies inside output
                             // (length checked above) and p*NR + nr <= out_c.
-                            *q = unsafe { out.0.add((r + i.min(rows - 1)) * g.out_c + p * NR) };
+                            *q = unsafe { out.get().add((r + i.min(rows - 1)) * g.out_c + p * NR) };
                         }
                         // SAFETY: tile rows hold k floats; output pointers as above;
                         // this task alone writes pixels r0..r1 × panels p0..p1.
@@ -243,6 +242,7 @@ pub(crate) mod tests {
     }
 
     /// SAME-style geometry from sizes (TFLite's padding arithmetic).
+    #[allow(clippy::too_many_arguments)]
     pub fn geom(
         batch: usize,
         in_hw: (usize, usize),

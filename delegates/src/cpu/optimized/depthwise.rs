@@ -96,12 +96,12 @@ impl DepthwiseF32 {
         let out = SendPtr(output.as_mut_ptr());
         let row_len = g.out_w * g.out_c;
         pool.run(rows.div_ceil(per), &|t| {
-            let out = out;
             for row in t * per..((t + 1) * per).min(rows) {
                 // SAFETY: row < batch * out_h, so this output row lies inside `output`
                 // (length checked above); each row belongs to exactly one task.
-                let orow =
-                    unsafe { std::slice::from_raw_parts_mut(out.0.add(row * row_len), row_len) };
+                let orow = unsafe {
+                    std::slice::from_raw_parts_mut(out.get().add(row * row_len), row_len)
+                };
                 self.row(input, row, orow);
             }
         });

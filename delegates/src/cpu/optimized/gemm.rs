@@ -217,10 +217,10 @@ unsafe fn kernel_portable<const R: usize>(
             }
         }
     }
-    for r in 0..R {
-        for j in 0..nr {
+    for (r, row) in acc.iter().enumerate() {
+        for (j, &v) in row.iter().enumerate().take(nr) {
             // SAFETY: c[r] is writable for nr floats (contract).
-            unsafe { *c[r].add(j) = acc[r][j].max(lo).min(hi) };
+            unsafe { *c[r].add(j) = v.max(lo).min(hi) };
         }
     }
 }
@@ -373,6 +373,15 @@ impl Split {
 /// columns no other task touches.
 #[derive(Clone, Copy)]
 pub(crate) struct SendPtr(pub *mut f32);
+
+impl SendPtr {
+    /// The pointer; a method call makes closures capture the whole (Sync) wrapper
+    /// rather than its raw-pointer field.
+    #[inline(always)]
+    pub fn get(self) -> *mut f32 {
+        self.0
+    }
+}
 // SAFETY: tasks write disjoint elements (see each use) and the pool joins them all
 // before the owning slice is used again.
 unsafe impl Send for SendPtr {}
@@ -411,7 +420,6 @@ pub fn gemm(
     let aptr = a.as_ptr() as usize;
     pool.run(split.tasks(), &|t| {
         let (r0, r1, p0, p1) = split.task(t, m, panels);
-        let cp = cptr;
         let mut r = r0;
         while r < r1 {
             let rows = mr.min(r1 - r);
@@ -426,7 +434,7 @@ pub fn gemm(
                 let mut cr = [std::ptr::null_mut::<f32>(); MR];
                 for (i, q) in cr.iter_mut().enumerate() {
                     // SAFETY: as for A; columns p*NR .. p*NR+nr <= n <= ldc.
-                    *q = unsafe { cp.0.add((r + i.min(rows - 1)) * ldc + p * NR) };
+                    *q = unsafe { cptr.get().add((r + i.min(rows - 1)) * ldc + p * NR) };
                 }
                 // SAFETY: pointers built above are in bounds for k (A) and nr (C)
                 // floats; this task alone writes rows r0..r1 × panels p0..p1.

@@ -219,8 +219,10 @@ impl Drop for ThreadPool {
 
 /// The pool for `threads`, shared by every kernel prepared with that count while any
 /// of them is alive. `threads <= 1` gets a pool with no workers.
+type Registry = Mutex<Vec<(usize, Weak<ThreadPool>)>>;
+
 pub fn shared_pool(threads: usize) -> Arc<ThreadPool> {
-    static POOLS: OnceLock<Mutex<Vec<(usize, Weak<ThreadPool>)>>> = OnceLock::new();
+    static POOLS: OnceLock<Registry> = OnceLock::new();
     let threads = threads.max(1);
     let registry = POOLS.get_or_init(|| Mutex::new(Vec::new()));
     let mut pools = registry.lock().unwrap_or_else(|e| e.into_inner());
