@@ -1,31 +1,42 @@
 #!/usr/bin/env python3
-"""Switchyard vs LiteRT (XNNPACK) on the same models, in the same run.
+"""Switchyard vs LiteRT (XNNPACK) on the same models and inputs, in the same run.
 
-For each model and thread count, runs LiteRT as it ships (XNNPACK delegate on) and
-`switchyard bench --local` (optimized CPU kernels) each in fresh processes, R times, and
-reports the median over repeats of: median/p90 latency, load time, and peak memory
-above the process baseline. Prints per-model ratios (Switchyard / LiteRT: below 1.0 means
-Switchyard is faster) and the geometric mean per thread count.
+For each model and thread count, runs LiteRT as it ships (XNNPACK delegate on,
+num_threads=N) and `switchyard bench --local --threads N` (optimized CPU kernels), each in
+a fresh process, interleaved R times so that drifting machine load hits both alike.
+Both get the same inputs: golden/<stem>/input_<i>.npy (made by scripts/make_golden.py).
 
-usage: .venv/bin/python bench/compare_litert.py [--models m1.tflite ...] [--threads 1,2]
-           [--runs 50] [--repeat 3] [--json out.json]
-Needs a release build: cargo build --release -p switchyard-cli
+Reports, per model and thread count (median over the R repeats):
+  latency   median and p90 of `runs` timed invokes after `warmup` untimed ones;
+            ratio = switchyard / litert (below 1.0: Switchyard is faster)
+  load      LiteRT: Interpreter() + allocate_tensors() (XNNPACK packs weights here);
+            Switchyard: model load + prepare (folding, packing, arena planning)
+  memory    LiteRT has no public arena-size API, so both runtimes are compared on one
+            measure: the process's peak RSS (VmHWM) at the end minus its peak RSS just
+            before the model is loaded (for LiteRT with numpy and LiteRT imported and the
+            inputs read). It covers arena, packed weights and runtime buffers. Switchyard
+            also reports its arena (activations) bytes exactly.
+Then the geometric mean of the ratios per thread count, over all models run and over
+the five models of the issue's baseline. "min r" is the ratio of the fastest runs: on a
+machine shared with other work the median includes time the process spent descheduled
+(longer runs are preempted more often), and the minimum shows the kernels' own speed.
+
+usage: .venv/bin/python bench/compare_litert.py [--models a.tflite ...] [--threads 1,2]
+           [--runs 50] [--warmup 10] [--repeat 3] [--json out.json]
+Needs a release build first: cargo build --release -p switchyard-cli
 """
 import argparse
 import json
 import math
 import os
-import resource
 import statistics
 import subprocess
 import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "scripts"))
 
-# Models whose stored input shape is a placeholder (see scripts/anchors_common.py).
-DEFAULT_MODELS = [
+MODELS = [
     "mp_face_detection_short_range.tflite",
     "mp_hand_landmark_lite.tflite",
     "mp_iris_landmark.tflite",
@@ -37,21 +48,59 @@ DEFAULT_MODELS = [
     "mww_okay_nabu.tflite",
     "tfm_sine_float.tflite",
 ]
+# The issue's baseline set (XNNPACK, 1 thread, median ms on the 2-core build machine).
+BASELINE = {
+    "mp_face_detection_short_range": 1.24,
+    "mp_hand_landmark_lite": 4.60,
+    "mp_iris_landmark": 1.45,
+    "mp_pose_detection": 12.5,
+    "oww_embedding_model": 1.05,
+}
+
+
+def stem(path):
+    return os.path.splitext(os.path.basename(path))[0]
+
+
+def golden_inputs(path):
+    d = os.path.join(ROOT, "golden", stem(path))
+    files = []
+    i = 0
+    while os.path.exists(os.path.join(d, f"input_{i}.npy")):
+        files.append(os.path.join(d, f"input_{i}.npy"))
+        i += 1
+    if not files:
+        sys.exit(f"no golden inputs in {d}: run scripts/setup.sh")
+    return files
+
+
+def peak_rss_mb():
+    """VmHWM: this process's own peak RSS. (getrusage's ru_maxrss would also carry the
+    high-water mark of the parent that forked it, which exec does not reset.)"""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    return float("nan")
 
 
 def litert_child(path, threads, runs, warmup):
-    """Runs in a fresh process: LiteRT with XNNPACK, timing invoke() only."""
-    import numpy as np  # noqa: F401
-    from anchors_common import MODELS, make_inputs, make_interpreter
-    rss_base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-    cfg = MODELS.get(os.path.basename(path), {})
+    """In a fresh process: LiteRT with its default delegate (XNNPACK), timing invoke()."""
+    import numpy as np
+    from ai_edge_litert.interpreter import Interpreter
+
+    xs = [np.load(p) for p in golden_inputs(path)]
+    rss_base = peak_rss_mb()
     t0 = time.perf_counter()
-    it = make_interpreter(path, threads, cfg, use_xnnpack=True)
+    it = Interpreter(model_path=path, num_threads=threads)
+    for d, x in zip(it.get_input_details(), xs):
+        if tuple(d["shape"]) != x.shape:
+            it.resize_tensor_input(d["index"], x.shape, strict=False)
+    it.allocate_tensors()
     load_ms = (time.perf_counter() - t0) * 1e3
-    for d, x in zip(it.get_input_details(), make_inputs(it, cfg, seed=0)):
+    for d, x in zip(it.get_input_details(), xs):
         it.set_tensor(d["index"], x)
-    it.invoke()
-    for _ in range(warmup):
+    for _ in range(max(warmup, 1)):
         it.invoke()
     ts = []
     for _ in range(runs):
@@ -59,42 +108,38 @@ def litert_child(path, threads, runs, warmup):
         it.invoke()
         ts.append((time.perf_counter_ns() - t0) / 1e6)
     ts.sort()
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     return dict(median_ms=statistics.median(ts), p90_ms=ts[int(round(0.9 * (len(ts) - 1)))],
-                load_ms=load_ms, peak_mb=rss - rss_base)
+                min_ms=ts[0], load_ms=load_ms, rss_delta_mb=peak_rss_mb() - rss_base)
 
 
-def run_child(cmd):
-    """Runs cmd, returns (stdout, peak RSS of that child in MB)."""
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    out, err = p.communicate()
-    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+def run_measured(cmd):
+    """Runs cmd in a fresh process and returns its stdout."""
+    p = subprocess.run(cmd, capture_output=True, text=True)
     if p.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed: {err.strip()[-400:]}")
-    return out, ru.ru_maxrss / 1024.0
+        raise RuntimeError(f"{' '.join(cmd)} failed ({p.returncode}): {p.stderr.strip()[-600:]}")
+    return p.stdout
 
 
 def litert(path, threads, runs, warmup):
     cmd = [sys.executable, os.path.abspath(__file__), "--child", path, str(threads),
            "--runs", str(runs), "--warmup", str(warmup)]
-    out, _ = run_child(cmd)
+    out = run_measured(cmd)
     line = [ln for ln in out.splitlines() if ln.startswith("RESULT ")][-1]
     return json.loads(line[7:])
 
 
 def switchyard(binary, path, threads, runs, warmup):
-    from anchors_common import MODELS
-    cfg = MODELS.get(os.path.basename(path), {})
     cmd = [binary, "bench", path, "--local", "--threads", str(threads), "--runs", str(runs),
-           "--warmup", str(warmup), "--json", "--no-profile"]
-    if cfg.get("resize"):
-        cmd += ["--input-shape", ",".join(str(d) for d in cfg["resize"][0])]
-    # Peak RSS of a child is only visible as the max over all children so far, so
-    # measure the baseline with a trivial invocation first.
-    out, _ = run_child(cmd)
+           "--warmup", str(warmup), "--json", "--no-profile",
+           "--inputs", ",".join(golden_inputs(path))]
+    out = run_measured(cmd)
     r = json.loads(out)
-    return dict(median_ms=r["median_ms"], p90_ms=r["p90_ms"], load_ms=r["load_ms"],
-                arena_mb=(r["arena_bytes"] + r["heap_bytes"]) / 2**20)
+    delta = float("nan")
+    if r.get("rss_peak_bytes") is not None and r.get("rss_before_load_bytes") is not None:
+        delta = (r["rss_peak_bytes"] - r["rss_before_load_bytes"]) / 2**20
+    return dict(median_ms=r["median_ms"], p90_ms=r["p90_ms"], min_ms=r["min_ms"],
+                load_ms=r["load_ms"],
+                arena_bytes=r["arena_bytes"], heap_bytes=r["heap_bytes"], rss_delta_mb=delta)
 
 
 def geomean(xs):
@@ -107,9 +152,10 @@ def main():
     ap.add_argument("--models", nargs="*")
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--runs", type=int, default=50)
-    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--binary", default=os.path.join(ROOT, "target/release/switchyard"))
+    ap.add_argument("--binary", default=os.path.join(
+        os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "release", "switchyard"))
     ap.add_argument("--json")
     ap.add_argument("--child", nargs=2, metavar=("PATH", "THREADS"))
     a = ap.parse_args()
@@ -118,31 +164,61 @@ def main():
         return
     if not os.path.exists(a.binary):
         sys.exit(f"{a.binary} missing: run cargo build --release -p switchyard-cli")
-    models = a.models or [os.path.join(ROOT, "models", m) for m in DEFAULT_MODELS]
-    rows = []
-    print(f"{'model':<34} {'thr':>3} {'litert ms':>10} {'switchyard ms':>14} {'ratio':>6} "
-          f"{'load lt/sy ms':>15} {'lt rss MB':>9} {'sy arena MB':>11}", flush=True)
+    import ai_edge_litert
+    models = a.models or [os.path.join(ROOT, "models", m) for m in MODELS]
+    print(f"LiteRT {getattr(ai_edge_litert, '__version__', '?')} (XNNPACK) vs {a.binary}; "
+          f"{a.runs} runs after {a.warmup} warm-up, median of {a.repeat} interleaved repeats; "
+          f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs", flush=True)
+    print(f"{'model':<31} {'thr':>3} {'litert ms':>9} {'p90':>7} {'switchyard ms':>13} {'p90':>7} "
+          f"{'ratio':>6} {'min r':>6} {'load lt/sy ms':>15} {'rss+ lt/sy MB':>14} {'sy arena KiB':>12}",
+          flush=True)
+    rows, failed = [], []
     for path in models:
         for th in [int(t) for t in a.threads.split(",")]:
-            lt = [litert(path, th, a.runs, a.warmup) for _ in range(a.repeat)]
-            sy = [switchyard(a.binary, path, th, a.runs, a.warmup) for _ in range(a.repeat)]
+            lt, sy = [], []
+            try:
+                for _ in range(a.repeat):
+                    lt.append(litert(path, th, a.runs, a.warmup))
+                    sy.append(switchyard(a.binary, path, th, a.runs, a.warmup))
+            except RuntimeError as e:
+                print(f"{stem(path):<31} {th:>3} failed, left out of the means: {e}", flush=True)
+                failed.append(dict(model=stem(path), threads=th, error=str(e)))
+                continue
             med = lambda rs, k: statistics.median(r[k] for r in rs)  # noqa: E731
-            row = dict(model=os.path.basename(path), threads=th,
+            row = dict(model=stem(path), threads=th,
                        litert_ms=med(lt, "median_ms"), switchyard_ms=med(sy, "median_ms"),
                        litert_p90_ms=med(lt, "p90_ms"), switchyard_p90_ms=med(sy, "p90_ms"),
+                       litert_min_ms=min(r["min_ms"] for r in lt),
+                       switchyard_min_ms=min(r["min_ms"] for r in sy),
                        litert_load_ms=med(lt, "load_ms"), switchyard_load_ms=med(sy, "load_ms"),
-                       litert_peak_mb=med(lt, "peak_mb"), switchyard_arena_mb=med(sy, "arena_mb"))
+                       litert_rss_delta_mb=med(lt, "rss_delta_mb"),
+                       switchyard_rss_delta_mb=med(sy, "rss_delta_mb"),
+                       switchyard_arena_bytes=sy[0]["arena_bytes"],
+                       switchyard_heap_bytes=sy[0]["heap_bytes"])
             row["ratio"] = row["switchyard_ms"] / row["litert_ms"]
+            row["min_ratio"] = row["switchyard_min_ms"] / row["litert_min_ms"]
             rows.append(row)
-            print(f"{row['model']:<34} {th:>3} {row['litert_ms']:>10.3f} {row['switchyard_ms']:>14.3f} "
-                  f"{row['ratio']:>6.2f} {row['litert_load_ms']:>7.1f}/{row['switchyard_load_ms']:<7.1f} "
-                  f"{row['litert_peak_mb']:>9.1f} {row['switchyard_arena_mb']:>11.2f}", flush=True)
+            print(f"{row['model']:<31} {th:>3} {row['litert_ms']:>9.3f} {row['litert_p90_ms']:>7.3f} "
+                  f"{row['switchyard_ms']:>13.3f} {row['switchyard_p90_ms']:>7.3f} {row['ratio']:>6.2f} {row['min_ratio']:>6.2f} "
+                  f"{row['litert_load_ms']:>7.1f}/{row['switchyard_load_ms']:<7.1f} "
+                  f"{row['litert_rss_delta_mb']:>6.1f}/{row['switchyard_rss_delta_mb']:<7.1f} "
+                  f"{row['switchyard_arena_bytes'] / 1024:>12.0f}", flush=True)
+    summary = {}
     for th in sorted({r["threads"] for r in rows}):
-        g = geomean([r["ratio"] for r in rows if r["threads"] == th])
-        print(f"geometric mean ratio (switchyard/litert), {th} thread(s): {g:.3f}")
+        all_r = [r["ratio"] for r in rows if r["threads"] == th]
+        base_r = [r["ratio"] for r in rows if r["threads"] == th and r["model"] in BASELINE]
+        min_all = [r["min_ratio"] for r in rows if r["threads"] == th]
+        min_base = [r["min_ratio"] for r in rows if r["threads"] == th and r["model"] in BASELINE]
+        summary[th] = dict(all=geomean(all_r), baseline=geomean(base_r), n_all=len(all_r),
+                           n_baseline=len(base_r), min_all=geomean(min_all),
+                           min_baseline=geomean(min_base))
+        print(f"geometric mean ratio (switchyard/litert), {th} thread(s): median "
+              f"{summary[th]['all']:.3f} over {len(all_r)} models, "
+              f"{summary[th]['baseline']:.3f} over the {len(base_r)} baseline models; "
+              f"min {summary[th]['min_all']:.3f} / {summary[th]['min_baseline']:.3f}")
     if a.json:
         with open(a.json, "w") as fh:
-            json.dump(rows, fh, indent=1)
+            json.dump(dict(rows=rows, failed=failed, geomean=summary, loadavg=os.getloadavg()), fh, indent=1)
 
 
 if __name__ == "__main__":

@@ -75,6 +75,10 @@ struct Report {
     min_ms: f64,
     arena_bytes: usize,
     heap_bytes: usize,
+    /// Peak resident memory of this process (Linux VmHWM) before loading the model and
+    /// at the end, so that `peak - before` compares with other runtimes' processes.
+    rss_before_load_bytes: Option<u64>,
+    rss_peak_bytes: Option<u64>,
     steps: usize,
     ops: Vec<OpLine>,
     by_op: Vec<OpSummary>,
@@ -103,6 +107,14 @@ fn synthetic_input(dtype: DType, shape: &[usize], seed: u64) -> anyhow::Result<T
     Ok(Tensor::from_bytes(dtype, shape.to_vec(), &bytes)?)
 }
 
+/// The process's peak resident set (VmHWM), where /proc provides it.
+fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[idx.min(sorted.len() - 1)]
@@ -119,6 +131,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.runs == 0 {
         bail!("--runs must be at least 1");
     }
+    let rss_before_load = peak_rss_bytes();
     let load_start = Instant::now();
     let model = Arc::new(
         Model::from_path(&args.model)
@@ -219,6 +232,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         min_ms: ms(times[0]),
         arena_bytes: it.arena_bytes(),
         heap_bytes: it.heap_bytes(),
+        rss_before_load_bytes: rss_before_load,
+        rss_peak_bytes: peak_rss_bytes(),
         steps: it.step_count(),
         ops,
         by_op,
@@ -239,6 +254,13 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         "  load {:.2} ms, arena {} bytes, folded constants/heap {} bytes, {} steps per run",
         report.load_ms, report.arena_bytes, report.heap_bytes, report.steps
     );
+    if let (Some(before), Some(peak)) = (report.rss_before_load_bytes, report.rss_peak_bytes) {
+        println!(
+            "  peak RSS {:.1} MiB ({:.1} MiB above the process before loading the model)",
+            peak as f64 / 1048576.0,
+            peak.saturating_sub(before) as f64 / 1048576.0
+        );
+    }
     if !report.by_op.is_empty() {
         println!("  by operator type:");
         for s in &report.by_op {

@@ -74,9 +74,11 @@ struct Binary {
     out_shape: Vec<usize>,
     activation: Activation,
     quant: Option<QuantParams>,
+    /// Optimized mode: vectorisable loops for the common float cases.
+    fast: bool,
 }
 
-pub fn prepare(ctx: &PrepareCtx<'_>, _mode: KernelMode) -> Result<PreparedKernel, KernelError> {
+pub fn prepare(ctx: &PrepareCtx<'_>, mode: KernelMode) -> Result<PreparedKernel, KernelError> {
     let op = ctx
         .op()
         .builtin()
@@ -188,6 +190,7 @@ pub fn prepare(ctx: &PrepareCtx<'_>, _mode: KernelMode) -> Result<PreparedKernel
             out_shape,
             activation,
             quant,
+            fast: mode == KernelMode::Optimized,
         },
     ))
 }
@@ -265,9 +268,91 @@ impl Binary {
         self.a_shape == self.b_shape
     }
 
+    /// Same-shape and scalar cases of the common ops, one monomorphic loop per op with
+    /// the activation as a clamp, so LLVM vectorises them; `false` when not applicable.
+    fn eval_f32_fast(&self, a: &[f32], b: &[f32], out: &mut [f32]) -> bool {
+        #[inline(always)]
+        fn run(
+            a: &[f32],
+            b: &[f32],
+            out: &mut [f32],
+            act: Activation,
+            f: impl Fn(f32, f32) -> f32,
+        ) {
+            if act == Activation::None {
+                run_with(a, b, out, &f);
+            } else {
+                let (lo, hi) = act.float_range();
+                run_with(a, b, out, |x, y| f(x, y).max(lo).min(hi));
+            }
+        }
+        #[inline(always)]
+        fn run_with(a: &[f32], b: &[f32], out: &mut [f32], f: impl Fn(f32, f32) -> f32) {
+            if a.len() > b.len() && b.len() > 1 {
+                // b repeats along the leading axes (a per-channel scale or bias).
+                for (orow, arow) in out.chunks_exact_mut(b.len()).zip(a.chunks_exact(b.len())) {
+                    for ((o, &x), &y) in orow.iter_mut().zip(arow).zip(b) {
+                        *o = f(x, y);
+                    }
+                }
+            } else if b.len() > a.len() && a.len() > 1 {
+                for (orow, brow) in out.chunks_exact_mut(a.len()).zip(b.chunks_exact(a.len())) {
+                    for ((o, &x), &y) in orow.iter_mut().zip(a).zip(brow) {
+                        *o = f(x, y);
+                    }
+                }
+            } else if a.len() == b.len() {
+                for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
+                    *o = f(x, y);
+                }
+            } else if b.len() == 1 {
+                let y = b[0];
+                for (o, &x) in out.iter_mut().zip(a) {
+                    *o = f(x, y);
+                }
+            } else {
+                let x = a[0];
+                for (o, &y) in out.iter_mut().zip(b) {
+                    *o = f(x, y);
+                }
+            }
+        }
+        /// `small` broadcasts over `full` by repeating whole: after dropping its leading
+        /// 1s it is a suffix of `full`, which is the output shape.
+        fn repeats(small: &[usize], full: &[usize], out: &[usize]) -> bool {
+            let lead = small.iter().take_while(|&&d| d == 1).count();
+            let tail = &small[lead..];
+            full == out && tail.len() <= full.len() && full.ends_with(tail)
+        }
+        let shapes_ok = self.same_shape()
+            || b.len() == 1
+            || a.len() == 1
+            || repeats(&self.b_shape, &self.a_shape, &self.out_shape)
+            || repeats(&self.a_shape, &self.b_shape, &self.out_shape);
+        let clamp = self.activation;
+        if crate::cpu::optimized::clamp_of(clamp).is_none()
+            || !shapes_ok
+            || out.len() != a.len().max(b.len())
+        {
+            return false;
+        }
+        match self.kind {
+            Kind::Add => run(a, b, out, clamp, |x, y| x + y),
+            Kind::Sub => run(a, b, out, clamp, |x, y| x - y),
+            Kind::Mul => run(a, b, out, clamp, |x, y| x * y),
+            Kind::Max => run(a, b, out, clamp, f32::max),
+            Kind::Min => run(a, b, out, clamp, f32::min),
+            _ => return false,
+        }
+        true
+    }
+
     fn eval_f32(&self, a: &[f32], b: &[f32], out: &mut [f32]) {
         let act = self.activation;
         let kind = self.kind;
+        if self.fast && self.eval_f32_fast(a, b, out) {
+            return;
+        }
         if self.same_shape() {
             for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
                 *o = act.apply(float_op(kind, x, y));
@@ -495,6 +580,9 @@ mod tests {
         }
         run(&case(Add, DType::F32, &[2, 1, 4], &[3, 1]));
         run(&case(Mul, DType::F32, &[1], &[5, 2]));
+        // Per-channel operands on either side (the optimized repeat path).
+        run(&case(Mul, DType::F32, &[1, 1, 1, 6], &[1, 3, 2, 6]));
+        run(&case(Sub, DType::F32, &[2, 3, 5], &[1, 3, 5]));
     }
 
     #[test]

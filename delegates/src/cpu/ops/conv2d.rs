@@ -510,13 +510,17 @@ pub(crate) fn prepare_params(ctx: &PrepareCtx<'_>) -> Result<Conv2dParams, Kerne
 pub fn prepare(ctx: &PrepareCtx<'_>, mode: KernelMode) -> Result<PreparedKernel, KernelError> {
     let params = prepare_params(ctx)?;
     let shape = params.geometry.output_shape();
-    // The optimized family lives in cpu/optimized; until it covers CONV_2D both modes
-    // run the reference loops.
-    match mode {
-        KernelMode::Reference | KernelMode::Optimized => {
-            Ok(PreparedKernel::new(vec![shape], Conv2dReference { params }))
-        }
+    // Optimized: float32 with constant filters runs on the packed GEMM
+    // (cpu/optimized/conv.rs); everything else keeps the reference loops.
+    if mode == KernelMode::Optimized
+        && let Some(kernel) = crate::cpu::optimized::kernels::try_conv2d(ctx, &shape)?
+    {
+        return Ok(PreparedKernel {
+            output_shapes: vec![shape],
+            kernel,
+        });
     }
+    Ok(PreparedKernel::new(vec![shape], Conv2dReference { params }))
 }
 
 /// Plain loops over the output, the oracle of the optimized kernels.
@@ -1190,6 +1194,37 @@ mod tests {
                 ..b
             },
         ]
+    }
+
+    #[test]
+    fn optimized_float_matches_reference() {
+        let b = base(DType::F32);
+        let mut cases = variants(DType::F32);
+        cases.extend([
+            // Wide enough for several GEMM panels and row blocks per thread.
+            Case {
+                input: [1, 17, 19, 24],
+                filter: [40, 3, 3, 24],
+                stride: (2, 2),
+                act: Activation::Relu6,
+                ..b.clone()
+            },
+            Case {
+                input: [1, 16, 16, 32],
+                filter: [48, 1, 1, 32],
+                act: Activation::Relu,
+                ..b
+            },
+        ]);
+        for c in cases {
+            let x = random(c.dtype, &c.input, 3);
+            crate::cpu::optimized::kernels::testing::assert_optimized_matches_reference(
+                &format!("{c:?}"),
+                &build(&c),
+                &[x],
+                "conv2d/f32/",
+            );
+        }
     }
 
     #[test]

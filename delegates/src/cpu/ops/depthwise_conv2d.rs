@@ -97,13 +97,20 @@ pub(crate) fn prepare_params(ctx: &PrepareCtx<'_>) -> Result<DepthwiseParams, Ke
 pub fn prepare(ctx: &PrepareCtx<'_>, mode: KernelMode) -> Result<PreparedKernel, KernelError> {
     let params = prepare_params(ctx)?;
     let shape = params.geometry.output_shape();
-    // Until cpu/optimized covers depthwise convolution both modes run the reference.
-    match mode {
-        KernelMode::Reference | KernelMode::Optimized => Ok(PreparedKernel::new(
-            vec![shape],
-            DepthwiseReference { params },
-        )),
+    // Optimized: float32 with constant filters and multiplier 1 runs the
+    // channel-vectorised kernel (cpu/optimized/depthwise.rs); the rest the reference.
+    if mode == KernelMode::Optimized
+        && let Some(kernel) = crate::cpu::optimized::kernels::try_depthwise(ctx, &shape)?
+    {
+        return Ok(PreparedKernel {
+            output_shapes: vec![shape],
+            kernel,
+        });
     }
+    Ok(PreparedKernel::new(
+        vec![shape],
+        DepthwiseReference { params },
+    ))
 }
 
 /// Plain loops over the output, the oracle of the optimized kernels.
@@ -403,6 +410,38 @@ mod tests {
                 ..b
             },
         ]
+    }
+
+    #[test]
+    fn optimized_float_matches_reference() {
+        let b = base(DType::F32);
+        let mut cases: Vec<Case> = variants(DType::F32)
+            .into_iter()
+            .filter(|c| c.depth_multiplier == 1)
+            .collect();
+        cases.extend([
+            // Channel counts that exercise the 32-, 8- and 1-wide loops.
+            Case {
+                input: [1, 13, 11, 45],
+                stride: (2, 2),
+                act: Activation::Relu6,
+                ..b.clone()
+            },
+            Case {
+                input: [1, 9, 10, 72],
+                kernel: (5, 5),
+                ..b
+            },
+        ]);
+        for c in cases {
+            let x = random(c.dtype, &c.input, 3);
+            crate::cpu::optimized::kernels::testing::assert_optimized_matches_reference(
+                &format!("{c:?}"),
+                &build(&c, false),
+                &[x],
+                "depthwise/f32/",
+            );
+        }
     }
 
     #[test]

@@ -116,13 +116,20 @@ pub(crate) fn prepare_params(ctx: &PrepareCtx<'_>) -> Result<FullyConnectedParam
 pub fn prepare(ctx: &PrepareCtx<'_>, mode: KernelMode) -> Result<PreparedKernel, KernelError> {
     let params = prepare_params(ctx)?;
     let shape = params.output_shape.clone();
-    // Until cpu/optimized covers FULLY_CONNECTED both modes run the reference.
-    match mode {
-        KernelMode::Reference | KernelMode::Optimized => Ok(PreparedKernel::new(
-            vec![shape],
-            FullyConnectedReference { params },
-        )),
+    // Optimized: float32 with constant weights runs on the packed GEMM
+    // (cpu/optimized/gemm.rs); the rest the reference.
+    if mode == KernelMode::Optimized
+        && let Some(kernel) = crate::cpu::optimized::kernels::try_fully_connected(ctx, &shape)?
+    {
+        return Ok(PreparedKernel {
+            output_shapes: vec![shape],
+            kernel,
+        });
     }
+    Ok(PreparedKernel::new(
+        vec![shape],
+        FullyConnectedReference { params },
+    ))
 }
 
 /// Plain loops, the oracle of the optimized kernels.
@@ -367,6 +374,37 @@ mod tests {
                 ..b
             },
         ]
+    }
+
+    #[test]
+    fn optimized_float_matches_reference() {
+        let b = base(DType::F32);
+        let mut cases = variants(DType::F32);
+        cases.extend([
+            // Batch 1 with many outputs: split across panels rather than rows.
+            Case {
+                input: vec![1, 200],
+                units: 150,
+                depth: 200,
+                act: Activation::Relu,
+                ..b.clone()
+            },
+            Case {
+                input: vec![37, 33],
+                units: 40,
+                depth: 33,
+                ..b
+            },
+        ]);
+        for c in cases {
+            let x = random(c.dtype, &c.input, 3);
+            crate::cpu::optimized::kernels::testing::assert_optimized_matches_reference(
+                &format!("{c:?}"),
+                &build(&c),
+                &[x],
+                "fully_connected/f32/",
+            );
+        }
     }
 
     #[test]
