@@ -6,6 +6,7 @@
 //! file is a valid configuration.
 //!
 //! Layout:
+//! - [`daemon`]: the `[daemon]` section — sockets, threads, tokens, per-tenant quotas.
 //! - [`device`]: device profiles — clock, MACs per cycle, dispatch overhead, transfer
 //!   bandwidth, on-chip memory, fault injection — used by the emulated DSP/NPU and as
 //!   the cost model's priors for every processor.
@@ -18,6 +19,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod daemon;
 pub mod device;
 pub mod scheduler;
 
@@ -26,6 +28,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+pub use daemon::DaemonConfig;
 pub use device::{DeviceProfile, DeviceProfiles, FaultInjection};
 pub use scheduler::SchedulerConfig;
 
@@ -58,6 +61,8 @@ impl ConfigError {
 pub struct Config {
     /// Processor profiles (emulated device models and cost-model priors).
     pub devices: DeviceProfiles,
+    /// The daemon: sockets, threads, tokens, quotas.
+    pub daemon: DaemonConfig,
     /// Partitioner, allowlist and arbiter settings.
     pub scheduler: SchedulerConfig,
 }
@@ -88,7 +93,8 @@ impl Config {
     /// Checks every value is in range; the error names the first offending key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.devices.validate()?;
-        self.scheduler.validate()
+        self.scheduler.validate()?;
+        self.daemon.validate()
     }
 
     /// The configuration as TOML (for `--print-config` and docs).

@@ -1,4 +1,5 @@
 pub mod bench;
+pub mod daemon;
 pub mod inspect;
 pub mod placement;
 pub mod run;

@@ -167,15 +167,16 @@ impl BatchMatmulParams {
     }
 }
 
+/// Float32 reference, summing in f64 (see `conv2d::conv_f32`).
 pub(crate) fn batch_matmul_f32(p: &BatchMatmulParams, lhs: &[f32], rhs: &[f32], out: &mut [f32]) {
     p.for_each_batch(|ob, lb, rb| {
         for i in 0..p.m {
             for j in 0..p.n {
-                let mut acc = 0.0f32;
+                let mut acc = 0.0f64;
                 for kk in 0..p.k {
-                    acc += lhs[p.lhs_at(lb, i, kk)] * rhs[p.rhs_at(rb, kk, j)];
+                    acc += lhs[p.lhs_at(lb, i, kk)] as f64 * rhs[p.rhs_at(rb, kk, j)] as f64;
                 }
-                out[ob + i * p.n + j] = acc;
+                out[ob + i * p.n + j] = acc as f32;
             }
         }
     });
@@ -366,11 +367,13 @@ mod tests {
 
     #[test]
     fn int8_ties_match_litert() {
-        check(&Case {
-            dtype: DType::I8,
-            ties: true,
-            ..case(&[2, 3, 8], &[2, 8, 5], false, false)
-        });
+        for (lhs, rhs) in [([2, 3, 8], [2, 8, 5]), ([2, 12, 8], [2, 8, 12])] {
+            check(&Case {
+                dtype: DType::I8,
+                ties: true,
+                ..case(&lhs, &rhs, false, false)
+            });
+        }
     }
 
     /// The BATCH_MATMUL of the openWakeWord melspectrogram front end (float, the

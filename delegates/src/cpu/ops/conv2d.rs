@@ -11,8 +11,8 @@
 //! bit-exact with LiteRT's kernels rather than merely close.
 
 use switchyard_interpreter::{
-    Activation, DType, KernelError, OpKernel, OpOptions, PrepareCtx, PreparedKernel, TensorMeta,
-    TensorView, TensorViewMut, kernel::input, ops::ConvOptions,
+    Activation, DType, KernelError, OpKernel, OpOptions, Padding, PrepareCtx, PreparedKernel,
+    TensorMeta, TensorView, TensorViewMut, kernel::input, ops::ConvOptions,
 };
 
 use crate::cpu::KernelMode;
@@ -69,24 +69,31 @@ pub(crate) fn float_clamp(act: Activation) -> Result<(f32, f32), KernelError> {
 /// (power-of-two multipliers and small values, so that many products land exactly
 /// half-way) pin down which op uses which:
 /// - `Gemmlowp`, TFLite's reference MultiplyByQuantizedMultiplier, whose shift
-///   (RoundingDivideByPOT) rounds half away from zero: DEPTHWISE_CONV_2D (uint8, and
-///   int8 with depth multiplier 1), int8 BATCH_MATMUL, int8 TRANSPOSE_CONV;
+///   (RoundingDivideByPOT) rounds half away from zero: uint8 DEPTHWISE_CONV_2D and
+///   int8 BATCH_MATMUL;
 /// - `HalfUp`, the shift rounds half up as ruy does: CONV_2D and FULLY_CONNECTED (int8
-///   and uint8), int8 DEPTHWISE_CONV_2D with depth multiplier > 1, uint8
-///   TRANSPOSE_CONV.
+///   and uint8) and uint8 TRANSPOSE_CONV;
+/// - `HalfUpBelow`: int8 DEPTHWISE_CONV_2D and int8 TRANSPOSE_CONV.
 ///
-/// Both share the doubling high multiply and differ only on exact negative ties.
+/// All share the doubling high multiply and differ only on exact negative ties.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Rounding {
     Gemmlowp,
     HalfUp,
+    /// `HalfUp` for output channels below the bound, `Gemmlowp` from there on: LiteRT's
+    /// int8 depthwise and transposed convolutions requantize whole groups of 8
+    /// channels with SIMD (half up) and the remaining `out_c % 8` channels with scalar
+    /// code (gemmlowp).
+    HalfUpBelow(usize),
 }
 
 /// Fixed-point `x * multiplier * 2^(shift - 31)` rounded as `rounding` says.
 #[inline(always)]
 pub(crate) fn requantize_with(rounding: Rounding, x: i32, multiplier: i32, shift: i32) -> i32 {
     match rounding {
-        Rounding::Gemmlowp => multiply_by_quantized_multiplier(x, multiplier, shift),
+        Rounding::Gemmlowp | Rounding::HalfUpBelow(_) => {
+            multiply_by_quantized_multiplier(x, multiplier, shift)
+        }
         Rounding::HalfUp => {
             let left = shift.max(0);
             let right = (-shift).max(0);
@@ -122,7 +129,11 @@ impl QuantOutput {
     #[inline(always)]
     pub fn requantize(&self, acc: i32, c: usize) -> i32 {
         let (m, s) = (self.multipliers[c], self.shifts[c]);
-        let scaled = requantize_with(self.rounding, acc, m, s);
+        let rounding = match self.rounding {
+            Rounding::HalfUpBelow(n) if c < n => Rounding::HalfUp,
+            other => other,
+        };
+        let scaled = requantize_with(rounding, acc, m, s);
         scaled
             .wrapping_add(self.output_offset)
             .max(self.act_min)
@@ -333,20 +344,19 @@ impl ConvGeometry {
         opts: &ConvOptions,
     ) -> Result<ConvGeometry, KernelError> {
         expect_rank("input", input_shape, 4)?;
-        let (out_h, pad_top) = conv_output_size(
-            input_shape[1],
-            filter_h,
-            opts.stride_h,
-            opts.dilation_h,
-            opts.padding,
-        )?;
-        let (out_w, pad_left) = conv_output_size(
-            input_shape[2],
-            filter_w,
-            opts.stride_w,
-            opts.dilation_w,
-            opts.padding,
-        )?;
+        // A VALID window larger than the input leaves no output positions: an empty
+        // output rather than an error, because models with dynamic input sizes (e.g.
+        // oww_melspectrogram's [-1, -1] audio) are first prepared with placeholder
+        // sizes of 1, before the caller's real input re-prepares them.
+        let size = |input: usize, filter: usize, stride: usize, dilation: usize| {
+            let effective = filter.saturating_sub(1).saturating_mul(dilation) + 1;
+            if opts.padding == Padding::Valid && filter > 0 && input < effective {
+                return Ok((0, 0));
+            }
+            conv_output_size(input, filter, stride, dilation, opts.padding)
+        };
+        let (out_h, pad_top) = size(input_shape[1], filter_h, opts.stride_h, opts.dilation_h)?;
+        let (out_w, pad_left) = size(input_shape[2], filter_w, opts.stride_w, opts.dilation_w)?;
         Ok(ConvGeometry {
             batches: input_shape[0],
             in_h: input_shape[1],
@@ -524,7 +534,9 @@ pub(crate) fn expect_len(what: &str, got: usize, want: usize) -> Result<(), Kern
     Ok(())
 }
 
-/// Float32 reference convolution.
+/// Float32 reference convolution. Sums run in f64: the reference is the oracle, and
+/// an exact-as-possible sum keeps its own rounding out of every comparison with LiteRT
+/// and with the optimized kernels, whatever order they sum in.
 pub(crate) fn conv_f32(
     p: &Conv2dParams,
     input: &[f32],
@@ -541,7 +553,7 @@ pub(crate) fn conv_f32(
                 let out_base = ((b * g.out_h + oy) * g.out_w + ox) * g.out_c;
                 for oc in 0..g.out_c {
                     let ic0 = (oc / oc_per_group) * fic;
-                    let mut acc = 0.0f32;
+                    let mut acc = 0.0f64;
                     for ky in 0..g.filter_h {
                         let Some(iy) = g.in_y(oy, ky) else { continue };
                         for kx in 0..g.filter_w {
@@ -549,14 +561,14 @@ pub(crate) fn conv_f32(
                             let ib = ((b * g.in_h + iy) * g.in_w + ix) * g.in_c + ic0;
                             let fb = ((oc * g.filter_h + ky) * g.filter_w + kx) * fic;
                             for (x, w) in input[ib..ib + fic].iter().zip(&filter[fb..fb + fic]) {
-                                acc += x * w;
+                                acc += *x as f64 * *w as f64;
                             }
                         }
                     }
                     if let Some(bias) = bias {
-                        acc += bias[oc];
+                        acc += bias[oc] as f64;
                     }
-                    out[out_base + oc] = acc.max(p.float_min).min(p.float_max);
+                    out[out_base + oc] = (acc as f32).max(p.float_min).min(p.float_max);
                 }
             }
         }
@@ -1001,7 +1013,7 @@ pub(crate) mod testing {
 #[cfg(test)]
 mod tests {
     use switchyard_interpreter::builder::ModelBuilder;
-    use switchyard_interpreter::{BuiltinOp, OpKind, Padding, Quant};
+    use switchyard_interpreter::{BuiltinOp, OpKind, Quant};
     use switchyard_testkit::{assert_matches_litert, random_tensor};
 
     use super::testing::*;
@@ -1212,6 +1224,12 @@ mod tests {
             for c in variants(dtype).into_iter().take(2) {
                 check(&Case { ties: true, ..c });
             }
+            let b = base(dtype);
+            check(&Case {
+                ties: true,
+                filter: [12, 1, 1, b.filter[3]],
+                ..b
+            });
         }
     }
 
@@ -1270,25 +1288,37 @@ mod tests {
         sg.set_outputs(&[y]);
         let e = prepare_error(&model.finish());
         assert!(e.contains("bias"), "{e}");
-        // Valid padding, filter too large.
-        let mut c = good.clone();
+    }
+
+    /// Dynamic-size models are prepared with placeholder sizes first; a VALID window
+    /// larger than such an input gives an empty output instead of failing the load.
+    #[test]
+    fn window_larger_than_input_gives_empty_output() {
+        let mut c = base(DType::F32);
         c.padding = Padding::Valid;
-        c.input = [1, 2, 6, 5];
         let mut mb = ModelBuilder::new();
         let sg = mb.main();
-        let x = sg.tensor("x", DType::F32, &c.input);
+        let x = sg.tensor("x", DType::F32, &[1, 2, 6, 5]);
         let y = sg.tensor("y", DType::F32, &[1, 1, 4, 4]);
         let w = sg.constant_f32("w", &[4, 3, 3, 5], &[0.5; 180]);
+        let b = sg.constant_f32("b", &[4], &[0.0; 4]);
         sg.op(
             OpKind::Builtin(BuiltinOp::Conv2d),
-            &[Some(x), Some(w), None],
+            &[Some(x), Some(w), Some(b)],
             &[y],
             OpOptions::Conv(options(&c)),
         );
         sg.set_inputs(&[x]);
         sg.set_outputs(&[y]);
-        let e = prepare_error(&mb.finish());
-        assert!(e.contains("smaller than"), "{e}");
+        for (name, resolver) in resolvers() {
+            let out = switchyard_testkit::switchyard_run(
+                &mb.finish(),
+                &[random(DType::F32, &[1, 2, 6, 5], 1)],
+                resolver,
+            )
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(out[0].shape, vec![1, 0, 4, 4], "{name}");
+        }
     }
 
     /// Builds an int8 conv whose quantization is replaced by `q` on tensor `which`.

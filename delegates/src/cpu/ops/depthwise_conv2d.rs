@@ -77,10 +77,8 @@ pub(crate) fn prepare_params(ctx: &PrepareCtx<'_>) -> Result<DepthwiseParams, Ke
                 dtype == DType::U8,
                 opts.activation,
             )?;
-            // LiteRT's int8 kernel takes a different path (and rounding) once each
-            // input channel has several filters.
-            if dtype == DType::I8 && depth_multiplier > 1 {
-                q.rounding = Rounding::HalfUp;
+            if dtype == DType::I8 {
+                q.rounding = Rounding::HalfUpBelow(out_c / 8 * 8);
             }
             Some(q)
         }
@@ -113,7 +111,7 @@ pub(crate) struct DepthwiseReference {
     pub params: DepthwiseParams,
 }
 
-/// Float32 reference depthwise convolution.
+/// Float32 reference depthwise convolution, summing in f64 (see `conv2d::conv_f32`).
 pub(crate) fn depthwise_f32(
     p: &DepthwiseParams,
     input: &[f32],
@@ -130,20 +128,20 @@ pub(crate) fn depthwise_f32(
                 for ic in 0..g.in_c {
                     for m in 0..dm {
                         let oc = ic * dm + m;
-                        let mut acc = 0.0f32;
+                        let mut acc = 0.0f64;
                         for ky in 0..g.filter_h {
                             let Some(iy) = g.in_y(oy, ky) else { continue };
                             for kx in 0..g.filter_w {
                                 let Some(ix) = g.in_x(ox, kx) else { continue };
                                 let x = input[((b * g.in_h + iy) * g.in_w + ix) * g.in_c + ic];
                                 let w = filter[(ky * g.filter_w + kx) * g.out_c + oc];
-                                acc += x * w;
+                                acc += x as f64 * w as f64;
                             }
                         }
                         if let Some(bias) = bias {
-                            acc += bias[oc];
+                            acc += bias[oc] as f64;
                         }
-                        out[out_base + oc] = acc.max(p.float_min).min(p.float_max);
+                        out[out_base + oc] = (acc as f32).max(p.float_min).min(p.float_max);
                     }
                 }
             }
@@ -438,6 +436,18 @@ mod tests {
         for dtype in [DType::I8, DType::U8] {
             for c in variants(dtype).into_iter().take(3) {
                 check(&Case { ties: true, ..c });
+            }
+            // The wake-word model's shapes (K×1 filters over one column), with channel
+            // counts that exercise LiteRT's groups of 8 and its scalar tail.
+            for channels in [32, 12, 20] {
+                check(&Case {
+                    input: [1, 12, 1, channels],
+                    kernel: (5, 1),
+                    padding: Padding::Valid,
+                    ties: true,
+                    per_channel: dtype == DType::I8,
+                    ..base(dtype)
+                });
             }
         }
     }

@@ -130,6 +130,7 @@ pub(crate) struct FullyConnectedReference {
     pub params: FullyConnectedParams,
 }
 
+/// Float32 reference, summing in f64 (see `conv2d::conv_f32`).
 pub(crate) fn fully_connected_f32(
     p: &FullyConnectedParams,
     input: &[f32],
@@ -143,11 +144,11 @@ pub(crate) fn fully_connected_f32(
     {
         for (u, o) in out_row.iter_mut().enumerate() {
             let w = &weights[u * p.depth..(u + 1) * p.depth];
-            let mut acc: f32 = row.iter().zip(w).map(|(x, w)| x * w).sum();
+            let mut acc: f64 = row.iter().zip(w).map(|(&x, &w)| x as f64 * w as f64).sum();
             if let Some(bias) = bias {
-                acc += bias[u];
+                acc += bias[u] as f64;
             }
-            *o = acc.max(p.float_min).min(p.float_max);
+            *o = (acc as f32).max(p.float_min).min(p.float_max);
         }
     }
 }
@@ -403,11 +404,15 @@ mod tests {
     fn quantized_ties_match_litert() {
         for dtype in [DType::I8, DType::U8] {
             for per_channel in [false, dtype == DType::I8] {
-                check(&Case {
-                    ties: true,
-                    per_channel,
-                    ..base(dtype)
-                });
+                for (rows, units) in [(3, 7), (1, 12), (1, 1)] {
+                    check(&Case {
+                        ties: true,
+                        per_channel,
+                        input: vec![rows, 20],
+                        units,
+                        ..base(dtype)
+                    });
+                }
             }
         }
     }

@@ -506,6 +506,24 @@ impl OpKernel for Lstm {
                 None
             },
         };
+        let (nc, ni, no) = (self.n_cell, self.n_input, self.n_output);
+        let sized = |v: &[Option<&[f32]>], len: usize| v.iter().flatten().all(|w| w.len() == len);
+        if !sized(&wt.w, nc * ni)
+            || !sized(&wt.r, nc * no)
+            || !sized(&wt.p, nc)
+            || !sized(&wt.b, nc)
+            || !sized(&wt.ln, nc)
+            || !sized(&[wt.proj_w], no * nc)
+            || !sized(&[wt.proj_b], no)
+            || [1, 2, 3]
+                .iter()
+                .any(|&k| wt.w[k].is_none() || wt.r[k].is_none() || wt.b[k].is_none())
+            || (!self.cifg && (wt.w[0].is_none() || wt.r[0].is_none() || wt.b[0].is_none()))
+        {
+            return Err(KernelError::shape(
+                "LSTM weights do not match the prepared shapes",
+            ));
+        }
         let [out, h_state, c_state] = outputs else {
             return Err(KernelError::invalid(
                 "LSTM expects its output and both state tensors",

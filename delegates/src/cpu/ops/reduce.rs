@@ -506,7 +506,14 @@ impl OpKernel for Reduce {
         let y = outputs
             .first_mut()
             .ok_or_else(|| KernelError::invalid("missing output"))?;
-        if y.element_count() != self.out_len {
+        let in_len: usize = self.in_shape.iter().product();
+        if x.element_count() != in_len || x.bytes.len() != in_len * x.dtype.size() {
+            return Err(KernelError::shape(format!(
+                "input has shape {:?}, prepared for {:?}",
+                x.shape, self.in_shape
+            )));
+        }
+        if y.element_count() != self.out_len || y.bytes.len() != self.out_len * y.dtype.size() {
             return Err(KernelError::shape(format!(
                 "output has {} elements, expected {}",
                 y.element_count(),
@@ -756,6 +763,31 @@ mod tests {
                 });
             }
         }
+    }
+
+    #[test]
+    fn edge_cases_match_litert() {
+        // No axes: a copy. The general int8 MEAN path for a 4-D tensor without kept dims.
+        run(&case(BuiltinOp::Sum, DType::F32, &[2, 3], &[]));
+        run(&case(BuiltinOp::ReduceMax, DType::I32, &[2, 3], &[]));
+        run(&Case {
+            quant: Some((Quant::per_tensor(0.05, 3), Quant::per_tensor(0.02, -5))),
+            ..case(BuiltinOp::Mean, DType::I8, &[2, 5, 7, 3], &[1, 2])
+        });
+        // SUM with shared quantization and zero point 0, in range: LiteRT's raw int8
+        // sum and our requantized one agree.
+        let same = (Quant::per_tensor(0.1, 0), Quant::per_tensor(0.1, 0));
+        let mut mb_case = case(BuiltinOp::Sum, DType::I8, &[4, 3], &[0]);
+        mb_case.quant = Some(same);
+        let x = random_tensor(DType::I8, &[4, 3], 3, -20.0, 20.0);
+        let name = "SUM int8 shared quantization";
+        assert_matches_litert(
+            name,
+            &model(&mb_case),
+            &[x],
+            &resolvers(),
+            Some(Tolerance::Exact),
+        );
     }
 
     #[test]

@@ -231,12 +231,13 @@ pub(crate) fn prepare_params(ctx: &PrepareCtx<'_>) -> Result<TransposeConvParams
     let quant = match dtype {
         DType::F32 => None,
         _ => Some(QuantOutput {
-            // LiteRT's uint8 kernel goes through its GEMM (ruy, half up); the int8
-            // one rounds as TFLite's reference. The tie tests pin both.
+            // LiteRT's uint8 kernel goes through its GEMM (ruy, half up); the int8 one
+            // requantizes groups of 8 channels with SIMD (half up) and the rest with
+            // scalar gemmlowp code. The tie tests pin both.
             rounding: if dtype == DType::U8 {
                 Rounding::HalfUp
             } else {
-                Rounding::Gemmlowp
+                Rounding::HalfUpBelow(out_c / 8 * 8)
             },
             ..quant_output(
                 &input,
@@ -324,6 +325,7 @@ fn for_each_tap(p: &TransposeConvParams, mut f: impl FnMut(usize, usize, usize))
     }
 }
 
+/// Float32 reference, summing in f64 (see `conv2d::conv_f32`).
 pub(crate) fn transpose_conv_f32(
     p: &TransposeConvParams,
     input: &[f32],
@@ -332,16 +334,16 @@ pub(crate) fn transpose_conv_f32(
     out: &mut [f32],
 ) {
     let w_stride = p.filter_h * p.filter_w * p.in_c;
-    out.fill(0.0);
+    let mut acc = vec![0.0f64; out.len()];
     for_each_tap(p, |i, w, o| {
-        let x = input[i];
+        let x = input[i] as f64;
         for oc in 0..p.out_c {
-            out[o + oc] += x * weights[oc * w_stride + w];
+            acc[o + oc] += x * weights[oc * w_stride + w] as f64;
         }
     });
-    for px in out.chunks_exact_mut(p.out_c) {
-        for (oc, v) in px.iter_mut().enumerate() {
-            let with_bias = *v + bias.map_or(0.0, |b| b[oc]);
+    for (px, apx) in out.chunks_exact_mut(p.out_c).zip(acc.chunks_exact(p.out_c)) {
+        for (oc, (v, &a)) in px.iter_mut().zip(apx).enumerate() {
+            let with_bias = (a + bias.map_or(0.0, |b| b[oc] as f64)) as f32;
             *v = with_bias.max(p.float_min).min(p.float_max);
         }
     }
@@ -630,10 +632,14 @@ mod tests {
     #[test]
     fn quantized_ties_match_litert() {
         for dtype in [DType::I8, DType::U8] {
-            check(&Case {
-                ties: true,
-                ..base(dtype)
-            });
+            for out_c in [4, 12] {
+                let b = base(dtype);
+                check(&Case {
+                    ties: true,
+                    filter: [out_c, b.filter[1], b.filter[2]],
+                    ..b
+                });
+            }
         }
     }
 
