@@ -93,8 +93,8 @@ impl Config {
     /// Checks every value is in range; the error names the first offending key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.devices.validate()?;
-        self.scheduler.validate()?;
-        self.daemon.validate()
+        self.daemon.validate()?;
+        self.scheduler.validate()
     }
 
     /// The configuration as TOML (for `--print-config` and docs).

@@ -3,8 +3,16 @@
 //! Layout:
 //! - [`cpu`]: reference kernels (plain, obviously correct: the oracle for every other
 //!   path) and optimized kernels, one file per operator under `cpu/ops/`.
+//! - [`emulated`]: the DSP and NPU device models (capabilities, virtual clock, faults)
+//!   around bit-exact reference arithmetic.
+//! - [`plugin`]: the versioned C ABI for vendor drivers (`.so`) and its loader; the
+//!   only module allowed `unsafe`.
 #![deny(unsafe_code)]
 
 pub mod cpu;
+pub mod emulated;
+pub mod plugin;
 
 pub use cpu::{CpuResolver, KernelMode};
+pub use emulated::{EmulatedDelegate, EmulatedKind};
+pub use plugin::PluginDelegate;

@@ -328,7 +328,6 @@ fn call_once_and_variables_keep_state_across_invokes_like_litert() {
 }
 
 #[test]
-#[ignore = "needs STRIDED_SLICE, SPLIT_V, CONV_2D and DEPTHWISE_CONV_2D from the other op branches; run with --run-ignored once they are merged"]
 fn real_streaming_model_keeps_state_like_litert() {
     // mww_okay_nabu: CALL_ONCE initialises six streaming buffers held in variables.
     let path = switchyard_testkit::models_dir().join("mww_okay_nabu.tflite");
