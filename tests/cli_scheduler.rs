@@ -156,7 +156,10 @@ fn placement_validates_the_emulated_delegates_and_persists_the_allowlist() {
     let cfg = dir.path().join("switchyard.toml");
     std::fs::write(
         &cfg,
-        format!("[scheduler]\nallowlist_path = {:?}\n", list.to_str().unwrap()),
+        format!(
+            "[scheduler]\nallowlist_path = {:?}\n",
+            list.to_str().unwrap()
+        ),
     )
     .unwrap();
     let model = model_path("mww_okay_nabu");
@@ -184,14 +187,19 @@ fn placement_validates_the_emulated_delegates_and_persists_the_allowlist() {
     assert!(judged, "{why}");
     let stored = std::fs::read_to_string(&list).expect("allowlist written");
     assert!(stored.contains("dsp (emulated)"), "{stored}");
-    assert!(stored.contains("emulated-dsp"), "fingerprint recorded: {stored}");
+    assert!(
+        stored.contains("emulated-dsp"),
+        "fingerprint recorded: {stored}"
+    );
 
     // Reloaded: the same decisions without --validate.
-    let v2 = json(&args[..args.len() - 3]
-        .iter()
-        .copied()
-        .chain(["--config", cfg.to_str().unwrap()])
-        .collect::<Vec<_>>());
+    let v2 = json(
+        &args[..args.len() - 3]
+            .iter()
+            .copied()
+            .chain(["--config", cfg.to_str().unwrap()])
+            .collect::<Vec<_>>(),
+    );
     let conv2 = v2["nodes"]
         .as_array()
         .unwrap()
@@ -200,5 +208,8 @@ fn placement_validates_the_emulated_delegates_and_persists_the_allowlist() {
         .unwrap()
         .clone();
     assert_eq!(conv2["processor"], conv["processor"]);
-    assert!(!conv2["why"].as_str().unwrap().contains("not yet validated"), "{conv2}");
+    assert!(
+        !conv2["why"].as_str().unwrap().contains("not yet validated"),
+        "{conv2}"
+    );
 }
