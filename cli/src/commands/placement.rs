@@ -11,14 +11,12 @@ use anyhow::Context;
 use clap::Args;
 use serde::Serialize;
 use switchyard_config::Config;
-use switchyard_delegates::EmulatedDelegate;
-use switchyard_interpreter::{Delegate, Model, ProcessorKind};
+use switchyard_interpreter::{Model, ProcessorKind};
 use switchyard_scheduler::allowlist::{Allowlist, Lookup};
-use switchyard_scheduler::capability::{Capability, profile_rules};
 use switchyard_scheduler::cost::{CostModel, partition_key};
 use switchyard_scheduler::decide::decide;
 use switchyard_scheduler::graph::GraphInfo;
-use switchyard_scheduler::partition::{delegates_as_capabilities, partition};
+use switchyard_scheduler::partition::partition;
 use switchyard_scheduler::placement::{Permission, Plan, plan};
 
 #[derive(Args)]
@@ -78,17 +76,7 @@ pub fn run(args: PlacementArgs) -> anyhow::Result<()> {
             .with_context(|| format!("loading {}", args.model.display()))?,
     );
     let info = GraphInfo::analyse(model.clone()).context("analysing the model")?;
-    // Real delegates where this build has them (the emulated DSP and NPU); profile
-    // rules for the other processors.
-    let delegates: Vec<Arc<dyn Delegate>> = EmulatedDelegate::from_profiles(&cfg.devices)
-        .into_iter()
-        .map(|d| Arc::new(d) as Arc<dyn Delegate>)
-        .collect();
-    let mut caps: Vec<Box<dyn Capability>> = profile_rules(&cfg.devices)
-        .into_iter()
-        .filter(|c| delegates.iter().all(|d| d.kind() != c.kind()))
-        .collect();
-    caps.extend(delegates_as_capabilities(&delegates));
+    let (delegates, caps) = switchyard_scheduler::capability::for_device(&cfg.devices);
     let parts = partition(&info, &caps);
     let mut cost = CostModel::new(cfg.devices.clone(), cfg.scheduler.ewma_alpha);
     let measured = if args.no_measure {
