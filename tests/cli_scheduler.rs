@@ -148,3 +148,68 @@ fn bad_inputs_fail_with_a_message() {
     assert!(!ok);
     assert!(err.starts_with("error:"), "{err}");
 }
+
+#[test]
+fn placement_validates_the_emulated_delegates_and_persists_the_allowlist() {
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("allowlist.json");
+    let cfg = dir.path().join("switchyard.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[scheduler]\nallowlist_path = {:?}\n",
+            list.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let model = model_path("mww_okay_nabu");
+    let args = [
+        "placement",
+        model.to_str().unwrap(),
+        "--json",
+        "--no-measure",
+        "--validate",
+        "--config",
+        cfg.to_str().unwrap(),
+    ];
+    let v = json(&args);
+    let conv = v["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["op"] == "CONV_2D")
+        .unwrap()
+        .clone();
+    let why = conv["why"].as_str().unwrap();
+    // Either outcome of a real validation is fine; an unvalidated one is not.
+    let judged = why.contains("dsp (emulated): not allowlisted: blocked")
+        || (conv["processor"] == "dsp" && why.contains("cost:"));
+    assert!(judged, "{why}");
+    let stored = std::fs::read_to_string(&list).expect("allowlist written");
+    assert!(stored.contains("dsp (emulated)"), "{stored}");
+    assert!(
+        stored.contains("emulated-dsp"),
+        "fingerprint recorded: {stored}"
+    );
+
+    // Reloaded: the same decisions without --validate.
+    let v2 = json(
+        &args[..args.len() - 3]
+            .iter()
+            .copied()
+            .chain(["--config", cfg.to_str().unwrap()])
+            .collect::<Vec<_>>(),
+    );
+    let conv2 = v2["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["op"] == "CONV_2D")
+        .unwrap()
+        .clone();
+    assert_eq!(conv2["processor"], conv["processor"]);
+    assert!(
+        !conv2["why"].as_str().unwrap().contains("not yet validated"),
+        "{conv2}"
+    );
+}

@@ -71,6 +71,30 @@ pub fn profile_rules(profiles: &DeviceProfiles) -> Vec<Box<dyn Capability>> {
     out
 }
 
+/// The partitioner's view of a device's accelerators.
+pub type Capabilities = Vec<Box<dyn Capability>>;
+
+/// The processors of a device as the scheduler sees them: the real delegates this
+/// build has (the emulated DSP and NPU, from `switchyard-delegates`), and profile rules
+/// for the enabled processors without one (the GPU until its delegate is wired in).
+pub fn for_device(profiles: &DeviceProfiles) -> (Vec<Arc<dyn Delegate>>, Capabilities) {
+    let delegates: Vec<Arc<dyn Delegate>> =
+        switchyard_delegates::EmulatedDelegate::from_profiles(profiles)
+            .into_iter()
+            .map(|d| Arc::new(d) as Arc<dyn Delegate>)
+            .collect();
+    let mut caps: Vec<Box<dyn Capability>> = profile_rules(profiles)
+        .into_iter()
+        .filter(|c| delegates.iter().all(|d| d.kind() != c.kind()))
+        .collect();
+    caps.extend(
+        delegates
+            .iter()
+            .map(|d| Box::new(d.clone()) as Box<dyn Capability>),
+    );
+    (delegates, caps)
+}
+
 const GPU_OPS: &[BuiltinOp] = &[
     BuiltinOp::Conv2d,
     BuiltinOp::DepthwiseConv2d,

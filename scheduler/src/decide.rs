@@ -195,4 +195,47 @@ mod tests {
             "{why}"
         );
     }
+
+    /// The emulated DSP's fault profiles (config `[devices.dsp.fault]`) on the real
+    /// int8 wake-word model: wrong results and hangs end up blocked.
+    #[test]
+    fn faulty_emulated_dsp_profiles_end_up_blocked() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/mww_okay_nabu.tflite");
+        if !path.exists() {
+            eprintln!(
+                "skipping: {} missing (run scripts/setup.sh)",
+                path.display()
+            );
+            return;
+        }
+        let model = Arc::new(Model::from_path(&path).unwrap());
+        let cfg = SchedulerConfig {
+            partition_timeout_ms: 5,
+            validation_runs: 1,
+            ..SchedulerConfig::default()
+        };
+        for (fault, expect) in [("wrong", "wrong results"), ("hang", "timed out")] {
+            let mut profile = DeviceProfiles::default().dsp;
+            match fault {
+                "wrong" => profile.fault.wrong_result_rate = 1.0,
+                _ => profile.fault.hang_rate = 1.0,
+            }
+            let dsp: Arc<dyn Delegate> =
+                Arc::new(switchyard_delegates::EmulatedDelegate::dsp(profile));
+            let mut list = Allowlist::in_memory();
+            let mut cost = CostModel::new(DeviceProfiles::default(), 0.2);
+            let d = decide(model.clone(), &[dsp], &mut list, &mut cost, &cfg).unwrap();
+            assert!(!d.verdicts.is_empty());
+            assert!(d.placed.is_empty(), "{fault}");
+            for (_, _, e) in &d.verdicts {
+                assert_eq!(e.verdict, Verdict::Blocked, "{fault}: {}", e.reason);
+            }
+            assert!(
+                d.verdicts.iter().any(|(_, _, e)| e.reason.contains(expect)),
+                "{fault}: {:?}",
+                d.verdicts.iter().map(|v| &v.2.reason).collect::<Vec<_>>()
+            );
+        }
+    }
 }

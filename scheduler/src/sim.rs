@@ -25,7 +25,7 @@ use crate::SchedError;
 use crate::arbiter::{
     Arbiter, ArbiterOptions, Outcome, Policy, PriorityClass, Request, Stage, StageOption,
 };
-use crate::capability::{Capability, profile_rules};
+use crate::capability::Capability;
 use crate::cost::CostModel;
 use crate::graph::GraphInfo;
 use crate::partition::partition;
@@ -99,7 +99,7 @@ pub fn setup(
     queue_limit: usize,
     calibrate_cpu: bool,
 ) -> Result<Setup, SchedError> {
-    let caps = profile_rules(profiles);
+    let (_, caps) = crate::capability::for_device(profiles);
     let mut processors = vec![ProcessorKind::Cpu];
     processors.extend(caps.iter().map(|c| c.kind()));
     let mut apps = Vec::new();

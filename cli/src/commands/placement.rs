@@ -12,9 +12,9 @@ use clap::Args;
 use serde::Serialize;
 use switchyard_config::Config;
 use switchyard_interpreter::{Model, ProcessorKind};
-use switchyard_scheduler::allowlist::{Allowlist, Lookup, key};
-use switchyard_scheduler::capability::{Capability, profile_rules};
-use switchyard_scheduler::cost::CostModel;
+use switchyard_scheduler::allowlist::{Allowlist, Lookup};
+use switchyard_scheduler::cost::{CostModel, partition_key};
+use switchyard_scheduler::decide::decide;
 use switchyard_scheduler::graph::GraphInfo;
 use switchyard_scheduler::partition::partition;
 use switchyard_scheduler::placement::{Permission, Plan, plan};
@@ -39,6 +39,11 @@ pub struct PlacementArgs {
     /// Skip timing the model on the CPU (the "measured" column stays empty).
     #[arg(long)]
     pub no_measure: bool,
+    /// Validate every candidate of the real delegates (emulated DSP/NPU) against the
+    /// CPU reference now, as the daemon does on first load, and record the decisions
+    /// in the allowlist (persisted when `scheduler.allowlist_path` is set).
+    #[arg(long)]
+    pub validate: bool,
 }
 
 #[derive(Serialize)]
@@ -70,8 +75,8 @@ pub fn run(args: PlacementArgs) -> anyhow::Result<()> {
         Model::from_path(&args.model)
             .with_context(|| format!("loading {}", args.model.display()))?,
     );
-    let info = GraphInfo::analyse(model).context("analysing the model")?;
-    let caps: Vec<Box<dyn Capability>> = profile_rules(&cfg.devices);
+    let info = GraphInfo::analyse(model.clone()).context("analysing the model")?;
+    let (delegates, caps) = switchyard_scheduler::capability::for_device(&cfg.devices);
     let parts = partition(&info, &caps);
     let mut cost = CostModel::new(cfg.devices.clone(), cfg.scheduler.ewma_alpha);
     let measured = if args.no_measure {
@@ -85,11 +90,15 @@ pub fn run(args: PlacementArgs) -> anyhow::Result<()> {
             .prior_s;
         cost.calibrate(ProcessorKind::Cpu, m.total_s / prior);
     }
-    let allowlist = if cfg.scheduler.allowlist_path.is_empty() {
+    let mut allowlist = if cfg.scheduler.allowlist_path.is_empty() {
         Allowlist::in_memory()
     } else {
         Allowlist::open(&cfg.scheduler.allowlist_path)?
     };
+    if args.validate {
+        decide(model, &delegates, &mut allowlist, &mut cost, &cfg.scheduler)
+            .context("validating the delegates' partitions")?;
+    }
     let assume = args.assume_allowed;
     let permission = |c: &switchyard_scheduler::partition::Candidate| -> Permission {
         let Some(cap) = caps.get(c.processor) else {
@@ -105,11 +114,17 @@ pub fn run(args: PlacementArgs) -> anyhow::Result<()> {
                 ))
             };
         }
-        match allowlist.lookup(&key(&info.sha256, cap.name()), &cap.fingerprint()) {
+        let k = switchyard_scheduler::allowlist::key(
+            &partition_key(&info.sha256, &c.nodes),
+            cap.name(),
+        );
+        match allowlist.lookup(&k, &cap.fingerprint()) {
             Lookup::Allowed(_) => Permission::Allowed,
             Lookup::Blocked(e) => Permission::Denied(format!("blocked: {}", e.reason)),
             Lookup::Stale(_) => Permission::Denied("driver changed: awaiting re-validation".into()),
-            Lookup::Unknown => Permission::Denied("not yet validated on this device".into()),
+            Lookup::Unknown => {
+                Permission::Denied("not yet validated on this device (--validate does it)".into())
+            }
         }
     };
     let mut the_plan = plan(&info, &parts, &caps, &cost, &permission);
