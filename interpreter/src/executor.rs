@@ -36,6 +36,8 @@ pub struct InterpreterOptions {
     pub max_while_iterations: usize,
     /// Maximum nesting of subgraph calls.
     pub max_call_depth: usize,
+    /// Upper bound on one subgraph's planned arena (the daemon sets it from quotas).
+    pub max_arena_bytes: usize,
 }
 
 impl Default for InterpreterOptions {
@@ -45,6 +47,7 @@ impl Default for InterpreterOptions {
             fold_constants: true,
             max_while_iterations: 1_000_000,
             max_call_depth: 16,
+            max_arena_bytes: 2 << 30,
         }
     }
 }
@@ -187,11 +190,20 @@ fn kernel_err(subgraph: usize, node: &Node, source: KernelError) -> RunError {
     }
 }
 
+/// Largest single tensor the interpreter allocates. A corrupted or hostile model can
+/// name any shape; refusing it here turns what would be an allocation abort (the whole
+/// daemon gone) into an error for that one model.
+pub const MAX_TENSOR_BYTES: usize = 1 << 30;
+
 fn byte_len(dtype: DType, shape: &[usize]) -> Result<usize, KernelError> {
     element_count(shape)
         .and_then(|n| n.checked_mul(dtype.size()))
-        .filter(|&n| n <= isize::MAX as usize)
-        .ok_or_else(|| KernelError::shape(format!("shape {shape:?} is too large")))
+        .filter(|&n| n <= MAX_TENSOR_BYTES)
+        .ok_or_else(|| {
+            KernelError::shape(format!(
+                "shape {shape:?} of {dtype} exceeds the {MAX_TENSOR_BYTES}-byte tensor limit"
+            ))
+        })
 }
 
 impl Interpreter {
@@ -631,6 +643,15 @@ impl Interpreter {
             });
         }
         let plan = planner::plan(&requests);
+        if plan.high_water > self.options.max_arena_bytes {
+            return Err(RunError::Graph {
+                subgraph: si,
+                what: format!(
+                    "the arena needs {} bytes, over the limit of {}",
+                    plan.high_water, self.options.max_arena_bytes
+                ),
+            });
+        }
         for (req, &off) in requests.iter().zip(&plan.offsets) {
             storage[req.tensor] = Storage::Arena(off..off + req.size);
         }

@@ -236,6 +236,15 @@ pub struct LstmOptions {
     pub time_major: bool,
 }
 
+/// How MIRROR_PAD mirrors (`MirrorPadMode`): REFLECT leaves the edge element out of the
+/// mirrored part, SYMMETRIC repeats it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum MirrorPadMode {
+    #[default]
+    Reflect,
+    Symmetric,
+}
+
 /// Decoded options of one node. Ops without options (or whose options we ignore) get
 /// `OpOptions::None`.
 #[derive(Clone, Debug, PartialEq, Default)]
@@ -285,6 +294,19 @@ pub enum OpOptions {
     Gather {
         axis: i32,
         batch_dims: i32,
+    },
+    /// PACK: stacks `values_count` equal-shaped inputs along a new `axis`.
+    Pack {
+        values_count: usize,
+        axis: i32,
+    },
+    /// UNPACK: splits `axis` into `num` outputs, removing that axis.
+    Unpack {
+        num: usize,
+        axis: i32,
+    },
+    MirrorPad {
+        mode: MirrorPadMode,
     },
     BatchMatmul {
         adj_x: bool,
@@ -403,6 +425,21 @@ pub fn decode_options(op: BuiltinOp, table: Option<OptionsTable<'_>>) -> OpOptio
         B::Gather => OpOptions::Gather {
             axis: t(0, 0),
             batch_dims: t(1, 0),
+        },
+        B::Pack => OpOptions::Pack {
+            values_count: usize_of(t(0, 0)),
+            axis: t(1, 0),
+        },
+        B::Unpack => OpOptions::Unpack {
+            num: usize_of(t(0, 0)),
+            axis: t(1, 0),
+        },
+        B::MirrorPad => OpOptions::MirrorPad {
+            mode: if i8f(0) == 1 {
+                MirrorPadMode::Symmetric
+            } else {
+                MirrorPadMode::Reflect
+            },
         },
         B::BatchMatmul => OpOptions::BatchMatmul {
             adj_x: b(0),
@@ -568,6 +605,16 @@ pub fn encode_options(op: BuiltinOp, options: &OpOptions) -> Option<EncodedOptio
         (BuiltinOp::Gather, OpOptions::Gather { axis, batch_dims }) => {
             (23, vec![(0, I32(*axis)), (1, I32(*batch_dims))])
         }
+        (BuiltinOp::Pack, OpOptions::Pack { values_count, axis }) => {
+            (59, vec![(0, i(*values_count)), (1, I32(*axis))])
+        }
+        (BuiltinOp::Unpack, OpOptions::Unpack { num, axis }) => {
+            (64, vec![(0, i(*num)), (1, I32(*axis))])
+        }
+        (BuiltinOp::MirrorPad, OpOptions::MirrorPad { mode }) => (
+            77,
+            vec![(0, I8(i8::from(*mode == MirrorPadMode::Symmetric)))],
+        ),
         (
             BuiltinOp::Mean
             | BuiltinOp::Sum

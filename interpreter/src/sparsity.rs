@@ -38,6 +38,11 @@ struct Walk<'a> {
     dst: &'a mut [u8],
 }
 
+/// How many times larger than its stored values a densified tensor may be.
+const MAX_EXPANSION: usize = 256;
+/// Dense sizes below this are always accepted.
+const EXPANSION_FLOOR: usize = 16 << 20;
+
 /// Expands sparse `values` into a dense buffer of `shape`.
 pub fn densify(
     sp: &Sparsity,
@@ -79,6 +84,18 @@ pub fn densify(
     let total = element_count(shape)
         .and_then(|n| n.checked_mul(elem))
         .ok_or("dense shape overflows")?;
+    // Sparse weights are at most a few times smaller than dense ones; a dense size far
+    // beyond the stored values is a corrupted shape, and allocating it could abort.
+    let limit = values
+        .len()
+        .saturating_mul(MAX_EXPANSION)
+        .max(EXPANSION_FLOOR);
+    if total > limit {
+        return Err(format!(
+            "dense shape {shape:?} needs {total} bytes from {} stored bytes (limit {limit})",
+            values.len()
+        ));
+    }
     let mut out = AlignedBuf::zeroed(total);
     let mut walk = Walk {
         sp,

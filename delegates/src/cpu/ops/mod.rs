@@ -12,6 +12,7 @@ pub mod depthwise_conv2d;
 pub mod fully_connected;
 pub mod gather;
 pub mod lstm;
+pub mod movement;
 pub mod pad;
 pub mod pool;
 pub mod quantize;
@@ -113,5 +114,38 @@ pub fn prepare(ctx: &PrepareCtx<'_>, mode: KernelMode) -> Result<PreparedKernel,
             "operator {} has no CPU kernel",
             ctx.op()
         ))),
+    }
+}
+
+/// Helpers shared by the per-op tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::sync::Arc;
+
+    use switchyard_interpreter::{Interpreter, KernelError, Model, OpResolver, RunError};
+
+    use crate::cpu::CpuResolver;
+
+    /// Both CPU kernel families, for `assert_matches_litert`.
+    pub fn resolvers() -> Vec<(&'static str, Arc<dyn OpResolver>)> {
+        vec![
+            ("reference", Arc::new(CpuResolver::reference())),
+            ("optimized", Arc::new(CpuResolver::optimized())),
+        ]
+    }
+
+    /// Loads `model` and expects preparing it on the CPU to fail in a node's prepare;
+    /// returns that node's error.
+    pub fn prepare_error(model: &[u8]) -> KernelError {
+        let model = Arc::new(Model::from_bytes(model).expect("test model loads"));
+        match Interpreter::new(
+            model,
+            Arc::new(CpuResolver::reference()),
+            Default::default(),
+        ) {
+            Ok(_) => panic!("prepare accepted a bad node"),
+            Err(RunError::Node { source, .. }) => source,
+            Err(other) => panic!("expected a node error, got {other}"),
+        }
     }
 }

@@ -1,12 +1,449 @@
-//! Not implemented yet.
+//! MAX_POOL_2D and AVERAGE_POOL_2D over NHWC tensors: float32 with a fused activation,
+//! int8 and uint8.
+//!
+//! Windows are clipped to the input (SAME padding never reads padded zeros), so an
+//! average divides by the number of elements actually inside the window, as LiteRT does.
+//! Quantized averages round to nearest the way LiteRT's integer kernels do: uint8 rounds
+//! halves up, int8 rounds halves away from zero. Pooling never rescales, so quantized
+//! input and output must share scale and zero point.
 
-use switchyard_interpreter::{KernelError, PrepareCtx, PreparedKernel};
+use switchyard_interpreter::{
+    Activation, BuiltinOp, DType, KernelError, OpKernel, OpOptions, PrepareCtx, PreparedKernel,
+    TensorView, TensorViewMut, kernel::input, ops::PoolOptions,
+};
 
 use crate::cpu::KernelMode;
+use crate::cpu::quant::{activation_range, load_q, per_tensor, store_q};
+use crate::cpu::util::{conv_output_size, expect_rank};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Max,
+    Average,
+}
+
+/// Geometry of one pooling node, fixed at prepare.
+#[derive(Clone, Debug)]
+struct Geometry {
+    batches: usize,
+    in_h: usize,
+    in_w: usize,
+    depth: usize,
+    out_h: usize,
+    out_w: usize,
+    filter_h: usize,
+    filter_w: usize,
+    stride_h: usize,
+    stride_w: usize,
+    pad_top: usize,
+    pad_left: usize,
+}
+
+impl Geometry {
+    /// The input rows and columns covered by output (oy, ox), clipped to the input.
+    fn window(&self, oy: usize, ox: usize) -> (std::ops::Range<usize>, std::ops::Range<usize>) {
+        let y0 = (oy * self.stride_h) as isize - self.pad_top as isize;
+        let x0 = (ox * self.stride_w) as isize - self.pad_left as isize;
+        let ys = y0.max(0) as usize
+            ..((y0 + self.filter_h as isize).min(self.in_h as isize)).max(0) as usize;
+        let xs = x0.max(0) as usize
+            ..((x0 + self.filter_w as isize).min(self.in_w as isize)).max(0) as usize;
+        (ys, xs)
+    }
+}
+
+enum Arith {
+    Float { min: f32, max: f32 },
+    Quant { dtype: DType, min: i32, max: i32 },
+}
+
+struct Pool {
+    kind: Kind,
+    geo: Geometry,
+    arith: Arith,
+}
 
 pub fn prepare(ctx: &PrepareCtx<'_>, _mode: KernelMode) -> Result<PreparedKernel, KernelError> {
-    Err(KernelError::unsupported(format!(
-        "{} is not implemented yet",
-        ctx.op()
-    )))
+    let kind = match ctx.op().builtin() {
+        Some(BuiltinOp::MaxPool2d) => Kind::Max,
+        Some(BuiltinOp::AveragePool2d) => Kind::Average,
+        _ => {
+            return Err(KernelError::unsupported(format!(
+                "{} is not a pooling op",
+                ctx.op()
+            )));
+        }
+    };
+    ctx.expect_arity(1, 1, 1)?;
+    let x = ctx.input(0)?;
+    let out = ctx.output(0)?;
+    let opts: &PoolOptions = match &ctx.node.options {
+        OpOptions::Pool(p) => p,
+        _ => return Err(KernelError::invalid("pooling node without Pool2DOptions")),
+    };
+    expect_rank("pooling input", x.shape, 4)?;
+    if out.dtype != x.dtype {
+        return Err(KernelError::invalid(format!(
+            "output dtype {} differs from input dtype {}",
+            out.dtype, x.dtype
+        )));
+    }
+    if matches!(opts.activation, Activation::Tanh | Activation::SignBit) {
+        return Err(KernelError::unsupported(format!(
+            "fused activation {:?} on {}",
+            opts.activation,
+            ctx.op()
+        )));
+    }
+    let (in_h, in_w) = (x.shape[1], x.shape[2]);
+    let (out_h, pad_top) = conv_output_size(in_h, opts.filter_h, opts.stride_h, 1, opts.padding)?;
+    let (out_w, pad_left) = conv_output_size(in_w, opts.filter_w, opts.stride_w, 1, opts.padding)?;
+    let geo = Geometry {
+        batches: x.shape[0],
+        in_h,
+        in_w,
+        depth: x.shape[3],
+        out_h,
+        out_w,
+        filter_h: opts.filter_h,
+        filter_w: opts.filter_w,
+        stride_h: opts.stride_h,
+        stride_w: opts.stride_w,
+        pad_top,
+        pad_left,
+    };
+    let arith = match x.dtype {
+        DType::F32 => {
+            let (min, max) = opts.activation.float_range();
+            Arith::Float { min, max }
+        }
+        DType::I8 | DType::U8 => {
+            let (si, zi) = per_tensor(x.quant, "input")?;
+            let (so, zo) = per_tensor(out.quant, "output")?;
+            if si != so || zi != zo {
+                return Err(KernelError::unsupported(format!(
+                    "{} with different input (scale {si}, zero point {zi}) and output (scale {so}, zero point {zo}) quantization",
+                    ctx.op()
+                )));
+            }
+            let (min, max) = activation_range(opts.activation, so, zo, x.dtype)?;
+            Arith::Quant {
+                dtype: x.dtype,
+                min,
+                max,
+            }
+        }
+        other => {
+            return Err(KernelError::unsupported(format!("{} on {other}", ctx.op())));
+        }
+    };
+    let shape = vec![geo.batches, out_h, out_w, geo.depth];
+    Ok(PreparedKernel::new(vec![shape], Pool { kind, geo, arith }))
+}
+
+impl Pool {
+    fn eval_f32(&self, x: &[f32], y: &mut [f32], min: f32, max: f32) {
+        let g = &self.geo;
+        let mut o = 0;
+        for b in 0..g.batches {
+            for oy in 0..g.out_h {
+                for ox in 0..g.out_w {
+                    let (ys, xs) = g.window(oy, ox);
+                    for c in 0..g.depth {
+                        let mut acc = match self.kind {
+                            Kind::Max => f32::MIN,
+                            Kind::Average => 0.0,
+                        };
+                        let mut count = 0usize;
+                        for iy in ys.clone() {
+                            for ix in xs.clone() {
+                                let v = x[((b * g.in_h + iy) * g.in_w + ix) * g.depth + c];
+                                match self.kind {
+                                    Kind::Max => acc = acc.max(v),
+                                    Kind::Average => acc += v,
+                                }
+                                count += 1;
+                            }
+                        }
+                        if self.kind == Kind::Average && count > 0 {
+                            acc /= count as f32;
+                        }
+                        y[o] = acc.clamp(min, max);
+                        o += 1;
+                    }
+                }
+            }
+        }
+    }
+
+    fn eval_q(&self, x: &[u8], y: &mut [u8], dtype: DType, min: i32, max: i32) {
+        let g = &self.geo;
+        let mut o = 0;
+        for b in 0..g.batches {
+            for oy in 0..g.out_h {
+                for ox in 0..g.out_w {
+                    let (ys, xs) = g.window(oy, ox);
+                    for c in 0..g.depth {
+                        let mut acc: i32 = match self.kind {
+                            Kind::Max => i32::MIN,
+                            Kind::Average => 0,
+                        };
+                        let mut count = 0i32;
+                        for iy in ys.clone() {
+                            for ix in xs.clone() {
+                                let v = load_q(
+                                    x,
+                                    dtype,
+                                    ((b * g.in_h + iy) * g.in_w + ix) * g.depth + c,
+                                );
+                                match self.kind {
+                                    Kind::Max => acc = acc.max(v),
+                                    Kind::Average => acc += v,
+                                }
+                                count += 1;
+                            }
+                        }
+                        if self.kind == Kind::Average && count > 0 {
+                            // Integer division truncates toward zero, so adding half the
+                            // divisor with the sign of `acc` rounds half away from zero;
+                            // uint8 sums are never negative.
+                            acc = if acc > 0 {
+                                (acc + count / 2) / count
+                            } else {
+                                (acc - count / 2) / count
+                            };
+                        }
+                        store_q(y, dtype, o, acc.clamp(min, max));
+                        o += 1;
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl OpKernel for Pool {
+    fn eval(
+        &self,
+        inputs: &[Option<TensorView<'_>>],
+        outputs: &mut [TensorViewMut<'_>],
+    ) -> Result<(), KernelError> {
+        let x = input(inputs, 0)?;
+        let y = outputs
+            .first_mut()
+            .ok_or_else(|| KernelError::invalid("missing output"))?;
+        match self.arith {
+            Arith::Float { min, max } => self.eval_f32(x.f32s()?, y.f32s_mut()?, min, max),
+            Arith::Quant { dtype, min, max } => self.eval_q(x.bytes, y.bytes, dtype, min, max),
+        }
+        Ok(())
+    }
+
+    fn name(&self) -> &str {
+        match (self.kind, &self.arith) {
+            (Kind::Max, Arith::Float { .. }) => "max_pool/f32",
+            (Kind::Max, Arith::Quant { .. }) => "max_pool/q8",
+            (Kind::Average, Arith::Float { .. }) => "avg_pool/f32",
+            (Kind::Average, Arith::Quant { .. }) => "avg_pool/q8",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use switchyard_interpreter::builder::ModelBuilder;
+    use switchyard_interpreter::{OpKind, Padding, Quant};
+    use switchyard_testkit::{Tolerance, assert_matches_litert, random_tensor};
+
+    use super::*;
+    use crate::cpu::ops::testing::{self, resolvers};
+
+    struct Case {
+        op: BuiltinOp,
+        dtype: DType,
+        shape: [usize; 4],
+        filter: (usize, usize),
+        stride: (usize, usize),
+        padding: Padding,
+        act: Activation,
+    }
+
+    fn options(c: &Case) -> OpOptions {
+        OpOptions::Pool(PoolOptions {
+            padding: c.padding,
+            stride_w: c.stride.1,
+            stride_h: c.stride.0,
+            filter_w: c.filter.1,
+            filter_h: c.filter.0,
+            activation: c.act,
+        })
+    }
+
+    fn model(c: &Case, out_shape: &[usize], quant: Option<Quant>) -> Vec<u8> {
+        let mut mb = ModelBuilder::new();
+        let sg = mb.main();
+        let x = sg.tensor("x", c.dtype, &c.shape);
+        let y = sg.tensor("y", c.dtype, out_shape);
+        if let Some(q) = quant {
+            sg.set_quant(x, q.clone());
+            sg.set_quant(y, q);
+        }
+        sg.op(OpKind::Builtin(c.op), &[Some(x)], &[y], options(c));
+        sg.set_inputs(&[x]);
+        sg.set_outputs(&[y]);
+        mb.finish()
+    }
+
+    fn run(c: &Case) {
+        let (oh, _) = conv_output_size(c.shape[1], c.filter.0, c.stride.0, 1, c.padding).unwrap();
+        let (ow, _) = conv_output_size(c.shape[2], c.filter.1, c.stride.1, 1, c.padding).unwrap();
+        let out_shape = [c.shape[0], oh, ow, c.shape[3]];
+        let (quant, lo, hi) = match c.dtype {
+            DType::F32 => (None, -3.0, 3.0),
+            DType::I8 => (Some(Quant::per_tensor(0.05, -7)), -128.0, 127.0),
+            _ => (Some(Quant::per_tensor(0.05, 120)), 0.0, 255.0),
+        };
+        let x = random_tensor(c.dtype, &c.shape, 7, lo, hi);
+        let name = format!(
+            "{:?} {:?} {:?} filter {:?} stride {:?} {:?} {:?}",
+            c.op, c.dtype, c.shape, c.filter, c.stride, c.padding, c.act
+        );
+        // Quantized pooling is integer arithmetic: it must be bit-exact.
+        let tol = (c.dtype != DType::F32).then_some(Tolerance::Exact);
+        assert_matches_litert(&name, &model(c, &out_shape, quant), &[x], &resolvers(), tol);
+    }
+
+    fn case(op: BuiltinOp, dtype: DType) -> Case {
+        Case {
+            op,
+            dtype,
+            shape: [2, 7, 6, 3],
+            filter: (3, 3),
+            stride: (2, 2),
+            padding: Padding::Same,
+            act: Activation::None,
+        }
+    }
+
+    #[test]
+    fn float_pools_match_litert() {
+        for op in [BuiltinOp::MaxPool2d, BuiltinOp::AveragePool2d] {
+            run(&case(op, DType::F32));
+            run(&Case {
+                padding: Padding::Valid,
+                ..case(op, DType::F32)
+            });
+            run(&Case {
+                filter: (2, 3),
+                stride: (1, 2),
+                act: Activation::Relu,
+                ..case(op, DType::F32)
+            });
+            run(&Case {
+                shape: [1, 8, 8, 5],
+                filter: (2, 2),
+                stride: (2, 2),
+                act: Activation::Relu6,
+                ..case(op, DType::F32)
+            });
+            run(&Case {
+                filter: (4, 4),
+                stride: (1, 1),
+                act: Activation::ReluN1To1,
+                ..case(op, DType::F32)
+            });
+        }
+    }
+
+    #[test]
+    fn quantized_pools_match_litert_exactly() {
+        for dtype in [DType::I8, DType::U8] {
+            for op in [BuiltinOp::MaxPool2d, BuiltinOp::AveragePool2d] {
+                run(&case(op, dtype));
+                run(&Case {
+                    padding: Padding::Valid,
+                    filter: (2, 2),
+                    stride: (1, 1),
+                    ..case(op, dtype)
+                });
+                run(&Case {
+                    shape: [1, 9, 9, 4],
+                    filter: (5, 4),
+                    stride: (3, 2),
+                    act: Activation::Relu,
+                    ..case(op, dtype)
+                });
+                run(&Case {
+                    act: Activation::Relu6,
+                    ..case(op, dtype)
+                });
+            }
+        }
+    }
+
+    fn prepare_error(
+        c: &Case,
+        in_shape: &[usize],
+        out_dtype: DType,
+        qin: Option<Quant>,
+        qout: Option<Quant>,
+    ) -> KernelError {
+        let mut mb = ModelBuilder::new();
+        let sg = mb.main();
+        let x = sg.tensor("x", c.dtype, in_shape);
+        let y = sg.tensor("y", out_dtype, in_shape);
+        if let Some(q) = qin {
+            sg.set_quant(x, q);
+        }
+        if let Some(q) = qout {
+            sg.set_quant(y, q);
+        }
+        sg.op(OpKind::Builtin(c.op), &[Some(x)], &[y], options(c));
+        sg.set_inputs(&[x]);
+        sg.set_outputs(&[y]);
+        testing::prepare_error(&mb.finish())
+    }
+
+    #[test]
+    fn bad_pooling_nodes_are_rejected_at_prepare() {
+        let f32_case = || case(BuiltinOp::MaxPool2d, DType::F32);
+        let shape = [1, 6, 6, 2];
+        let e = prepare_error(&f32_case(), &[6, 6, 2], DType::F32, None, None);
+        assert!(matches!(e, KernelError::Shape(_)), "{e}");
+        let zero_stride = Case {
+            stride: (0, 1),
+            ..f32_case()
+        };
+        let e = prepare_error(&zero_stride, &shape, DType::F32, None, None);
+        assert!(e.to_string().contains("stride"), "{e}");
+        let too_big = Case {
+            filter: (7, 7),
+            padding: Padding::Valid,
+            ..f32_case()
+        };
+        let e = prepare_error(&too_big, &shape, DType::F32, None, None);
+        assert!(matches!(e, KernelError::Shape(_)), "{e}");
+        let e = prepare_error(&f32_case(), &shape, DType::I32, None, None);
+        assert!(e.to_string().contains("dtype"), "{e}");
+        let q8 = case(BuiltinOp::AveragePool2d, DType::I8);
+        let e = prepare_error(&q8, &shape, DType::I8, None, None);
+        assert!(e.to_string().contains("quantization"), "{e}");
+        let e = prepare_error(
+            &q8,
+            &shape,
+            DType::I8,
+            Some(Quant::per_tensor(0.1, 0)),
+            Some(Quant::per_tensor(0.2, 0)),
+        );
+        assert!(matches!(e, KernelError::Unsupported(_)), "{e}");
+        let i32_case = case(BuiltinOp::MaxPool2d, DType::I32);
+        let e = prepare_error(&i32_case, &shape, DType::I32, None, None);
+        assert!(matches!(e, KernelError::Unsupported(_)), "{e}");
+        let tanh = Case {
+            act: Activation::Tanh,
+            ..f32_case()
+        };
+        let e = prepare_error(&tanh, &shape, DType::F32, None, None);
+        assert!(matches!(e, KernelError::Unsupported(_)), "{e}");
+    }
 }

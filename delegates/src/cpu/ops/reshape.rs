@@ -1,17 +1,21 @@
 //! Ops that only change the shape: RESHAPE, SQUEEZE, EXPAND_DIMS, and DENSIFY (the loader
-//! already expanded sparse constants, so DENSIFY is a copy). The data is copied as bytes,
-//! so every dtype works.
+//! already expanded sparse constants to dense data, so DENSIFY is a copy, folded away at
+//! prepare like any node with constant inputs). The data is copied as bytes, so every
+//! fixed-size dtype works.
 
 use switchyard_interpreter::{
-    BuiltinOp, KernelError, OpKernel, OpOptions, PrepareCtx, PreparedKernel, TensorView,
-    TensorViewMut, kernel::input,
+    BuiltinOp, DType, KernelError, OpKernel, OpOptions, PrepareCtx, PreparedKernel, TensorView,
+    TensorViewMut,
 };
 
+use super::movement::{checked_input, count, expect_bytes, known_ints, known_scalar, movable_elem};
 use crate::cpu::KernelMode;
 use crate::cpu::util::normalize_axis;
 
 /// Copies input 0 to output 0 byte for byte.
-pub struct CopyKernel;
+pub struct CopyKernel {
+    bytes: usize,
+}
 
 impl OpKernel for CopyKernel {
     fn eval(
@@ -19,13 +23,11 @@ impl OpKernel for CopyKernel {
         inputs: &[Option<TensorView<'_>>],
         outputs: &mut [TensorViewMut<'_>],
     ) -> Result<(), KernelError> {
-        let x = input(inputs, 0)?;
+        let x = checked_input(inputs, 0, &[self.bytes], 1)?;
         let out = outputs
             .first_mut()
             .ok_or_else(|| KernelError::invalid("missing output"))?;
-        if out.bytes.len() != x.bytes.len() {
-            return Err(KernelError::shape("reshape changes the number of bytes"));
-        }
+        expect_bytes("output", out.bytes.len(), &[self.bytes], 1)?;
         out.bytes.copy_from_slice(x.bytes);
         Ok(())
     }
@@ -53,8 +55,9 @@ pub fn resolve_shape(requested: &[i64], count: usize) -> Result<Vec<usize>, Kern
                 )));
             }
             d => {
-                known = known
-                    .checked_mul(d as usize)
+                known = usize::try_from(d)
+                    .ok()
+                    .and_then(|d| known.checked_mul(d))
                     .ok_or_else(|| KernelError::shape(format!("shape {requested:?} overflows")))?
             }
         }
@@ -79,70 +82,70 @@ pub fn resolve_shape(requested: &[i64], count: usize) -> Result<Vec<usize>, Kern
     Ok(shape)
 }
 
+/// RESHAPE's requested shape, in LiteRT's order of preference: a 1-D int32 shape input,
+/// then the `new_shape` option (where the legacy `[0]` means a scalar), then the shape
+/// stored in the model for the output.
+fn requested_shape(ctx: &PrepareCtx<'_>) -> Result<Vec<i64>, KernelError> {
+    if let Some(s) = ctx.optional_input(1) {
+        if s.shape.len() == 1 && matches!(s.dtype, DType::I32 | DType::I64) {
+            return known_ints(&s, "shape");
+        }
+    }
+    match &ctx.node.options {
+        OpOptions::Reshape { new_shape: Some(s) } => Ok(if s.as_slice() == [0] {
+            vec![]
+        } else {
+            s.iter().map(|&d| d as i64).collect()
+        }),
+        _ => Ok(ctx.output(0)?.shape.iter().map(|&d| d as i64).collect()),
+    }
+}
+
+fn squeeze_shape(shape: &[usize], dims: &[i32]) -> Result<Vec<usize>, KernelError> {
+    let rank = shape.len();
+    let mut drop = vec![false; rank];
+    if dims.is_empty() {
+        for (i, &d) in shape.iter().enumerate() {
+            drop[i] = d == 1;
+        }
+    } else {
+        for &d in dims {
+            let a = normalize_axis(d as i64, rank)?;
+            if shape[a] != 1 {
+                return Err(KernelError::shape(format!(
+                    "cannot squeeze dimension {a} of {shape:?}: its size is not 1"
+                )));
+            }
+            drop[a] = true;
+        }
+    }
+    Ok(shape
+        .iter()
+        .zip(&drop)
+        .filter(|(_, d)| !**d)
+        .map(|(&s, _)| s)
+        .collect())
+}
+
 pub fn prepare(ctx: &PrepareCtx<'_>, _mode: KernelMode) -> Result<PreparedKernel, KernelError> {
     let x = ctx.input(0)?;
-    let count = x.element_count();
+    let n = count(x.shape)?;
     let out_shape = match ctx.op().builtin() {
         Some(BuiltinOp::Reshape) => {
             ctx.expect_arity(1, 2, 1)?;
-            // The shape input wins when present, then the option, then the stored shape.
-            let requested: Vec<i64> = match ctx.optional_input(1) {
-                Some(s) if !(s.shape.len() == 1 && s.shape[0] == 0 && s.data.is_some()) => {
-                    match s.value() {
-                        Some(v) => v.to_i64_vec()?,
-                        None => return Err(KernelError::NeedsValues),
-                    }
-                }
-                _ => match &ctx.node.options {
-                    OpOptions::Reshape { new_shape: Some(s) } => {
-                        s.iter().map(|&d| d as i64).collect()
-                    }
-                    _ => ctx.output(0)?.shape.iter().map(|&d| d as i64).collect(),
-                },
-            };
-            resolve_shape(&requested, count)?
+            resolve_shape(&requested_shape(ctx)?, n)?
         }
         Some(BuiltinOp::Squeeze) => {
             ctx.expect_arity(1, 1, 1)?;
             let dims = match &ctx.node.options {
-                OpOptions::Squeeze { dims } => dims.clone(),
-                _ => vec![],
+                OpOptions::Squeeze { dims } => dims.as_slice(),
+                _ => &[],
             };
-            let rank = x.shape.len();
-            let mut drop = vec![false; rank];
-            if dims.is_empty() {
-                for (i, &d) in x.shape.iter().enumerate() {
-                    drop[i] = d == 1;
-                }
-            } else {
-                for &d in &dims {
-                    let a = normalize_axis(d as i64, rank)?;
-                    if x.shape[a] != 1 {
-                        return Err(KernelError::shape(format!(
-                            "cannot squeeze dimension {a} of {:?}",
-                            x.shape
-                        )));
-                    }
-                    drop[a] = true;
-                }
-            }
-            x.shape
-                .iter()
-                .zip(&drop)
-                .filter(|(_, d)| !**d)
-                .map(|(&s, _)| s)
-                .collect()
+            squeeze_shape(x.shape, dims)?
         }
         Some(BuiltinOp::ExpandDims) => {
             ctx.expect_arity(2, 2, 1)?;
-            let axis = ctx
-                .input(1)?
-                .value()
-                .ok_or(KernelError::NeedsValues)?
-                .to_i64_vec()?;
-            let axis = *axis
-                .first()
-                .ok_or_else(|| KernelError::invalid("empty axis"))?;
+            let axis = known_scalar(&ctx.input(1)?, "axis")?;
             let a = normalize_axis(axis, x.shape.len() + 1)?;
             let mut shape = x.shape.to_vec();
             shape.insert(a, 1);
@@ -152,86 +155,186 @@ pub fn prepare(ctx: &PrepareCtx<'_>, _mode: KernelMode) -> Result<PreparedKernel
             ctx.expect_arity(1, 1, 1)?;
             x.shape.to_vec()
         }
-        _ => return Err(KernelError::unsupported(ctx.op().to_string())),
+        _ => {
+            return Err(KernelError::unsupported(format!(
+                "{} is not a reshape op",
+                ctx.op()
+            )));
+        }
     };
-    if ctx.output(0)?.dtype != x.dtype {
-        return Err(KernelError::invalid(
-            "output dtype differs from input dtype",
-        ));
-    }
-    Ok(PreparedKernel::new(vec![out_shape], CopyKernel))
+    let elem = movable_elem(x.dtype)?;
+    super::movement::same_dtype(x.dtype, ctx.output(0)?.dtype)?;
+    Ok(PreparedKernel::new(
+        vec![out_shape],
+        CopyKernel { bytes: n * elem },
+    ))
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use switchyard_interpreter::builder::ModelBuilder;
-    use switchyard_interpreter::{DType, OpKind, OpResolver};
-    use switchyard_testkit::{assert_matches_litert, random_tensor};
+    use switchyard_interpreter::{DType, OpKind};
+    use switchyard_testkit::assert_matches_litert;
 
+    use super::super::movement::testing::{data, expect_error, ints, resolvers};
     use super::*;
-    use crate::cpu::CpuResolver;
 
-    fn resolvers() -> Vec<(&'static str, Arc<dyn OpResolver>)> {
-        vec![
-            ("reference", Arc::new(CpuResolver::reference())),
-            ("optimized", Arc::new(CpuResolver::optimized())),
-        ]
+    fn reshape_model(
+        dtype: DType,
+        input: &[usize],
+        shape_input: Option<(&[i32], bool)>,
+        option: Option<Vec<i32>>,
+        out: &[usize],
+    ) -> ModelBuilder {
+        let mut mb = ModelBuilder::new();
+        let sg = mb.main();
+        let x = sg.tensor("x", dtype, input);
+        let s = shape_input.map(|(values, constant)| {
+            if constant {
+                sg.constant_i32("shape", &[values.len()], values)
+            } else {
+                sg.tensor("shape", DType::I32, &[values.len()])
+            }
+        });
+        let y = sg.tensor("y", dtype, out);
+        // LiteRT dereferences an omitted (-1) shape input, so leave it out entirely.
+        let ins: Vec<Option<usize>> = [Some(x), s].into_iter().flatten().map(Some).collect();
+        sg.op(
+            OpKind::Builtin(BuiltinOp::Reshape),
+            &ins,
+            &[y],
+            OpOptions::Reshape { new_shape: option },
+        );
+        match (shape_input, s) {
+            (Some((_, false)), Some(s)) => sg.set_inputs(&[x, s]),
+            _ => sg.set_inputs(&[x]),
+        }
+        sg.set_outputs(&[y]);
+        mb
     }
 
     #[test]
-    fn shape_ops_match_litert() {
-        // RESHAPE with a shape tensor containing -1.
-        let mut mb = ModelBuilder::new();
-        let sg = mb.main();
-        let x = sg.tensor("x", DType::F32, &[2, 3, 4]);
-        let s = sg.constant_i32("s", &[2], &[-1, 6]);
-        let y = sg.tensor("y", DType::F32, &[4, 6]);
-        sg.op(
-            OpKind::Builtin(BuiltinOp::Reshape),
-            &[Some(x), Some(s)],
-            &[y],
-            OpOptions::Reshape { new_shape: None },
-        );
-        sg.set_inputs(&[x]);
-        sg.set_outputs(&[y]);
+    fn reshape_matches_litert() {
+        let dtypes = [
+            DType::F32,
+            DType::I8,
+            DType::U8,
+            DType::I16,
+            DType::I32,
+            DType::I64,
+            DType::Bool,
+        ];
+        for (k, dtype) in dtypes.into_iter().enumerate() {
+            // Constant shape tensor with -1, then the option alone.
+            let mb = reshape_model(dtype, &[2, 3, 4], Some((&[-1, 6], true)), None, &[4, 6]);
+            let x = data(dtype, &[2, 3, 4], k as u64);
+            assert_matches_litert(
+                &format!("RESHAPE const shape {dtype}"),
+                &mb.finish(),
+                std::slice::from_ref(&x),
+                &resolvers(),
+                None,
+            );
+            let mb = reshape_model(dtype, &[2, 3, 4], None, Some(vec![3, -1, 2]), &[3, 4, 2]);
+            assert_matches_litert(
+                &format!("RESHAPE option {dtype}"),
+                &mb.finish(),
+                &[x],
+                &resolvers(),
+                None,
+            );
+        }
+        // Shape given at run time (a dynamic output), with and without -1.
+        for shape in [[-1i32, 2, 2], [6, 2, 2]] {
+            let mb = reshape_model(DType::F32, &[4, 6], Some((&shape, false)), None, &[6, 2, 2]);
+            assert_matches_litert(
+                &format!("RESHAPE runtime shape {shape:?}"),
+                &mb.finish(),
+                &[data(DType::F32, &[4, 6], 3), ints(&[3], &shape)],
+                &resolvers(),
+                None,
+            );
+        }
+        // To a scalar, through the legacy [0] option.
+        let mb = reshape_model(DType::F32, &[1, 1], None, Some(vec![0]), &[]);
         assert_matches_litert(
-            "RESHAPE",
+            "RESHAPE to scalar",
             &mb.finish(),
-            &[random_tensor(DType::F32, &[2, 3, 4], 1, -1.0, 1.0)],
+            &[data(DType::F32, &[1, 1], 4)],
             &resolvers(),
             None,
         );
+    }
 
-        // SQUEEZE with explicit dims and EXPAND_DIMS with a negative axis, on int8.
-        let mut mb = ModelBuilder::new();
-        let sg = mb.main();
-        let x = sg.tensor("x", DType::I8, &[1, 3, 1, 4]);
-        let y = sg.tensor("y", DType::I8, &[3, 1, 4]);
-        let axis = sg.constant_i32("axis", &[], &[-1]);
-        let z = sg.tensor("z", DType::I8, &[3, 1, 4, 1]);
-        sg.op(
-            OpKind::Builtin(BuiltinOp::Squeeze),
-            &[Some(x)],
-            &[y],
-            OpOptions::Squeeze { dims: vec![0] },
-        );
-        sg.op(
-            OpKind::Builtin(BuiltinOp::ExpandDims),
-            &[Some(y), Some(axis)],
-            &[z],
-            OpOptions::None,
-        );
-        sg.set_inputs(&[x]);
-        sg.set_outputs(&[z]);
-        assert_matches_litert(
-            "SQUEEZE+EXPAND_DIMS",
-            &mb.finish(),
-            &[random_tensor(DType::I8, &[1, 3, 1, 4], 2, -128.0, 127.0)],
-            &resolvers(),
-            None,
-        );
+    #[test]
+    fn squeeze_and_expand_dims_match_litert() {
+        for (dims, out) in [
+            (vec![0], vec![3, 1, 4]),
+            (vec![-2, 0], vec![3, 4]),
+            (vec![], vec![3, 4]),
+        ] {
+            for dtype in [DType::F32, DType::I8, DType::Bool] {
+                let mut mb = ModelBuilder::new();
+                let sg = mb.main();
+                let x = sg.tensor("x", dtype, &[1, 3, 1, 4]);
+                let y = sg.tensor("y", dtype, &out);
+                sg.op(
+                    OpKind::Builtin(BuiltinOp::Squeeze),
+                    &[Some(x)],
+                    &[y],
+                    OpOptions::Squeeze { dims: dims.clone() },
+                );
+                sg.set_inputs(&[x]);
+                sg.set_outputs(&[y]);
+                assert_matches_litert(
+                    &format!("SQUEEZE {dims:?} {dtype}"),
+                    &mb.finish(),
+                    &[data(dtype, &[1, 3, 1, 4], 2)],
+                    &resolvers(),
+                    None,
+                );
+            }
+        }
+        for (axis, out, constant) in [
+            (0, vec![1, 3, 4], true),
+            (2, vec![3, 4, 1], true),
+            (-1, vec![3, 4, 1], true),
+            (-3, vec![1, 3, 4], true),
+            (1, vec![3, 1, 4], false),
+        ] {
+            for dtype in [DType::F32, DType::U8, DType::I64] {
+                let mut mb = ModelBuilder::new();
+                let sg = mb.main();
+                let x = sg.tensor("x", dtype, &[3, 4]);
+                let a = if constant {
+                    sg.constant_i32("axis", &[], &[axis])
+                } else {
+                    sg.tensor("axis", DType::I32, &[1])
+                };
+                let y = sg.tensor("y", dtype, &out);
+                sg.op(
+                    OpKind::Builtin(BuiltinOp::ExpandDims),
+                    &[Some(x), Some(a)],
+                    &[y],
+                    OpOptions::None,
+                );
+                let mut inputs = vec![data(dtype, &[3, 4], 5)];
+                if constant {
+                    sg.set_inputs(&[x]);
+                } else {
+                    sg.set_inputs(&[x, a]);
+                    inputs.push(ints(&[1], &[axis]));
+                }
+                sg.set_outputs(&[y]);
+                assert_matches_litert(
+                    &format!("EXPAND_DIMS {axis} {dtype} const={constant}"),
+                    &mb.finish(),
+                    &inputs,
+                    &resolvers(),
+                    None,
+                );
+            }
+        }
     }
 
     #[test]
@@ -239,6 +342,48 @@ mod tests {
         assert!(resolve_shape(&[-1, -1], 6).is_err());
         assert!(resolve_shape(&[4, 2], 6).is_err());
         assert!(resolve_shape(&[-1, 4], 6).is_err());
+        assert!(resolve_shape(&[-1, 0], 0).is_err());
+        assert!(resolve_shape(&[-3, 2], 6).is_err());
+        assert!(resolve_shape(&[i64::MAX, 4], 6).is_err());
         assert_eq!(resolve_shape(&[-1, 3], 6).unwrap(), vec![2, 3]);
+
+        let mb = reshape_model(DType::F32, &[2, 3], Some((&[4, 2], true)), None, &[4, 2]);
+        expect_error(&mb, &[data(DType::F32, &[2, 3], 1)], "cannot reshape");
+        // A bad runtime shape fails the run, not the process.
+        let mb = reshape_model(DType::F32, &[2, 3], Some((&[5], false)), None, &[5]);
+        expect_error(
+            &mb,
+            &[data(DType::F32, &[2, 3], 1), ints(&[1], &[5])],
+            "cannot reshape",
+        );
+
+        let mut mb = ModelBuilder::new();
+        let sg = mb.main();
+        let x = sg.tensor("x", DType::F32, &[1, 3]);
+        let y = sg.tensor("y", DType::F32, &[1]);
+        sg.op(
+            OpKind::Builtin(BuiltinOp::Squeeze),
+            &[Some(x)],
+            &[y],
+            OpOptions::Squeeze { dims: vec![1] },
+        );
+        sg.set_inputs(&[x]);
+        sg.set_outputs(&[y]);
+        expect_error(&mb, &[data(DType::F32, &[1, 3], 1)], "cannot squeeze");
+
+        let mut mb = ModelBuilder::new();
+        let sg = mb.main();
+        let x = sg.tensor("x", DType::F32, &[3]);
+        let a = sg.constant_i32("axis", &[], &[3]);
+        let y = sg.tensor("y", DType::F32, &[3, 1]);
+        sg.op(
+            OpKind::Builtin(BuiltinOp::ExpandDims),
+            &[Some(x), Some(a)],
+            &[y],
+            OpOptions::None,
+        );
+        sg.set_inputs(&[x]);
+        sg.set_outputs(&[y]);
+        expect_error(&mb, &[data(DType::F32, &[3], 1)], "axis 3 out of range");
     }
 }

@@ -1,0 +1,116 @@
+//! Every real model, run by Switchyard's CPU kernels, against LiteRT's outputs on the same
+//! inputs (golden files made by scripts/make_golden.py in the same LiteRT version).
+//!
+//! The oracle is LiteRT's built-in kernels (`output_<i>.ref.npy`) where they can run the
+//! model; mp_selfie_segmentation needs a custom op only LiteRT's XNNPACK path provides, so
+//! it is held to XNNPACK's output. Float within 1e-4 relative, quantized within one step
+//! (switchyard_testkit::default_tolerance).
+
+use std::sync::Arc;
+
+use switchyard_delegates::CpuResolver;
+use switchyard_interpreter::{Interpreter, InterpreterOptions, Model, OpResolver, Tensor};
+use switchyard_testkit::{compare, default_tolerance};
+use switchyard_tests::{golden, golden_series, model_path};
+
+fn resolvers() -> Vec<(&'static str, Arc<dyn OpResolver>)> {
+    vec![
+        ("reference", Arc::new(CpuResolver::reference())),
+        ("optimized", Arc::new(CpuResolver::optimized())),
+    ]
+}
+
+fn interpreter(stem: &str, resolver: Arc<dyn OpResolver>) -> Interpreter {
+    let model = Model::from_path(model_path(stem)).unwrap_or_else(|e| panic!("{stem}: {e}"));
+    Interpreter::new(Arc::new(model), resolver, InterpreterOptions::default())
+        .unwrap_or_else(|e| panic!("{stem}: prepare: {e}"))
+}
+
+fn check_outputs(case: &str, actual: &[Tensor], expected: &[Tensor]) {
+    assert_eq!(actual.len(), expected.len(), "{case}: output count");
+    for (i, (a, e)) in actual.iter().zip(expected).enumerate() {
+        if let Err(msg) = compare(a, e, default_tolerance(e.dtype)) {
+            panic!("{case}: output {i}: {msg}");
+        }
+    }
+}
+
+/// One invoke on `input_<i>.npy`, compared with LiteRT.
+fn single_invoke(stem: &str) {
+    let inputs = golden_series(stem, "input", "");
+    assert!(!inputs.is_empty(), "{stem}: no golden inputs");
+    let mut expected = golden_series(stem, "output", ".ref");
+    if expected.is_empty() {
+        expected = golden_series(stem, "output", "");
+    }
+    for (name, resolver) in resolvers() {
+        let mut it = interpreter(stem, resolver);
+        let views: Vec<_> = inputs.iter().map(Tensor::view).collect();
+        let outputs = it
+            .run(&views)
+            .unwrap_or_else(|e| panic!("{stem} [{name}]: {e}"));
+        check_outputs(&format!("{stem} [{name}]"), &outputs, &expected);
+    }
+}
+
+macro_rules! real_model_tests {
+    ($($test:ident => $stem:literal),* $(,)?) => {$(
+        #[test]
+        fn $test() {
+            single_invoke($stem);
+        }
+    )*};
+}
+
+real_model_tests! {
+    face_detection_matches_litert => "mp_face_detection_short_range",
+    hand_landmark_matches_litert => "mp_hand_landmark_lite",
+    iris_landmark_matches_litert => "mp_iris_landmark",
+    pose_detection_matches_litert => "mp_pose_detection",
+    selfie_segmentation_matches_litert_xnnpack => "mp_selfie_segmentation",
+    okay_nabu_first_invoke_matches_litert => "mww_okay_nabu",
+    oww_embedding_matches_litert => "oww_embedding_model",
+    hey_jarvis_matches_litert => "oww_hey_jarvis",
+    melspectrogram_matches_litert => "oww_melspectrogram",
+    sine_matches_litert => "tfm_sine_float",
+}
+
+/// The streaming wake-word model keeps state in resource variables between invokes
+/// (initialised once by CALL_ONCE): 64 invokes in a row must follow LiteRT step by step.
+#[test]
+fn okay_nabu_streaming_state_matches_litert() {
+    let stem = "mww_okay_nabu";
+    let seq = golden(stem, "seq_input_0.npy").expect("seq_input_0.npy");
+    let expected = golden(stem, "seq_output_0.ref.npy").expect("seq_output_0.ref.npy");
+    let steps = seq.shape[0];
+    let in_shape = seq.shape[1..].to_vec();
+    let out_shape = expected.shape[1..].to_vec();
+    let in_step = seq.data.len() / steps;
+    let out_step = expected.data.len() / steps;
+    for (name, resolver) in resolvers() {
+        let mut it = interpreter(stem, resolver);
+        let mut fired = 0;
+        for t in 0..steps {
+            let x = Tensor::from_bytes(
+                seq.dtype,
+                in_shape.clone(),
+                &seq.data.as_slice()[t * in_step..(t + 1) * in_step],
+            )
+            .expect("input slice");
+            let want = Tensor::from_bytes(
+                expected.dtype,
+                out_shape.clone(),
+                &expected.data.as_slice()[t * out_step..(t + 1) * out_step],
+            )
+            .expect("expected slice");
+            let got = it
+                .run(&[x.view()])
+                .unwrap_or_else(|e| panic!("{stem} [{name}] step {t}: {e}"));
+            fired += usize::from(want.data.as_slice().iter().any(|&b| b != 0));
+            check_outputs(&format!("{stem} [{name}] step {t}"), &got, &[want]);
+        }
+        // The sequence was chosen so the detector is not silent: the test compares real
+        // activity, not 64 zeros.
+        assert!(fired > 0, "{stem}: golden sequence never fires");
+    }
+}
