@@ -100,15 +100,18 @@ pub fn u32_of(v: usize, what: &str) -> Result<u32, String> {
     u32::try_from(v).map_err(|_| format!("{what} {v} does not fit in 32 bits"))
 }
 
-/// The fused activation as the prelude's `ACTIVATION` constant.
+/// The fused activation as the prelude's `ACTIVATION` constant. Only the clamps: LiteRT's
+/// kernels turn a fused activation into a (min, max) range and so ignore TANH and
+/// SIGN_BIT; such a node stays on the CPU rather than risk a second interpretation.
 pub fn activation_code(a: Activation) -> Result<u32, String> {
     match a {
         Activation::None => Ok(0),
         Activation::Relu => Ok(1),
         Activation::ReluN1To1 => Ok(2),
         Activation::Relu6 => Ok(3),
-        Activation::Tanh => Ok(4),
-        Activation::SignBit => Err("fused SIGN_BIT activation".into()),
+        Activation::Tanh | Activation::SignBit => Err(format!(
+            "fused {a:?} activation (only clamps are fused on the GPU)"
+        )),
     }
 }
 
