@@ -183,6 +183,33 @@ fn workgroups(invocations: u32) -> Result<(u32, u32), String> {
     Ok((MAX_WORKGROUPS_PER_DIMENSION, y))
 }
 
+/// Where a partition output comes from, as planned.
+enum PlannedOutput {
+    Value(ValueId, usize),
+    Const(Vec<u8>),
+}
+
+/// Where execute finds each partition output.
+enum OutputSource {
+    /// Copied from `buffer` to the staging buffer at `offset`.
+    Device {
+        buffer: Arc<wgpu::Buffer>,
+        bytes: usize,
+        offset: u64,
+    },
+    /// A folded constant: its value is known since compile.
+    Const(Vec<u8>),
+}
+
+impl OutputSource {
+    fn bytes(&self) -> usize {
+        match self {
+            OutputSource::Device { bytes, .. } => *bytes,
+            OutputSource::Const(data) => data.len(),
+        }
+    }
+}
+
 /// Mutable per-execution state; the lock also serialises executions, which share the
 /// intermediate buffers.
 struct ExecState {
@@ -196,8 +223,7 @@ pub(crate) struct GpuPartition {
     steps: Vec<Encoded>,
     /// Buffer and byte size of each partition input.
     inputs: Vec<(Arc<wgpu::Buffer>, usize)>,
-    /// Buffer, byte size and staging offset of each partition output.
-    outputs: Vec<(Arc<wgpu::Buffer>, usize, u64)>,
+    outputs: Vec<OutputSource>,
     staging: wgpu::Buffer,
     state: Mutex<ExecState>,
     /// Kept alive for the bind groups: constants and parameter words.
@@ -282,13 +308,20 @@ pub(crate) fn compile(
     }
     let mut output_values = Vec::new();
     for &t in &part.outputs {
+        let bytes = tensor_bytes(ctx, t).map_err(compile_err)?;
+        // A folded constant the rest of the graph reads: hand back its known value.
+        if let Some(data) = (ctx.constant)(t) {
+            output_values.push(PlannedOutput::Const(data.to_vec()));
+            continue;
+        }
         let v = *tensor_value.get(&t).ok_or_else(|| {
             compile_err(format!(
-                "partition output {t} is not computed on the GPU (a constant?)"
+                "partition output {t} is not computed by the partition"
             ))
         })?;
-        if matches!(values[v].kind, ValueKind::Const(_)) {
-            return Err(compile_err(format!("partition output {t} is a constant")));
+        if let ValueKind::Const(data) = &values[v].kind {
+            output_values.push(PlannedOutput::Const(data.clone()));
+            continue;
         }
         let def = &sg.tensors[t];
         if def.dtype != DType::F32 {
@@ -297,7 +330,7 @@ pub(crate) fn compile(
                 def.dtype
             )));
         }
-        output_values.push((v, tensor_bytes(ctx, t).map_err(compile_err)?));
+        output_values.push(PlannedOutput::Value(v, bytes));
     }
     upload(gpu, values, dispatches, output_values)
 }
@@ -307,7 +340,7 @@ fn upload(
     gpu: &Arc<GpuContext>,
     values: Vec<Value>,
     dispatches: Vec<(usize, Dispatch)>,
-    output_values: Vec<(ValueId, usize)>,
+    output_values: Vec<PlannedOutput>,
 ) -> Result<GpuPartition, DelegateError> {
     let max_binding = gpu.limits.max_storage_buffer_binding_size;
     if let Some(v) = values.iter().find(|v| v.bytes as u64 > max_binding) {
@@ -332,9 +365,11 @@ fn upload(
             last[v] = last[v].max(step);
         }
     }
-    for &(v, _) in &output_values {
-        first[v] = first[v].min(end);
-        last[v] = end + 1;
+    for o in &output_values {
+        if let PlannedOutput::Value(v, _) = *o {
+            first[v] = first[v].min(end);
+            last[v] = end + 1;
+        }
     }
     // Slots: (size, last step of the value currently in it).
     let mut order: Vec<ValueId> = (0..values.len())
@@ -496,9 +531,18 @@ fn upload(
     }
     let mut outputs = Vec::new();
     let mut staging_size = 0u64;
-    for &(v, bytes) in &output_values {
-        outputs.push((slot_arc(v)?, bytes, staging_size));
-        staging_size += (bytes.max(4) as u64).next_multiple_of(COPY_ALIGN);
+    for o in output_values {
+        match o {
+            PlannedOutput::Value(v, bytes) => {
+                outputs.push(OutputSource::Device {
+                    buffer: slot_arc(v)?,
+                    bytes,
+                    offset: staging_size,
+                });
+                staging_size += (bytes.max(4) as u64).next_multiple_of(COPY_ALIGN);
+            }
+            PlannedOutput::Const(data) => outputs.push(OutputSource::Const(data)),
+        }
     }
     let staging = gpu
         .checked(|| {
@@ -596,8 +640,9 @@ impl CompiledPartition for GpuPartition {
                 )));
             }
         }
-        for (i, (t, (_, bytes, _))) in outputs.iter().zip(&self.outputs).enumerate() {
-            if t.bytes.len() != *bytes {
+        for (i, (t, source)) in outputs.iter().zip(&self.outputs).enumerate() {
+            let bytes = source.bytes();
+            if t.bytes.len() != bytes {
                 return Err(exec_err(format!(
                     "output {i} has {} bytes; compiled for {bytes}",
                     t.bytes.len()
@@ -633,10 +678,17 @@ impl CompiledPartition for GpuPartition {
                         pass.dispatch_workgroups(s.workgroups.0, s.workgroups.1, 1);
                     }
                 }
-                for (buffer, bytes, offset) in &self.outputs {
-                    let len = (*bytes as u64).next_multiple_of(4);
-                    if len > 0 {
-                        encoder.copy_buffer_to_buffer(buffer, 0, &self.staging, *offset, len);
+                for source in &self.outputs {
+                    if let OutputSource::Device {
+                        buffer,
+                        bytes,
+                        offset,
+                    } = source
+                    {
+                        let len = (*bytes as u64).next_multiple_of(4);
+                        if len > 0 {
+                            encoder.copy_buffer_to_buffer(buffer, 0, &self.staging, *offset, len);
+                        }
                     }
                 }
                 gpu.queue.submit([encoder.finish()])
@@ -671,20 +723,24 @@ impl CompiledPartition for GpuPartition {
                 return Err(timeout());
             }
         }
-        let copied =
-            match self.staging.slice(..).get_mapped_range() {
-                Ok(view) => outputs.iter_mut().zip(&self.outputs).try_for_each(
-                    |(out, (_, bytes, offset))| {
-                        let start = *offset as usize;
-                        let src = view
-                            .get(start..start + bytes)
-                            .ok_or_else(|| exec_err("staging buffer too small"))?;
-                        out.bytes.copy_from_slice(src);
-                        Ok(())
-                    },
-                ),
-                Err(e) => Err(exec_err(format!("mapping results: {e}"))),
-            };
+        let copied = match self.staging.slice(..).get_mapped_range() {
+            Ok(view) => outputs
+                .iter_mut()
+                .zip(&self.outputs)
+                .try_for_each(|(out, source)| {
+                    let src = match source {
+                        OutputSource::Device { bytes, offset, .. } => {
+                            let start = *offset as usize;
+                            view.get(start..start + bytes)
+                                .ok_or_else(|| exec_err("staging buffer too small"))?
+                        }
+                        OutputSource::Const(data) => data.as_slice(),
+                    };
+                    out.bytes.copy_from_slice(src);
+                    Ok(())
+                }),
+            Err(e) => Err(exec_err(format!("mapping results: {e}"))),
+        };
         self.staging.unmap();
         copied?;
         Ok(ExecReport { device_time: None })

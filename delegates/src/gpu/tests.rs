@@ -1024,11 +1024,15 @@ fn run_with_partitions(
     (out, it.partition_reports().to_vec())
 }
 
-/// Twenty convolutions deep, the GPU lands within 5e-6 relative of the CPU reference
-/// (measured on lavapipe): each output element sums in the reference's order and only
-/// last-ulp differences of another compiler's float code remain, so the 1e-4
-/// bar holds for the whole model too.
-const WHOLE_MODEL_TOLERANCE: Tolerance = Tolerance::Float { rel: 1e-4 };
+/// Looser than the per-op 1e-4, and why: in a real model some outputs are small values
+/// left after large terms cancel (hand landmarks' world coordinates: 1.4e-4 where the
+/// output's largest magnitude is 4.4e-2). The GPU and the CPU round their float32 sums
+/// differently (the GPU starts each sum from the bias, its exp differs in the last ulp),
+/// so such an element can be off by 1e-3 of itself while every element is within 4e-6
+/// of the output's largest magnitude (measured on lavapipe). 1e-3 per element, floored
+/// at 1% of the largest magnitude, covers that with room; a wrong kernel misses it by
+/// orders of magnitude.
+const WHOLE_MODEL_TOLERANCE: Tolerance = Tolerance::Float { rel: 1e-3 };
 
 #[test]
 fn whole_model_on_gpu_matches_cpu_reference() {
@@ -1082,6 +1086,70 @@ fn split_model_crosses_cpu_gpu_boundaries() {
     for (i, (a, e)) in out.iter().zip(&expected).enumerate() {
         if let Err(msg) = compare(a, e, WHOLE_MODEL_TOLERANCE) {
             panic!("{WHOLE_MODEL} split output {i}: {msg}");
+        }
+    }
+}
+
+/// Maximal runs of consecutive nodes the GPU supports: connected partitions in
+/// execution order, as a partitioner would make for a single delegate. Runs of weight
+/// decoding alone (folded at prepare, so nothing to run) are left out.
+fn supported_runs(d: &GpuDelegate, model: &Model) -> Vec<Vec<usize>> {
+    let sg = &model.subgraphs[0];
+    let folded = |n: &usize| {
+        matches!(
+            sg.nodes[*n].builtin(),
+            Some(BuiltinOp::Dequantize | BuiltinOp::Densify)
+        )
+    };
+    let mut runs: Vec<Vec<usize>> = Vec::new();
+    let mut current = Vec::new();
+    for n in 0..model.subgraphs[0].nodes.len() {
+        if support_of(d, model, n).is_supported() {
+            current.push(n);
+        } else if !current.is_empty() {
+            runs.push(std::mem::take(&mut current));
+        }
+    }
+    if !current.is_empty() {
+        runs.push(current);
+    }
+    runs.retain(|r| !r.iter().all(folded));
+    runs
+}
+
+/// The float MediaPipe models, placed on the GPU wherever it supports the nodes (face
+/// detection and hand landmarks entirely; fp16 weights arrive as folded constants).
+#[test]
+fn real_models_placed_by_support_match_cpu_reference() {
+    let Some(d) = gpu() else { return };
+    for stem in [
+        "mp_face_detection_short_range",
+        "mp_hand_landmark_lite",
+        "mp_iris_landmark",
+        "mp_pose_detection",
+        "mp_selfie_segmentation",
+        "oww_hey_jarvis",
+        "tfm_sine_float",
+    ] {
+        let (model, inputs) = real_model(stem);
+        let runs = supported_runs(&d, &model);
+        let placed: usize = runs.iter().map(Vec::len).sum();
+        println!(
+            "{stem}: {placed} of {} nodes in {} GPU partitions",
+            model.subgraphs[0].nodes.len(),
+            runs.len()
+        );
+        assert!(!runs.is_empty(), "{stem}: nothing placed on the GPU");
+        let expected = run_on_cpu(model.clone(), &inputs);
+        let (out, reports) = run_with_partitions(&d, &model, &inputs, runs);
+        for r in &reports {
+            assert_eq!(r.compile_error, None, "{stem}");
+            assert_eq!((r.runs, r.failures), (1, 0), "{stem}: {r:?}");
+        }
+        for (i, (a, e)) in out.iter().zip(&expected).enumerate() {
+            if let Err(msg) = compare(a, e, WHOLE_MODEL_TOLERANCE) {
+                panic!("{stem} output {i}: {msg}");
+            }
         }
     }
 }

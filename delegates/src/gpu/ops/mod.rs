@@ -178,11 +178,18 @@ pub fn check(v: &NodeView<'_>) -> Result<(), String> {
         .node
         .builtin()
         .ok_or_else(|| format!("{} has no GPU kernel", v.node.op))?;
-    if op == B::Dequantize {
-        // Only as a constant: the interpreter folds it at prepare (fp16 weights).
+    // Values the interpreter folds at prepare (fp16 weight DEQUANTIZE, DENSIFY of sparse
+    // weights, shape arithmetic) cost the GPU nothing: consumers read them as constants.
+    if !v.outputs.is_empty() && v.outputs.iter().all(|o| o.data.is_some()) {
+        return Ok(());
+    }
+    if matches!(op, B::Dequantize | B::Densify) {
         return match v.input(0)?.data {
             Some(_) => Ok(()),
-            None => Err("DEQUANTIZE of a runtime tensor has no GPU kernel".into()),
+            None => Err(format!(
+                "{} of a runtime tensor has no GPU kernel",
+                op.name()
+            )),
         };
     }
     let (check, _) = route(op).ok_or_else(|| format!("{} has no GPU kernel", op.name()))?;
