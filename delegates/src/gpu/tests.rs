@@ -304,6 +304,37 @@ fn activations_match_cpu() {
     }
 }
 
+/// (input, filter [oc, kh, kw, ic], padding, stride, dilation, bias, activation)
+type ConvCase = (
+    &'static [usize],
+    [usize; 4],
+    Padding,
+    usize,
+    usize,
+    bool,
+    Activation,
+);
+/// (input, kh, kw, multiplier, padding, stride, dilation, activation)
+type DepthwiseCase = (
+    &'static [usize],
+    usize,
+    usize,
+    usize,
+    Padding,
+    usize,
+    usize,
+    Activation,
+);
+/// (op, input, filter, stride, padding, activation)
+type PoolCase = (
+    BuiltinOp,
+    &'static [usize],
+    usize,
+    usize,
+    Padding,
+    Activation,
+);
+
 fn conv_options(padding: Padding, stride: usize, dilation: usize, act: Activation) -> ConvOptions {
     ConvOptions {
         padding,
@@ -323,15 +354,7 @@ fn conv_options(padding: Padding, stride: usize, dilation: usize, act: Activatio
 fn conv2d_matches_cpu() {
     let Some(d) = gpu() else { return };
     // (input, filter [oc, kh, kw, ic], padding, stride, dilation, bias, activation)
-    let cases: [(
-        &[usize],
-        [usize; 4],
-        Padding,
-        usize,
-        usize,
-        bool,
-        Activation,
-    ); 6] = [
+    let cases: [ConvCase; 6] = [
         (
             &[1, 8, 8, 3],
             [4, 3, 3, 3],
@@ -419,16 +442,7 @@ fn conv2d_matches_cpu() {
 fn depthwise_conv2d_matches_cpu() {
     let Some(d) = gpu() else { return };
     // (input, kh, kw, multiplier, padding, stride, dilation, activation)
-    let cases: [(
-        &[usize],
-        usize,
-        usize,
-        usize,
-        Padding,
-        usize,
-        usize,
-        Activation,
-    ); 5] = [
+    let cases: [DepthwiseCase; 5] = [
         (
             &[1, 8, 8, 4],
             3,
@@ -565,7 +579,7 @@ fn fully_connected_matches_cpu() {
 fn pooling_matches_cpu() {
     let Some(d) = gpu() else { return };
     // (op, input, filter, stride, padding, activation)
-    let cases: [(BuiltinOp, &[usize], usize, usize, Padding, Activation); 5] = [
+    let cases: [PoolCase; 5] = [
         (
             BuiltinOp::MaxPool2d,
             &[1, 8, 8, 3],
@@ -922,7 +936,7 @@ fn interpreter_runs_a_partition_on_the_gpu() {
     let x = input(&[1, 4, 6], 160);
     let expected = run_on_cpu(
         Arc::new(Model::from_bytes(&bytes).expect("loads")),
-        &[x.clone()],
+        std::slice::from_ref(&x),
     );
     let (out, report) = run_placed(d, &bytes, &[x], None);
     assert_eq!(report.compile_error, None);
@@ -941,7 +955,7 @@ fn failed_gpu_execution_falls_back_to_cpu() {
     let x = input(&[1, 4, 6], 170);
     let expected = run_on_cpu(
         Arc::new(Model::from_bytes(&bytes).expect("loads")),
-        &[x.clone()],
+        std::slice::from_ref(&x),
     );
     let (out, report) = run_placed(d, &bytes, &[x], Some(std::time::Duration::ZERO));
     assert_eq!(report.compile_error, None);
@@ -963,7 +977,7 @@ fn pipelines_are_shared_between_partitions() {
     let Some(d) = gpu() else { return };
     let bytes = reshape_chain();
     let x = input(&[1, 4, 6], 180);
-    run_placed(d.clone(), &bytes, &[x.clone()], None);
+    run_placed(d.clone(), &bytes, std::slice::from_ref(&x), None);
     let after_first = d.pipeline_count();
     run_placed(d.clone(), &bytes, &[x], None);
     assert!(after_first >= 2, "ADD and MUL need pipelines");

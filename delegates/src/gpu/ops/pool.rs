@@ -5,9 +5,9 @@ use switchyard_interpreter::{BuiltinOp as B, OpOptions};
 use super::{NodeView, activation_code, count_u32, u32_of};
 use crate::cpu::util::conv_output_size;
 use crate::gpu::compile::{Dispatch, Lowering};
-use crate::gpu::pipelines::POOL2D;
+use crate::gpu::pipelines::{Constants, POOL2D};
 
-fn plan(v: &NodeView<'_>) -> Result<(Vec<(&'static str, u32)>, Vec<u32>), String> {
+fn plan(v: &NodeView<'_>) -> Result<(Constants, Vec<u32>), String> {
     v.expect_arity(1, 1, 1)?;
     let OpOptions::Pool(o) = &v.node.options else {
         return Err("pooling without its options".into());
