@@ -162,6 +162,53 @@ fn meta<'a>(ctx: &'a PartitionCtx<'_>, t: usize) -> Option<TensorMeta<'a>> {
     })
 }
 
+/// A non-constant value to place in a buffer: its size and the first and last dispatch
+/// steps (inclusive) that touch it.
+#[derive(Clone, Copy, Debug)]
+struct Live {
+    bytes: usize,
+    first: usize,
+    last: usize,
+}
+
+/// Gives every live value a buffer slot, sharing slots between values whose lifetimes
+/// do not meet: a slot is free for a value only when its previous occupant's last step
+/// is strictly before the value's first (so no dispatch reads and writes one buffer).
+/// Best fit among free slots that are large enough, else the largest free slot grows,
+/// else a new slot. Returns slot sizes and each value's slot.
+fn assign_slots(live: &[Option<Live>]) -> (Vec<usize>, Vec<Option<usize>>) {
+    let mut order: Vec<usize> = (0..live.len()).filter(|&v| live[v].is_some()).collect();
+    order.sort_by_key(|&v| live[v].map(|l| (l.first, usize::MAX - l.bytes)));
+    // (size, last step of the value currently in it)
+    let mut slots: Vec<(usize, usize)> = Vec::new();
+    let mut slot_of: Vec<Option<usize>> = vec![None; live.len()];
+    for v in order {
+        let Some(l) = live[v] else { continue };
+        let need = l.bytes.max(4);
+        let free = |s: &(usize, usize)| s.1 < l.first;
+        let fit = (0..slots.len())
+            .filter(|&s| free(&slots[s]) && slots[s].0 >= need)
+            .min_by_key(|&s| slots[s].0);
+        let chosen = fit.or_else(|| {
+            (0..slots.len())
+                .filter(|&s| free(&slots[s]))
+                .max_by_key(|&s| slots[s].0)
+        });
+        let s = match chosen {
+            Some(s) => {
+                slots[s] = (slots[s].0.max(need), l.last);
+                s
+            }
+            None => {
+                slots.push((need, l.last));
+                slots.len() - 1
+            }
+        };
+        slot_of[v] = Some(s);
+    }
+    (slots.into_iter().map(|(size, _)| size).collect(), slot_of)
+}
+
 /// A dispatch with its pipeline and bindings made.
 struct Encoded {
     pipeline: Arc<wgpu::ComputePipeline>,
@@ -371,44 +418,25 @@ fn upload(
             last[v] = end + 1;
         }
     }
-    // Slots: (size, last step of the value currently in it).
-    let mut order: Vec<ValueId> = (0..values.len())
-        .filter(|&v| !matches!(values[v].kind, ValueKind::Const(_)) && first[v] != usize::MAX)
+    let live: Vec<Option<Live>> = (0..values.len())
+        .map(|v| {
+            (!matches!(values[v].kind, ValueKind::Const(_)) && first[v] != usize::MAX).then(|| {
+                Live {
+                    bytes: values[v].bytes,
+                    first: first[v],
+                    last: last[v],
+                }
+            })
+        })
         .collect();
-    order.sort_by_key(|&v| (first[v], usize::MAX - values[v].bytes));
-    let mut slots: Vec<(usize, usize)> = Vec::new();
-    let mut slot_of: Vec<Option<usize>> = vec![None; values.len()];
-    for &v in &order {
-        let need = values[v].bytes.max(4);
-        let free = |s: &(usize, usize)| s.1 < first[v];
-        let fit = (0..slots.len())
-            .filter(|&s| free(&slots[s]) && slots[s].0 >= need)
-            .min_by_key(|&s| slots[s].0);
-        let chosen = fit.or_else(|| {
-            (0..slots.len())
-                .filter(|&s| free(&slots[s]))
-                .max_by_key(|&s| slots[s].0)
-        });
-        let s = match chosen {
-            Some(s) => {
-                slots[s].0 = slots[s].0.max(need);
-                slots[s].1 = last[v];
-                s
-            }
-            None => {
-                slots.push((need, last[v]));
-                slots.len() - 1
-            }
-        };
-        slot_of[v] = Some(s);
-    }
+    let (slots, slot_of) = assign_slots(&live);
     let device = &gpu.device;
     let made = gpu
         .checked(|| {
             let slot_buffers: Vec<Arc<wgpu::Buffer>> = slots
                 .iter()
                 .enumerate()
-                .map(|(i, &(size, _))| {
+                .map(|(i, &size)| {
                     Arc::new(device.create_buffer(&wgpu::BufferDescriptor {
                         label: Some(&format!("slot {i}")),
                         size: (size as u64).next_multiple_of(4),
@@ -744,5 +772,50 @@ impl CompiledPartition for GpuPartition {
         self.staging.unmap();
         copied?;
         Ok(ExecReport { device_time: None })
+    }
+}
+
+#[cfg(test)]
+mod slot_tests {
+    use super::{Live, assign_slots};
+
+    fn live(bytes: usize, first: usize, last: usize) -> Option<Live> {
+        Some(Live { bytes, first, last })
+    }
+
+    #[test]
+    fn values_alive_at_different_times_share_a_slot() {
+        let (slots, of) = assign_slots(&[live(100, 0, 1), live(80, 2, 3), None]);
+        assert_eq!(slots, vec![100]);
+        assert_eq!(of, vec![Some(0), Some(0), None]);
+    }
+
+    #[test]
+    fn a_dispatch_never_reads_and_writes_one_slot() {
+        // The first value is last read at step 1, where the second is written.
+        let (slots, of) = assign_slots(&[live(64, 0, 1), live(64, 1, 2)]);
+        assert_eq!(slots.len(), 2);
+        assert_ne!(of[0], of[1]);
+    }
+
+    #[test]
+    fn overlapping_values_never_share_and_slots_fit() {
+        let values: Vec<Option<Live>> = (0..40)
+            .map(|i| live(16 + (i * 37) % 300, i % 9, i % 9 + i % 4))
+            .collect();
+        let (slots, of) = assign_slots(&values);
+        for a in 0..values.len() {
+            let (la, sa) = (values[a].unwrap(), of[a].unwrap());
+            assert!(slots[sa] >= la.bytes);
+            for b in a + 1..values.len() {
+                let lb = values[b].unwrap();
+                let overlap = la.first <= lb.last && lb.first <= la.last;
+                assert!(
+                    !overlap || of[b] != of[a],
+                    "values {a} and {b} share a slot"
+                );
+            }
+        }
+        assert!(slots.len() < values.len(), "some reuse happens");
     }
 }

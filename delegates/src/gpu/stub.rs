@@ -56,3 +56,17 @@ impl Delegate for GpuDelegate {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stub_is_an_unavailable_gpu() {
+        let d = GpuDelegate::new();
+        assert!(!d.is_available());
+        assert_eq!(d.kind(), ProcessorKind::Gpu);
+        assert!(d.fingerprint().starts_with("unavailable"));
+        println!("skipped: no GPU adapter ({REASON})");
+    }
+}
