@@ -9,5 +9,7 @@ if cargo nextest --version >/dev/null 2>&1; then
   cargo build --workspace --all-targets --locked
   exec cargo nextest run --workspace --no-fail-fast --locked
 else
+  # `cargo test` alone does not build cdylibs; the plugin tests load the example one.
+  cargo build --workspace --locked
   exec cargo test --workspace --no-fail-fast --locked
 fi

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use switchyard_delegates::CpuResolver;
 use switchyard_interpreter::{Interpreter, InterpreterOptions, Model, OpResolver, Tensor};
-use switchyard_testkit::{compare, default_tolerance};
+use switchyard_testkit::{Tolerance, compare, default_tolerance};
 use switchyard_tests::{golden, golden_series, model_path};
 
 fn resolvers() -> Vec<(&'static str, Arc<dyn OpResolver>)> {
@@ -27,9 +27,19 @@ fn interpreter(stem: &str, resolver: Arc<dyn OpResolver>) -> Interpreter {
 }
 
 fn check_outputs(case: &str, actual: &[Tensor], expected: &[Tensor]) {
+    check_outputs_within(case, actual, expected, None);
+}
+
+fn check_outputs_within(
+    case: &str,
+    actual: &[Tensor],
+    expected: &[Tensor],
+    tolerance: Option<Tolerance>,
+) {
     assert_eq!(actual.len(), expected.len(), "{case}: output count");
     for (i, (a, e)) in actual.iter().zip(expected).enumerate() {
-        if let Err(msg) = compare(a, e, default_tolerance(e.dtype)) {
+        let tol = tolerance.unwrap_or_else(|| default_tolerance(e.dtype));
+        if let Err(msg) = compare(a, e, tol) {
             panic!("{case}: output {i}: {msg}");
         }
     }
@@ -40,8 +50,15 @@ fn single_invoke(stem: &str) {
     let inputs = golden_series(stem, "input", "");
     assert!(!inputs.is_empty(), "{stem}: no golden inputs");
     let mut expected = golden_series(stem, "output", ".ref");
+    let mut tolerance = None;
     if expected.is_empty() {
+        // Only XNNPACK runs this model (it provides the custom op), so the oracle is a
+        // different computation: other accumulation order, FMA, a polynomial sigmoid.
+        // The final sigmoid is deep in saturation on random input, where a 1e-5
+        // relative difference in the logits becomes ~1e-4 in the output; hold it to
+        // 1e-3 relative instead of 1e-4.
         expected = golden_series(stem, "output", "");
+        tolerance = Some(Tolerance::Float { rel: 1e-3 });
     }
     for (name, resolver) in resolvers() {
         let mut it = interpreter(stem, resolver);
@@ -49,7 +66,7 @@ fn single_invoke(stem: &str) {
         let outputs = it
             .run(&views)
             .unwrap_or_else(|e| panic!("{stem} [{name}]: {e}"));
-        check_outputs(&format!("{stem} [{name}]"), &outputs, &expected);
+        check_outputs_within(&format!("{stem} [{name}]"), &outputs, &expected, tolerance);
     }
 }
 

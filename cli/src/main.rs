@@ -26,6 +26,16 @@ enum Command {
     Inspect(commands::inspect::InspectArgs),
     /// Measure a model's latency (median, p90) with a per-operator profile.
     Bench(commands::bench::BenchArgs),
+    /// List this tenant's models in the daemon.
+    Models(commands::daemon::ModelsArgs),
+    /// List tenants of the daemon (all of them for an admin uid).
+    Tenants(commands::daemon::TenantsArgs),
+    /// Daemon status: uptime, models, requests in flight, per-tenant counters.
+    Status(commands::daemon::StatusArgs),
+    /// Show where each node of a model runs (processor, partition, latency) and why.
+    Placement(commands::placement::PlacementArgs),
+    /// Compare scheduling policies with fixed placements on a workload of apps.
+    Simulate(commands::simulate::SimulateArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -38,6 +48,11 @@ fn main() -> std::process::ExitCode {
         Command::Run(args) => commands::run::run(args),
         Command::Inspect(args) => commands::inspect::run(args),
         Command::Bench(args) => commands::bench::run(args),
+        Command::Models(args) => commands::daemon::models(args),
+        Command::Tenants(args) => commands::daemon::tenants(args),
+        Command::Status(args) => commands::daemon::status(args),
+        Command::Placement(args) => commands::placement::run(args),
+        Command::Simulate(args) => commands::simulate::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

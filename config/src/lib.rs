@@ -6,9 +6,11 @@
 //! file is a valid configuration.
 //!
 //! Layout:
+//! - [`daemon`]: the `[daemon]` section — sockets, threads, tokens, per-tenant quotas.
 //! - [`device`]: device profiles — clock, MACs per cycle, dispatch overhead, transfer
 //!   bandwidth, on-chip memory, fault injection — used by the emulated DSP/NPU and as
 //!   the cost model's priors for every processor.
+//! - [`scheduler`]: allowlist tolerances, cost-model smoothing, arbiter queue limits.
 //!
 //! ```
 //! let cfg = switchyard_config::Config::from_toml_str("[devices.npu]\nclock_mhz = 600.0\n")?;
@@ -17,14 +19,18 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod daemon;
 pub mod device;
+pub mod scheduler;
 
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+pub use daemon::DaemonConfig;
 pub use device::{DeviceProfile, DeviceProfiles, FaultInjection};
+pub use scheduler::SchedulerConfig;
 
 /// Why a configuration was refused.
 #[derive(Debug, Error)]
@@ -55,6 +61,10 @@ impl ConfigError {
 pub struct Config {
     /// Processor profiles (emulated device models and cost-model priors).
     pub devices: DeviceProfiles,
+    /// The daemon: sockets, threads, tokens, quotas.
+    pub daemon: DaemonConfig,
+    /// Partitioner, allowlist and arbiter settings.
+    pub scheduler: SchedulerConfig,
 }
 
 impl Config {
@@ -82,7 +92,9 @@ impl Config {
 
     /// Checks every value is in range; the error names the first offending key.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        self.devices.validate()
+        self.devices.validate()?;
+        self.daemon.validate()?;
+        self.scheduler.validate()
     }
 
     /// The configuration as TOML (for `--print-config` and docs).

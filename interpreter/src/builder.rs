@@ -134,10 +134,20 @@ impl SubgraphBuilder {
     }
 }
 
+/// A named entry point to write (`SignatureDef`): tensors of `subgraph` by name.
+#[derive(Clone, Debug, Default)]
+pub struct SignatureSpec {
+    pub key: String,
+    pub subgraph: usize,
+    pub inputs: Vec<(String, usize)>,
+    pub outputs: Vec<(String, usize)>,
+}
+
 /// Builds a whole model; subgraph 0 is the entry point.
 #[derive(Clone, Debug, Default)]
 pub struct ModelBuilder {
     pub subgraphs: Vec<SubgraphBuilder>,
+    pub signatures: Vec<SignatureSpec>,
     pub description: String,
 }
 
@@ -145,6 +155,7 @@ impl ModelBuilder {
     pub fn new() -> ModelBuilder {
         ModelBuilder {
             subgraphs: vec![SubgraphBuilder::default()],
+            signatures: Vec::new(),
             description: "switchyard test model".into(),
         }
     }
@@ -157,6 +168,23 @@ impl ModelBuilder {
     pub fn add_subgraph(&mut self) -> usize {
         self.subgraphs.push(SubgraphBuilder::default());
         self.subgraphs.len() - 1
+    }
+
+    /// Adds a signature: `inputs` and `outputs` name tensors of `subgraph`.
+    pub fn add_signature(
+        &mut self,
+        key: &str,
+        subgraph: usize,
+        inputs: &[(&str, usize)],
+        outputs: &[(&str, usize)],
+    ) {
+        let named = |v: &[(&str, usize)]| v.iter().map(|&(n, t)| (n.to_string(), t)).collect();
+        self.signatures.push(SignatureSpec {
+            key: key.to_string(),
+            subgraph,
+            inputs: named(inputs),
+            outputs: named(outputs),
+        });
     }
 
     /// Serialises the model to `.tflite` bytes.
@@ -230,6 +258,33 @@ impl ModelBuilder {
             fbb.push_slot::<i32>(slot(3), code, 0);
             opcode_offsets.push(fbb.end_table(start));
         }
+        let mut signature_offsets = Vec::new();
+        for sig in &self.signatures {
+            let mut maps = |v: &[(String, usize)]| {
+                let tables: Vec<_> = v
+                    .iter()
+                    .map(|(name, t)| {
+                        let name = fbb.create_string(name);
+                        let start = fbb.start_table();
+                        fbb.push_slot_always(slot(0), name);
+                        fbb.push_slot::<u32>(slot(1), *t as u32, 0);
+                        fbb.end_table(start)
+                    })
+                    .collect();
+                fbb.create_vector(&tables)
+            };
+            let inputs = maps(&sig.inputs);
+            let outputs = maps(&sig.outputs);
+            let key = fbb.create_string(&sig.key);
+            let start = fbb.start_table();
+            fbb.push_slot_always(slot(0), inputs);
+            fbb.push_slot_always(slot(1), outputs);
+            fbb.push_slot_always(slot(2), key);
+            fbb.push_slot::<u32>(slot(4), sig.subgraph as u32, 0);
+            signature_offsets.push(fbb.end_table(start));
+        }
+        let signatures_v =
+            (!signature_offsets.is_empty()).then(|| fbb.create_vector(&signature_offsets));
         let opcodes_v = fbb.create_vector(&opcode_offsets);
         let subgraphs_v = fbb.create_vector(&subgraph_offsets);
         let buffers_v = fbb.create_vector(&buffer_offsets);
@@ -240,6 +295,9 @@ impl ModelBuilder {
         fbb.push_slot_always(slot(2), subgraphs_v);
         fbb.push_slot_always(slot(3), description);
         fbb.push_slot_always(slot(4), buffers_v);
+        if let Some(v) = signatures_v {
+            fbb.push_slot_always(slot(7), v);
+        }
         let root = fbb.end_table(start);
         fbb.finish(root, Some("TFL3"));
         fbb.finished_data().to_vec()
@@ -369,5 +427,70 @@ mod tests {
         assert_eq!(sg.nodes[0].options, conv);
         assert_eq!(sg.nodes[0].inputs, vec![Some(0), Some(1), None]);
         assert_eq!(sg.tensors[1].data.as_ref().unwrap().as_slice().len(), 24);
+    }
+
+    #[test]
+    fn pack_unpack_mirror_pad_options_round_trip() {
+        use crate::ops::MirrorPadMode;
+        let cases = [
+            (
+                BuiltinOp::Pack,
+                OpOptions::Pack {
+                    values_count: 3,
+                    axis: -2,
+                },
+            ),
+            (BuiltinOp::Unpack, OpOptions::Unpack { num: 4, axis: 1 }),
+            (
+                BuiltinOp::MirrorPad,
+                OpOptions::MirrorPad {
+                    mode: MirrorPadMode::Symmetric,
+                },
+            ),
+            (
+                BuiltinOp::MirrorPad,
+                OpOptions::MirrorPad {
+                    mode: MirrorPadMode::Reflect,
+                },
+            ),
+        ];
+        for (op, options) in cases {
+            let mut mb = ModelBuilder::new();
+            let sg = mb.main();
+            let x = sg.tensor("x", DType::F32, &[2]);
+            let y = sg.tensor("y", DType::F32, &[2]);
+            sg.op(OpKind::Builtin(op), &[Some(x)], &[y], options.clone());
+            sg.set_inputs(&[x]);
+            sg.set_outputs(&[y]);
+            let m = Model::from_bytes(&mb.finish()).unwrap();
+            assert_eq!(m.subgraphs[0].nodes[0].options, options);
+        }
+    }
+
+    #[test]
+    fn signatures_round_trip() {
+        let mut mb = ModelBuilder::new();
+        let sg = mb.main();
+        let x = sg.tensor("x", DType::F32, &[2]);
+        let y = sg.tensor("y", DType::F32, &[2]);
+        sg.op(
+            OpKind::Builtin(BuiltinOp::Relu),
+            &[Some(x)],
+            &[y],
+            OpOptions::None,
+        );
+        sg.set_inputs(&[x]);
+        sg.set_outputs(&[y]);
+        mb.add_signature("serving_default", 0, &[("in", x)], &[("out", y)]);
+        let m = Model::from_bytes(&mb.finish()).unwrap();
+        assert_eq!(m.signatures.len(), 1);
+        let s = &m.signatures[0];
+        assert_eq!(s.key, "serving_default");
+        assert_eq!(s.subgraph, 0);
+        assert_eq!(s.inputs, vec![("in".to_string(), x)]);
+        assert_eq!(s.outputs, vec![("out".to_string(), y)]);
+        // A signature naming a tensor out of range is rejected at load.
+        mb.add_signature("bad", 0, &[("in", 99)], &[]);
+        assert!(Model::from_bytes(&mb.finish()).is_err());
     }
 }

@@ -76,13 +76,14 @@ impl KernelError {
 pub enum RunError {
     #[error(transparent)]
     Model(#[from] ModelError),
-    #[error("subgraph {subgraph}, node {node} ({op}): {source}")]
+    /// The kernel's message is part of this one (not a separate `source`), so that
+    /// callers printing only `to_string()` — a gRPC status, a log line — see it once.
+    #[error("subgraph {subgraph}, node {node} ({op}): {error}")]
     Node {
         subgraph: usize,
         node: usize,
         op: String,
-        #[source]
-        source: KernelError,
+        error: KernelError,
     },
     #[error("input {index}: {what}")]
     Input { index: usize, what: String },

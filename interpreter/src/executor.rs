@@ -179,6 +179,9 @@ pub struct Interpreter {
     placements: Vec<PlacedPartition>,
     reports: Vec<PartitionReport>,
     validate: bool,
+    /// Set when the stored input shapes are placeholders of dynamic dimensions that the
+    /// model cannot be prepared with: the shapes to start resizing from, and why.
+    deferred: Option<(Vec<Vec<usize>>, String)>,
 }
 
 fn kernel_err(subgraph: usize, node: &Node, source: KernelError) -> RunError {
@@ -186,7 +189,7 @@ fn kernel_err(subgraph: usize, node: &Node, source: KernelError) -> RunError {
         subgraph,
         node: node.index,
         op: node.op.to_string(),
-        source,
+        error: source,
     }
 }
 
@@ -226,9 +229,9 @@ impl Interpreter {
             placements: Vec::new(),
             reports: Vec::new(),
             validate: false,
+            deferred: None,
         };
-        let shapes = it.default_input_shapes(0);
-        it.prepare_subgraph(0, shapes)?;
+        it.prepare_initial()?;
         Ok(it)
     }
 
@@ -283,9 +286,9 @@ impl Interpreter {
             placements,
             reports,
             validate: false,
+            deferred: None,
         };
-        let shapes = it.default_input_shapes(0);
-        it.prepare_subgraph(0, shapes)?;
+        it.prepare_initial()?;
         Ok(it)
     }
 
@@ -318,8 +321,49 @@ impl Interpreter {
             .and_then(|r| r.as_ref())
             .ok_or_else(|| RunError::Graph {
                 subgraph: 0,
-                what: "subgraph 0 is not prepared".into(),
+                what: match &self.deferred {
+                    Some((_, why)) => format!(
+                        "the model has dynamic input shapes and cannot run with its \
+                         placeholder shapes ({why}); resize the inputs first"
+                    ),
+                    None => "subgraph 0 is not prepared".into(),
+                },
             })
+    }
+
+    /// Prepares subgraph 0 with the stored input shapes. Models with dynamic input
+    /// dimensions often store placeholders (1 where the signature says -1) that no
+    /// kernel accepts, e.g. a [1, 1] audio buffer before a 512-wide convolution; such a
+    /// model is prepared on its first resize instead of being refused.
+    fn prepare_initial(&mut self) -> Result<(), RunError> {
+        let shapes = self.default_input_shapes(0);
+        match self.prepare_subgraph(0, shapes.clone()) {
+            Ok(()) => Ok(()),
+            Err(e) if self.has_dynamic_inputs() => {
+                tracing::debug!("deferring prepare until inputs are resized: {e}");
+                self.deferred = Some((shapes, e.to_string()));
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn has_dynamic_inputs(&self) -> bool {
+        let sg = &self.model.subgraphs[0];
+        sg.inputs.iter().any(|&t| {
+            sg.tensors[t]
+                .shape_signature
+                .as_ref()
+                .is_some_and(|sig| sig.iter().any(|&d| d < 0))
+        })
+    }
+
+    /// Current input shapes: the prepared ones, or the placeholders while deferred.
+    fn current_input_shapes(&self) -> Result<Vec<Vec<usize>>, RunError> {
+        match &self.deferred {
+            Some((shapes, _)) if self.runtimes[0].is_none() => Ok(shapes.clone()),
+            _ => Ok(self.main()?.input_shapes.clone()),
+        }
     }
 
     pub fn input_count(&self) -> usize {
@@ -337,17 +381,21 @@ impl Interpreter {
             index: i,
             what: format!("model has {} inputs", sg.inputs.len()),
         })?;
-        Ok((sg.tensors[t].dtype, self.main()?.shapes[t].clone()))
+        let shape = match self.runtimes[0].as_ref() {
+            Some(rt) => rt.shapes[t].clone(),
+            None => self.current_input_shapes()?[i].clone(),
+        };
+        Ok((sg.tensors[t].dtype, shape))
     }
 
     /// Changes the shape of input `i` and prepares the model again.
     pub fn resize_input(&mut self, i: usize, shape: Vec<usize>) -> Result<(), RunError> {
-        let mut shapes = self.main()?.input_shapes.clone();
+        let mut shapes = self.current_input_shapes()?;
         let slot = shapes.get_mut(i).ok_or_else(|| RunError::Input {
             index: i,
             what: "no such input".into(),
         })?;
-        if *slot == shape {
+        if *slot == shape && self.runtimes[0].is_some() {
             return Ok(());
         }
         let sg = &self.model.subgraphs[0];
@@ -371,7 +419,19 @@ impl Interpreter {
             });
         }
         *slot = shape;
-        self.prepare_subgraph(0, shapes)
+        match self.prepare_subgraph(0, shapes.clone()) {
+            Ok(()) => {
+                self.deferred = None;
+                Ok(())
+            }
+            // Several dynamic inputs are resized one at a time: the model may only
+            // prepare once all of them have their real shapes.
+            Err(e) if self.deferred.is_some() => {
+                self.deferred = Some((shapes, e.to_string()));
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Copies `bytes` into input `i`; the length must match the input's current shape.
@@ -382,6 +442,7 @@ impl Interpreter {
             what: format!("model has {} inputs", sg.inputs.len()),
         })?;
         let dtype = sg.tensors[t].dtype;
+        self.main()?;
         let rt = self.runtimes[0].as_mut().ok_or_else(|| RunError::Graph {
             subgraph: 0,
             what: "not prepared".into(),
@@ -394,6 +455,7 @@ impl Interpreter {
 
     /// Runs subgraph 0 on the inputs set so far.
     pub fn invoke(&mut self) -> Result<(), RunError> {
+        self.main()?;
         let mut rt = self.runtimes[0].take().ok_or_else(|| RunError::Graph {
             subgraph: 0,
             what: "not prepared".into(),
@@ -447,6 +509,100 @@ impl Interpreter {
         self.invoke()?;
         (0..self.output_count())
             .map(|i| self.output(i).map(|v| v.to_owned_tensor()))
+            .collect()
+    }
+
+    /// Keys of the model's signatures, in model order.
+    pub fn signature_keys(&self) -> Vec<&str> {
+        self.model
+            .signatures
+            .iter()
+            .map(|s| s.key.as_str())
+            .collect()
+    }
+
+    /// Runs the signature `key` on inputs given by name and returns its outputs by name,
+    /// in the signature's order. A signature may name any subgraph; it runs on this
+    /// interpreter's state (variables, CALL_ONCE), like LiteRT's signature runners.
+    pub fn run_signature(
+        &mut self,
+        key: &str,
+        inputs: &[(&str, TensorView<'_>)],
+    ) -> Result<Vec<(String, Tensor)>, RunError> {
+        let model = self.model.clone();
+        let sig = model
+            .signatures
+            .iter()
+            .find(|s| s.key == key)
+            .ok_or_else(|| RunError::Graph {
+                subgraph: 0,
+                what: format!("model has no signature {key:?}"),
+            })?;
+        let si = sig.subgraph;
+        let sg = &model.subgraphs[si];
+        if let Some((name, _)) = inputs
+            .iter()
+            .find(|(n, _)| !sig.inputs.iter().any(|(s, _)| s == n))
+        {
+            return Err(RunError::Input {
+                index: 0,
+                what: format!("signature {key:?} has no input {name:?}"),
+            });
+        }
+        let mut args = Vec::with_capacity(sg.inputs.len());
+        for (index, &t) in sg.inputs.iter().enumerate() {
+            let (name, _) =
+                sig.inputs
+                    .iter()
+                    .find(|(_, st)| *st == t)
+                    .ok_or_else(|| RunError::Input {
+                        index,
+                        what: format!("signature {key:?} does not name subgraph input {index}"),
+                    })?;
+            let (_, view) =
+                inputs
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .ok_or_else(|| RunError::Input {
+                        index,
+                        what: format!("missing input {name:?} of signature {key:?}"),
+                    })?;
+            let def = &sg.tensors[t];
+            if view.dtype != def.dtype {
+                return Err(RunError::Input {
+                    index,
+                    what: format!("{name:?}: expected {}, got {}", def.dtype, view.dtype),
+                });
+            }
+            if view.shape.len() != def.shape.len() {
+                return Err(RunError::Input {
+                    index,
+                    what: format!(
+                        "{name:?}: shape {:?} has a different rank than {:?}",
+                        view.shape, def.shape
+                    ),
+                });
+            }
+            args.push(view.to_owned_tensor());
+        }
+        let outs = self.call_subgraph(si, args)?;
+        sig.outputs
+            .iter()
+            .map(|(name, t)| {
+                let k = sg
+                    .outputs
+                    .iter()
+                    .position(|o| o == t)
+                    .ok_or_else(|| RunError::Output {
+                        index: 0,
+                        what: format!("signature output {name:?} is not a subgraph output"),
+                    })?;
+                let value = outs.get(k).cloned().ok_or_else(|| RunError::Output {
+                    index: k,
+                    what: "missing result".into(),
+                })?;
+                Ok((name.clone(), value))
+            })
             .collect()
     }
 
@@ -522,6 +678,42 @@ impl Interpreter {
             }
         }
         out
+    }
+
+    /// Resolved shape of every tensor of subgraph `si` after prepare, for the
+    /// scheduler's partitioner and cost model (`None` when `si` is not prepared).
+    pub fn tensor_shapes(&self, si: usize) -> Option<&[Vec<usize>]> {
+        self.runtimes
+            .get(si)?
+            .as_ref()
+            .map(|rt| rt.shapes.as_slice())
+    }
+
+    /// Nodes of subgraph `si` that run at every invoke, in run order. Nodes folded at
+    /// prepare (constant inputs) are absent: placing them anywhere costs nothing.
+    pub fn run_nodes(&self, si: usize) -> Option<Vec<usize>> {
+        let rt = self.runtimes.get(si)?.as_ref()?;
+        Some(rt.steps.iter().flat_map(Step::nodes).collect())
+    }
+
+    /// Value of tensor `t` of subgraph `si` when known at prepare time: a model constant
+    /// or the output of a folded node.
+    pub fn prepared_value(&self, si: usize, t: usize) -> Option<&[u8]> {
+        let rt = self.runtimes.get(si)?.as_ref()?;
+        let sg = self.model.subgraphs.get(si)?;
+        let def = sg.tensors.get(t)?;
+        match rt.storage.get(t)? {
+            Storage::Const => def.data.as_ref().map(|d| d.as_slice()),
+            Storage::Heap(b) if !def.is_variable => {
+                let produced_by_step = rt.steps.iter().flat_map(Step::nodes).any(|n| {
+                    sg.nodes
+                        .get(n)
+                        .is_some_and(|node| node.outputs.contains(&t))
+                });
+                (!produced_by_step && !sg.inputs.contains(&t)).then(|| b.as_slice())
+            }
+            _ => None,
+        }
     }
 
     /// Number of steps in subgraph 0 that run per invoke (after folding).
@@ -697,9 +889,14 @@ impl Interpreter {
             }
         }
         // A partition runs where its first node was: everything it reads from outside
-        // must be produced before that point.
+        // must be produced before that point. Nodes folded at prepare produce
+        // constants, available from the start.
+        let stepped: HashSet<usize> = steps.iter().map(Step::node).collect();
         let mut producer: HashMap<usize, usize> = HashMap::new();
         for node in &sg.nodes {
+            if !stepped.contains(&node.index) {
+                continue;
+            }
             for &t in &node.outputs {
                 producer.insert(t, node.index);
             }

@@ -367,6 +367,15 @@ pub fn decode_options(op: BuiltinOp, table: Option<OptionsTable<'_>>) -> OpOptio
             dilation_w: usize_of(t(5, 1)),
             dilation_h: usize_of(t(6, 1)),
         }),
+        B::TransposeConv => OpOptions::Conv(ConvOptions {
+            padding: Padding::from_code(i8f(0)),
+            stride_w: usize_of(t(1, 1)),
+            stride_h: usize_of(t(2, 1)),
+            activation: act(3),
+            dilation_w: 1,
+            dilation_h: 1,
+            depth_multiplier: 1,
+        }),
         B::AveragePool2d | B::MaxPool2d | B::L2Pool2d => OpOptions::Pool(PoolOptions {
             padding: Padding::from_code(i8f(0)),
             stride_w: usize_of(t(1, 1)),
@@ -533,6 +542,15 @@ pub fn encode_options(op: BuiltinOp, options: &OpOptions) -> Option<EncodedOptio
                 (4, I8(c.activation.code())),
                 (5, i(c.dilation_w)),
                 (6, i(c.dilation_h)),
+            ],
+        ),
+        (BuiltinOp::TransposeConv, OpOptions::Conv(c)) => (
+            49,
+            vec![
+                (0, I8(c.padding.code())),
+                (1, i(c.stride_w)),
+                (2, i(c.stride_h)),
+                (3, I8(c.activation.code())),
             ],
         ),
         (

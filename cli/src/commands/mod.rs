@@ -1,3 +1,6 @@
 pub mod bench;
+pub mod daemon;
 pub mod inspect;
+pub mod placement;
 pub mod run;
+pub mod simulate;

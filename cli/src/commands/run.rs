@@ -1,10 +1,11 @@
-//! `switchyard run --local MODEL --inputs a.npy[,b.npy] --out DIR`: run a model in this
-//! process and write `DIR/output_<i>.npy` in subgraph-0 output order.
+//! `switchyard run [--local] MODEL --inputs a.npy[,b.npy] --out DIR`: run a model through
+//! the daemon (or, with `--local`, in this process) and write `DIR/output_<i>.npy` in
+//! subgraph-0 output order.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::Args;
 use switchyard_delegates::CpuResolver;
 use switchyard_interpreter::{Interpreter, InterpreterOptions, Model, npy};
@@ -28,11 +29,22 @@ pub struct RunArgs {
     /// Use the reference kernels (slow, the correctness oracle).
     #[arg(long)]
     pub reference: bool,
+    /// Through the daemon: pass tensors in a shared-memory region instead of inline.
+    #[arg(long, conflicts_with = "local")]
+    pub shm: bool,
+    #[command(flatten)]
+    pub daemon: super::daemon::DaemonArgs,
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     if !args.local {
-        bail!("running through the daemon is not available in this build yet; pass --local");
+        return super::daemon::run_model(
+            &args.model,
+            &args.inputs,
+            &args.out,
+            &args.daemon,
+            args.shm,
+        );
     }
     let model = Arc::new(
         Model::from_path(&args.model)

@@ -78,6 +78,22 @@ pub fn multiply_by_quantized_multiplier(x: i32, multiplier: i32, shift: i32) -> 
     )
 }
 
+/// TFLite's 64-bit-input MultiplyByQuantizedMultiplier: the multiplier is first reduced
+/// to 16 bits (rounded), then one rounding shift. Used where products of several
+/// quantized values exceed 32 bits (quantized REDUCE_PROD).
+#[inline(always)]
+pub fn multiply_by_quantized_multiplier_i64(x: i64, multiplier: i32, shift: i32) -> i32 {
+    let reduced = if multiplier < 0x7FFF_0000 {
+        (multiplier as i64 + (1 << 15)) >> 16
+    } else {
+        0x7FFF
+    };
+    let total_shift = 15 - shift as i64;
+    let round = 1i64 << (total_shift - 1);
+    (x.saturating_mul(reduced).saturating_add(round) >> total_shift)
+        .clamp(i32::MIN as i64, i32::MAX as i64) as i32
+}
+
 /// Representable range of a quantized dtype.
 pub fn dtype_range(dtype: DType) -> Result<(i32, i32), KernelError> {
     match dtype {

@@ -11,13 +11,14 @@
 //! bit-exact with LiteRT's kernels rather than merely close.
 
 use switchyard_interpreter::{
-    Activation, DType, KernelError, OpKernel, OpOptions, PrepareCtx, PreparedKernel, TensorMeta,
-    TensorView, TensorViewMut, kernel::input, ops::ConvOptions,
+    Activation, DType, KernelError, OpKernel, OpOptions, Padding, PrepareCtx, PreparedKernel,
+    TensorMeta, TensorView, TensorViewMut, kernel::input, ops::ConvOptions,
 };
 
 use crate::cpu::KernelMode;
 use crate::cpu::quant::{
     activation_range, dtype_range, multiply_by_quantized_multiplier, quantize_multiplier,
+    saturating_rounding_doubling_high_mul,
 };
 use crate::cpu::util::{conv_output_size, expect_rank};
 
@@ -63,6 +64,49 @@ pub(crate) fn float_clamp(act: Activation) -> Result<(f32, f32), KernelError> {
     }
 }
 
+/// How requantization rounds its final right shift. LiteRT's builtin kernels do not
+/// all agree, and matching them bit for bit means following each. The tie tests
+/// (power-of-two multipliers and small values, so that many products land exactly
+/// half-way) pin down which op uses which:
+/// - `Gemmlowp`, TFLite's reference MultiplyByQuantizedMultiplier, whose shift
+///   (RoundingDivideByPOT) rounds half away from zero: uint8 DEPTHWISE_CONV_2D and
+///   int8 BATCH_MATMUL;
+/// - `HalfUp`, the shift rounds half up as ruy does: CONV_2D and FULLY_CONNECTED (int8
+///   and uint8) and uint8 TRANSPOSE_CONV;
+/// - `HalfUpBelow`: int8 DEPTHWISE_CONV_2D and int8 TRANSPOSE_CONV.
+///
+/// All share the doubling high multiply and differ only on exact negative ties.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Rounding {
+    Gemmlowp,
+    HalfUp,
+    /// `HalfUp` for output channels below the bound, `Gemmlowp` from there on: LiteRT's
+    /// int8 depthwise and transposed convolutions requantize whole groups of 8
+    /// channels with SIMD (half up) and the remaining `out_c % 8` channels with scalar
+    /// code (gemmlowp).
+    HalfUpBelow(usize),
+}
+
+/// Fixed-point `x * multiplier * 2^(shift - 31)` rounded as `rounding` says.
+#[inline(always)]
+pub(crate) fn requantize_with(rounding: Rounding, x: i32, multiplier: i32, shift: i32) -> i32 {
+    match rounding {
+        Rounding::Gemmlowp | Rounding::HalfUpBelow(_) => {
+            multiply_by_quantized_multiplier(x, multiplier, shift)
+        }
+        Rounding::HalfUp => {
+            let left = shift.max(0);
+            let right = (-shift).max(0);
+            let high = saturating_rounding_doubling_high_mul(x.wrapping_mul(1 << left), multiplier);
+            if right == 0 {
+                high
+            } else {
+                ((high as i64 + (1i64 << (right - 1))) >> right) as i32
+            }
+        }
+    }
+}
+
 /// Everything a quantized convolution-like kernel needs after accumulating: offsets,
 /// one fixed-point multiplier and shift per output channel (per-tensor filters are
 /// broadcast so kernels never branch on it) and the activation clamp.
@@ -77,13 +121,19 @@ pub(crate) struct QuantOutput {
     pub shifts: Vec<i32>,
     pub act_min: i32,
     pub act_max: i32,
+    pub rounding: Rounding,
 }
 
 impl QuantOutput {
     /// Bias-added accumulator of output channel `c` to the clamped output value.
     #[inline(always)]
     pub fn requantize(&self, acc: i32, c: usize) -> i32 {
-        let scaled = multiply_by_quantized_multiplier(acc, self.multipliers[c], self.shifts[c]);
+        let (m, s) = (self.multipliers[c], self.shifts[c]);
+        let rounding = match self.rounding {
+            Rounding::HalfUpBelow(n) if c < n => Rounding::HalfUp,
+            other => other,
+        };
+        let scaled = requantize_with(rounding, acc, m, s);
         scaled
             .wrapping_add(self.output_offset)
             .max(self.act_min)
@@ -203,6 +253,7 @@ pub(crate) fn quant_output(
         shifts,
         act_min,
         act_max,
+        rounding: Rounding::Gemmlowp,
     })
 }
 
@@ -293,20 +344,19 @@ impl ConvGeometry {
         opts: &ConvOptions,
     ) -> Result<ConvGeometry, KernelError> {
         expect_rank("input", input_shape, 4)?;
-        let (out_h, pad_top) = conv_output_size(
-            input_shape[1],
-            filter_h,
-            opts.stride_h,
-            opts.dilation_h,
-            opts.padding,
-        )?;
-        let (out_w, pad_left) = conv_output_size(
-            input_shape[2],
-            filter_w,
-            opts.stride_w,
-            opts.dilation_w,
-            opts.padding,
-        )?;
+        // A VALID window larger than the input leaves no output positions: an empty
+        // output rather than an error, because models with dynamic input sizes (e.g.
+        // oww_melspectrogram's [-1, -1] audio) are first prepared with placeholder
+        // sizes of 1, before the caller's real input re-prepares them.
+        let size = |input: usize, filter: usize, stride: usize, dilation: usize| {
+            let effective = filter.saturating_sub(1).saturating_mul(dilation) + 1;
+            if opts.padding == Padding::Valid && filter > 0 && input < effective {
+                return Ok((0, 0));
+            }
+            conv_output_size(input, filter, stride, dilation, opts.padding)
+        };
+        let (out_h, pad_top) = size(input_shape[1], filter_h, opts.stride_h, opts.dilation_h)?;
+        let (out_w, pad_left) = size(input_shape[2], filter_w, opts.stride_w, opts.dilation_w)?;
         Ok(ConvGeometry {
             batches: input_shape[0],
             in_h: input_shape[1],
@@ -431,15 +481,19 @@ pub(crate) fn prepare_params(ctx: &PrepareCtx<'_>) -> Result<Conv2dParams, Kerne
     let geometry = ConvGeometry::new(input.shape, fh, fw, out_c, &opts)?;
     let quant = match dtype {
         DType::F32 => None,
-        _ => Some(quant_output(
-            &input,
-            &filter,
-            &output,
-            out_c,
-            0,
-            dtype == DType::U8,
-            opts.activation,
-        )?),
+        _ => Some(QuantOutput {
+            // LiteRT's builtin convolution requantizes in ruy, which rounds half up.
+            rounding: Rounding::HalfUp,
+            ..quant_output(
+                &input,
+                &filter,
+                &output,
+                out_c,
+                0,
+                dtype == DType::U8,
+                opts.activation,
+            )?
+        }),
     };
     Ok(Conv2dParams {
         geometry,
@@ -480,7 +534,9 @@ pub(crate) fn expect_len(what: &str, got: usize, want: usize) -> Result<(), Kern
     Ok(())
 }
 
-/// Float32 reference convolution.
+/// Float32 reference convolution. Sums run in f64: the reference is the oracle, and
+/// an exact-as-possible sum keeps its own rounding out of every comparison with LiteRT
+/// and with the optimized kernels, whatever order they sum in.
 pub(crate) fn conv_f32(
     p: &Conv2dParams,
     input: &[f32],
@@ -497,7 +553,7 @@ pub(crate) fn conv_f32(
                 let out_base = ((b * g.out_h + oy) * g.out_w + ox) * g.out_c;
                 for oc in 0..g.out_c {
                     let ic0 = (oc / oc_per_group) * fic;
-                    let mut acc = 0.0f32;
+                    let mut acc = 0.0f64;
                     for ky in 0..g.filter_h {
                         let Some(iy) = g.in_y(oy, ky) else { continue };
                         for kx in 0..g.filter_w {
@@ -505,14 +561,14 @@ pub(crate) fn conv_f32(
                             let ib = ((b * g.in_h + iy) * g.in_w + ix) * g.in_c + ic0;
                             let fb = ((oc * g.filter_h + ky) * g.filter_w + kx) * fic;
                             for (x, w) in input[ib..ib + fic].iter().zip(&filter[fb..fb + fic]) {
-                                acc += x * w;
+                                acc += *x as f64 * *w as f64;
                             }
                         }
                     }
                     if let Some(bias) = bias {
-                        acc += bias[oc];
+                        acc += bias[oc] as f64;
                     }
-                    out[out_base + oc] = acc.max(p.float_min).min(p.float_max);
+                    out[out_base + oc] = (acc as f32).max(p.float_min).min(p.float_max);
                 }
             }
         }
@@ -631,13 +687,15 @@ impl OpKernel for Conv2dReference {
 pub(crate) mod testing {
     use std::sync::Arc;
 
+    use switchyard_interpreter::builder::ModelBuilder;
     use switchyard_interpreter::builder::SubgraphBuilder;
     use switchyard_interpreter::{
-        Activation, DType, Interpreter, Model, OpResolver, Quant, Tensor,
+        Activation, BuiltinOp, DType, Interpreter, Model, OpKind, OpOptions, OpResolver, Quant,
+        Tensor,
     };
     use switchyard_testkit::{
-        LiteRtKernels, Tolerance, compare, default_tolerance, litert_run, random_tensor,
-        switchyard_run,
+        LiteRtKernels, Tolerance, assert_matches_litert, compare, default_tolerance, litert_run,
+        random_tensor, switchyard_run,
     };
 
     use crate::cpu::CpuResolver;
@@ -664,9 +722,11 @@ pub(crate) mod testing {
         }
     }
 
-    /// Adds a constant filter of random values; per-channel scales along `axis` when
-    /// `scales` has more than one entry.
-    pub fn filter(
+    /// Adds a constant filter of random values, per-channel scales along `axis` when
+    /// `scales` has more than one entry; integer values come from `zp + range` when
+    /// given, from the whole dtype range otherwise.
+    #[allow(clippy::too_many_arguments)]
+    pub fn filter_in(
         sg: &mut SubgraphBuilder,
         dtype: DType,
         shape: &[usize],
@@ -674,8 +734,14 @@ pub(crate) mod testing {
         scales: &[f32],
         zp: i64,
         axis: usize,
+        range: Option<(i64, i64)>,
     ) -> usize {
-        let t = random(dtype, shape, seed);
+        let t = match range {
+            Some((lo, hi)) if dtype != DType::F32 => {
+                random_tensor(dtype, shape, seed, (zp + lo) as f32, (zp + hi) as f32)
+            }
+            _ => random(dtype, shape, seed),
+        };
         let f = sg.constant("filter", dtype, shape, t.data.as_slice().to_vec());
         if dtype != DType::F32 {
             sg.set_quant(
@@ -690,7 +756,24 @@ pub(crate) mod testing {
         f
     }
 
+    /// Scales whose requantization multipliers are exact powers of two (1/2 and 1/4),
+    /// so that with small inputs and weights many accumulators land exactly half-way
+    /// between two outputs: the cases that tell TFLite's rounding modes apart.
+    pub const TIE_IN_SCALE: f32 = 0.5;
+    pub const TIE_OUT_SCALE: f32 = 0.25;
+    pub fn tie_filter_scales(channels: usize, per_channel: bool) -> Vec<f32> {
+        if per_channel {
+            (0..channels)
+                .map(|c| if c % 2 == 0 { 0.25 } else { 0.125 })
+                .collect()
+        } else {
+            // 1/4 with the scales above: a right shift, where the modes differ.
+            vec![0.125]
+        }
+    }
+
     /// Adds a constant bias: float in [-1, 1), or int32 with scale input × filter.
+    /// Integer biases are drawn from `[-span, span]`.
     pub fn bias(
         sg: &mut SubgraphBuilder,
         dtype: DType,
@@ -698,12 +781,13 @@ pub(crate) mod testing {
         seed: u64,
         in_scale: f32,
         filter_scales: &[f32],
+        span: f32,
     ) -> usize {
         if dtype == DType::F32 {
             let t = random(DType::F32, &[channels], seed);
             return sg.constant("bias", DType::F32, &[channels], t.data.as_slice().to_vec());
         }
-        let t = random_tensor(DType::I32, &[channels], seed, -3000.0, 3000.0);
+        let t = random_tensor(DType::I32, &[channels], seed, -span, span);
         let b = sg.constant("bias", DType::I32, &[channels], t.data.as_slice().to_vec());
         let scales: Vec<f32> = filter_scales.iter().map(|s| s * in_scale).collect();
         let n = scales.len();
@@ -726,7 +810,7 @@ pub(crate) mod testing {
         in_scale: f32,
         filter_scales: &[f32],
     ) -> usize {
-        let b = bias(sg, dtype, channels, 0, in_scale, filter_scales);
+        let b = bias(sg, dtype, channels, 0, in_scale, filter_scales, 0.0);
         sg.spec_mut(b).data = Some(vec![0; channels * 4]);
         b
     }
@@ -760,13 +844,116 @@ pub(crate) mod testing {
             let mut distinct: Vec<i64> = v.iter().map(|&x| x as i64).collect();
             distinct.sort_unstable();
             distinct.dedup();
-            let want = (v.len() / 3).clamp(2, 12);
+            let want = (v.len() / 4).clamp(2, 6).min(v.len());
             assert!(
                 distinct.len() >= want,
                 "{case}: output has only {} distinct values: {distinct:?}",
                 distinct.len()
             );
         }
+    }
+
+    /// One node cut out of a real model: a one-op model with the node's options,
+    /// version, constants and quantization, its activation inputs turned into model
+    /// inputs (with random values), and its outputs as model outputs. Float16 weights
+    /// behind a DEQUANTIZE (MediaPipe's layout) become float32 constants, as the
+    /// executor's folding makes them. `as_op` replaces the operator (and options).
+    pub struct Extracted {
+        pub model: Vec<u8>,
+        pub inputs: Vec<Tensor>,
+        pub name: String,
+    }
+
+    pub fn extract(file: &str, node_index: usize, as_op: Option<(OpKind, OpOptions)>) -> Extracted {
+        let path = switchyard_testkit::models_dir().join(file);
+        let model = Model::from_path(&path)
+            .unwrap_or_else(|e| panic!("{}: {e} (run scripts/setup.sh)", path.display()));
+        let sg = &model.subgraphs[0];
+        let node = &sg.nodes[node_index];
+        let mut mb = ModelBuilder::new();
+        let out = mb.main();
+        let mut inputs = Vec::new();
+        let mut model_inputs = Vec::new();
+        let mut node_inputs = Vec::new();
+        for (k, t) in node.inputs.iter().enumerate() {
+            let Some(t) = *t else {
+                node_inputs.push(None);
+                continue;
+            };
+            let td = &sg.tensors[t];
+            let folded = sg
+                .nodes
+                .iter()
+                .find(|n| n.outputs.contains(&t) && n.builtin() == Some(BuiltinOp::Dequantize))
+                .and_then(|n| n.inputs.first().copied().flatten())
+                .map(|src| &sg.tensors[src])
+                .filter(|src| src.dtype == DType::F16 && src.data.is_some());
+            let idx = if let Some(data) = &td.data {
+                let i = out.constant(&td.name, td.dtype, &td.shape, data.as_slice().to_vec());
+                if let Some(q) = &td.quant {
+                    out.set_quant(i, q.clone());
+                }
+                i
+            } else if let Some(src) = folded {
+                let bytes = src.data.as_ref().map(|d| d.as_slice()).unwrap_or_default();
+                let values: Vec<f32> = bytes
+                    .chunks_exact(2)
+                    .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                    .collect();
+                out.constant_f32(&td.name, &src.shape, &values)
+            } else {
+                let i = out.tensor(&td.name, td.dtype, &td.shape);
+                if let Some(q) = &td.quant {
+                    out.set_quant(i, q.clone());
+                }
+                model_inputs.push(i);
+                inputs.push(random(td.dtype, &td.shape, 11 + k as u64));
+                i
+            };
+            node_inputs.push(Some(idx));
+        }
+        let mut outs = Vec::new();
+        for &t in &node.outputs {
+            let td = &sg.tensors[t];
+            let i = out.tensor(&td.name, td.dtype, &td.shape);
+            if let Some(q) = &td.quant {
+                out.set_quant(i, q.clone());
+            }
+            outs.push(i);
+        }
+        let (op, options) = as_op.unwrap_or_else(|| (node.op.clone(), node.options.clone()));
+        out.op_versioned(op, node.version, &node_inputs, &outs, options);
+        out.set_inputs(&model_inputs);
+        out.set_outputs(&outs);
+        Extracted {
+            model: mb.finish(),
+            inputs,
+            name: format!("{file} node {node_index} ({})", node.op),
+        }
+    }
+
+    /// Indices of the subgraph-0 nodes of `file` that run `op`.
+    pub fn nodes_of(file: &str, op: BuiltinOp) -> Vec<usize> {
+        let path = switchyard_testkit::models_dir().join(file);
+        let model = Model::from_path(&path)
+            .unwrap_or_else(|e| panic!("{}: {e} (run scripts/setup.sh)", path.display()));
+        model.subgraphs[0]
+            .nodes
+            .iter()
+            .filter(|n| n.builtin() == Some(op))
+            .map(|n| n.index)
+            .collect()
+    }
+
+    /// Cuts every `op` node out of `file` and compares it with LiteRT.
+    pub fn real_nodes_match_litert(file: &str, op: BuiltinOp) -> usize {
+        let nodes = nodes_of(file, op);
+        for &n in &nodes {
+            let e = extract(file, n, None);
+            let dtype = e.inputs.first().map_or(DType::F32, |t| t.dtype);
+            assert_matches_litert(&e.name, &e.model, &e.inputs, &resolvers(), tol(dtype));
+        }
+        nodes.len()
     }
 
     /// Integer outputs must be bit-exact with LiteRT; floats use the default bound.
@@ -826,8 +1013,8 @@ pub(crate) mod testing {
 #[cfg(test)]
 mod tests {
     use switchyard_interpreter::builder::ModelBuilder;
-    use switchyard_interpreter::{BuiltinOp, OpKind, Padding, Quant};
-    use switchyard_testkit::assert_matches_litert;
+    use switchyard_interpreter::{BuiltinOp, OpKind, Quant};
+    use switchyard_testkit::{assert_matches_litert, random_tensor};
 
     use super::testing::*;
     use super::*;
@@ -844,6 +1031,8 @@ mod tests {
         act: Activation,
         bias: bool,
         per_channel: bool,
+        /// Power-of-two multipliers and small values (see `tie_filter_scales`).
+        ties: bool,
     }
 
     fn base(dtype: DType) -> Case {
@@ -857,6 +1046,7 @@ mod tests {
             act: Activation::None,
             bias: true,
             per_channel: dtype == DType::I8,
+            ties: false,
         }
     }
 
@@ -887,15 +1077,19 @@ mod tests {
         let y = sg.tensor("y", c.dtype, &geo.output_shape());
         let base_scale = 0.01;
         let depth = c.filter[1] * c.filter[2] * c.filter[3];
-        let (in_scale, out_scale) = scales(c.act, base_scale, depth);
-        let in_q = Q {
-            scale: in_scale,
-            zp: zp(c.dtype, -3),
-        };
-        let scales = if c.per_channel {
+        let (mut in_scale, mut out_scale) = scales(c.act, base_scale, depth);
+        let mut scales = if c.per_channel {
             channel_scales(c.filter[0], base_scale)
         } else {
             vec![base_scale]
+        };
+        if c.ties {
+            (in_scale, out_scale) = (TIE_IN_SCALE, TIE_OUT_SCALE);
+            scales = tie_filter_scales(c.filter[0], c.per_channel);
+        }
+        let in_q = Q {
+            scale: in_scale,
+            zp: zp(c.dtype, -3),
         };
         let out_q = Q {
             scale: out_scale,
@@ -906,9 +1100,11 @@ mod tests {
             sg.set_quant(y, Quant::per_tensor(out_q.scale, out_q.zp));
         }
         let filter_zp = if c.dtype == DType::U8 { 120 } else { 0 };
-        let w = filter(sg, c.dtype, &c.filter, 7, &scales, filter_zp, 0);
+        let range = c.ties.then_some((-3, 3));
+        let w = filter_in(sg, c.dtype, &c.filter, 7, &scales, filter_zp, 0, range);
+        let span = if c.ties { 20.0 } else { 3000.0 };
         let b = if c.bias {
-            Some(bias(sg, c.dtype, c.filter[0], 9, in_q.scale, &scales))
+            Some(bias(sg, c.dtype, c.filter[0], 9, in_q.scale, &scales, span))
         } else if zero_bias {
             Some(zero(sg, c.dtype, c.filter[0], in_q.scale, &scales))
         } else {
@@ -931,7 +1127,12 @@ mod tests {
     }
 
     fn check(c: &Case) {
-        let x = random(c.dtype, &c.input, 3);
+        let x = if c.ties {
+            let z = zp(c.dtype, -3) as f32;
+            random_tensor(c.dtype, &c.input, 3, z - 3.0, z + 3.0)
+        } else {
+            random(c.dtype, &c.input, 3)
+        };
         if c.dtype != DType::F32 {
             assert_informative(&format!("{c:?}"), &build(c), std::slice::from_ref(&x));
         }
@@ -1015,11 +1216,42 @@ mod tests {
         }
     }
 
+    /// Many exact half-way accumulators: pins the rounding mode (LiteRT's convolution
+    /// rounds half away from zero, unlike its int8 depthwise kernel).
+    #[test]
+    fn quantized_ties_match_litert() {
+        for dtype in [DType::I8, DType::U8] {
+            for c in variants(dtype).into_iter().take(2) {
+                check(&Case { ties: true, ..c });
+            }
+            let b = base(dtype);
+            check(&Case {
+                ties: true,
+                filter: [12, 1, 1, b.filter[3]],
+                ..b
+            });
+        }
+    }
+
     #[test]
     fn uint8_matches_litert() {
         for c in variants(DType::U8) {
             check(&c);
         }
+    }
+
+    /// Every CONV_2D of the int8 wake-word model (per-channel, v3) and of the float
+    /// selfie segmenter (fp16 weights), cut out with their real weights.
+    #[test]
+    fn real_model_nodes_match_litert() {
+        assert_eq!(
+            real_nodes_match_litert("mww_okay_nabu.tflite", BuiltinOp::Conv2d),
+            6
+        );
+        assert_eq!(
+            real_nodes_match_litert("mp_selfie_segmentation.tflite", BuiltinOp::Conv2d),
+            43
+        );
     }
 
     #[test]
@@ -1056,25 +1288,37 @@ mod tests {
         sg.set_outputs(&[y]);
         let e = prepare_error(&model.finish());
         assert!(e.contains("bias"), "{e}");
-        // Valid padding, filter too large.
-        let mut c = good.clone();
+    }
+
+    /// Dynamic-size models are prepared with placeholder sizes first; a VALID window
+    /// larger than such an input gives an empty output instead of failing the load.
+    #[test]
+    fn window_larger_than_input_gives_empty_output() {
+        let mut c = base(DType::F32);
         c.padding = Padding::Valid;
-        c.input = [1, 2, 6, 5];
         let mut mb = ModelBuilder::new();
         let sg = mb.main();
-        let x = sg.tensor("x", DType::F32, &c.input);
+        let x = sg.tensor("x", DType::F32, &[1, 2, 6, 5]);
         let y = sg.tensor("y", DType::F32, &[1, 1, 4, 4]);
         let w = sg.constant_f32("w", &[4, 3, 3, 5], &[0.5; 180]);
+        let b = sg.constant_f32("b", &[4], &[0.0; 4]);
         sg.op(
             OpKind::Builtin(BuiltinOp::Conv2d),
-            &[Some(x), Some(w), None],
+            &[Some(x), Some(w), Some(b)],
             &[y],
             OpOptions::Conv(options(&c)),
         );
         sg.set_inputs(&[x]);
         sg.set_outputs(&[y]);
-        let e = prepare_error(&mb.finish());
-        assert!(e.contains("smaller than"), "{e}");
+        for (name, resolver) in resolvers() {
+            let out = switchyard_testkit::switchyard_run(
+                &mb.finish(),
+                &[random(DType::F32, &[1, 2, 6, 5], 1)],
+                resolver,
+            )
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(out[0].shape, vec![1, 0, 4, 4], "{name}");
+        }
     }
 
     /// Builds an int8 conv whose quantization is replaced by `q` on tensor `which`.

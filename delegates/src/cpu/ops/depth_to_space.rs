@@ -61,9 +61,13 @@ pub fn prepare(ctx: &PrepareCtx<'_>, _mode: KernelMode) -> Result<PreparedKernel
                 )));
             }
             let (ho, wo) = (h / b, w / b);
+            let depth = b
+                .checked_mul(b)
+                .and_then(|bb| bb.checked_mul(c))
+                .ok_or_else(|| KernelError::shape("output depth overflows"))?;
             // Output [n, ho, wo, by, bx, c] reads input (n, ho * b + by, wo * b + bx, c).
             (
-                vec![n, ho, wo, b * b * c],
+                vec![n, ho, wo, depth],
                 vec![n, ho, wo, b, b, c],
                 vec![s(h * w * c), s(b * w * c), s(b * c), s(w * c), s(c), 1],
             )

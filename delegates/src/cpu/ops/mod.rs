@@ -144,7 +144,7 @@ pub(crate) mod testing {
             Default::default(),
         ) {
             Ok(_) => panic!("prepare accepted a bad node"),
-            Err(RunError::Node { source, .. }) => source,
+            Err(RunError::Node { error, .. }) => error,
             Err(other) => panic!("expected a node error, got {other}"),
         }
     }

@@ -327,7 +327,128 @@ pub mod testing {
 
 #[cfg(test)]
 mod tests {
+    use switchyard_interpreter::builder::ModelBuilder;
+    use switchyard_interpreter::{BuiltinOp, Model, OpKind, Tensor};
+    use switchyard_testkit::{Tolerance, assert_matches_litert, models_dir, random_tensor};
+
+    use super::testing::resolvers;
     use super::*;
+
+    /// Every data-movement node of the real models, cut out into a single-op model with
+    /// its real constants, shapes, quantization, options and version, on random inputs,
+    /// must match LiteRT exactly. DENSIFY is left out: its input is sparse in the file
+    /// and our writer stores dense data.
+    #[test]
+    fn real_model_nodes_match_litert() {
+        use BuiltinOp as B;
+        let ours = [
+            B::Reshape,
+            B::Squeeze,
+            B::ExpandDims,
+            B::Concatenation,
+            B::Pack,
+            B::Split,
+            B::SplitV,
+            B::Unpack,
+            B::StridedSlice,
+            B::Slice,
+            B::Transpose,
+            B::Gather,
+            B::Pad,
+            B::PadV2,
+            B::MirrorPad,
+            B::DepthToSpace,
+            B::SpaceToDepth,
+        ];
+        let mut entries: Vec<_> = std::fs::read_dir(models_dir())
+            .expect("models/ missing: run scripts/setup.sh")
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "tflite"))
+            .collect();
+        entries.sort();
+        let mut checked = 0;
+        for path in entries {
+            let model = Model::from_path(&path).unwrap();
+            let sg = &model.subgraphs[0];
+            for node in &sg.nodes {
+                let Some(op) = node.builtin().filter(|b| ours.contains(b)) else {
+                    continue;
+                };
+                let mut mb = ModelBuilder::new();
+                let b = mb.main();
+                let mut graph_inputs = Vec::new();
+                let mut inputs = Vec::new();
+                let mut skip = false;
+                let mut ins = Vec::new();
+                for t in &node.inputs {
+                    let Some(t) = *t else {
+                        ins.push(None);
+                        continue;
+                    };
+                    let def = &sg.tensors[t];
+                    let k = b.tensor(&def.name, def.dtype, &def.shape);
+                    if let Some(q) = &def.quant {
+                        b.set_quant(k, q.clone());
+                    }
+                    match &def.data {
+                        Some(d) => b.spec_mut(k).data = Some(d.as_slice().to_vec()),
+                        None if matches!(def.dtype, DType::I32 | DType::I64) => skip = true,
+                        None => {
+                            graph_inputs.push(k);
+                            let (lo, hi) = if def.dtype == DType::F32 {
+                                (-1.0, 1.0)
+                            } else {
+                                (-128.0, 255.0)
+                            };
+                            inputs.push(random_tensor(def.dtype, &def.shape, t as u64, lo, hi));
+                        }
+                    }
+                    ins.push(Some(k));
+                }
+                if skip || graph_inputs.is_empty() {
+                    continue;
+                }
+                let outs: Vec<usize> = node
+                    .outputs
+                    .iter()
+                    .map(|&t| {
+                        let def = &sg.tensors[t];
+                        let k = b.tensor(&def.name, def.dtype, &def.shape);
+                        if let Some(q) = &def.quant {
+                            b.set_quant(k, q.clone());
+                        }
+                        k
+                    })
+                    .collect();
+                b.op_versioned(
+                    OpKind::Builtin(op),
+                    node.version,
+                    &ins,
+                    &outs,
+                    node.options.clone(),
+                );
+                b.set_inputs(&graph_inputs);
+                b.set_outputs(&outs);
+                let name = format!(
+                    "{} node {} {op:?}",
+                    path.file_stem().unwrap_or_default().to_string_lossy(),
+                    node.index
+                );
+                let inputs: Vec<Tensor> = inputs;
+                assert_matches_litert(
+                    &name,
+                    &mb.finish(),
+                    &inputs,
+                    &resolvers(),
+                    Some(Tolerance::Exact),
+                );
+                checked += 1;
+            }
+        }
+        // The anchor models hold dozens of such nodes; finding none means a broken setup.
+        assert!(checked >= 20, "only {checked} real nodes checked");
+        eprintln!("checked {checked} real data-movement nodes");
+    }
 
     #[test]
     fn strided_copy_reverses_and_transposes() {

@@ -109,7 +109,7 @@ pub fn prepare(ctx: &PrepareCtx<'_>, _mode: KernelMode) -> Result<PreparedKernel
         .map(|(&n, &(b, a))| n.checked_add(b).and_then(|v| v.checked_add(a)))
         .collect::<Option<Vec<usize>>>()
         .ok_or_else(|| KernelError::shape("padded shape overflows"))?;
-    count(&out_shape)?;
+    let out_count = count(&out_shape)?;
     if op == Some(BuiltinOp::MirrorPad) {
         let mode = match &ctx.node.options {
             OpOptions::MirrorPad { mode } => *mode,
@@ -129,7 +129,13 @@ pub fn prepare(ctx: &PrepareCtx<'_>, _mode: KernelMode) -> Result<PreparedKernel
                 )));
             }
             let skip = usize::from(mode == MirrorPadMode::Reflect);
-            let map = (0..before + n + after)
+            // An empty output reads nothing; skipping its maps bounds them by its size.
+            let len = if out_count == 0 {
+                0
+            } else {
+                before + n + after
+            };
+            let map = (0..len)
                 .map(|o| {
                     let i = if o < before {
                         before - o - 1 + skip

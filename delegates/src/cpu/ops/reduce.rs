@@ -9,6 +9,8 @@
 //! the 4-D MEAN over height and width with kept dims (global average pooling) takes
 //! LiteRT's separate path for it, which rounds differently ([`Arith::MeanHw`]).
 //! Quantized MAX/MIN compare raw values, so input and output must share quantization.
+//! Quantized PROD (int8, as in LiteRT) rescales after every multiplication by
+//! `input_scale / output_scale^(1/count)` so the running product never overflows.
 //!
 //! LiteRT sums int8 values in int8 (wrapping, ignoring the zero point) when input and
 //! output share quantization; we requantize in every case, which agrees with it whenever
@@ -21,7 +23,8 @@ use switchyard_interpreter::{
 
 use crate::cpu::KernelMode;
 use crate::cpu::quant::{
-    dtype_range, load_q, multiply_by_quantized_multiplier, per_tensor, quantize_multiplier, store_q,
+    dtype_range, load_q, multiply_by_quantized_multiplier, multiply_by_quantized_multiplier_i64,
+    per_tensor, quantize_multiplier, store_q,
 };
 use crate::cpu::util::normalize_axis;
 
@@ -47,6 +50,14 @@ enum Arith {
         shift: i32,
         qmin: i32,
         qmax: i32,
+    },
+    /// Quantized int8 PROD: each multiplication step rescales by
+    /// `input_scale / output_scale^(1/count)` so the running product stays in range.
+    Prod {
+        zp_in: i32,
+        zp_out: i32,
+        multiplier: i32,
+        shift: i32,
     },
     /// MAX/MIN of int8/uint8 with shared quantization.
     RawQ {
@@ -170,9 +181,16 @@ pub fn prepare(ctx: &PrepareCtx<'_>, _mode: KernelMode) -> Result<PreparedKernel
                     }
                     Arith::RawQ { dtype: x.dtype }
                 }
+                // The multiplier depends on the reduced count, known once the axes are.
+                Kind::Prod if x.dtype == DType::I8 => Arith::Prod {
+                    zp_in: zi,
+                    zp_out: zo,
+                    multiplier: 0,
+                    shift: 0,
+                },
                 Kind::Prod => {
                     return Err(KernelError::unsupported(format!(
-                        "{} on quantized {}",
+                        "{} on quantized {} (LiteRT has int8 only)",
                         ctx.op(),
                         x.dtype
                     )));
@@ -241,6 +259,27 @@ pub fn prepare(ctx: &PrepareCtx<'_>, _mode: KernelMode) -> Result<PreparedKernel
                 bias,
                 qmin,
                 qmax,
+            }
+        }
+        (Kind::Prod, Arith::Prod { zp_in, zp_out, .. }) => {
+            let (si, _) = per_tensor(x.quant, "input")?;
+            let (so, _) = per_tensor(out.quant, "output")?;
+            let (multiplier, shift) = if count > 0 {
+                quantize_multiplier(si as f64 / (so as f64).powf(1.0 / count as f64))
+            } else {
+                (0, 0)
+            };
+            if !(-31..8).contains(&shift) {
+                return Err(KernelError::unsupported(format!(
+                    "quantized {} rescales by 2^{shift}, outside LiteRT's range",
+                    ctx.op()
+                )));
+            }
+            Arith::Prod {
+                zp_in,
+                zp_out,
+                multiplier,
+                shift,
             }
         }
         // Fold 1/count into the multiplier, keeping as many bits as the shift allows.
@@ -423,6 +462,35 @@ impl Reduce {
                     store_q(y, dtype, o, v.clamp(qmin, qmax));
                 }
             }
+            Arith::Prod {
+                zp_in,
+                zp_out,
+                multiplier,
+                shift,
+            } => {
+                if self.count == 0 {
+                    return;
+                }
+                // The first element of each product is taken as is, later ones rescale.
+                let mut acc: Vec<Option<i32>> = vec![None; self.out_len];
+                self.walk(|i, o| {
+                    let v = load_q(x, DType::I8, i) - zp_in;
+                    acc[o] = Some(match acc[o] {
+                        None => v,
+                        Some(p) => multiply_by_quantized_multiplier_i64(
+                            p as i64 * v as i64,
+                            multiplier,
+                            shift,
+                        ),
+                    });
+                });
+                for (o, p) in acc.into_iter().enumerate() {
+                    let p = p.unwrap_or(0) as i64;
+                    let v = multiply_by_quantized_multiplier_i64(p, multiplier, shift)
+                        .saturating_add(zp_out);
+                    store_q(y, DType::I8, o, v.clamp(-128, 127));
+                }
+            }
             Arith::F32 | Arith::I32 => {}
         }
     }
@@ -438,7 +506,14 @@ impl OpKernel for Reduce {
         let y = outputs
             .first_mut()
             .ok_or_else(|| KernelError::invalid("missing output"))?;
-        if y.element_count() != self.out_len {
+        let in_len: usize = self.in_shape.iter().product();
+        if x.element_count() != in_len || x.bytes.len() != in_len * x.dtype.size() {
+            return Err(KernelError::shape(format!(
+                "input has shape {:?}, prepared for {:?}",
+                x.shape, self.in_shape
+            )));
+        }
+        if y.element_count() != self.out_len || y.bytes.len() != self.out_len * y.dtype.size() {
             return Err(KernelError::shape(format!(
                 "output has {} elements, expected {}",
                 y.element_count(),
@@ -448,9 +523,10 @@ impl OpKernel for Reduce {
         match self.arith {
             Arith::F32 => self.eval_f32(x.f32s()?, y.f32s_mut()?),
             Arith::I32 => self.eval_i32(x.i32s()?, y.i32s_mut()?),
-            Arith::Requant { .. } | Arith::RawQ { .. } | Arith::MeanHw { .. } => {
-                self.eval_q(x.bytes, y.bytes)
-            }
+            Arith::Requant { .. }
+            | Arith::RawQ { .. }
+            | Arith::MeanHw { .. }
+            | Arith::Prod { .. } => self.eval_q(x.bytes, y.bytes),
         }
         Ok(())
     }
@@ -462,6 +538,7 @@ impl OpKernel for Reduce {
             Arith::Requant { .. } => "reduce/q8-requant",
             Arith::RawQ { .. } => "reduce/q8",
             Arith::MeanHw { .. } => "mean_hw/q8",
+            Arith::Prod { .. } => "prod/i8",
         }
     }
 }
@@ -544,6 +621,8 @@ mod tests {
         };
         let (lo, hi) = if c.op == BuiltinOp::ReduceProd && c.dtype == DType::I32 {
             (-3.0, 3.0)
+        } else if c.op == BuiltinOp::ReduceProd && c.dtype == DType::I8 {
+            (-70.0, 70.0)
         } else if c.op == BuiltinOp::ReduceProd {
             (0.5, 1.5)
         } else {
@@ -687,6 +766,46 @@ mod tests {
     }
 
     #[test]
+    fn edge_cases_match_litert() {
+        // No axes: a copy. The general int8 MEAN path for a 4-D tensor without kept dims.
+        run(&case(BuiltinOp::Sum, DType::F32, &[2, 3], &[]));
+        run(&case(BuiltinOp::ReduceMax, DType::I32, &[2, 3], &[]));
+        run(&Case {
+            quant: Some((Quant::per_tensor(0.05, 3), Quant::per_tensor(0.02, -5))),
+            ..case(BuiltinOp::Mean, DType::I8, &[2, 5, 7, 3], &[1, 2])
+        });
+        // SUM with shared quantization and zero point 0, in range: LiteRT's raw int8
+        // sum and our requantized one agree.
+        let same = (Quant::per_tensor(0.1, 0), Quant::per_tensor(0.1, 0));
+        let mut mb_case = case(BuiltinOp::Sum, DType::I8, &[4, 3], &[0]);
+        mb_case.quant = Some(same);
+        let x = random_tensor(DType::I8, &[4, 3], 3, -20.0, 20.0);
+        let name = "SUM int8 shared quantization";
+        assert_matches_litert(
+            name,
+            &model(&mb_case),
+            &[x],
+            &resolvers(),
+            Some(Tolerance::Exact),
+        );
+    }
+
+    #[test]
+    fn quantized_int8_prod_rescales_each_step_like_litert() {
+        for (shape, axes, keep_dims, qi, qo) in [
+            (vec![3, 4, 5], vec![1], false, (0.02, 0), (0.05, -4)),
+            (vec![2, 3, 4], vec![0, 2], true, (0.015, 5), (0.1, 3)),
+            (vec![6, 2], vec![-2], false, (0.01, -10), (0.004, 0)),
+        ] {
+            run(&Case {
+                keep_dims,
+                quant: Some((Quant::per_tensor(qi.0, qi.1), Quant::per_tensor(qo.0, qo.1))),
+                ..case(BuiltinOp::ReduceProd, DType::I8, &shape, &axes)
+            });
+        }
+    }
+
+    #[test]
     fn bad_reductions_are_rejected_at_prepare() {
         let err = |c: &Case| prepare_error(&model(c));
         let e = err(&case(BuiltinOp::Mean, DType::F32, &[2, 3], &[2]));
@@ -701,8 +820,8 @@ mod tests {
         });
         assert!(matches!(e, KernelError::Unsupported(_)), "{e}");
         let e = err(&Case {
-            quant: Some((Quant::per_tensor(0.1, 0), Quant::per_tensor(0.1, 0))),
-            ..case(BuiltinOp::ReduceProd, DType::I8, &[2, 3], &[0])
+            quant: Some((Quant::per_tensor(0.1, 128), Quant::per_tensor(0.1, 128))),
+            ..case(BuiltinOp::ReduceProd, DType::U8, &[2, 3], &[0])
         });
         assert!(matches!(e, KernelError::Unsupported(_)), "{e}");
         let e = err(&case(BuiltinOp::Mean, DType::Bool, &[2, 3], &[0]));

@@ -8,7 +8,9 @@ use switchyard_interpreter::{
     TensorViewMut,
 };
 
-use super::movement::{checked_input, count, expect_bytes, known_ints, known_scalar, movable_elem};
+use super::movement::{
+    byte_len, checked_input, count, expect_bytes, known_ints, known_scalar, movable_elem,
+};
 use crate::cpu::KernelMode;
 use crate::cpu::util::normalize_axis;
 
@@ -86,10 +88,11 @@ pub fn resolve_shape(requested: &[i64], count: usize) -> Result<Vec<usize>, Kern
 /// then the `new_shape` option (where the legacy `[0]` means a scalar), then the shape
 /// stored in the model for the output.
 fn requested_shape(ctx: &PrepareCtx<'_>) -> Result<Vec<i64>, KernelError> {
-    if let Some(s) = ctx.optional_input(1) {
-        if s.shape.len() == 1 && matches!(s.dtype, DType::I32 | DType::I64) {
-            return known_ints(&s, "shape");
-        }
+    let vector = ctx
+        .optional_input(1)
+        .filter(|s| s.shape.len() == 1 && matches!(s.dtype, DType::I32 | DType::I64));
+    if let Some(s) = vector {
+        return known_ints(&s, "shape");
     }
     match &ctx.node.options {
         OpOptions::Reshape { new_shape: Some(s) } => Ok(if s.as_slice() == [0] {
@@ -111,7 +114,7 @@ fn squeeze_shape(shape: &[usize], dims: &[i32]) -> Result<Vec<usize>, KernelErro
     } else {
         for &d in dims {
             let a = normalize_axis(d as i64, rank)?;
-            if shape[a] != 1 {
+            if shape.get(a) != Some(&1) {
                 return Err(KernelError::shape(format!(
                     "cannot squeeze dimension {a} of {shape:?}: its size is not 1"
                 )));
@@ -166,7 +169,9 @@ pub fn prepare(ctx: &PrepareCtx<'_>, _mode: KernelMode) -> Result<PreparedKernel
     super::movement::same_dtype(x.dtype, ctx.output(0)?.dtype)?;
     Ok(PreparedKernel::new(
         vec![out_shape],
-        CopyKernel { bytes: n * elem },
+        CopyKernel {
+            bytes: byte_len(x.shape, elem)?,
+        },
     ))
 }
 
@@ -337,6 +342,90 @@ mod tests {
         }
     }
 
+    /// DENSIFY of the sparse fp16 weights of a real model (expanded by the loader, copied
+    /// by the kernel) against the tensors LiteRT's own DENSIFY produces.
+    #[test]
+    fn densify_of_real_sparse_weights_matches_litert() {
+        use switchyard_interpreter::kernel::TensorMeta;
+        use switchyard_interpreter::{Model, PrepareCtx, TensorView, TensorViewMut, npy};
+        use switchyard_testkit::{compare, models_dir, python, repo_root};
+
+        fn meta<'a>(
+            t: &'a switchyard_interpreter::TensorDef,
+            data: Option<&'a [u8]>,
+        ) -> TensorMeta<'a> {
+            TensorMeta {
+                dtype: t.dtype,
+                shape: &t.shape,
+                quant: t.quant.as_ref(),
+                data,
+                name: &t.name,
+            }
+        }
+        let path = models_dir().join("mp_pose_detection.tflite");
+        let model = Model::from_path(&path).unwrap();
+        let sg = &model.subgraphs[0];
+        let nodes: Vec<_> = sg
+            .nodes
+            .iter()
+            .filter(|n| n.builtin() == Some(BuiltinOp::Densify))
+            .collect();
+        assert!(nodes.len() >= 30, "pose detection has 38 DENSIFY nodes");
+        let dir = tempfile::tempdir().unwrap();
+        let outputs: Vec<String> = nodes.iter().map(|n| n.outputs[0].to_string()).collect();
+        let status = std::process::Command::new(python())
+            .arg(repo_root().join("scripts/litert_tensors.py"))
+            .arg("--model")
+            .arg(&path)
+            .arg("--tensors")
+            .arg(outputs.join(","))
+            .arg("--out")
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        for node in nodes {
+            let (i, o) = (node.inputs[0].unwrap(), node.outputs[0]);
+            let (input, output) = (&sg.tensors[i], &sg.tensors[o]);
+            assert!(input.was_sparse, "{} is not sparse", input.name);
+            let data = input.data.as_ref().unwrap().as_slice();
+
+            let ctx = PrepareCtx {
+                node,
+                inputs: vec![Some(meta(input, Some(data)))],
+                outputs: vec![meta(output, None)],
+                threads: 1,
+            };
+            for (name, r) in resolvers() {
+                let prepared = r.prepare(&ctx).unwrap();
+                assert_eq!(prepared.output_shapes, vec![input.shape.clone()]);
+                let mut out = vec![0u8; data.len()];
+                let view = TensorView {
+                    dtype: input.dtype,
+                    shape: &input.shape,
+                    quant: None,
+                    bytes: data,
+                };
+                let mut outs = [TensorViewMut {
+                    dtype: output.dtype,
+                    shape: &input.shape,
+                    quant: None,
+                    bytes: &mut out,
+                }];
+                prepared.kernel.eval(&[Some(view)], &mut outs).unwrap();
+                let got = switchyard_interpreter::Tensor::from_bytes(
+                    output.dtype,
+                    input.shape.clone(),
+                    &out,
+                )
+                .unwrap();
+                let expected = npy::read(dir.path().join(format!("tensor_{o}.npy"))).unwrap();
+                compare(&got, &expected, switchyard_testkit::Tolerance::Exact)
+                    .unwrap_or_else(|e| panic!("[{name}] DENSIFY node {}: {e}", node.index));
+            }
+        }
+    }
+
     #[test]
     fn bad_shapes_are_errors() {
         assert!(resolve_shape(&[-1, -1], 6).is_err());
@@ -370,6 +459,8 @@ mod tests {
         sg.set_inputs(&[x]);
         sg.set_outputs(&[y]);
         expect_error(&mb, &[data(DType::F32, &[1, 3], 1)], "cannot squeeze");
+        assert!(squeeze_shape(&[], &[0]).is_err());
+        assert_eq!(squeeze_shape(&[], &[]).unwrap(), Vec::<usize>::new());
 
         let mut mb = ModelBuilder::new();
         let sg = mb.main();

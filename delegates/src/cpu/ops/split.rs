@@ -103,7 +103,11 @@ pub fn prepare(ctx: &PrepareCtx<'_>, _mode: KernelMode) -> Result<PreparedKernel
             let axis = known_scalar(&ctx.input(2)?, "axis")?;
             let x = ctx.input(0)?;
             let a = normalize_axis(axis, x.shape.len())?;
-            (x, axis, Some(resolve_sizes(&sizes, x.shape[a])?))
+            let dim = *x
+                .shape
+                .get(a)
+                .ok_or_else(|| KernelError::shape("cannot SPLIT_V a scalar"))?;
+            (x, axis, Some(resolve_sizes(&sizes, dim)?))
         }
         Some(BuiltinOp::Unpack) => {
             ctx.expect_arity(1, 1, outputs)?;
@@ -438,6 +442,22 @@ mod tests {
         let mut mb = split_v_model(DType::F32, &[2, 6, 4], 1, &[2, 4], true);
         mb.main().spec_mut(1).data = Some(bytemuck::cast_slice(&[2i32, 3]).to_vec());
         expect_error(&mb, std::slice::from_ref(&x), "do not add up");
+        // A scalar cannot be split.
+        let mut mb = ModelBuilder::new();
+        let sg = mb.main();
+        let x0 = sg.tensor("x", DType::F32, &[]);
+        let s = sg.constant_i32("sizes", &[1], &[1]);
+        let ax = sg.constant_i32("axis", &[], &[0]);
+        let y = sg.tensor("y", DType::F32, &[]);
+        sg.op(
+            OpKind::Builtin(BuiltinOp::SplitV),
+            &[Some(x0), Some(s), Some(ax)],
+            &[y],
+            OpOptions::Split { num_splits: 1 },
+        );
+        sg.set_inputs(&[x0]);
+        sg.set_outputs(&[y]);
+        expect_error(&mb, &[data(DType::F32, &[], 1)], "scalar");
         let mb = split_v_model(DType::F32, &[2, 6, 4], 1, &[2, 4], false);
         expect_error(&mb, &[x, ints(&[2], &[4, 4])], "do not add up");
     }

@@ -5,6 +5,10 @@
 //! a signed stride per input dimension), using LiteRT's rules for clamping, masks and
 //! `offset`; eval is then a single strided copy into the dense output. Index inputs known
 //! only at run time make the node lazy (prepared again with their values).
+//!
+//! Where LiteRT leaves the output unwritten we choose instead: a shrunk axis takes the
+//! element at its start whatever the stride's sign, a shrunk index outside the axis is an
+//! error, and with `offset` the output holds what the clamped range reads.
 
 use switchyard_interpreter::{
     BuiltinOp, KernelError, OpKernel, OpOptions, PrepareCtx, PreparedKernel, TensorMeta,
@@ -73,9 +77,15 @@ fn bit(mask: i32, i: usize) -> bool {
     i < 32 && mask & (1 << i) != 0
 }
 
-/// Expands the spec (with its masks) to one entry per output-or-input dimension, as
-/// TensorFlow defines it: the ellipsis covers the input dimensions no other entry
-/// consumes, and without an ellipsis the unspecified trailing dimensions are taken whole.
+/// Expands the spec (with its masks) to one entry per effective dimension (input
+/// dimensions plus inserted axes), the way LiteRT reads it:
+/// - the ellipsis covers the input dimensions the other entries leave, but always at
+///   least one, and spec entries beyond the effective rank are dropped (TensorFlow
+///   would reject such specs; LiteRT accepts them, and so do we);
+/// - a new-axis bit on the ellipsis entry is ignored;
+/// - dimensions past the end of the spec are taken whole.
+///
+/// Mask bits beyond the spec's length are ignored.
 fn expand_spec(
     begin: &[i64],
     end: &[i64],
@@ -83,42 +93,83 @@ fn expand_spec(
     o: &StridedSliceOptions,
     rank: usize,
 ) -> Result<Vec<Entry>, KernelError> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Kind {
+        Ellipsis,
+        NewAxis,
+        Spec,
+    }
     let n = begin.len();
-    let ellipses = (0..n).filter(|&i| bit(o.ellipsis_mask, i)).count();
-    if ellipses > 1 {
+    let low = |mask: i32| if n >= 32 { mask } else { mask & ((1 << n) - 1) };
+    let (ellipsis_mask, new_axis_mask) = (low(o.ellipsis_mask), low(o.new_axis_mask));
+    if ellipsis_mask.count_ones() > 1 {
         return Err(KernelError::invalid(format!(
-            "ellipsis_mask {:#b} has more than one ellipsis",
-            o.ellipsis_mask
+            "ellipsis_mask {ellipsis_mask:#b} has more than one ellipsis"
         )));
     }
     let new_axes = (0..n)
-        .filter(|&i| bit(o.new_axis_mask, i) && !bit(o.ellipsis_mask, i))
+        .filter(|&i| bit(new_axis_mask, i) && !bit(ellipsis_mask, i))
         .count();
-    let consumed = n - ellipses - new_axes;
-    if consumed > rank {
-        return Err(KernelError::shape(format!(
-            "slice spec of {n} entries indexes {consumed} dimensions of a rank-{rank} input"
-        )));
-    }
-    let mut entries = Vec::with_capacity(rank + new_axes);
-    for i in 0..n {
-        if bit(o.ellipsis_mask, i) {
-            entries.extend(std::iter::repeat_n(Entry::Full, rank - consumed));
-        } else if bit(o.new_axis_mask, i) {
-            entries.push(Entry::NewAxis);
-        } else {
-            entries.push(Entry::Index {
-                begin: begin[i],
-                end: end[i],
-                stride: strides[i],
-                begin_masked: bit(o.begin_mask, i),
-                end_masked: bit(o.end_mask, i),
-                shrink: bit(o.shrink_axis_mask, i),
-            });
+    let effective = rank + new_axes;
+
+    let mut kinds = vec![Kind::Spec; effective];
+    let (mut ellipsis_start, mut expanded) = (effective, 0usize);
+    let mut i = 0;
+    while i < effective {
+        if bit(ellipsis_mask, i) {
+            ellipsis_start = i;
+            let wanted = (i + 1 + new_axes + rank) as i64 - n as i64;
+            let end = (wanted.min(effective as i64).max(0) as usize).max(i + 1);
+            expanded = end - i - 1;
+            kinds[i..end].fill(Kind::Ellipsis);
+            i = end;
+            continue;
         }
+        if bit(new_axis_mask, i - expanded) {
+            kinds[i] = Kind::NewAxis;
+        }
+        i += 1;
     }
-    if ellipses == 0 {
-        entries.extend(std::iter::repeat_n(Entry::Full, rank - consumed));
+
+    let mut entries = Vec::with_capacity(effective);
+    let mut added_ellipsis = 0;
+    for (i, kind) in kinds.into_iter().enumerate() {
+        let entry = match kind {
+            Kind::Ellipsis => {
+                added_ellipsis = i - ellipsis_start;
+                Entry::Full
+            }
+            Kind::NewAxis => Entry::NewAxis,
+            Kind::Spec if i >= n + expanded => Entry::Full,
+            Kind::Spec => {
+                let k = i - added_ellipsis;
+                let (Some(&begin), Some(&end), Some(&stride)) =
+                    (begin.get(k), end.get(k), strides.get(k))
+                else {
+                    return Err(KernelError::invalid(format!(
+                        "slice spec entry {k} is missing"
+                    )));
+                };
+                Entry::Index {
+                    begin,
+                    end,
+                    stride,
+                    begin_masked: bit(o.begin_mask, k),
+                    end_masked: bit(o.end_mask, k),
+                    shrink: bit(o.shrink_axis_mask, k),
+                }
+            }
+        };
+        entries.push(entry);
+    }
+    let consumed = entries
+        .iter()
+        .filter(|e| !matches!(e, Entry::NewAxis))
+        .count();
+    if consumed != rank {
+        return Err(KernelError::invalid(format!(
+            "slice spec of {n} entries with masks {o:?} does not fit a rank-{rank} input"
+        )));
     }
     Ok(entries)
 }
@@ -248,13 +299,11 @@ fn index_vector(
         )));
     }
     let v = known_ints(meta, what)?;
-    if let Some(len) = len {
-        if v.len() != len {
-            return Err(KernelError::shape(format!(
-                "{what} has {} values, expected {len}",
-                v.len()
-            )));
-        }
+    if let Some(len) = len.filter(|&len| v.len() != len) {
+        return Err(KernelError::shape(format!(
+            "{what} has {} values, expected {len}",
+            v.len()
+        )));
     }
     Ok(v)
 }
@@ -618,6 +667,69 @@ mod tests {
         }
     }
 
+    /// Random specs (masks, negative and out-of-range indices, negative strides) on
+    /// random shapes: wherever we accept the spec, LiteRT must produce the same tensor.
+    #[test]
+    fn random_strided_slices_match_litert() {
+        let mut rng = switchyard_testkit::Rng::new(42);
+        let mut checked = 0;
+        while checked < 40 {
+            let rank = rng.int(1, 3) as usize;
+            let shape: Vec<usize> = (0..rank).map(|_| rng.int(1, 5) as usize).collect();
+            let n = rng.int(1, rank as i64 + 1) as usize;
+            let mut pick = |lo, hi| (0..n).map(|_| rng.int(lo, hi) as i32).collect::<Vec<_>>();
+            let (begin, end) = (pick(-6, 6), pick(-6, 6));
+            let strides: Vec<i32> = pick(-2, 2)
+                .into_iter()
+                .map(|v| if v == 0 { 1 } else { v })
+                .collect();
+            let mask = |rng: &mut switchyard_testkit::Rng, p: i64| {
+                (0..n).fold(0i32, |m, i| if rng.int(0, 99) < p { m | 1 << i } else { m })
+            };
+            let ellipsis: i32 = mask(&mut rng, 15);
+            // At most one ellipsis bit.
+            let ellipsis = ellipsis & ellipsis.wrapping_neg();
+            let o = masks(
+                mask(&mut rng, 30),
+                mask(&mut rng, 30),
+                ellipsis,
+                mask(&mut rng, 15),
+                mask(&mut rng, 25),
+            );
+            let b: Vec<i64> = begin.iter().map(|&v| v as i64).collect();
+            let e: Vec<i64> = end.iter().map(|&v| v as i64).collect();
+            let st: Vec<i64> = strides.iter().map(|&v| v as i64).collect();
+            let Ok((out, _, _)) = plan_strided_slice(&shape, &b, &e, &st, &o) else {
+                continue;
+            };
+            // LiteRT handles at most 5 effective dimensions, and writes nothing for a
+            // shrunk axis with a negative stride (its loop runs from start to start + 1
+            // downwards); we take the element at the start there.
+            let negative_shrink = (0..n).any(|i| {
+                strides[i] < 0
+                    && bit(o.shrink_axis_mask, i)
+                    && !bit(o.ellipsis_mask | o.new_axis_mask, i)
+            });
+            if out.len() > 5 || out.iter().product::<usize>() == 0 || negative_shrink {
+                continue;
+            }
+            let c = Case {
+                shape,
+                begin,
+                end,
+                strides,
+                o,
+            };
+            check(
+                &c,
+                DType::F32,
+                true,
+                &format!("random {:?} {:?} {:?} {:?}", c.begin, c.end, c.strides, c.o),
+            );
+            checked += 1;
+        }
+    }
+
     #[test]
     fn bad_slices_are_errors() {
         let x = data(DType::F32, &[3, 4, 5], 1);
@@ -631,7 +743,9 @@ mod tests {
         expect_error(&mb, std::slice::from_ref(&x), "out of range");
         let five = case(&[3, 4, 5], &[0, 0, 0, 0], &[1, 1, 1, 1], &[1, 1, 1, 1]);
         let b: Vec<i64> = vec![0; 4];
-        assert!(plan_strided_slice(&five.shape, &b, &b, &[1; 4], &five.o).is_err());
+        // LiteRT drops spec entries past the input's rank.
+        let (out, _, _) = plan_strided_slice(&five.shape, &b, &[1; 4], &[1; 4], &five.o).unwrap();
+        assert_eq!(out, vec![1, 1, 1]);
         assert!(
             plan_strided_slice(&[3], &[0, 0], &[1, 1], &[1, 1], &masks(0, 0, 0b11, 0, 0)).is_err()
         );

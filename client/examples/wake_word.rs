@@ -1,0 +1,49 @@
+//! A wake-word app: runs an audio model on a new feature window every 80 ms with inline
+//! tensors, using the async client. Prints its latencies once a second.
+//!
+//! `cargo run --example wake_word -- SOCKET MODEL.tflite [SECONDS]`
+
+#[path = "common/mod.rs"]
+mod common;
+
+use std::time::{Duration, Instant};
+
+use switchyard_client::Client;
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut args = std::env::args().skip(1);
+    let socket = args.next().ok_or("usage: wake_word SOCKET MODEL [SECONDS]")?;
+    let model_path = args.next().ok_or("usage: wake_word SOCKET MODEL [SECONDS]")?;
+    let seconds: u64 = args.next().map(|s| s.parse()).transpose()?.unwrap_or(10);
+    let hop = Duration::from_millis(80);
+
+    let mut client = Client::connect_unix(&socket).await?;
+    let model = client.load_model_file(&model_path).await?;
+    println!("[wake-word] {} loaded as {} (every 80 ms, inline)", model.name, model.id);
+
+    let mut ticker = tokio::time::interval(hop);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let start = Instant::now();
+    let mut window = Vec::new();
+    let mut all = Vec::new();
+    let mut last_print = start;
+    let mut seed = 0;
+    while start.elapsed() < Duration::from_secs(seconds) {
+        ticker.tick().await;
+        seed += 1;
+        let inputs = common::synthetic_inputs(&model, seed);
+        let t = Instant::now();
+        client.run(&model.id, &inputs).await?;
+        let latency = t.elapsed();
+        window.push(latency);
+        all.push(latency);
+        if last_print.elapsed() >= Duration::from_secs(1) {
+            println!("[wake-word] {}", common::summary(&mut window, hop));
+            window.clear();
+            last_print = Instant::now();
+        }
+    }
+    println!("[wake-word] total: {}", common::summary(&mut all, hop));
+    Ok(())
+}

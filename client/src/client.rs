@@ -1,0 +1,340 @@
+//! The async client.
+
+use std::path::{Path, PathBuf};
+
+use hyper_util::rt::TokioIo;
+use switchyard_proto::DataType;
+use switchyard_proto::v1::{self, switchyard_client::SwitchyardClient, tensor::Data};
+use tonic::Request;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+use crate::ClientError;
+use crate::shm::ShmRegion;
+
+/// Largest message sent or accepted; the daemon enforces its own limit too.
+const MAX_MESSAGE: usize = 256 << 20;
+/// Models above this size are sent as a stream of chunks of this size.
+const CHUNK: usize = 1 << 20;
+
+/// An owned tensor as the API carries it: little-endian row-major element bytes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tensor {
+    pub dtype: DataType,
+    pub shape: Vec<u64>,
+    pub data: Vec<u8>,
+}
+
+impl Tensor {
+    pub fn new(dtype: DataType, shape: Vec<u64>, data: Vec<u8>) -> Result<Tensor, ClientError> {
+        let need = dtype
+            .byte_len(&shape)
+            .ok_or_else(|| ClientError::Invalid(format!("shape {shape:?} overflows")))?;
+        if need != data.len() {
+            return Err(ClientError::Invalid(format!(
+                "{} {shape:?} needs {need} bytes, got {}",
+                dtype.short_name(),
+                data.len()
+            )));
+        }
+        Ok(Tensor { dtype, shape, data })
+    }
+
+    pub fn from_f32(shape: Vec<u64>, values: &[f32]) -> Tensor {
+        let data = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        Tensor {
+            dtype: DataType::Float32,
+            shape,
+            data,
+        }
+    }
+
+    /// The elements as f32, if this is a float32 tensor.
+    pub fn to_f32(&self) -> Option<Vec<f32>> {
+        (self.dtype == DataType::Float32).then(|| {
+            self.data
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect()
+        })
+    }
+
+    fn to_wire(&self) -> v1::Tensor {
+        v1::Tensor {
+            dtype: self.dtype as i32,
+            shape: self.shape.clone(),
+            data: Some(Data::Inline(self.data.clone())),
+        }
+    }
+}
+
+/// Outputs of one run, with the daemon's timings.
+#[derive(Clone, Debug)]
+pub struct RunOutput {
+    /// Inline outputs (for shm runs, read them from the region with [`ShmRegion::read`]).
+    pub outputs: Vec<Tensor>,
+    /// Where each output landed for shm runs.
+    pub shm: Vec<Option<v1::ShmRef>>,
+    pub timing: v1::Timing,
+    pub request_id: u64,
+}
+
+fn from_wire(t: v1::Tensor) -> Result<(Tensor, Option<v1::ShmRef>), ClientError> {
+    let dtype = DataType::try_from(t.dtype)
+        .map_err(|_| ClientError::Invalid(format!("daemon sent unknown data type {}", t.dtype)))?;
+    match t.data {
+        Some(Data::Inline(data)) => Ok((
+            Tensor {
+                dtype,
+                shape: t.shape,
+                data,
+            },
+            None,
+        )),
+        Some(Data::Shm(r)) => Ok((
+            Tensor {
+                dtype,
+                shape: t.shape,
+                data: Vec::new(),
+            },
+            Some(r),
+        )),
+        None => Err(ClientError::Invalid(
+            "daemon sent a tensor without data".into(),
+        )),
+    }
+}
+
+#[derive(Clone)]
+enum Target {
+    Unix(PathBuf),
+    Tcp { token: String },
+}
+
+/// A connection to the daemon. Cheap to clone (one HTTP/2 channel underneath).
+#[derive(Clone)]
+pub struct Client {
+    rpc: SwitchyardClient<Channel>,
+    target: Target,
+}
+
+impl Client {
+    /// Connects over the daemon's Unix socket; the daemon identifies this process by
+    /// its uid.
+    pub async fn connect_unix(path: impl AsRef<Path>) -> Result<Client, ClientError> {
+        let path = path.as_ref().to_path_buf();
+        let p = path.clone();
+        // The URI is required by the API but unused: the connector dials the socket.
+        let channel = Endpoint::from_static("http://switchyard.local")
+            .connect_with_connector(tower::service_fn(move |_: Uri| {
+                let p = p.clone();
+                async move {
+                    Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(p).await?))
+                }
+            }))
+            .await
+            .map_err(|e| ClientError::Connect {
+                target: path.display().to_string(),
+                why: connect_reason(&e),
+            })?;
+        Ok(Client {
+            rpc: client(channel),
+            target: Target::Unix(path),
+        })
+    }
+
+    /// Connects over TCP (`host:port`) with a bearer token configured in the daemon.
+    pub async fn connect_tcp(addr: &str, token: &str) -> Result<Client, ClientError> {
+        let uri = format!("http://{addr}");
+        let endpoint = Endpoint::from_shared(uri).map_err(|e| ClientError::Connect {
+            target: addr.to_owned(),
+            why: e.to_string(),
+        })?;
+        let channel = endpoint.connect().await.map_err(|e| ClientError::Connect {
+            target: addr.to_owned(),
+            why: connect_reason(&e),
+        })?;
+        Ok(Client {
+            rpc: client(channel),
+            target: Target::Tcp {
+                token: token.to_owned(),
+            },
+        })
+    }
+
+    fn request<T>(&self, msg: T) -> Result<Request<T>, ClientError> {
+        let mut req = Request::new(msg);
+        if let Target::Tcp { token } = &self.target {
+            let value = format!("Bearer {token}").parse().map_err(|_| {
+                ClientError::Invalid("the token is not a valid header value".into())
+            })?;
+            req.metadata_mut().insert("authorization", value);
+        }
+        Ok(req)
+    }
+
+    /// Loads a model from bytes (streamed in chunks when large). Loading bytes another
+    /// app already loaded reuses the daemon's prepared copy.
+    pub async fn load_model(
+        &mut self,
+        name: &str,
+        bytes: Vec<u8>,
+    ) -> Result<v1::ModelInfo, ClientError> {
+        let resp = if bytes.len() <= CHUNK {
+            let req = self.request(v1::LoadModelRequest {
+                name: name.to_owned(),
+                model: bytes,
+            })?;
+            self.rpc.load_model(req).await?
+        } else {
+            let name = name.to_owned();
+            let chunks: Vec<v1::LoadModelChunk> = bytes
+                .chunks(CHUNK)
+                .enumerate()
+                .map(|(i, c)| v1::LoadModelChunk {
+                    name: if i == 0 { name.clone() } else { String::new() },
+                    data: c.to_vec(),
+                })
+                .collect();
+            let req = self.request(tokio_stream::iter(chunks))?;
+            self.rpc.load_model_stream(req).await?
+        };
+        resp.into_inner()
+            .model
+            .ok_or_else(|| ClientError::Invalid("daemon sent no model info".into()))
+    }
+
+    /// Reads a .tflite file and loads it, named after the file.
+    pub async fn load_model_file(
+        &mut self,
+        path: impl AsRef<Path>,
+    ) -> Result<v1::ModelInfo, ClientError> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).map_err(|source| ClientError::Io {
+            what: format!("reading {}", path.display()),
+            source,
+        })?;
+        let name = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        self.load_model(&name, bytes).await
+    }
+
+    pub async fn unload(&mut self, id: &str) -> Result<(), ClientError> {
+        let req = self.request(v1::UnloadModelRequest { id: id.to_owned() })?;
+        self.rpc.unload_model(req).await?;
+        Ok(())
+    }
+
+    pub async fn list_models(&mut self) -> Result<Vec<v1::ModelInfo>, ClientError> {
+        let req = self.request(v1::ListModelsRequest {})?;
+        Ok(self.rpc.list_models(req).await?.into_inner().models)
+    }
+
+    /// Runs a model with inline inputs; outputs come back inline.
+    pub async fn run(
+        &mut self,
+        model_id: &str,
+        inputs: &[Tensor],
+    ) -> Result<RunOutput, ClientError> {
+        let wire = inputs.iter().map(Tensor::to_wire).collect();
+        self.run_wire(model_id, wire, Vec::new()).await
+    }
+
+    /// Runs a model with inputs already written to shared memory (see
+    /// [`ShmRegion::write_tensor`]); outputs are written to `outputs` when given (one per
+    /// model output), else returned inline.
+    pub async fn run_shm(
+        &mut self,
+        model_id: &str,
+        inputs: &[(DataType, Vec<u64>, v1::ShmRef)],
+        outputs: &[v1::ShmRef],
+    ) -> Result<RunOutput, ClientError> {
+        let wire = inputs
+            .iter()
+            .map(|(dtype, shape, r)| v1::Tensor {
+                dtype: *dtype as i32,
+                shape: shape.clone(),
+                data: Some(Data::Shm(*r)),
+            })
+            .collect();
+        self.run_wire(model_id, wire, outputs.to_vec()).await
+    }
+
+    async fn run_wire(
+        &mut self,
+        model_id: &str,
+        inputs: Vec<v1::Tensor>,
+        output_shm: Vec<v1::ShmRef>,
+    ) -> Result<RunOutput, ClientError> {
+        let req = self.request(v1::RunRequest {
+            model_id: model_id.to_owned(),
+            inputs,
+            output_shm,
+        })?;
+        let resp = self.rpc.run(req).await?.into_inner();
+        let mut outputs = Vec::with_capacity(resp.outputs.len());
+        let mut shm = Vec::with_capacity(resp.outputs.len());
+        for t in resp.outputs {
+            let (t, r) = from_wire(t)?;
+            outputs.push(t);
+            shm.push(r);
+        }
+        Ok(RunOutput {
+            outputs,
+            shm,
+            timing: resp.timing.unwrap_or_default(),
+            request_id: resp.request_id,
+        })
+    }
+
+    /// Creates a sealed memfd of `size` bytes and registers it with the daemon over the
+    /// side socket. Only on the Unix socket: fds cannot cross TCP.
+    pub fn create_region(&self, size: usize) -> Result<ShmRegion, ClientError> {
+        match &self.target {
+            Target::Unix(path) => ShmRegion::create(path, size),
+            Target::Tcp { .. } => Err(ClientError::Shm(
+                "shared memory needs the Unix socket; this client is on TCP".into(),
+            )),
+        }
+    }
+
+    pub async fn release_region(&mut self, id: u64) -> Result<(), ClientError> {
+        let req = self.request(v1::ReleaseRegionRequest { id })?;
+        self.rpc.release_region(req).await?;
+        Ok(())
+    }
+
+    pub async fn list_regions(&mut self) -> Result<Vec<v1::RegionInfo>, ClientError> {
+        let req = self.request(v1::ListRegionsRequest {})?;
+        Ok(self.rpc.list_regions(req).await?.into_inner().regions)
+    }
+
+    pub async fn tenants(&mut self) -> Result<Vec<v1::TenantInfo>, ClientError> {
+        let req = self.request(v1::ListTenantsRequest {})?;
+        Ok(self.rpc.list_tenants(req).await?.into_inner().tenants)
+    }
+
+    pub async fn status(&mut self) -> Result<v1::StatusResponse, ClientError> {
+        let req = self.request(v1::StatusRequest {})?;
+        Ok(self.rpc.status(req).await?.into_inner())
+    }
+}
+
+fn client(channel: Channel) -> SwitchyardClient<Channel> {
+    SwitchyardClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE)
+}
+
+fn connect_reason(e: &tonic::transport::Error) -> String {
+    use std::error::Error;
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(cause) = src {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        src = cause.source();
+    }
+    s
+}

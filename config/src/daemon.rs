@@ -1,0 +1,227 @@
+//! The `[daemon]` section: where `switchyardd` listens, how many threads it uses, and the
+//! per-tenant quotas. Defaults are small on purpose: the daemon shares a device with the
+//! apps it serves, so an operator raises limits rather than discovering them.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::ConfigError;
+
+/// Where the daemon listens when neither the config nor `SWITCHYARD_SOCKET` says.
+pub const DEFAULT_SOCKET: &str = "/run/switchyard/switchyard.sock";
+
+/// The socket path clients use by default: `SWITCHYARD_SOCKET` if set, else
+/// [`DEFAULT_SOCKET`].
+pub fn default_socket_path() -> PathBuf {
+    std::env::var_os("SWITCHYARD_SOCKET")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET))
+}
+
+/// The side socket for shared-memory registration lives next to the gRPC socket, so a
+/// client that knows one knows the other.
+pub fn shm_socket_path(grpc_socket: &Path) -> PathBuf {
+    grpc_socket.with_extension("shm")
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DaemonConfig {
+    /// gRPC Unix socket; its directory is created if missing.
+    pub socket: PathBuf,
+    /// Permissions of the socket files. 0o666 lets every local uid connect; tenants are
+    /// still told apart by their peer credentials.
+    pub socket_mode: u32,
+    /// Permissions of the socket directory when the daemon creates it.
+    pub socket_dir_mode: u32,
+    /// Optional TCP listener (`host:port`); requests must carry a configured bearer token.
+    pub tcp: Option<String>,
+    /// Tokens accepted on TCP; each names the tenant it authenticates.
+    pub tokens: Vec<TokenConfig>,
+    /// uids allowed to see every tenant in `tenants` and `status`.
+    pub admin_uids: Vec<u32>,
+    /// Async runtime worker threads.
+    pub worker_threads: usize,
+    /// Interpreters prepared per model: how many requests for one model run at once.
+    pub interpreters_per_model: usize,
+    /// Threads each interpreter's kernels may use.
+    pub kernel_threads: usize,
+    /// How long shutdown waits for in-flight requests before exiting anyway.
+    pub grace_ms: u64,
+    /// Largest gRPC message accepted or sent (inline tensors and models).
+    pub max_message_bytes: usize,
+    pub quota: QuotaConfig,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    pub token: String,
+    pub tenant: String,
+    #[serde(default)]
+    pub admin: bool,
+}
+
+/// Limits per tenant.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuotaConfig {
+    /// Models a tenant may hold at once.
+    pub models: usize,
+    /// Sum of the byte sizes of a tenant's models.
+    pub model_bytes: u64,
+    /// Sum of the planned arena bytes of a tenant's models (one interpreter each).
+    pub arena_bytes: u64,
+    /// Requests a tenant may have running or queued at once.
+    pub in_flight: usize,
+    /// Shared-memory regions a tenant may register.
+    pub regions: usize,
+    /// Sum of the sizes of a tenant's shared-memory regions.
+    pub region_bytes: u64,
+}
+
+impl Default for QuotaConfig {
+    fn default() -> Self {
+        QuotaConfig {
+            models: 8,
+            model_bytes: 64 << 20,
+            arena_bytes: 256 << 20,
+            in_flight: 8,
+            regions: 16,
+            region_bytes: 256 << 20,
+        }
+    }
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        DaemonConfig {
+            socket: PathBuf::from(DEFAULT_SOCKET),
+            socket_mode: 0o666,
+            socket_dir_mode: 0o755,
+            tcp: None,
+            tokens: Vec::new(),
+            admin_uids: vec![0],
+            worker_threads: 2,
+            interpreters_per_model: 2,
+            kernel_threads: 1,
+            grace_ms: 5_000,
+            max_message_bytes: 64 << 20,
+            quota: QuotaConfig::default(),
+        }
+    }
+}
+
+impl DaemonConfig {
+    /// Reads the `[daemon]` section of a whole config document (validating all of it).
+    pub fn from_toml(text: &str) -> Result<DaemonConfig, ConfigError> {
+        Ok(crate::Config::from_toml_str(text)?.daemon)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad =
+            |field: &str, why: &str| Err(ConfigError::invalid(format!("daemon.{field}"), why));
+        if self.socket.as_os_str().is_empty() {
+            return bad("socket", "must not be empty");
+        }
+        if self.socket.file_name().is_none() {
+            return bad("socket", "must name a file");
+        }
+        if self.socket_mode > 0o777 {
+            return bad("socket_mode", "must be a permission mode (at most 0o777)");
+        }
+        if self.socket_dir_mode > 0o777 {
+            return bad(
+                "socket_dir_mode",
+                "must be a permission mode (at most 0o777)",
+            );
+        }
+        if let Some(addr) = &self.tcp {
+            if addr.parse::<std::net::SocketAddr>().is_err() {
+                return bad("tcp", "must be an address such as 127.0.0.1:7878");
+            }
+            if self.tokens.is_empty() {
+                return bad("tokens", "a TCP listener needs at least one token");
+            }
+        }
+        let mut seen = HashSet::new();
+        for t in &self.tokens {
+            if t.token.len() < 16 {
+                return bad("tokens", "each token must be at least 16 characters");
+            }
+            if t.tenant.is_empty() {
+                return bad("tokens", "each token must name a tenant");
+            }
+            if !seen.insert(&t.token) {
+                return bad("tokens", "tokens must be distinct");
+            }
+        }
+        if self.worker_threads == 0 || self.worker_threads > 256 {
+            return bad("worker_threads", "must be between 1 and 256");
+        }
+        if self.interpreters_per_model == 0 || self.interpreters_per_model > 64 {
+            return bad("interpreters_per_model", "must be between 1 and 64");
+        }
+        if self.kernel_threads == 0 || self.kernel_threads > 256 {
+            return bad("kernel_threads", "must be between 1 and 256");
+        }
+        if self.max_message_bytes < 1 << 16 || self.max_message_bytes > 1 << 30 {
+            return bad("max_message_bytes", "must be between 64 KiB and 1 GiB");
+        }
+        let q = &self.quota;
+        if q.models == 0 || q.in_flight == 0 {
+            return bad("quota", "models and in_flight must be at least 1");
+        }
+        if q.in_flight > 1 << 16 {
+            return bad("quota.in_flight", "must be at most 65536");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_document_gives_defaults() {
+        let c = DaemonConfig::from_toml("").unwrap();
+        assert_eq!(c, DaemonConfig::default());
+        assert_eq!(c.worker_threads, 2);
+    }
+
+    #[test]
+    fn reads_section_and_ignores_others() {
+        let c = DaemonConfig::from_toml(
+            "[devices.npu]\nclock_mhz = 600.0\n[daemon]\nsocket = \"/tmp/a.sock\"\nsocket_mode = 0o600\n[daemon.quota]\nmodels = 2\n",
+        )
+        .unwrap();
+        assert_eq!(c.socket, PathBuf::from("/tmp/a.sock"));
+        assert_eq!(c.socket_mode, 0o600);
+        assert_eq!(c.quota.models, 2);
+        assert_eq!(c.quota.in_flight, QuotaConfig::default().in_flight);
+    }
+
+    #[test]
+    fn rejects_unknown_and_invalid() {
+        assert!(DaemonConfig::from_toml("[daemon]\nsockett = \"x\"\n").is_err());
+        assert!(DaemonConfig::from_toml("[daemon]\ntcp = \"127.0.0.1:1\"\n").is_err());
+        assert!(DaemonConfig::from_toml("[daemon]\nworker_threads = 0\n").is_err());
+        assert!(DaemonConfig::from_toml("[daemon.quota]\nin_flight = 0\n").is_err());
+        let e = DaemonConfig::from_toml(
+            "[daemon]\ntcp = \"127.0.0.1:1\"\n[[daemon.tokens]]\ntoken = \"short\"\ntenant = \"a\"\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("16"), "{e}");
+    }
+
+    #[test]
+    fn shm_socket_sits_next_to_grpc_socket() {
+        assert_eq!(
+            shm_socket_path(Path::new("/run/s/switchyard.sock")),
+            PathBuf::from("/run/s/switchyard.shm")
+        );
+    }
+}

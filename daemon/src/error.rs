@@ -1,0 +1,113 @@
+//! The daemon's one error type and its single mapping to gRPC status codes.
+
+use switchyard_interpreter::{ModelError, RunError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    // Caller identity.
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
+    /// Unknown ids and other tenants' ids produce the same error, so ids cannot be probed.
+    #[error("{kind} `{id}` not found")]
+    NotFound { kind: &'static str, id: String },
+
+    // Client input.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    #[error("malformed model: {0}")]
+    Model(#[from] ModelError),
+    #[error("model cannot be prepared: {0}")]
+    Prepare(RunError),
+    #[error("run failed: {0}")]
+    Run(RunError),
+    #[error("shared memory: {0}")]
+    Shm(String),
+
+    // Limits.
+    #[error("quota `{quota}` exceeded (limit {limit}): {detail}")]
+    Quota {
+        quota: &'static str,
+        limit: u64,
+        detail: String,
+    },
+
+    // The daemon itself.
+    #[error("invalid config: {0}")]
+    Config(#[from] switchyard_config::ConfigError),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("server error: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl DaemonError {
+    pub fn io(what: impl Into<String>, source: std::io::Error) -> DaemonError {
+        DaemonError::Io {
+            what: what.into(),
+            source,
+        }
+    }
+
+    pub fn invalid(what: impl Into<String>) -> DaemonError {
+        DaemonError::InvalidArgument(what.into())
+    }
+}
+
+impl From<DaemonError> for tonic::Status {
+    fn from(e: DaemonError) -> tonic::Status {
+        use tonic::Code;
+        let code = match &e {
+            DaemonError::Unauthenticated(_) => Code::Unauthenticated,
+            DaemonError::PermissionDenied(_) => Code::PermissionDenied,
+            DaemonError::NotFound { .. } => Code::NotFound,
+            DaemonError::InvalidArgument(_)
+            | DaemonError::Model(_)
+            | DaemonError::Prepare(_)
+            | DaemonError::Shm(_) => Code::InvalidArgument,
+            DaemonError::Run(RunError::Input { .. }) => Code::InvalidArgument,
+            DaemonError::Run(_) => Code::Internal,
+            DaemonError::Quota { .. } => Code::ResourceExhausted,
+            DaemonError::Config(_)
+            | DaemonError::Io { .. }
+            | DaemonError::Transport(_)
+            | DaemonError::Internal(_) => Code::Internal,
+        };
+        tonic::Status::new(code, e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quota_maps_to_resource_exhausted_and_names_the_quota() {
+        let s: tonic::Status = DaemonError::Quota {
+            quota: "models",
+            limit: 2,
+            detail: "tenant holds 2 models".into(),
+        }
+        .into();
+        assert_eq!(s.code(), tonic::Code::ResourceExhausted);
+        assert!(s.message().contains("`models`"), "{}", s.message());
+    }
+
+    #[test]
+    fn not_found_message_does_not_depend_on_owner() {
+        let a: tonic::Status = DaemonError::NotFound {
+            kind: "model",
+            id: "abc".into(),
+        }
+        .into();
+        assert_eq!(a.code(), tonic::Code::NotFound);
+        assert_eq!(a.message(), "model `abc` not found");
+    }
+}

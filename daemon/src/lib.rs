@@ -1,0 +1,33 @@
+//! switchyard-daemon: the Switchyard system service as a library; `switchyardd` is a thin
+//! binary over [`run`].
+//!
+//! Layout:
+//! - [`server`]: binding the sockets, serving gRPC (Unix socket, optional TCP) and the
+//!   shared-memory side socket, graceful shutdown with a grace timeout.
+//! - [`service`]: the gRPC service: caller identity, request checks, runs.
+//! - [`tenant`]: tenants, their model handles, quotas and counters.
+//! - [`registry`]: prepared models deduplicated by sha256 with interpreter pools.
+//! - [`shm`]: memfd regions received over SCM_RIGHTS, range checks.
+//! - [`error`]: [`DaemonError`] and its one mapping to `tonic::Status`.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), switchyard_daemon::DaemonError> {
+//! let config = switchyard_config::DaemonConfig::default();
+//! let listeners = switchyard_daemon::server::bind(&config).await?;
+//! switchyard_daemon::run(config, listeners, async {
+//!     let _ = tokio::signal::ctrl_c().await;
+//! })
+//! .await
+//! # }
+//! ```
+#![deny(unsafe_code)]
+
+pub mod error;
+pub mod registry;
+pub mod server;
+pub mod service;
+pub mod shm;
+pub mod tenant;
+
+pub use error::DaemonError;
+pub use server::{Listeners, bind, run};

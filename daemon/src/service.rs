@@ -1,0 +1,590 @@
+//! The gRPC service: identifies the caller, checks every field of the request, and runs
+//! models on the blocking pool.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Instant;
+
+use switchyard_config::DaemonConfig;
+use switchyard_proto::v1::{self, switchyard_server::Switchyard, tensor::Data};
+use tokio_stream::StreamExt;
+use tonic::transport::server::{TcpConnectInfo, UdsConnectInfo};
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::error::DaemonError;
+use crate::registry::{ModelRegistry, PreparedModel, TensorSpec, dtype_from_wire, dtype_to_wire};
+use crate::shm::{Region, Regions, check_range};
+use crate::tenant::{Caller, Handle, TenantId, TenantSnapshot, Tenants};
+
+/// Longest tensor rank accepted from a client.
+const MAX_RANK: usize = 16;
+
+/// Shared daemon state: one per running daemon.
+pub struct State {
+    pub config: DaemonConfig,
+    pub started: Instant,
+    pub registry: ModelRegistry,
+    pub tenants: Tenants,
+    pub regions: Arc<Regions>,
+    next_request: AtomicU64,
+    /// Load and run handlers currently executing; shutdown drains until this is zero.
+    active: Arc<AtomicUsize>,
+}
+
+/// Counts one executing handler for as long as it lives.
+pub struct ActiveGuard(Arc<AtomicUsize>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl State {
+    pub fn new(config: DaemonConfig) -> State {
+        State {
+            registry: ModelRegistry::new(config.kernel_threads, config.interpreters_per_model),
+            tenants: Tenants::new(config.quota.clone()),
+            regions: Arc::new(Regions::new(config.quota.clone())),
+            started: Instant::now(),
+            next_request: AtomicU64::new(1),
+            active: Arc::new(AtomicUsize::new(0)),
+            config,
+        }
+    }
+
+    pub fn enter(&self) -> ActiveGuard {
+        self.active.fetch_add(1, Ordering::AcqRel);
+        ActiveGuard(self.active.clone())
+    }
+
+    /// Load and run requests still executing.
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::Acquire)
+    }
+
+    /// The tenant behind a request: peer credentials on the Unix socket, the bearer
+    /// token on TCP. Anything else is refused.
+    pub fn caller<T>(&self, req: &Request<T>) -> Result<Caller, DaemonError> {
+        if let Some(info) = req.extensions().get::<UdsConnectInfo>() {
+            let cred = info.peer_cred.ok_or_else(|| {
+                DaemonError::Unauthenticated("the Unix socket gave no peer credentials".into())
+            })?;
+            let uid = cred.uid();
+            return Ok(Caller {
+                tenant: TenantId::Uid(uid),
+                pid: cred.pid().and_then(|p| u32::try_from(p).ok()),
+                admin: self.config.admin_uids.contains(&uid),
+            });
+        }
+        if req.extensions().get::<TcpConnectInfo>().is_none() {
+            return Err(DaemonError::Unauthenticated("unknown transport".into()));
+        }
+        let presented = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| {
+                DaemonError::Unauthenticated(
+                    "TCP requests need `authorization: Bearer <token>`".into(),
+                )
+            })?;
+        let mut found = None;
+        for t in &self.config.tokens {
+            if constant_time_eq(t.token.as_bytes(), presented.as_bytes()) {
+                found = Some(t);
+            }
+        }
+        let t = found.ok_or_else(|| DaemonError::Unauthenticated("unknown token".into()))?;
+        Ok(Caller {
+            tenant: TenantId::Token(t.tenant.clone()),
+            pid: None,
+            admin: t.admin,
+        })
+    }
+
+    fn model_info(&self, id: &str, handle: &Handle) -> v1::ModelInfo {
+        let m = &handle.model;
+        v1::ModelInfo {
+            id: id.to_owned(),
+            name: handle.name.clone(),
+            sha256: m.sha256_hex.clone(),
+            bytes: m.bytes,
+            arena_bytes: m.arena_bytes,
+            inputs: m.inputs.iter().map(tensor_info).collect(),
+            outputs: m.outputs.iter().map(tensor_info).collect(),
+        }
+    }
+
+    fn tenant_info(&self, s: TenantSnapshot) -> v1::TenantInfo {
+        let regions = self.regions.of(&s.id);
+        v1::TenantInfo {
+            id: s.id.to_string(),
+            uid: match s.id {
+                TenantId::Uid(u) => Some(u),
+                TenantId::Token(_) => None,
+            },
+            pids: s.pids,
+            models: s.models as u32,
+            model_bytes: s.model_bytes,
+            arena_bytes: s.arena_bytes,
+            regions: regions.len() as u32,
+            region_bytes: regions.iter().map(|r| r.len() as u64).sum(),
+            counters: Some(v1::TenantCounters {
+                requests: s.counters.requests,
+                failed: s.counters.failed,
+                rejected: s.counters.rejected,
+                in_flight: s.in_flight as u32,
+                queue_us_total: s.counters.queue_us_total,
+                run_us_total: s.counters.run_us_total,
+                last_queue_us: s.counters.last_queue_us,
+                last_run_us: s.counters.last_run_us,
+            }),
+        }
+    }
+
+    fn visible_tenants(&self, caller: &Caller) -> Vec<v1::TenantInfo> {
+        self.tenants.touch(caller);
+        self.tenants
+            .snapshot()
+            .into_iter()
+            .filter(|s| caller.admin || s.id == caller.tenant)
+            .map(|s| self.tenant_info(s))
+            .collect()
+    }
+
+    fn finish_load(
+        &self,
+        caller: &Caller,
+        name: String,
+        model: Arc<PreparedModel>,
+        shared: bool,
+    ) -> Result<v1::LoadModelResponse, DaemonError> {
+        let id = model.id();
+        let handle = Handle { name, model };
+        self.tenants.insert(caller, id.clone(), handle.clone())?;
+        info!(tenant = %caller.tenant, model = %id, shared, bytes = handle.model.bytes, "model loaded");
+        Ok(v1::LoadModelResponse {
+            model: Some(self.model_info(&id, &handle)),
+            shared,
+        })
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn tensor_info(t: &TensorSpec) -> v1::TensorInfo {
+    v1::TensorInfo {
+        name: t.name.clone(),
+        dtype: dtype_to_wire(t.dtype).unwrap_or(v1::DataType::Unspecified) as i32,
+        shape: t.shape.iter().map(|&d| d as u64).collect(),
+    }
+}
+
+/// The gRPC service over shared state.
+#[derive(Clone)]
+pub struct Service {
+    pub state: Arc<State>,
+}
+
+/// Loads `bytes` on the blocking pool (hashing, verifying and preparing are CPU work).
+async fn spawn_load(
+    state: &Arc<State>,
+    caller: &Caller,
+    name: String,
+    bytes: Vec<u8>,
+) -> Result<v1::LoadModelResponse, DaemonError> {
+    state.tenants.precheck_load(caller, bytes.len() as u64)?;
+    if name.len() > 256 {
+        return Err(DaemonError::invalid("model name is longer than 256 bytes"));
+    }
+    let st = state.clone();
+    let (model, shared) = tokio::task::spawn_blocking(move || st.registry.load(&bytes))
+        .await
+        .map_err(|e| DaemonError::Internal(format!("load task: {e}")))??;
+    state.finish_load(caller, name, model, shared)
+}
+
+/// Where one input's bytes come from, after checking.
+enum Input {
+    Inline(Vec<u8>),
+    Shm(Arc<Region>, std::ops::Range<usize>),
+}
+
+struct CheckedInput {
+    shape: Vec<usize>,
+    data: Input,
+}
+
+struct OutputDest {
+    region: Arc<Region>,
+    offset: u64,
+    length: u64,
+}
+
+fn check_inputs(
+    state: &State,
+    caller: &Caller,
+    model: &PreparedModel,
+    tensors: Vec<v1::Tensor>,
+) -> Result<Vec<CheckedInput>, DaemonError> {
+    if tensors.len() != model.inputs.len() {
+        return Err(DaemonError::invalid(format!(
+            "the model takes {} inputs, the request has {}",
+            model.inputs.len(),
+            tensors.len()
+        )));
+    }
+    let mut out = Vec::with_capacity(tensors.len());
+    for (i, (t, spec)) in tensors.into_iter().zip(&model.inputs).enumerate() {
+        let wire = v1::DataType::try_from(t.dtype).map_err(|_| {
+            DaemonError::invalid(format!("input {i}: unknown data type {}", t.dtype))
+        })?;
+        let dtype = dtype_from_wire(wire)
+            .ok_or_else(|| DaemonError::invalid(format!("input {i}: data type is unspecified")))?;
+        if dtype != spec.dtype {
+            return Err(DaemonError::invalid(format!(
+                "input {i} (`{}`): expected {}, got {dtype}",
+                spec.name, spec.dtype
+            )));
+        }
+        if t.shape.len() > MAX_RANK {
+            return Err(DaemonError::invalid(format!(
+                "input {i}: rank {} is above {MAX_RANK}",
+                t.shape.len()
+            )));
+        }
+        let expected = wire.byte_len(&t.shape).ok_or_else(|| {
+            DaemonError::invalid(format!("input {i}: shape {:?} overflows", t.shape))
+        })?;
+        let shape: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
+        let data = match t.data {
+            Some(Data::Inline(bytes)) => {
+                if bytes.len() != expected {
+                    return Err(DaemonError::invalid(format!(
+                        "input {i}: {dtype} {shape:?} needs {expected} bytes, got {}",
+                        bytes.len()
+                    )));
+                }
+                Input::Inline(bytes)
+            }
+            Some(Data::Shm(r)) => {
+                if r.length != expected as u64 {
+                    return Err(DaemonError::invalid(format!(
+                        "input {i}: {dtype} {shape:?} needs {expected} bytes, the shm range has {}",
+                        r.length
+                    )));
+                }
+                let region = state.regions.get(&caller.tenant, r.region)?;
+                let range = check_range(region.len(), r.offset, r.length)?;
+                Input::Shm(region, range)
+            }
+            None => return Err(DaemonError::invalid(format!("input {i} carries no data"))),
+        };
+        out.push(CheckedInput { shape, data });
+    }
+    Ok(out)
+}
+
+fn check_outputs(
+    state: &State,
+    caller: &Caller,
+    model: &PreparedModel,
+    refs: Vec<v1::ShmRef>,
+) -> Result<Option<Vec<OutputDest>>, DaemonError> {
+    if refs.is_empty() {
+        return Ok(None);
+    }
+    if refs.len() != model.outputs.len() {
+        return Err(DaemonError::invalid(format!(
+            "the model has {} outputs, the request names {} shm destinations",
+            model.outputs.len(),
+            refs.len()
+        )));
+    }
+    refs.into_iter()
+        .map(|r| {
+            let region = state.regions.get(&caller.tenant, r.region)?;
+            check_range(region.len(), r.offset, r.length)?;
+            Ok(OutputDest {
+                region,
+                offset: r.offset,
+                length: r.length,
+            })
+        })
+        .collect::<Result<Vec<_>, DaemonError>>()
+        .map(Some)
+}
+
+/// Sets inputs, invokes, and returns outputs inline or written to shm. Runs on the
+/// blocking pool.
+fn execute(
+    model: &PreparedModel,
+    inputs: Vec<CheckedInput>,
+    outputs: Option<Vec<OutputDest>>,
+) -> Result<Vec<v1::Tensor>, DaemonError> {
+    let mut it = model.take_interpreter()?;
+    let result = (|| {
+        for (i, x) in inputs.iter().enumerate() {
+            let (_, current) = it.input_info(i).map_err(DaemonError::Run)?;
+            if current != x.shape {
+                it.resize_input(i, x.shape.clone())
+                    .map_err(DaemonError::Run)?;
+            }
+            let bytes = match &x.data {
+                Input::Inline(b) => b.as_slice(),
+                Input::Shm(region, range) => region.bytes(range.clone())?,
+            };
+            it.set_input(i, bytes).map_err(DaemonError::Run)?;
+        }
+        it.invoke().map_err(DaemonError::Run)?;
+        let mut out = Vec::with_capacity(it.output_count());
+        for i in 0..it.output_count() {
+            let view = it.output(i).map_err(DaemonError::Run)?;
+            let dtype = dtype_to_wire(view.dtype).ok_or_else(|| {
+                DaemonError::Internal(format!(
+                    "output {i} has type {}, which the API cannot carry",
+                    view.dtype
+                ))
+            })?;
+            let shape = view.shape.iter().map(|&d| d as u64).collect();
+            let data = match outputs.as_ref().and_then(|d| d.get(i)) {
+                Some(dest) => {
+                    let len = view.bytes.len() as u64;
+                    if len > dest.length {
+                        return Err(DaemonError::invalid(format!(
+                            "output {i} has {len} bytes; its shm destination holds {}",
+                            dest.length
+                        )));
+                    }
+                    dest.region.write(dest.offset, view.bytes)?;
+                    Data::Shm(v1::ShmRef {
+                        region: dest.region.id,
+                        offset: dest.offset,
+                        length: len,
+                    })
+                }
+                None => Data::Inline(view.bytes.to_vec()),
+            };
+            out.push(v1::Tensor {
+                dtype: dtype as i32,
+                shape,
+                data: Some(data),
+            });
+        }
+        Ok(out)
+    })();
+    if result.is_ok() {
+        model.give_back(it);
+    }
+    result
+}
+
+type ChunkStream = Streaming<v1::LoadModelChunk>;
+
+#[tonic::async_trait]
+impl Switchyard for Service {
+    async fn load_model(
+        &self,
+        req: Request<v1::LoadModelRequest>,
+    ) -> Result<Response<v1::LoadModelResponse>, Status> {
+        let _active = self.state.enter();
+        let caller = self.state.caller(&req)?;
+        let r = req.into_inner();
+        let span = info_span!("load", tenant = %caller.tenant, bytes = r.model.len());
+        let resp = spawn_load(&self.state, &caller, r.name, r.model)
+            .instrument(span)
+            .await?;
+        Ok(Response::new(resp))
+    }
+
+    async fn load_model_stream(
+        &self,
+        req: Request<ChunkStream>,
+    ) -> Result<Response<v1::LoadModelResponse>, Status> {
+        let _active = self.state.enter();
+        let caller = self.state.caller(&req)?;
+        let limit = self.state.tenants.quota().model_bytes;
+        let mut stream = req.into_inner();
+        let mut name = None;
+        let mut bytes = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            if name.is_none() {
+                name = Some(chunk.name);
+            }
+            if (bytes.len() as u64).saturating_add(chunk.data.len() as u64) > limit {
+                return Err(DaemonError::Quota {
+                    quota: "model_bytes",
+                    limit,
+                    detail: "the streamed model is larger than the tenant may hold".into(),
+                }
+                .into());
+            }
+            bytes.extend_from_slice(&chunk.data);
+        }
+        let span = info_span!("load", tenant = %caller.tenant, bytes = bytes.len());
+        let resp = spawn_load(&self.state, &caller, name.unwrap_or_default(), bytes)
+            .instrument(span)
+            .await?;
+        Ok(Response::new(resp))
+    }
+
+    async fn unload_model(
+        &self,
+        req: Request<v1::UnloadModelRequest>,
+    ) -> Result<Response<v1::UnloadModelResponse>, Status> {
+        let caller = self.state.caller(&req)?;
+        let id = req.into_inner().id;
+        self.state.tenants.remove(&caller, &id)?;
+        info!(tenant = %caller.tenant, model = %id, "model unloaded");
+        Ok(Response::new(v1::UnloadModelResponse {}))
+    }
+
+    async fn list_models(
+        &self,
+        req: Request<v1::ListModelsRequest>,
+    ) -> Result<Response<v1::ListModelsResponse>, Status> {
+        let caller = self.state.caller(&req)?;
+        let models = self
+            .state
+            .tenants
+            .handles(&caller)
+            .iter()
+            .map(|(id, h)| self.state.model_info(id, h))
+            .collect();
+        Ok(Response::new(v1::ListModelsResponse { models }))
+    }
+
+    async fn run(&self, req: Request<v1::RunRequest>) -> Result<Response<v1::RunResponse>, Status> {
+        let _active = self.state.enter();
+        let caller = self.state.caller(&req)?;
+        let request_id = self.state.next_request.fetch_add(1, Ordering::Relaxed);
+        let r = req.into_inner();
+        let span = info_span!("run", tenant = %caller.tenant, model = %r.model_id, request_id);
+        let state = self.state.clone();
+        let outcome = async move {
+            let handle = state.tenants.handle(&caller, &r.model_id)?;
+            let permit = state.tenants.admit(&caller)?;
+            let result = async {
+                let model = handle.model.clone();
+                let inputs = check_inputs(&state, &caller, &model, r.inputs)?;
+                let outputs = check_outputs(&state, &caller, &model, r.output_shm)?;
+                let queued = Instant::now();
+                let slot = model
+                    .slots
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| DaemonError::Internal("model pool closed".into()))?;
+                let queue_us = queued.elapsed().as_micros() as u64;
+                // The permits move into the blocking task: a client that disconnects
+                // mid-run drops this future, but the in-flight count and the
+                // interpreter stay accounted for until the run really ends.
+                let (tensors, run_us) = tokio::task::spawn_blocking(move || {
+                    let _permits = (permit, slot);
+                    let t = Instant::now();
+                    let res = execute(&model, inputs, outputs);
+                    (res, t.elapsed().as_micros() as u64)
+                })
+                .await
+                .map_err(|e| DaemonError::Internal(format!("run task: {e}")))?;
+                Ok::<_, DaemonError>((tensors, queue_us, run_us))
+            }
+            .await;
+            match result {
+                Ok((Ok(outputs), queue_us, run_us)) => {
+                    state.tenants.record(&caller, true, queue_us, run_us);
+                    Ok(v1::RunResponse {
+                        outputs,
+                        timing: Some(v1::Timing { queue_us, run_us }),
+                        request_id,
+                    })
+                }
+                Ok((Err(e), queue_us, run_us)) => {
+                    state.tenants.record(&caller, false, queue_us, run_us);
+                    Err(e)
+                }
+                Err(e) => {
+                    state.tenants.record(&caller, false, 0, 0);
+                    Err(e)
+                }
+            }
+        }
+        .instrument(span.clone())
+        .await;
+        match outcome {
+            Ok(resp) => Ok(Response::new(resp)),
+            Err(e) => {
+                span.in_scope(|| warn!(error = %e, "run failed"));
+                Err(e.into())
+            }
+        }
+    }
+
+    async fn list_regions(
+        &self,
+        req: Request<v1::ListRegionsRequest>,
+    ) -> Result<Response<v1::ListRegionsResponse>, Status> {
+        let caller = self.state.caller(&req)?;
+        let regions = self
+            .state
+            .regions
+            .of(&caller.tenant)
+            .iter()
+            .map(|r| v1::RegionInfo {
+                id: r.id,
+                bytes: r.len() as u64,
+                pid: r.pid,
+            })
+            .collect();
+        Ok(Response::new(v1::ListRegionsResponse { regions }))
+    }
+
+    async fn release_region(
+        &self,
+        req: Request<v1::ReleaseRegionRequest>,
+    ) -> Result<Response<v1::ReleaseRegionResponse>, Status> {
+        let caller = self.state.caller(&req)?;
+        self.state
+            .regions
+            .release(&caller.tenant, req.into_inner().id)?;
+        Ok(Response::new(v1::ReleaseRegionResponse {}))
+    }
+
+    async fn list_tenants(
+        &self,
+        req: Request<v1::ListTenantsRequest>,
+    ) -> Result<Response<v1::ListTenantsResponse>, Status> {
+        let caller = self.state.caller(&req)?;
+        Ok(Response::new(v1::ListTenantsResponse {
+            tenants: self.state.visible_tenants(&caller),
+        }))
+    }
+
+    async fn status(
+        &self,
+        req: Request<v1::StatusRequest>,
+    ) -> Result<Response<v1::StatusResponse>, Status> {
+        let caller = self.state.caller(&req)?;
+        let all = self.state.tenants.snapshot();
+        let in_flight = all.iter().map(|s| s.in_flight as u32).sum();
+        let requests = all.iter().map(|s| s.counters.requests).sum();
+        Ok(Response::new(v1::StatusResponse {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            uptime_ms: self.state.started.elapsed().as_millis() as u64,
+            models: self.state.registry.live() as u32,
+            in_flight,
+            regions: self.state.regions.count() as u32,
+            requests,
+            tenants: self.state.visible_tenants(&caller),
+        }))
+    }
+}

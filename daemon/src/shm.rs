@@ -1,0 +1,450 @@
+//! Shared-memory tensor regions.
+//!
+//! A client creates a memfd, seals it against shrinking and sends the fd over the side
+//! socket with SCM_RIGHTS. The seal is what makes mapping it safe: without it a client
+//! could truncate the file under the daemon's mapping and any later access would SIGBUS
+//! the whole daemon. Unsealed fds (and anything that is not a sealable memfd) are refused.
+//!
+//! A region lives as long as the side connection that registered it (or until released):
+//! when the client dies its connection closes and its regions go with it. Requests that
+//! are still using a region hold an `Arc`, so the mapping outlives the table entry until
+//! they finish.
+#![allow(unsafe_code)]
+
+use std::collections::HashMap;
+use std::io::IoSliceMut;
+use std::ops::Range;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use memmap2::{MmapOptions, MmapRaw};
+use nix::fcntl::{FcntlArg, SealFlag, fcntl};
+use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+use switchyard_config::daemon::QuotaConfig;
+use tokio::io::{AsyncWriteExt, Interest};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::watch;
+use tracing::{Instrument, debug, info_span, warn};
+
+use crate::error::DaemonError;
+use crate::tenant::{TenantId, lock};
+
+/// First bytes of every registration message on the side socket (protocol version 1).
+pub const REGISTER_MAGIC: [u8; 8] = *b"SYSHM\x01\0\0";
+/// Reply status bytes.
+pub const REPLY_OK: u8 = 0;
+pub const REPLY_ERR: u8 = 1;
+
+/// One mapped client region.
+pub struct Region {
+    pub id: u64,
+    pub owner: TenantId,
+    pub pid: u32,
+    map: MmapRaw,
+}
+
+impl std::fmt::Debug for Region {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Region")
+            .field("id", &self.id)
+            .field("owner", &self.owner)
+            .field("len", &self.len())
+            .finish()
+    }
+}
+
+/// Checks that `[offset, offset + length)` lies inside a region of `size` bytes.
+pub fn check_range(size: usize, offset: u64, length: u64) -> Result<Range<usize>, DaemonError> {
+    let bad = || {
+        DaemonError::Shm(format!(
+            "range offset {offset} length {length} lies outside the region of {size} bytes"
+        ))
+    };
+    let start = usize::try_from(offset).map_err(|_| bad())?;
+    let len = usize::try_from(length).map_err(|_| bad())?;
+    let end = start.checked_add(len).ok_or_else(bad)?;
+    if end > size {
+        return Err(bad());
+    }
+    Ok(start..end)
+}
+
+impl Region {
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.len() == 0
+    }
+
+    /// The bytes of a checked range. The client may write them concurrently (it owns the
+    /// other mapping); the contract is that it does not while a request naming them is in
+    /// flight, and bytes are plain data, so a violation garbles only its own tensor.
+    pub fn bytes(&self, range: Range<usize>) -> Result<&[u8], DaemonError> {
+        let r = check_range(self.len(), range.start as u64, range.len() as u64)?;
+        // SAFETY: the range is inside the mapping, which lives as long as `self`; the
+        // memfd is sealed against shrinking, so the pages stay backed.
+        Ok(unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(r.start), r.len()) })
+    }
+
+    /// Copies `data` to `offset` after checking the destination range.
+    pub fn write(&self, offset: u64, data: &[u8]) -> Result<(), DaemonError> {
+        let r = check_range(self.len(), offset, data.len() as u64)?;
+        // SAFETY: as in `bytes`; the destination is the client's shared memory and never
+        // aliases `data`, which lives in the daemon's own heap or arena.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                data.as_ptr(),
+                self.map.as_mut_ptr().add(r.start),
+                data.len(),
+            )
+        };
+        Ok(())
+    }
+}
+
+/// Every registered region, by id.
+pub struct Regions {
+    quota: QuotaConfig,
+    next_id: AtomicU64,
+    table: Mutex<HashMap<u64, Arc<Region>>>,
+}
+
+impl Regions {
+    pub fn new(quota: QuotaConfig) -> Regions {
+        Regions {
+            quota,
+            next_id: AtomicU64::new(1),
+            table: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Validates and maps a client's memfd.
+    pub fn register(
+        &self,
+        owner: TenantId,
+        pid: u32,
+        fd: OwnedFd,
+    ) -> Result<Arc<Region>, DaemonError> {
+        let seals = fcntl(&fd, FcntlArg::F_GET_SEALS)
+            .map_err(|e| DaemonError::Shm(format!("the fd is not a sealable memfd ({e})")))?;
+        let seals = SealFlag::from_bits_truncate(seals);
+        if !seals.contains(SealFlag::F_SEAL_SHRINK) {
+            return Err(DaemonError::Shm(
+                "the memfd must be sealed with F_SEAL_SHRINK before it is shared".into(),
+            ));
+        }
+        let file = std::fs::File::from(fd);
+        let size = file
+            .metadata()
+            .map_err(|e| DaemonError::Shm(format!("cannot stat the memfd: {e}")))?
+            .len();
+        if size == 0 {
+            return Err(DaemonError::Shm("the memfd is empty".into()));
+        }
+        let size_usize = usize::try_from(size)
+            .ok()
+            .filter(|&s| s <= isize::MAX as usize)
+            .ok_or_else(|| DaemonError::Shm(format!("the memfd is too large ({size} bytes)")))?;
+        {
+            let table = lock(&self.table);
+            let mine = table.values().filter(|r| r.owner == owner);
+            let (count, bytes) = mine.fold((0usize, 0u64), |(c, b), r| (c + 1, b + r.len() as u64));
+            if count >= self.quota.regions {
+                return Err(DaemonError::Quota {
+                    quota: "regions",
+                    limit: self.quota.regions as u64,
+                    detail: format!("{owner} already has {count} regions"),
+                });
+            }
+            if bytes.saturating_add(size) > self.quota.region_bytes {
+                return Err(DaemonError::Quota {
+                    quota: "region_bytes",
+                    limit: self.quota.region_bytes,
+                    detail: format!("{owner} has {bytes} bytes of regions and this one has {size}"),
+                });
+            }
+        }
+        // SAFETY: the memfd is sealed against shrinking (checked above), so the mapped
+        // length stays backed for the mapping's whole life.
+        let map = MmapOptions::new()
+            .len(size_usize)
+            .map_raw(&file)
+            .map_err(|e| DaemonError::Shm(format!("cannot map the memfd read-write: {e}")))?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let region = Arc::new(Region {
+            id,
+            owner,
+            pid,
+            map,
+        });
+        lock(&self.table).insert(id, region.clone());
+        Ok(region)
+    }
+
+    /// The caller's region `id`; another tenant's id is reported as unknown.
+    pub fn get(&self, owner: &TenantId, id: u64) -> Result<Arc<Region>, DaemonError> {
+        lock(&self.table)
+            .get(&id)
+            .filter(|r| &r.owner == owner)
+            .cloned()
+            .ok_or_else(|| DaemonError::NotFound {
+                kind: "region",
+                id: id.to_string(),
+            })
+    }
+
+    pub fn release(&self, owner: &TenantId, id: u64) -> Result<(), DaemonError> {
+        let mut table = lock(&self.table);
+        match table.get(&id) {
+            Some(r) if &r.owner == owner => {
+                table.remove(&id);
+                Ok(())
+            }
+            _ => Err(DaemonError::NotFound {
+                kind: "region",
+                id: id.to_string(),
+            }),
+        }
+    }
+
+    fn release_ids(&self, ids: &[u64]) {
+        let mut table = lock(&self.table);
+        for id in ids {
+            table.remove(id);
+        }
+    }
+
+    pub fn of(&self, owner: &TenantId) -> Vec<Arc<Region>> {
+        let mut v: Vec<_> = lock(&self.table)
+            .values()
+            .filter(|r| &r.owner == owner)
+            .cloned()
+            .collect();
+        v.sort_by_key(|r| r.id);
+        v
+    }
+
+    pub fn count(&self) -> usize {
+        lock(&self.table).len()
+    }
+}
+
+/// Accepts side-socket connections until `stop` turns true.
+pub async fn serve(listener: UnixListener, regions: Arc<Regions>, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let regions = regions.clone();
+                    let stop = stop.clone();
+                    tokio::spawn(async move { connection(stream, regions, stop).await });
+                }
+                Err(e) => {
+                    warn!(error = %e, "shm side socket: accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+}
+
+async fn connection(
+    mut stream: UnixStream,
+    regions: Arc<Regions>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let cred = match stream.peer_cred() {
+        Ok(c) => c,
+        Err(e) => {
+            warn!(error = %e, "shm side socket: no peer credentials; closing");
+            return;
+        }
+    };
+    let owner = TenantId::Uid(cred.uid());
+    let pid = cred.pid().and_then(|p| u32::try_from(p).ok()).unwrap_or(0);
+    let span = info_span!("shm_connection", tenant = %owner, pid);
+    async move {
+        let mut mine: Vec<u64> = Vec::new();
+        loop {
+            let msg = tokio::select! {
+                _ = stop.changed() => break,
+                m = receive(&stream) => m,
+            };
+            let reply = match msg {
+                Ok(None) => break,
+                Ok(Some(fd)) => regions.register(owner.clone(), pid, fd),
+                Err(e) => Err(e),
+            };
+            let fatal = reply.is_err();
+            let bytes = match &reply {
+                Ok(r) => {
+                    debug!(region = r.id, bytes = r.len(), "region registered");
+                    mine.push(r.id);
+                    encode_reply(REPLY_OK, r.id, r.len() as u64, "")
+                }
+                Err(e) => encode_reply(REPLY_ERR, 0, 0, &e.to_string()),
+            };
+            drop(reply);
+            if stream.write_all(&bytes).await.is_err() || fatal {
+                break;
+            }
+        }
+        regions.release_ids(&mine);
+        debug!(released = mine.len(), "side connection closed");
+    }
+    .instrument(span)
+    .await
+}
+
+pub fn encode_reply(status: u8, id: u64, size: u64, message: &str) -> Vec<u8> {
+    let msg = &message.as_bytes()[..message.len().min(4096)];
+    let mut out = Vec::with_capacity(21 + msg.len());
+    out.push(status);
+    out.extend_from_slice(&id.to_le_bytes());
+    out.extend_from_slice(&size.to_le_bytes());
+    out.extend_from_slice(&(msg.len() as u32).to_le_bytes());
+    out.extend_from_slice(msg);
+    out
+}
+
+/// Reads one registration: the magic header and exactly one fd. `None` at end of stream.
+async fn receive(stream: &UnixStream) -> Result<Option<OwnedFd>, DaemonError> {
+    let raw = stream.as_raw_fd();
+    let (n, fds, truncated) = loop {
+        stream
+            .readable()
+            .await
+            .map_err(|e| DaemonError::io("shm side socket", e))?;
+        match stream.try_io(Interest::READABLE, || recv_with_fds(raw)) {
+            Ok(v) => break v,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(DaemonError::io("shm side socket", e)),
+        }
+    };
+    if n.0 == 0 && fds.is_empty() {
+        return Ok(None);
+    }
+    if truncated {
+        return Err(DaemonError::Shm(
+            "control message truncated: send one fd".into(),
+        ));
+    }
+    if n.0 != REGISTER_MAGIC.len() || n.1 != REGISTER_MAGIC {
+        return Err(DaemonError::Shm("bad registration header".into()));
+    }
+    let mut fds = fds.into_iter();
+    match (fds.next(), fds.next()) {
+        (Some(fd), None) => Ok(Some(fd)),
+        (None, _) => Err(DaemonError::Shm("registration carries no fd".into())),
+        (Some(_), Some(_)) => Err(DaemonError::Shm("send one fd per registration".into())),
+    }
+}
+
+type Received = ((usize, [u8; 8]), Vec<OwnedFd>, bool);
+
+fn recv_with_fds(fd: RawFd) -> std::io::Result<Received> {
+    let mut header = [0u8; 8];
+    let mut cmsg = nix::cmsg_space!([RawFd; 2]);
+    let mut iov = [IoSliceMut::new(&mut header)];
+    let msg = recvmsg::<()>(fd, &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC)?;
+    let n = msg.bytes;
+    let truncated = msg.flags.contains(MsgFlags::MSG_CTRUNC);
+    let mut fds = Vec::new();
+    for c in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(raw) = c {
+            for r in raw {
+                // SAFETY: SCM_RIGHTS installed these descriptors in this process just now
+                // and nothing else owns them.
+                fds.push(unsafe { OwnedFd::from_raw_fd(r) });
+            }
+        }
+    }
+    Ok(((n, header), fds, truncated))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::sys::memfd::{MFdFlags, memfd_create};
+
+    fn memfd(size: u64, seal: bool) -> OwnedFd {
+        let fd =
+            memfd_create(c"test", MFdFlags::MFD_ALLOW_SEALING | MFdFlags::MFD_CLOEXEC).unwrap();
+        let f = std::fs::File::from(fd);
+        f.set_len(size).unwrap();
+        let fd = OwnedFd::from(f);
+        if seal {
+            fcntl(&fd, FcntlArg::F_ADD_SEALS(SealFlag::F_SEAL_SHRINK)).unwrap();
+        }
+        fd
+    }
+
+    fn quota() -> QuotaConfig {
+        QuotaConfig {
+            regions: 2,
+            region_bytes: 1 << 20,
+            ..QuotaConfig::default()
+        }
+    }
+
+    #[test]
+    fn ranges_are_checked_without_overflow() {
+        assert_eq!(check_range(100, 0, 100).unwrap(), 0..100);
+        assert_eq!(check_range(100, 100, 0).unwrap(), 100..100);
+        assert!(check_range(100, 1, 100).is_err());
+        assert!(check_range(100, 101, 0).is_err());
+        assert!(check_range(100, u64::MAX, 2).is_err());
+        assert!(check_range(100, 2, u64::MAX).is_err());
+        assert!(check_range(usize::MAX, usize::MAX as u64, 1).is_err());
+    }
+
+    #[test]
+    fn unsealed_and_non_memfd_fds_are_refused() {
+        let regions = Regions::new(quota());
+        let e = regions
+            .register(TenantId::Uid(1), 1, memfd(4096, false))
+            .unwrap_err();
+        assert!(e.to_string().contains("F_SEAL_SHRINK"), "{e}");
+        let file = tempfile::tempfile().unwrap();
+        file.set_len(4096).unwrap();
+        let e = regions
+            .register(TenantId::Uid(1), 1, file.into())
+            .unwrap_err();
+        assert!(e.to_string().contains("memfd"), "{e}");
+        assert_eq!(regions.count(), 0);
+    }
+
+    #[test]
+    fn regions_belong_to_their_owner_and_respect_quotas() {
+        let regions = Regions::new(quota());
+        let a = TenantId::Uid(1);
+        let b = TenantId::Uid(2);
+        let r = regions.register(a.clone(), 10, memfd(4096, true)).unwrap();
+        r.write(4090, &[1, 2, 3, 4, 5, 6]).unwrap();
+        assert_eq!(r.bytes(4090..4096).unwrap(), &[1, 2, 3, 4, 5, 6]);
+        assert!(r.write(4091, &[0; 6]).is_err());
+        assert!(regions.get(&a, r.id).is_ok());
+        let other = regions.get(&b, r.id).unwrap_err();
+        let unknown = regions.get(&b, 999).unwrap_err();
+        assert_eq!(
+            tonic::Status::from(other).code(),
+            tonic::Status::from(unknown).code()
+        );
+        assert!(regions.release(&b, r.id).is_err());
+        let too_big = regions
+            .register(a.clone(), 10, memfd(1 << 20, true))
+            .unwrap_err();
+        assert!(too_big.to_string().contains("region_bytes"), "{too_big}");
+        regions.register(a.clone(), 10, memfd(8, true)).unwrap();
+        let too_many = regions.register(a.clone(), 10, memfd(8, true)).unwrap_err();
+        assert!(too_many.to_string().contains("`regions`"), "{too_many}");
+        regions.release(&a, r.id).unwrap();
+        assert_eq!(regions.of(&a).len(), 1);
+        // The request holding `r` still reads its mapping after release.
+        assert_eq!(r.bytes(4090..4092).unwrap(), &[1, 2]);
+    }
+}

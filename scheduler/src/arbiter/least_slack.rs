@@ -1,0 +1,39 @@
+//! Least slack first: slack is the time a job can still wait and finish its request by
+//! the deadline (deadline - now - its service - the rest of its request). Unlike EDF it
+//! sees that a long multi-stage request with a later deadline may be the more urgent.
+
+use super::{Assignment, Ctx, Job, Queue, pick_by};
+
+pub fn slack(ctx: &Ctx<'_>, j: &Job) -> f64 {
+    j.deadline - ctx.now - j.service() - j.rest_s
+}
+
+pub fn schedule(ctx: &Ctx<'_>, queue: &mut Queue) -> Vec<Assignment> {
+    pick_by(ctx, queue, |ctx, j| (slack(ctx, j), j.request))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testutil::{job, queue};
+    use super::*;
+    use std::collections::{BTreeMap, HashMap};
+    use switchyard_interpreter::ProcessorKind::Cpu;
+
+    #[test]
+    fn long_work_with_a_later_deadline_can_be_more_urgent() {
+        // Job 1: deadline 30 ms, 2 ms of work -> slack 28 ms.
+        // Job 2: deadline 40 ms, 5 ms here + 30 ms later stages -> slack 5 ms.
+        let a = job(1, Cpu, 0.002, 0.030);
+        let mut b = job(2, Cpu, 0.005, 0.040);
+        b.rest_s = 0.030;
+        let mut q = queue(vec![a, b]);
+        let (busy, served) = (BTreeMap::new(), HashMap::new());
+        let ctx = Ctx {
+            now: 0.0,
+            free: vec![Cpu],
+            busy_until: &busy,
+            served: &served,
+        };
+        assert_eq!(schedule(&ctx, &mut q)[0].job.request, 2);
+    }
+}

@@ -1,0 +1,257 @@
+//! "Can this processor run this node?" — the one question the partitioner asks.
+//!
+//! Real delegates answer through [`Delegate::supports`]. The simulator and
+//! `switchyard placement` also need an answer for processors that are described only by
+//! a device profile (no delegate built or merged yet, or a what-if profile), so the
+//! question is a small trait with two implementations: any delegate, and
+//! [`ProfileRules`], the documented op/dtype subsets of each processor class (float
+//! GPU, quantized-only DSP, int8-only NPU with static shapes and limited on-chip memory).
+
+use std::sync::Arc;
+
+use switchyard_config::{DeviceProfile, DeviceProfiles};
+use switchyard_interpreter::{
+    BuiltinOp, DType, Delegate, NodeSupportCtx, OpKind, PartitionOptions, ProcessorKind, Support,
+};
+
+/// What the partitioner needs from a processor.
+pub trait Capability: Send + Sync {
+    fn name(&self) -> &str;
+    fn kind(&self) -> ProcessorKind;
+    fn supports(&self, ctx: &NodeSupportCtx<'_>) -> Support;
+    fn partition_options(&self) -> PartitionOptions;
+    /// The delegate that can actually run partitions, when there is one.
+    fn delegate(&self) -> Option<Arc<dyn Delegate>> {
+        None
+    }
+    /// Driver identity for the allowlist.
+    fn fingerprint(&self) -> String;
+}
+
+impl Capability for Arc<dyn Delegate> {
+    fn name(&self) -> &str {
+        Delegate::name(self.as_ref())
+    }
+    fn kind(&self) -> ProcessorKind {
+        Delegate::kind(self.as_ref())
+    }
+    fn supports(&self, ctx: &NodeSupportCtx<'_>) -> Support {
+        Delegate::supports(self.as_ref(), ctx)
+    }
+    fn partition_options(&self) -> PartitionOptions {
+        Delegate::partition_options(self.as_ref())
+    }
+    fn delegate(&self) -> Option<Arc<dyn Delegate>> {
+        Some(self.clone())
+    }
+    fn fingerprint(&self) -> String {
+        Delegate::fingerprint(self.as_ref())
+    }
+}
+
+/// A processor described by its profile and its class's op/dtype rules.
+pub struct ProfileRules {
+    kind: ProcessorKind,
+    name: String,
+    profile: DeviceProfile,
+}
+
+/// Rules for every enabled accelerator of `profiles` (the CPU needs none: it runs all).
+pub fn profile_rules(profiles: &DeviceProfiles) -> Vec<Box<dyn Capability>> {
+    let mut out: Vec<Box<dyn Capability>> = Vec::new();
+    for (kind, p) in [
+        (ProcessorKind::Gpu, &profiles.gpu),
+        (ProcessorKind::Dsp, &profiles.dsp),
+        (ProcessorKind::Npu, &profiles.npu),
+    ] {
+        if p.enabled {
+            out.push(Box::new(ProfileRules::new(kind, p.clone())));
+        }
+    }
+    out
+}
+
+const GPU_OPS: &[BuiltinOp] = &[
+    BuiltinOp::Conv2d,
+    BuiltinOp::DepthwiseConv2d,
+    BuiltinOp::FullyConnected,
+    BuiltinOp::TransposeConv,
+    BuiltinOp::BatchMatmul,
+    BuiltinOp::Add,
+    BuiltinOp::Sub,
+    BuiltinOp::Mul,
+    BuiltinOp::Div,
+    BuiltinOp::Maximum,
+    BuiltinOp::Minimum,
+    BuiltinOp::Relu,
+    BuiltinOp::Relu6,
+    BuiltinOp::LeakyRelu,
+    BuiltinOp::Prelu,
+    BuiltinOp::HardSwish,
+    BuiltinOp::Logistic,
+    BuiltinOp::Tanh,
+    BuiltinOp::MaxPool2d,
+    BuiltinOp::AveragePool2d,
+    BuiltinOp::Pad,
+    BuiltinOp::Concatenation,
+    BuiltinOp::Reshape,
+    BuiltinOp::Softmax,
+    BuiltinOp::Mean,
+    BuiltinOp::ResizeBilinear,
+];
+
+const DSP_OPS: &[BuiltinOp] = &[
+    BuiltinOp::Conv2d,
+    BuiltinOp::DepthwiseConv2d,
+    BuiltinOp::FullyConnected,
+    BuiltinOp::Add,
+    BuiltinOp::Mul,
+    BuiltinOp::Relu,
+    BuiltinOp::Relu6,
+    BuiltinOp::Logistic,
+    BuiltinOp::MaxPool2d,
+    BuiltinOp::AveragePool2d,
+    BuiltinOp::Pad,
+    BuiltinOp::Concatenation,
+    BuiltinOp::Reshape,
+    BuiltinOp::Softmax,
+    BuiltinOp::Mean,
+    BuiltinOp::StridedSlice,
+    BuiltinOp::Quantize,
+];
+
+const NPU_OPS: &[BuiltinOp] = &[
+    BuiltinOp::Conv2d,
+    BuiltinOp::DepthwiseConv2d,
+    BuiltinOp::FullyConnected,
+    BuiltinOp::Add,
+    BuiltinOp::Relu,
+    BuiltinOp::Relu6,
+    BuiltinOp::MaxPool2d,
+    BuiltinOp::AveragePool2d,
+    BuiltinOp::Pad,
+    BuiltinOp::Concatenation,
+    BuiltinOp::Reshape,
+    BuiltinOp::Mean,
+];
+
+impl ProfileRules {
+    pub fn new(kind: ProcessorKind, profile: DeviceProfile) -> ProfileRules {
+        let emulated = matches!(kind, ProcessorKind::Dsp | ProcessorKind::Npu);
+        let name = if emulated {
+            format!("{kind} (emulated)")
+        } else {
+            kind.to_string()
+        };
+        ProfileRules {
+            kind,
+            name,
+            profile,
+        }
+    }
+
+    fn ops(&self) -> &'static [BuiltinOp] {
+        match self.kind {
+            ProcessorKind::Gpu => GPU_OPS,
+            ProcessorKind::Dsp => DSP_OPS,
+            ProcessorKind::Npu => NPU_OPS,
+            ProcessorKind::Cpu => &[],
+        }
+    }
+}
+
+fn no(why: impl Into<String>) -> Support {
+    Support::Unsupported(why.into())
+}
+
+impl Capability for ProfileRules {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn kind(&self) -> ProcessorKind {
+        self.kind
+    }
+
+    fn fingerprint(&self) -> String {
+        format!(
+            "{}/{}",
+            self.profile.model_name, self.profile.driver_version
+        )
+    }
+
+    fn partition_options(&self) -> PartitionOptions {
+        match self.kind {
+            // Dispatch overhead dominates one-op partitions on a GPU.
+            ProcessorKind::Gpu => PartitionOptions {
+                min_nodes_per_partition: 2,
+                max_partitions: 4,
+            },
+            _ => PartitionOptions {
+                min_nodes_per_partition: 1,
+                max_partitions: 8,
+            },
+        }
+    }
+
+    fn supports(&self, ctx: &NodeSupportCtx<'_>) -> Support {
+        let op = match &ctx.node.op {
+            OpKind::Builtin(op) => *op,
+            other => return no(format!("{other} is not a builtin op")),
+        };
+        if !self.ops().contains(&op) {
+            return no(format!("{} does not implement {}", self.name, op.name()));
+        }
+        let runtime_inputs = ctx.inputs.iter().flatten().filter(|m| m.data.is_none());
+        let tensors: Vec<_> = runtime_inputs.chain(ctx.outputs.iter()).collect();
+        match self.kind {
+            ProcessorKind::Gpu => {
+                if let Some(m) = tensors.iter().find(|m| m.dtype != DType::F32) {
+                    return no(format!("gpu runs float32 only; {} is {}", m.name, m.dtype));
+                }
+            }
+            ProcessorKind::Dsp => {
+                if let Some(m) = tensors.iter().find(|m| !m.dtype.is_quantized_int()) {
+                    return no(format!(
+                        "dsp runs quantized ops only; {} is {}",
+                        m.name, m.dtype
+                    ));
+                }
+            }
+            ProcessorKind::Npu => {
+                if let Some(m) = tensors.iter().find(|m| m.dtype != DType::I8) {
+                    return no(format!("npu runs int8 only; {} is {}", m.name, m.dtype));
+                }
+                let dynamic = ctx
+                    .node
+                    .inputs
+                    .iter()
+                    .flatten()
+                    .chain(&ctx.node.outputs)
+                    .any(|&t| {
+                        ctx.subgraph.tensors[t]
+                            .shape_signature
+                            .as_ref()
+                            .is_some_and(|s| s.iter().any(|&d| d < 0))
+                    });
+                if dynamic {
+                    return no("npu needs static shapes; a tensor has a dynamic dimension");
+                }
+                let weights: usize = ctx
+                    .inputs
+                    .iter()
+                    .flatten()
+                    .filter_map(|m| m.data.map(<[u8]>::len))
+                    .sum();
+                let limit = self.profile.on_chip_memory_bytes;
+                if limit > 0 && weights as u64 > limit {
+                    return no(format!(
+                        "weights of {weights} bytes exceed the npu's {limit} bytes of on-chip memory"
+                    ));
+                }
+            }
+            ProcessorKind::Cpu => {}
+        }
+        Support::Supported
+    }
+}

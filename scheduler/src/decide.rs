@@ -1,0 +1,198 @@
+//! The whole placement decision for one model with real delegates, as the daemon makes
+//! it on first load: partition, validate every candidate the allowlist does not know
+//! yet (or knows only for an older driver), feed the measured times to the cost model,
+//! plan, and hand back the partitions for `Interpreter::with_placement`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use switchyard_config::SchedulerConfig;
+use switchyard_interpreter::{Delegate, Model, PlacedPartition, ProcessorKind, Tensor};
+
+use crate::SchedError;
+use crate::allowlist::{Allowlist, Entry, Tolerance, Verdict, check_or_validate};
+use crate::cost::{CostModel, partition_key};
+use crate::graph::GraphInfo;
+use crate::partition::{delegates_as_capabilities, partition, to_placed};
+use crate::placement::{Permission, Plan, plan};
+
+/// What [`decide`] chose, and the evidence.
+pub struct Decision {
+    pub info: GraphInfo,
+    pub plan: Plan,
+    pub placed: Vec<PlacedPartition>,
+    /// Allowlist decisions per candidate (partition key, delegate, decision), including
+    /// ones reloaded from disk.
+    pub verdicts: Vec<(String, String, Entry)>,
+}
+
+/// Deterministic, varied inputs for validation: a constant input would hide many
+/// wrong kernels.
+pub fn validation_inputs(info: &GraphInfo) -> Option<Vec<Tensor>> {
+    let it = info.interpreter()?;
+    (0..it.input_count())
+        .map(|i| {
+            let (dtype, shape) = it.input_info(i).ok()?;
+            let n: usize = shape.iter().product();
+            let mut bytes = vec![0u8; n * dtype.size()];
+            let mut state = 0x2545_F491_4F6C_DD1Du64 ^ i as u64;
+            for chunk in bytes.chunks_mut(dtype.size().max(1)) {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                match dtype {
+                    switchyard_interpreter::DType::F32 => {
+                        let v = (state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0;
+                        chunk.copy_from_slice(&v.to_le_bytes());
+                    }
+                    _ => {
+                        for (k, b) in chunk.iter_mut().enumerate() {
+                            *b = (state >> (8 * k)) as u8;
+                        }
+                    }
+                }
+            }
+            Tensor::from_bytes(dtype, shape, &bytes).ok()
+        })
+        .collect()
+}
+
+/// Partitions `model` for `delegates`, validates unknown candidates, and plans.
+pub fn decide(
+    model: Arc<Model>,
+    delegates: &[Arc<dyn Delegate>],
+    allowlist: &mut Allowlist,
+    cost: &mut CostModel,
+    cfg: &SchedulerConfig,
+) -> Result<Decision, SchedError> {
+    let info = GraphInfo::analyse(model.clone())?;
+    let caps = delegates_as_capabilities(delegates);
+    let parts = partition(&info, &caps);
+    let inputs = validation_inputs(&info);
+    let timeout = Some(Duration::from_millis(cfg.partition_timeout_ms));
+    let tolerance = Tolerance {
+        float_relative: cfg.float_tolerance,
+        quantized_steps: cfg.quantized_tolerance_steps,
+    };
+    let mut permissions: HashMap<usize, Permission> = HashMap::new();
+    let mut verdicts = Vec::new();
+    for (ci, c) in parts.candidates.iter().enumerate() {
+        let subject = partition_key(&info.sha256, &c.nodes);
+        let Some(placed) = to_placed(&info, &[c], &caps, timeout).pop() else {
+            permissions.insert(ci, Permission::Denied("no delegate to run it".into()));
+            continue;
+        };
+        let Some(inputs) = &inputs else {
+            permissions.insert(
+                ci,
+                Permission::Denied(format!(
+                    "cannot validate: no cpu reference ({})",
+                    info.shape_source
+                )),
+            );
+            continue;
+        };
+        let _span = tracing::info_span!("validate", delegate = %c.delegate, nodes = c.nodes.len())
+            .entered();
+        match check_or_validate(
+            allowlist,
+            &subject,
+            model.clone(),
+            placed,
+            inputs,
+            cfg.validation_runs,
+            tolerance,
+        ) {
+            Ok(entry) => {
+                if cost.measured(&subject, c.kind).is_none() && entry.runs > 0 {
+                    cost.observe(&subject, c.kind, entry.delegate_s);
+                }
+                if cost.measured(&subject, ProcessorKind::Cpu).is_none() && entry.cpu_s > 0.0 {
+                    cost.observe(&subject, ProcessorKind::Cpu, entry.cpu_s);
+                }
+                let p = match entry.verdict {
+                    Verdict::Allowed => Permission::Allowed,
+                    Verdict::Blocked => Permission::Denied(format!("blocked: {}", entry.reason)),
+                };
+                permissions.insert(ci, p);
+                verdicts.push((subject, c.delegate.clone(), entry));
+            }
+            Err(e) => {
+                permissions.insert(ci, Permission::Denied(format!("validation failed: {e}")));
+            }
+        }
+    }
+    let candidates = &parts.candidates;
+    let permission = |c: &crate::partition::Candidate| {
+        candidates
+            .iter()
+            .position(|x| x == c)
+            .and_then(|i| permissions.get(&i).cloned())
+            .unwrap_or_else(|| Permission::Denied("not validated".into()))
+    };
+    let the_plan = plan(&info, &parts, &caps, cost, &permission);
+    let placed = to_placed(&info, &the_plan.chosen(&parts), &caps, timeout);
+    Ok(Decision {
+        info,
+        plan: the_plan,
+        placed,
+        verdicts,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{Fault, FaultDelegate, chain};
+    use switchyard_config::DeviceProfiles;
+    use switchyard_delegates::CpuResolver;
+    use switchyard_interpreter::{Interpreter, InterpreterOptions, TensorView};
+
+    fn run(model: Arc<Model>, placed: Vec<PlacedPartition>, x: &Tensor) -> Vec<f32> {
+        let mut it = Interpreter::with_placement(
+            model,
+            Arc::new(CpuResolver::reference()),
+            InterpreterOptions::default(),
+            placed,
+        )
+        .unwrap();
+        let views: Vec<TensorView<'_>> = vec![x.view()];
+        let out = it.run(&views).unwrap();
+        out[0].view().f32s().unwrap().to_vec()
+    }
+
+    #[test]
+    fn a_validated_delegate_gets_the_partition_and_a_faulty_one_does_not() {
+        let model = chain();
+        let cfg = SchedulerConfig::default();
+        let x = validation_inputs(&GraphInfo::analyse(model.clone()).unwrap())
+            .unwrap()
+            .remove(0);
+        let cpu = run(model.clone(), Vec::new(), &x);
+
+        let good: Arc<dyn Delegate> = FaultDelegate::new(Fault::None, "ok-1");
+        let mut list = Allowlist::in_memory();
+        let mut cost = CostModel::new(DeviceProfiles::default(), 0.2);
+        let d = decide(model.clone(), &[good], &mut list, &mut cost, &cfg).unwrap();
+        assert_eq!(d.placed.len(), 1, "{:?}", d.plan.partitions);
+        assert_eq!(d.plan.partitions[0].processor, ProcessorKind::Npu);
+        assert!(
+            d.plan.partitions[0].measured_s.is_some(),
+            "measured replaces the prior"
+        );
+        assert_eq!(run(model.clone(), d.placed, &x), cpu);
+
+        let bad: Arc<dyn Delegate> = FaultDelegate::new(Fault::WrongResult, "bad-1");
+        let mut list = Allowlist::in_memory();
+        let mut cost = CostModel::new(DeviceProfiles::default(), 0.2);
+        let d = decide(model.clone(), &[bad], &mut list, &mut cost, &cfg).unwrap();
+        assert!(d.placed.is_empty());
+        assert_eq!(d.verdicts[0].2.verdict, Verdict::Blocked);
+        let why = &d.plan.nodes[0].why;
+        assert!(
+            why.contains("not allowlisted: blocked: wrong results"),
+            "{why}"
+        );
+    }
+}
