@@ -44,6 +44,10 @@ pub enum DaemonError {
     },
     #[error("server error: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("scheduler: {0}")]
+    Scheduler(#[from] switchyard_scheduler::SchedError),
+    #[error("delegate: {0}")]
+    Delegate(#[from] switchyard_interpreter::DelegateError),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -78,6 +82,8 @@ impl From<DaemonError> for tonic::Status {
             DaemonError::Config(_)
             | DaemonError::Io { .. }
             | DaemonError::Transport(_)
+            | DaemonError::Scheduler(_)
+            | DaemonError::Delegate(_)
             | DaemonError::Internal(_) => Code::Internal,
         };
         tonic::Status::new(code, e.to_string())

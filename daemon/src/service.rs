@@ -5,7 +5,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
-use switchyard_config::DaemonConfig;
+use switchyard_config::{Config, DaemonConfig};
+
+use crate::placement::Placer;
+use crate::processors::build_delegates;
 use switchyard_proto::v1::{self, switchyard_server::Switchyard, tensor::Data};
 use tokio_stream::StreamExt;
 use tonic::transport::server::{TcpConnectInfo, UdsConnectInfo};
@@ -23,6 +26,8 @@ const MAX_RANK: usize = 16;
 /// Shared daemon state: one per running daemon.
 pub struct State {
     pub config: DaemonConfig,
+    /// The whole configuration (devices, scheduler) the daemon started with.
+    pub full: Config,
     pub started: Instant,
     pub registry: ModelRegistry,
     pub tenants: Tenants,
@@ -42,16 +47,26 @@ impl Drop for ActiveGuard {
 }
 
 impl State {
-    pub fn new(config: DaemonConfig) -> State {
-        State {
-            registry: ModelRegistry::new(config.kernel_threads, config.interpreters_per_model),
+    /// Builds the delegates and opens the allowlist (blocking: plugins load, files are
+    /// read).
+    pub fn new(full: Config) -> Result<State, DaemonError> {
+        let delegates = build_delegates(&full)?;
+        let placer = Arc::new(Placer::new(&full, delegates)?);
+        let config = full.daemon.clone();
+        Ok(State {
+            registry: ModelRegistry::new(
+                config.kernel_threads,
+                config.interpreters_per_model,
+                placer,
+            ),
             tenants: Tenants::new(config.quota.clone()),
             regions: Arc::new(Regions::new(config.quota.clone())),
             started: Instant::now(),
             next_request: AtomicU64::new(1),
             active: Arc::new(AtomicUsize::new(0)),
             config,
-        }
+            full,
+        })
     }
 
     pub fn enter(&self) -> ActiveGuard {
@@ -331,6 +346,7 @@ fn execute(
     outputs: Option<Vec<OutputDest>>,
 ) -> Result<Vec<v1::Tensor>, DaemonError> {
     let mut it = model.take_interpreter()?;
+    let before = it.partition_reports().to_vec();
     let result = (|| {
         for (i, x) in inputs.iter().enumerate() {
             let (_, current) = it.input_info(i).map_err(DaemonError::Run)?;
@@ -344,7 +360,9 @@ fn execute(
             };
             it.set_input(i, bytes).map_err(DaemonError::Run)?;
         }
-        it.invoke().map_err(DaemonError::Run)?;
+        let invoked = it.invoke().map_err(DaemonError::Run);
+        model.observe(&before, &it);
+        invoked?;
         let mut out = Vec::with_capacity(it.output_count());
         for i in 0..it.output_count() {
             let view = it.output(i).map_err(DaemonError::Run)?;
