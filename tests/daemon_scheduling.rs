@@ -78,6 +78,19 @@ fn load_and_check(d: &Daemon) {
     );
 }
 
+fn cli(args: &[&str]) -> String {
+    let out = Command::new(workspace_binary("switchyard"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "switchyard {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// (delegate, fingerprint, verdict, reason, cpu_s) per learned decision.
 fn allowlist(dir: &Path) -> Vec<(String, String, String, String, f64)> {
     let text = std::fs::read_to_string(dir.join("state/allowlist.json")).unwrap();
@@ -104,6 +117,35 @@ fn lying_npu_is_blocked_healthy_dsp_judged_and_decisions_survive_restart() {
     let faulty = "[devices.npu.fault]\nwrong_result_rate = 1.0\n";
     let d = Daemon::start(dir.path(), faulty);
     load_and_check(&d);
+    // The CLI shows the same decisions and the plan the daemon placed the model with.
+    let listed = cli(&[
+        "allowlist",
+        "--json",
+        "--socket",
+        d.socket.to_str().unwrap(),
+    ]);
+    let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    let blocked_npu = listed["entries"].as_array().unwrap().iter().any(|e| {
+        e["processor"].as_str().unwrap_or("").starts_with("npu")
+            && e["verdict"] == "blocked"
+            && e["reason"].as_str().unwrap_or("").contains("wrong results")
+    });
+    assert!(blocked_npu, "{listed}");
+    let model = model_path(STEM);
+    let placed = cli(&[
+        "placement",
+        model.to_str().unwrap(),
+        "--json",
+        "--socket",
+        d.socket.to_str().unwrap(),
+    ]);
+    let placed: serde_json::Value = serde_json::from_str(&placed).unwrap();
+    let nodes = placed["nodes"].as_array().expect("nodes");
+    assert!(!nodes.is_empty());
+    assert!(
+        nodes.iter().all(|n| n["processor"] != "npu"),
+        "a blocked npu got nodes: {placed}"
+    );
     drop(d);
     let first = allowlist(dir.path());
     let npu: Vec<_> = first.iter().filter(|e| e.0.starts_with("npu")).collect();

@@ -13,14 +13,21 @@ use switchyard_client::blocking::Client;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let socket = args.next().ok_or("usage: camera_app SOCKET MODEL [SECONDS]")?;
-    let model_path = args.next().ok_or("usage: camera_app SOCKET MODEL [SECONDS]")?;
+    let socket = args
+        .next()
+        .ok_or("usage: camera_app SOCKET MODEL [SECONDS]")?;
+    let model_path = args
+        .next()
+        .ok_or("usage: camera_app SOCKET MODEL [SECONDS]")?;
     let seconds: u64 = args.next().map(|s| s.parse()).transpose()?.unwrap_or(10);
     let frame = Duration::from_secs_f64(1.0 / 30.0);
 
     let mut client = Client::connect_unix(&socket)?;
     let model = client.load_model_file(&model_path)?;
-    println!("[camera] {} loaded as {} (30 fps, shm frames)", model.name, model.id);
+    println!(
+        "[camera] {} loaded as {} (30 fps, shm frames)",
+        model.name, model.id
+    );
     let inputs = common::synthetic_inputs(&model, 7);
     let bytes: usize = inputs.iter().map(|t| t.data.len().div_ceil(64) * 64).sum();
     let mut region = client.create_region(bytes.max(64))?;

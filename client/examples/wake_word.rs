@@ -13,14 +13,21 @@ use switchyard_client::Client;
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let socket = args.next().ok_or("usage: wake_word SOCKET MODEL [SECONDS]")?;
-    let model_path = args.next().ok_or("usage: wake_word SOCKET MODEL [SECONDS]")?;
+    let socket = args
+        .next()
+        .ok_or("usage: wake_word SOCKET MODEL [SECONDS]")?;
+    let model_path = args
+        .next()
+        .ok_or("usage: wake_word SOCKET MODEL [SECONDS]")?;
     let seconds: u64 = args.next().map(|s| s.parse()).transpose()?.unwrap_or(10);
     let hop = Duration::from_millis(80);
 
     let mut client = Client::connect_unix(&socket).await?;
     let model = client.load_model_file(&model_path).await?;
-    println!("[wake-word] {} loaded as {} (every 80 ms, inline)", model.name, model.id);
+    println!(
+        "[wake-word] {} loaded as {} (every 80 ms, inline)",
+        model.name, model.id
+    );
 
     let mut ticker = tokio::time::interval(hop);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);

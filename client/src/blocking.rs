@@ -88,4 +88,12 @@ impl Client {
     pub fn status(&mut self) -> Result<v1::StatusResponse, ClientError> {
         self.rt.block_on(self.inner.status())
     }
+
+    pub fn placement(&mut self, model_id: &str) -> Result<String, ClientError> {
+        self.rt.block_on(self.inner.placement(model_id))
+    }
+
+    pub fn allowlist(&mut self) -> Result<v1::ListAllowlistResponse, ClientError> {
+        self.rt.block_on(self.inner.allowlist())
+    }
 }

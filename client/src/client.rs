@@ -319,6 +319,20 @@ impl Client {
         let req = self.request(v1::StatusRequest {})?;
         Ok(self.rpc.status(req).await?.into_inner())
     }
+
+    /// The daemon's placement plan (JSON) for one of this tenant's models.
+    pub async fn placement(&mut self, model_id: &str) -> Result<String, ClientError> {
+        let req = self.request(v1::GetPlacementRequest {
+            model_id: model_id.to_owned(),
+        })?;
+        Ok(self.rpc.get_placement(req).await?.into_inner().plan_json)
+    }
+
+    /// The daemon's learned allowlist decisions.
+    pub async fn allowlist(&mut self) -> Result<v1::ListAllowlistResponse, ClientError> {
+        let req = self.request(v1::ListAllowlistRequest {})?;
+        Ok(self.rpc.list_allowlist(req).await?.into_inner())
+    }
 }
 
 fn client(channel: Channel) -> SwitchyardClient<Channel> {

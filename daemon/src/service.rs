@@ -605,4 +605,56 @@ impl Switchyard for Service {
             tenants: self.state.visible_tenants(&caller),
         }))
     }
+
+    async fn get_placement(
+        &self,
+        req: Request<v1::GetPlacementRequest>,
+    ) -> Result<Response<v1::GetPlacementResponse>, Status> {
+        let caller = self.state.caller(&req)?;
+        let id = req.into_inner().model_id;
+        let handle = self.state.tenants.handle(&caller, &id)?;
+        Ok(Response::new(v1::GetPlacementResponse {
+            plan_json: handle.model.placement.plan_json.clone(),
+        }))
+    }
+
+    async fn list_allowlist(
+        &self,
+        req: Request<v1::ListAllowlistRequest>,
+    ) -> Result<Response<v1::ListAllowlistResponse>, Status> {
+        let _caller = self.state.caller(&req)?;
+        let placer = &self.state.registry.placer;
+        let entries = placer
+            .entries()
+            .into_iter()
+            .map(|(k, e)| {
+                let (subject, processor) = k.rsplit_once('@').unwrap_or((k.as_str(), ""));
+                v1::AllowlistEntry {
+                    subject: subject.to_owned(),
+                    processor: processor.to_owned(),
+                    fingerprint: e.fingerprint.clone(),
+                    verdict: match e.verdict {
+                        switchyard_scheduler::allowlist::Verdict::Allowed => "allowed",
+                        switchyard_scheduler::allowlist::Verdict::Blocked => "blocked",
+                    }
+                    .to_owned(),
+                    reason: e.reason.clone(),
+                    delegate_ms: e.delegate_s * 1e3,
+                    cpu_ms: e.cpu_s * 1e3,
+                    max_error: e.max_error,
+                    runs: e.runs,
+                    failures: e.failures,
+                    timeouts: e.timeouts,
+                }
+            })
+            .collect();
+        Ok(Response::new(v1::ListAllowlistResponse {
+            entries,
+            path: placer
+                .allowlist_path
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+        }))
+    }
 }
