@@ -202,3 +202,61 @@ fn hanging_npu_is_blocked_and_requests_complete() {
         assert!(e.3.contains("timed out"), "{e:?}");
     }
 }
+
+/// A model heavy enough that one run takes milliseconds (the arbiter test needs a
+/// deadline clearly below the measured run time).
+const HEAVY: &str = "mp_pose_detection";
+
+#[test]
+fn arbiter_refuses_a_hopeless_deadline_with_the_reason_and_serves_the_rest() {
+    use switchyard_client::{Priority, RunOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(
+        dir.path(),
+        "[devices.npu]\nenabled = false\n[devices.dsp]\nenabled = false\n",
+    );
+    let mut c = Client::connect_unix(&d.socket).unwrap();
+    let m = c.load_model_file(model_path(HEAVY)).unwrap();
+    let inputs: Vec<Tensor> = m
+        .inputs
+        .iter()
+        .map(|t| {
+            let dt = DataType::try_from(t.dtype).unwrap();
+            Tensor::new(dt, t.shape.clone(), vec![0; dt.byte_len(&t.shape).unwrap()]).unwrap()
+        })
+        .collect();
+    let mut fastest = u64::MAX;
+    for _ in 0..3 {
+        let out = c.run(&m.id, &inputs).unwrap();
+        fastest = fastest.min(out.timing.run_us);
+    }
+    assert!(
+        fastest > 2_000,
+        "{HEAVY} runs in {fastest} us: too fast for a 1 ms deadline to be hopeless"
+    );
+    // The daemon's estimate is the measured run time; a deadline far below it is
+    // refused up front, with the reason, instead of being missed.
+    let e = c
+        .run_with(
+            &m.id,
+            &inputs,
+            RunOptions {
+                priority: Priority::Realtime,
+                deadline_ms: 1,
+            },
+        )
+        .unwrap_err();
+    assert_eq!(e.code(), Some(tonic::Code::DeadlineExceeded), "{e}");
+    assert!(e.to_string().contains("deadline"), "{e}");
+    let ok = c
+        .run_with(
+            &m.id,
+            &inputs,
+            RunOptions {
+                priority: Priority::Background,
+                deadline_ms: 600_000,
+            },
+        )
+        .unwrap();
+    assert_eq!(ok.outputs.len(), m.outputs.len());
+}

@@ -59,6 +59,16 @@ impl Client {
         self.rt.block_on(self.inner.run(model_id, inputs))
     }
 
+    pub fn run_with(
+        &mut self,
+        model_id: &str,
+        inputs: &[Tensor],
+        options: crate::client::RunOptions,
+    ) -> Result<RunOutput, ClientError> {
+        self.rt
+            .block_on(self.inner.run_with(model_id, inputs, options))
+    }
+
     pub fn run_shm(
         &mut self,
         model_id: &str,

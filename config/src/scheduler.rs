@@ -27,6 +27,9 @@ pub struct SchedulerConfig {
     pub queue_limit: usize,
     /// Policy the arbiter starts with: "priority", "edf", "least-slack" or "fair-share".
     pub policy: String,
+    /// Fair-share weight per tenant id (`uid:1000`, or a token's tenant name); tenants
+    /// not listed weigh 1.
+    pub tenant_weights: std::collections::BTreeMap<String, f64>,
 }
 
 /// The policies `SchedulerConfig::policy` may name.
@@ -43,12 +46,21 @@ impl Default for SchedulerConfig {
             ewma_alpha: 0.2,
             queue_limit: 64,
             policy: "least-slack".into(),
+            tenant_weights: Default::default(),
         }
     }
 }
 
 impl SchedulerConfig {
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        for (t, w) in &self.tenant_weights {
+            if !(w.is_finite() && *w > 0.0) {
+                return Err(ConfigError::invalid(
+                    format!("scheduler.tenant_weights.{t}"),
+                    "must be a positive number",
+                ));
+            }
+        }
         if self.validation_runs == 0 {
             return Err(ConfigError::invalid(
                 "scheduler.validation_runs",

@@ -6,6 +6,7 @@
 //!   shared-memory side socket, graceful shutdown with a grace timeout.
 //! - [`service`]: the gRPC service: caller identity, request checks, runs.
 //! - [`tenant`]: tenants, their model handles, quotas and counters.
+//! - [`arbitration`]: requests queue per processor in the scheduler's arbiter.
 //! - [`processors`]: the delegates the configuration enables, built in one place.
 //! - [`placement`]: scheduler decisions on first load, run-time failures fed back into
 //!   the persisted allowlist.
@@ -25,6 +26,7 @@
 //! ```
 #![deny(unsafe_code)]
 
+pub mod arbitration;
 pub mod error;
 pub mod placement;
 pub mod processors;

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use switchyard_config::Config;
-use switchyard_interpreter::{Delegate, Model, PartitionReport, PlacedPartition};
+use switchyard_interpreter::{Delegate, Model, PartitionReport, PlacedPartition, ProcessorKind};
 use switchyard_scheduler::allowlist::{Allowlist, Entry, Lookup, Verdict, key};
 use switchyard_scheduler::cost::{CostModel, partition_key};
 use switchyard_scheduler::decide::decide;
@@ -27,6 +27,10 @@ pub struct ModelPlacement {
     pub plan_json: String,
     /// Allowlist subject per placed partition, indexed like `placed`.
     subjects: Vec<String>,
+    /// The processor with the most expected time: the arbiter queue requests wait in.
+    pub main_processor: ProcessorKind,
+    /// Expected seconds per request (measured when known), the arbiter's first estimate.
+    pub expected_s: f64,
 }
 
 /// The scheduler's state shared by all models of one daemon.
@@ -88,6 +92,8 @@ impl Placer {
                 placed: Vec::new(),
                 plan_json: "null".into(),
                 subjects: Vec::new(),
+                main_processor: ProcessorKind::Cpu,
+                expected_s: 1e-3,
             });
         }
         let mut list = lock(&self.allowlist);
@@ -103,11 +109,37 @@ impl Placer {
         for p in &d.plan.partitions {
             info!(processor = %p.processor.name(), delegate = %p.delegate, nodes = p.nodes.len(), "placed");
         }
+        let mut per: Vec<(ProcessorKind, f64)> = Vec::new();
+        for p in &d.plan.partitions {
+            let t = p.measured_s.unwrap_or(p.expected_s);
+            match per.iter_mut().find(|(k, _)| *k == p.processor) {
+                Some((_, s)) => *s += t,
+                None => per.push((p.processor, t)),
+            }
+        }
+        let main_processor = per
+            .iter()
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .map_or(ProcessorKind::Cpu, |(k, _)| *k);
+        let expected_s = per.iter().map(|(_, s)| s).sum::<f64>().max(1e-6);
         Ok(ModelPlacement {
             placed: d.placed,
             plan_json,
             subjects,
+            main_processor,
+            expected_s,
         })
+    }
+
+    /// The processors requests may queue on: the CPU and every delegate's kind.
+    pub fn processors(&self) -> Vec<ProcessorKind> {
+        let mut out = vec![ProcessorKind::Cpu];
+        for d in &self.delegates {
+            if !out.contains(&d.kind()) {
+                out.push(d.kind());
+            }
+        }
+        out
     }
 
     /// Every learned decision, keyed `subject@delegate`.

@@ -42,6 +42,8 @@ pub struct PreparedModel {
     /// uses it.
     pub placement: ModelPlacement,
     placer: Arc<Placer>,
+    /// Moving average of run time in microseconds (0: none measured yet).
+    latency_us: std::sync::atomic::AtomicU64,
     /// One permit per interpreter the model may have; waiting here is the queue wait.
     pub slots: Arc<Semaphore>,
 }
@@ -73,6 +75,28 @@ impl PreparedModel {
     /// as a failed invoke may leave it half-resized.
     pub fn give_back(&self, it: Interpreter) {
         lock(&self.idle).push(it);
+    }
+
+    /// Expected seconds per request: a moving average of measured runs, starting from
+    /// the placement's estimate (the arbiter's service time).
+    pub fn expected_s(&self) -> f64 {
+        let us = self.latency_us.load(std::sync::atomic::Ordering::Relaxed);
+        if us == 0 {
+            self.placement.expected_s
+        } else {
+            us as f64 / 1e6
+        }
+    }
+
+    pub fn observe_latency(&self, run_us: u64) {
+        use std::sync::atomic::Ordering;
+        let old = self.latency_us.load(Ordering::Relaxed);
+        let new = if old == 0 {
+            run_us.max(1)
+        } else {
+            (old * 4 + run_us) / 5
+        };
+        self.latency_us.store(new.max(1), Ordering::Relaxed);
     }
 
     pub fn id(&self) -> String {
@@ -211,6 +235,7 @@ impl ModelRegistry {
             idle: Mutex::new(vec![first]),
             placement,
             placer: self.placer.clone(),
+            latency_us: std::sync::atomic::AtomicU64::new(0),
             slots: Arc::new(Semaphore::new(self.interpreters_per_model)),
         });
         let mut map = lock(&self.models);

@@ -130,6 +130,9 @@ pub async fn run(
     } = listeners;
     info!(socket = %paths[0].display(), shm = %paths[1].display(), "switchyardd listening");
 
+    // The arbiter dispatches until the process ends: queued requests must still run
+    // while shutdown drains.
+    let arbiter = tokio::spawn(state.gate.service.clone().run(std::future::pending()));
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(shm::serve(
         shm_listener,
@@ -199,6 +202,7 @@ pub async fn run(
     })
     .await;
     tasks.abort_all();
+    arbiter.abort();
     match drained {
         Ok(()) => info!("drained; exiting"),
         Err(_) => warn!(

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use switchyard_config::{Config, DaemonConfig};
 
+use crate::arbitration::{Gate, class_from_wire};
 use crate::placement::Placer;
 use crate::processors::build_delegates;
 use switchyard_proto::v1::{self, switchyard_server::Switchyard, tensor::Data};
@@ -26,6 +27,8 @@ const MAX_RANK: usize = 16;
 /// Shared daemon state: one per running daemon.
 pub struct State {
     pub config: DaemonConfig,
+    /// The arbiter every run request queues in.
+    pub gate: Gate,
     /// The whole configuration (devices, scheduler) the daemon started with.
     pub full: Config,
     pub started: Instant,
@@ -54,6 +57,7 @@ impl State {
         let placer = Arc::new(Placer::new(&full, delegates)?);
         let config = full.daemon.clone();
         Ok(State {
+            gate: Gate::new(&full.scheduler, &placer.processors()),
             registry: ModelRegistry::new(
                 config.kernel_threads,
                 config.interpreters_per_model,
@@ -502,18 +506,36 @@ impl Switchyard for Service {
                     .acquire_owned()
                     .await
                     .map_err(|_| DaemonError::Internal("model pool closed".into()))?;
-                let queue_us = queued.elapsed().as_micros() as u64;
-                // The permits move into the blocking task: a client that disconnects
-                // mid-run drops this future, but the in-flight count and the
-                // interpreter stay accounted for until the run really ends.
-                let (tensors, run_us) = tokio::task::spawn_blocking(move || {
+                // The permits move into the work: a client that disconnects mid-run
+                // drops this future, but the in-flight count and the interpreter stay
+                // accounted for until the run really ends.
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let m = model.clone();
+                let work = Box::new(move || {
                     let _permits = (permit, slot);
                     let t = Instant::now();
-                    let res = execute(&model, inputs, outputs);
-                    (res, t.elapsed().as_micros() as u64)
-                })
-                .await
-                .map_err(|e| DaemonError::Internal(format!("run task: {e}")))?;
+                    let res = execute(&m, inputs, outputs);
+                    let run_us = t.elapsed().as_micros() as u64;
+                    m.observe_latency(run_us);
+                    let _ = tx.send((res, run_us));
+                });
+                state
+                    .gate
+                    .run(
+                        request_id,
+                        caller.tenant.to_string(),
+                        class_from_wire(r.priority),
+                        r.deadline_ms,
+                        model.placement.main_processor,
+                        model.expected_s(),
+                        work,
+                    )
+                    .await?;
+                let (tensors, run_us) = rx
+                    .await
+                    .map_err(|_| DaemonError::Internal("the run ended without a result".into()))?;
+                // Waiting for an interpreter and in the arbiter's queue.
+                let queue_us = (queued.elapsed().as_micros() as u64).saturating_sub(run_us);
                 Ok::<_, DaemonError>((tensors, queue_us, run_us))
             }
             .await;
