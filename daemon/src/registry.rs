@@ -263,7 +263,7 @@ pub(crate) mod tests {
     use switchyard_interpreter::builder::ModelBuilder;
     use switchyard_interpreter::{Activation, BuiltinOp, OpKind, OpOptions};
 
-    fn cpu_only() -> Arc<Placer> {
+    pub(crate) fn cpu_only() -> Arc<Placer> {
         let mut cfg = switchyard_config::Config::default();
         cfg.scheduler.allowlist_path = String::new();
         Arc::new(Placer::in_memory(&cfg, Vec::new()))
