@@ -188,7 +188,8 @@ fn add_model(c: f32) -> Vec<u8> {
 
 #[test]
 fn daemon_matches_local_inline_and_shm_bit_for_bit() {
-    let d = Daemon::start("");
+    // One tenant loads every runnable model (more than the default quota of 8).
+    let d = Daemon::start("[daemon.quota]\nmodels = 16\n");
     let scratch = d.dir.path().to_path_buf();
     let models = runnable_models(&scratch);
     assert!(!models.is_empty(), "no model runs in-process yet");

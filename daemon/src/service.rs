@@ -220,14 +220,22 @@ async fn spawn_load(
     name: String,
     bytes: Vec<u8>,
 ) -> Result<v1::LoadModelResponse, DaemonError> {
-    state.tenants.precheck_load(caller, bytes.len() as u64)?;
     if name.len() > 256 {
         return Err(DaemonError::invalid("model name is longer than 256 bytes"));
     }
     let st = state.clone();
-    let (model, shared) = tokio::task::spawn_blocking(move || st.registry.load(&bytes))
-        .await
-        .map_err(|e| DaemonError::Internal(format!("load task: {e}")))??;
+    let who = caller.clone();
+    let (model, shared) = tokio::task::spawn_blocking(move || {
+        // Loading a model the tenant already holds costs no quota, so a tenant at its
+        // model limit may still reload one of its models.
+        let digest = ModelRegistry::digest(&bytes);
+        if !st.tenants.holds(&who, &digest) {
+            st.tenants.precheck_load(&who, bytes.len() as u64)?;
+        }
+        st.registry.load(&bytes)
+    })
+    .await
+    .map_err(|e| DaemonError::Internal(format!("load task: {e}")))??;
     state.finish_load(caller, name, model, shared)
 }
 

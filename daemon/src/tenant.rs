@@ -157,6 +157,13 @@ impl Tenants {
 
     /// Checks the count and byte quotas before a model of `bytes` is prepared, so an
     /// over-quota tenant does not make the daemon do the expensive work first.
+    /// Whether `caller` already holds a model with this sha256.
+    pub fn holds(&self, caller: &Caller, digest: &[u8; 32]) -> bool {
+        self.with(caller, |s| {
+            s.handles.values().any(|h| &h.model.sha256 == digest)
+        })
+    }
+
     pub fn precheck_load(&self, caller: &Caller, bytes: u64) -> Result<(), DaemonError> {
         self.with(caller, |s| {
             check_model_quota(&self.quota, s, bytes, 0, None)
