@@ -117,6 +117,16 @@ mod tests {
     }
 
     #[test]
+    fn tenant_weights_must_be_positive() {
+        let ok = crate::Config::from_toml_str("[scheduler.tenant_weights]\n\"uid:1000\" = 2.0\n")
+            .unwrap();
+        assert_eq!(ok.scheduler.tenant_weights.get("uid:1000"), Some(&2.0));
+        let err = crate::Config::from_toml_str("[scheduler.tenant_weights]\n\"uid:1\" = 0.0\n")
+            .unwrap_err();
+        assert!(err.to_string().contains("tenant_weights.uid:1"), "{err}");
+    }
+
+    #[test]
     fn alpha_must_be_a_weight() {
         let err = Config::from_toml_str("[scheduler]\newma_alpha = 0.0\n").unwrap_err();
         assert!(err.to_string().contains("scheduler.ewma_alpha"), "{err}");
