@@ -206,3 +206,72 @@ impl Placer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switchyard_delegates::EmulatedDelegate;
+    use switchyard_interpreter::Partition;
+    use switchyard_scheduler::allowlist::Lookup;
+
+    #[test]
+    fn an_allowed_device_that_keeps_failing_at_run_time_is_blocked() {
+        let cfg = Config::default();
+        let npu: Arc<dyn Delegate> = Arc::new(EmulatedDelegate::npu(cfg.devices.npu.clone()));
+        let placer = Placer::in_memory(&cfg, vec![npu.clone()]);
+        let subject = "abc:0,1".to_string();
+        let k = key(&subject, npu.name());
+        let allowed = Entry {
+            fingerprint: npu.fingerprint(),
+            verdict: Verdict::Allowed,
+            reason: "accurate and faster".into(),
+            max_error: 0.0,
+            tolerance: 1.0,
+            delegate_s: 1e-3,
+            cpu_s: 2e-3,
+            runs: 3,
+            failures: 0,
+            timeouts: 0,
+        };
+        lock(&placer.allowlist).record(&k, allowed).unwrap();
+        let placement = ModelPlacement {
+            placed: vec![PlacedPartition {
+                partition: Partition {
+                    subgraph: 0,
+                    nodes: vec![0, 1],
+                    inputs: vec![],
+                    outputs: vec![],
+                },
+                delegate: npu.clone(),
+                timeout: None,
+            }],
+            plan_json: "null".into(),
+            subjects: vec![subject],
+            main_processor: ProcessorKind::Npu,
+            expected_s: 1e-3,
+        };
+        let report = |failures: u64| PartitionReport {
+            delegate: npu.name().to_string(),
+            nodes: vec![0, 1],
+            runs: 5,
+            failures,
+            last_error: (failures > 0).then(|| "npu (emulated): timed out after 200ms".into()),
+            ..Default::default()
+        };
+        // Two failures: still allowed, counted.
+        placer.observe(&placement, &[report(0)], &[report(2)]);
+        let list = lock(&placer.allowlist);
+        let Lookup::Allowed(e) = list.lookup(&k, &npu.fingerprint()) else {
+            panic!("blocked too early");
+        };
+        assert_eq!((e.failures, e.timeouts), (2, 2));
+        drop(list);
+        // A third: blocked, with the run-time error as the reason.
+        placer.observe(&placement, &[report(2)], &[report(3)]);
+        let list = lock(&placer.allowlist);
+        let Lookup::Blocked(e) = list.lookup(&k, &npu.fingerprint()) else {
+            panic!("still allowed after {BLOCK_AFTER_FAILURES} failures");
+        };
+        assert!(e.reason.contains("timed out"), "{}", e.reason);
+    }
+}
