@@ -34,6 +34,8 @@ enum Command {
     Status(commands::daemon::StatusArgs),
     /// Show where each node of a model runs (processor, partition, latency) and why.
     Placement(commands::placement::PlacementArgs),
+    /// The daemon's learned allowlist: processor, driver, verdict, latency, reason.
+    Allowlist(commands::allowlist::AllowlistArgs),
     /// Compare scheduling policies with fixed placements on a workload of apps.
     Simulate(commands::simulate::SimulateArgs),
 }
@@ -52,6 +54,7 @@ fn main() -> std::process::ExitCode {
         Command::Tenants(args) => commands::daemon::tenants(args),
         Command::Status(args) => commands::daemon::status(args),
         Command::Placement(args) => commands::placement::run(args),
+        Command::Allowlist(args) => commands::allowlist::run(args),
         Command::Simulate(args) => commands::simulate::run(args),
     };
     match result {

@@ -59,6 +59,16 @@ impl Client {
         self.rt.block_on(self.inner.run(model_id, inputs))
     }
 
+    pub fn run_with(
+        &mut self,
+        model_id: &str,
+        inputs: &[Tensor],
+        options: crate::client::RunOptions,
+    ) -> Result<RunOutput, ClientError> {
+        self.rt
+            .block_on(self.inner.run_with(model_id, inputs, options))
+    }
+
     pub fn run_shm(
         &mut self,
         model_id: &str,
@@ -87,5 +97,13 @@ impl Client {
 
     pub fn status(&mut self) -> Result<v1::StatusResponse, ClientError> {
         self.rt.block_on(self.inner.status())
+    }
+
+    pub fn placement(&mut self, model_id: &str) -> Result<String, ClientError> {
+        self.rt.block_on(self.inner.placement(model_id))
+    }
+
+    pub fn allowlist(&mut self) -> Result<v1::ListAllowlistResponse, ClientError> {
+        self.rt.block_on(self.inner.allowlist())
     }
 }

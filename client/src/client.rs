@@ -67,6 +67,14 @@ impl Tensor {
     }
 }
 
+/// How the daemon's arbiter treats one request.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RunOptions {
+    pub priority: v1::Priority,
+    /// Relative deadline in milliseconds; 0 means none.
+    pub deadline_ms: u64,
+}
+
 /// Outputs of one run, with the daemon's timings.
 #[derive(Clone, Debug)]
 pub struct RunOutput {
@@ -238,7 +246,19 @@ impl Client {
         inputs: &[Tensor],
     ) -> Result<RunOutput, ClientError> {
         let wire = inputs.iter().map(Tensor::to_wire).collect();
-        self.run_wire(model_id, wire, Vec::new()).await
+        self.run_wire(model_id, wire, Vec::new(), RunOptions::default())
+            .await
+    }
+
+    /// Runs a model with a priority class and a deadline for the daemon's arbiter.
+    pub async fn run_with(
+        &mut self,
+        model_id: &str,
+        inputs: &[Tensor],
+        options: RunOptions,
+    ) -> Result<RunOutput, ClientError> {
+        let wire = inputs.iter().map(Tensor::to_wire).collect();
+        self.run_wire(model_id, wire, Vec::new(), options).await
     }
 
     /// Runs a model with inputs already written to shared memory (see
@@ -258,7 +278,8 @@ impl Client {
                 data: Some(Data::Shm(*r)),
             })
             .collect();
-        self.run_wire(model_id, wire, outputs.to_vec()).await
+        self.run_wire(model_id, wire, outputs.to_vec(), RunOptions::default())
+            .await
     }
 
     async fn run_wire(
@@ -266,11 +287,14 @@ impl Client {
         model_id: &str,
         inputs: Vec<v1::Tensor>,
         output_shm: Vec<v1::ShmRef>,
+        options: RunOptions,
     ) -> Result<RunOutput, ClientError> {
         let req = self.request(v1::RunRequest {
             model_id: model_id.to_owned(),
             inputs,
             output_shm,
+            priority: options.priority as i32,
+            deadline_ms: options.deadline_ms,
         })?;
         let resp = self.rpc.run(req).await?.into_inner();
         let mut outputs = Vec::with_capacity(resp.outputs.len());
@@ -318,6 +342,20 @@ impl Client {
     pub async fn status(&mut self) -> Result<v1::StatusResponse, ClientError> {
         let req = self.request(v1::StatusRequest {})?;
         Ok(self.rpc.status(req).await?.into_inner())
+    }
+
+    /// The daemon's placement plan (JSON) for one of this tenant's models.
+    pub async fn placement(&mut self, model_id: &str) -> Result<String, ClientError> {
+        let req = self.request(v1::GetPlacementRequest {
+            model_id: model_id.to_owned(),
+        })?;
+        Ok(self.rpc.get_placement(req).await?.into_inner().plan_json)
+    }
+
+    /// The daemon's learned allowlist decisions.
+    pub async fn allowlist(&mut self) -> Result<v1::ListAllowlistResponse, ClientError> {
+        let req = self.request(v1::ListAllowlistRequest {})?;
+        Ok(self.rpc.list_allowlist(req).await?.into_inner())
     }
 }
 

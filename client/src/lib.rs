@@ -23,10 +23,12 @@ mod shm;
 
 pub mod blocking;
 
-pub use client::{Client, RunOutput, Tensor};
+pub use client::{Client, RunOptions, RunOutput, Tensor};
 pub use shm::ShmRegion;
 pub use switchyard_proto::DataType;
-pub use switchyard_proto::v1::{ModelInfo, ShmRef, StatusResponse, TenantInfo, TensorInfo, Timing};
+pub use switchyard_proto::v1::{
+    ModelInfo, Priority, ShmRef, StatusResponse, TenantInfo, TensorInfo, Timing,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {

@@ -52,6 +52,13 @@ pub struct DaemonConfig {
     pub grace_ms: u64,
     /// Largest gRPC message accepted or sent (inline tensors and models).
     pub max_message_bytes: usize,
+    /// Where learned state (the allowlist) lives across restarts. Empty: a `state`
+    /// directory next to the socket, so two daemons on different sockets never share
+    /// decisions by accident.
+    pub state_dir: PathBuf,
+    /// Vendor delegate plugins (`.so` paths) loaded at start, offered to the scheduler
+    /// beside the emulated DSP/NPU.
+    pub plugins: Vec<PathBuf>,
     pub quota: QuotaConfig,
 }
 
@@ -109,12 +116,28 @@ impl Default for DaemonConfig {
             kernel_threads: 1,
             grace_ms: 5_000,
             max_message_bytes: 64 << 20,
+            state_dir: PathBuf::new(),
+            plugins: Vec::new(),
             quota: QuotaConfig::default(),
         }
     }
 }
 
 impl DaemonConfig {
+    /// The state directory actually used (see [`DaemonConfig::state_dir`]).
+    pub fn effective_state_dir(&self) -> PathBuf {
+        if !self.state_dir.as_os_str().is_empty() {
+            return self.state_dir.clone();
+        }
+        let dir = self.socket.parent().unwrap_or(Path::new("."));
+        let stem = self
+            .socket
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        dir.join(format!("{stem}.state"))
+    }
+
     /// Reads the `[daemon]` section of a whole config document (validating all of it).
     pub fn from_toml(text: &str) -> Result<DaemonConfig, ConfigError> {
         Ok(crate::Config::from_toml_str(text)?.daemon)

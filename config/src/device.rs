@@ -105,8 +105,7 @@ impl Default for DeviceProfile {
 
 /// The processors of one device. Defaults describe a mid-range embedded board; the DSP
 /// and NPU are emulated unless a vendor plugin replaces them.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct DeviceProfiles {
     pub cpu: DeviceProfile,
     pub gpu: DeviceProfile,
@@ -171,6 +170,51 @@ impl Default for DeviceProfiles {
     }
 }
 
+/// A partial `[devices.<name>]` section overrides only the keys it names; the rest keep
+/// that processor's own defaults (not a generic profile's), so `[devices.npu.fault]`
+/// alone still describes the NPU.
+impl<'de> Deserialize<'de> for DeviceProfiles {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Raw {
+            cpu: Option<toml::Table>,
+            gpu: Option<toml::Table>,
+            dsp: Option<toml::Table>,
+            npu: Option<toml::Table>,
+        }
+        let raw = Raw::deserialize(d)?;
+        let mut out = DeviceProfiles::default();
+        for (base, patch) in [
+            (&mut out.cpu, raw.cpu),
+            (&mut out.gpu, raw.gpu),
+            (&mut out.dsp, raw.dsp),
+            (&mut out.npu, raw.npu),
+        ] {
+            if let Some(patch) = patch {
+                *base = overlay(base, patch).map_err(serde::de::Error::custom)?;
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn overlay(base: &DeviceProfile, patch: toml::Table) -> Result<DeviceProfile, String> {
+    fn merge(into: &mut toml::Table, patch: toml::Table) {
+        for (k, v) in patch {
+            match (into.get_mut(&k), v) {
+                (Some(toml::Value::Table(a)), toml::Value::Table(b)) => merge(a, b),
+                (_, v) => {
+                    into.insert(k, v);
+                }
+            }
+        }
+    }
+    let mut table = toml::Table::try_from(base).map_err(|e| e.to_string())?;
+    merge(&mut table, patch);
+    table.try_into().map_err(|e: toml::de::Error| e.to_string())
+}
+
 impl DeviceProfiles {
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         self.cpu.validate("devices.cpu")?;
@@ -191,6 +235,25 @@ mod tests {
         assert!((idle - 120e-6).abs() < 1e-12);
         let busy = p.estimate_seconds(1e9, 0.0, 4e6);
         assert!(busy > idle + 1e9 / (512.0 * 800e6));
+    }
+
+    #[test]
+    fn a_partial_section_keeps_that_processors_defaults() {
+        let cfg = crate::Config::from_toml_str(
+            "[devices.npu.fault]\nwrong_result_rate = 1.0\n[devices.dsp]\nclock_mhz = 5.0\n",
+        )
+        .unwrap();
+        let d = DeviceProfiles::default();
+        assert_eq!(cfg.devices.npu.driver_version, d.npu.driver_version);
+        assert_eq!(
+            cfg.devices.npu.on_chip_memory_bytes,
+            d.npu.on_chip_memory_bytes
+        );
+        assert_eq!(cfg.devices.npu.fault.wrong_result_rate, 1.0);
+        assert_eq!(cfg.devices.dsp.clock_mhz, 5.0);
+        assert_eq!(cfg.devices.dsp.model_name, d.dsp.model_name);
+        let err = crate::Config::from_toml_str("[devices.npu]\nclok_mhz = 1.0\n").unwrap_err();
+        assert!(err.to_string().contains("clok_mhz"), "{err}");
     }
 
     #[test]

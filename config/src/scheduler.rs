@@ -27,6 +27,9 @@ pub struct SchedulerConfig {
     pub queue_limit: usize,
     /// Policy the arbiter starts with: "priority", "edf", "least-slack" or "fair-share".
     pub policy: String,
+    /// Fair-share weight per tenant id (`uid:1000`, or a token's tenant name); tenants
+    /// not listed weigh 1.
+    pub tenant_weights: std::collections::BTreeMap<String, f64>,
 }
 
 /// The policies `SchedulerConfig::policy` may name.
@@ -43,12 +46,21 @@ impl Default for SchedulerConfig {
             ewma_alpha: 0.2,
             queue_limit: 64,
             policy: "least-slack".into(),
+            tenant_weights: Default::default(),
         }
     }
 }
 
 impl SchedulerConfig {
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        for (t, w) in &self.tenant_weights {
+            if !(w.is_finite() && *w > 0.0) {
+                return Err(ConfigError::invalid(
+                    format!("scheduler.tenant_weights.{t}"),
+                    "must be a positive number",
+                ));
+            }
+        }
         if self.validation_runs == 0 {
             return Err(ConfigError::invalid(
                 "scheduler.validation_runs",
@@ -102,6 +114,16 @@ mod tests {
     fn unknown_policy_is_refused_by_name() {
         let err = Config::from_toml_str("[scheduler]\npolicy = \"random\"\n").unwrap_err();
         assert!(err.to_string().contains("scheduler.policy"), "{err}");
+    }
+
+    #[test]
+    fn tenant_weights_must_be_positive() {
+        let ok = crate::Config::from_toml_str("[scheduler.tenant_weights]\n\"uid:1000\" = 2.0\n")
+            .unwrap();
+        assert_eq!(ok.scheduler.tenant_weights.get("uid:1000"), Some(&2.0));
+        let err = crate::Config::from_toml_str("[scheduler.tenant_weights]\n\"uid:1\" = 0.0\n")
+            .unwrap_err();
+        assert!(err.to_string().contains("tenant_weights.uid:1"), "{err}");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use switchyard_client::{Client, Tensor};
-use switchyard_config::DaemonConfig;
+use switchyard_config::{Config, DaemonConfig};
 use switchyard_delegates::CpuResolver;
 use switchyard_interpreter::builder::ModelBuilder;
 use switchyard_interpreter::{
@@ -63,16 +63,19 @@ fn ms(d: Duration) -> f64 {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = DaemonConfig {
+    let mut config = Config::embedded_defaults();
+    config.daemon = DaemonConfig {
         socket: dir.path().join("switchyard.sock"),
+        state_dir: dir.path().join("state"),
         ..DaemonConfig::default()
     };
-    let listeners = switchyard_daemon::bind(&config).await.expect("bind");
+    let listeners = switchyard_daemon::bind(&config.daemon).await.expect("bind");
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(switchyard_daemon::run(config.clone(), listeners, async {
+    let socket = config.daemon.socket.clone();
+    let server = tokio::spawn(switchyard_daemon::run(config, listeners, async {
         let _ = stop_rx.await;
     }));
-    let mut client = Client::connect_unix(&config.socket).await.expect("connect");
+    let mut client = Client::connect_unix(&socket).await.expect("connect");
 
     println!(
         "{:<8} {:>12} {:>12} {:>12} {:>14} {:>14}",

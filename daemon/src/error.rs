@@ -44,6 +44,13 @@ pub enum DaemonError {
     },
     #[error("server error: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// Refused by the arbiter's admission control (full queue, hopeless deadline).
+    #[error("refused by the arbiter: {reason}")]
+    Rejected { deadline: bool, reason: String },
+    #[error("scheduler: {0}")]
+    Scheduler(#[from] switchyard_scheduler::SchedError),
+    #[error("delegate: {0}")]
+    Delegate(#[from] switchyard_interpreter::DelegateError),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -75,9 +82,15 @@ impl From<DaemonError> for tonic::Status {
             DaemonError::Run(RunError::Input { .. }) => Code::InvalidArgument,
             DaemonError::Run(_) => Code::Internal,
             DaemonError::Quota { .. } => Code::ResourceExhausted,
+            DaemonError::Rejected { deadline: true, .. } => Code::DeadlineExceeded,
+            DaemonError::Rejected {
+                deadline: false, ..
+            } => Code::ResourceExhausted,
             DaemonError::Config(_)
             | DaemonError::Io { .. }
             | DaemonError::Transport(_)
+            | DaemonError::Scheduler(_)
+            | DaemonError::Delegate(_)
             | DaemonError::Internal(_) => Code::Internal,
         };
         tonic::Status::new(code, e.to_string())

@@ -6,6 +6,10 @@
 //!   shared-memory side socket, graceful shutdown with a grace timeout.
 //! - [`service`]: the gRPC service: caller identity, request checks, runs.
 //! - [`tenant`]: tenants, their model handles, quotas and counters.
+//! - [`arbitration`]: requests queue per processor in the scheduler's arbiter.
+//! - [`processors`]: the delegates the configuration enables, built in one place.
+//! - [`placement`]: scheduler decisions on first load, run-time failures fed back into
+//!   the persisted allowlist.
 //! - [`registry`]: prepared models deduplicated by sha256 with interpreter pools.
 //! - [`shm`]: memfd regions received over SCM_RIGHTS, range checks.
 //! - [`error`]: [`DaemonError`] and its one mapping to `tonic::Status`.
@@ -22,7 +26,10 @@
 //! ```
 #![deny(unsafe_code)]
 
+pub mod arbitration;
 pub mod error;
+pub mod placement;
+pub mod processors;
 pub mod registry;
 pub mod server;
 pub mod service;

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use switchyard_config::DaemonConfig;
+use switchyard_config::Config;
 
 /// Invalid configuration (EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
@@ -27,17 +27,17 @@ struct Args {
     socket: Option<PathBuf>,
 }
 
-fn load_config(args: &Args) -> anyhow::Result<DaemonConfig> {
+fn load_config(args: &Args) -> anyhow::Result<Config> {
     let mut cfg = match &args.config {
         Some(p) => {
             let text =
                 std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-            DaemonConfig::from_toml(&text).with_context(|| format!("in {}", p.display()))?
+            Config::from_toml_str(&text).with_context(|| format!("in {}", p.display()))?
         }
-        None => DaemonConfig::default(),
+        None => Config::embedded_defaults(),
     };
     if let Some(s) = &args.socket {
-        cfg.socket = s.clone();
+        cfg.daemon.socket = s.clone();
     }
     cfg.validate()?;
     Ok(cfg)
@@ -94,15 +94,15 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve(cfg: DaemonConfig) -> anyhow::Result<()> {
+fn serve(cfg: Config) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(cfg.worker_threads)
+        .worker_threads(cfg.daemon.worker_threads)
         .thread_name("switchyardd")
         .enable_all()
         .build()
         .context("starting the async runtime")?;
     let result = runtime.block_on(async {
-        let listeners = switchyard_daemon::bind(&cfg).await?;
+        let listeners = switchyard_daemon::bind(&cfg.daemon).await?;
         switchyard_daemon::run(cfg, listeners, shutdown_signal()).await
     });
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));

@@ -15,6 +15,7 @@ use switchyard_proto::v1::DataType;
 use tokio::sync::Semaphore;
 
 use crate::error::DaemonError;
+use crate::placement::{ModelPlacement, Placer};
 use crate::tenant::lock;
 
 /// Name, type and shape of one model input or output.
@@ -37,6 +38,12 @@ pub struct PreparedModel {
     resolver: Arc<dyn OpResolver>,
     options: InterpreterOptions,
     idle: Mutex<Vec<Interpreter>>,
+    /// Where the scheduler placed the model's partitions; every interpreter of the pool
+    /// uses it.
+    pub placement: ModelPlacement,
+    placer: Arc<Placer>,
+    /// Moving average of run time in microseconds (0: none measured yet).
+    latency_us: std::sync::atomic::AtomicU64,
     /// One permit per interpreter the model may have; waiting here is the queue wait.
     pub slots: Arc<Semaphore>,
 }
@@ -48,18 +55,48 @@ impl PreparedModel {
         if let Some(it) = lock(&self.idle).pop() {
             return Ok(it);
         }
-        Interpreter::new(
+        Interpreter::with_placement(
             self.model.clone(),
             self.resolver.clone(),
             self.options.clone(),
+            self.placement.placed.clone(),
         )
         .map_err(DaemonError::Prepare)
+    }
+
+    /// Records one request's delegate failures and timings (`before` is the
+    /// interpreter's partition reports from before the request).
+    pub fn observe(&self, before: &[switchyard_interpreter::PartitionReport], it: &Interpreter) {
+        self.placer
+            .observe(&self.placement, before, it.partition_reports());
     }
 
     /// Returns an interpreter after a successful run. One that failed is dropped instead,
     /// as a failed invoke may leave it half-resized.
     pub fn give_back(&self, it: Interpreter) {
         lock(&self.idle).push(it);
+    }
+
+    /// Expected seconds per request: a moving average of measured runs, starting from
+    /// the placement's estimate (the arbiter's service time).
+    pub fn expected_s(&self) -> f64 {
+        let us = self.latency_us.load(std::sync::atomic::Ordering::Relaxed);
+        if us == 0 {
+            self.placement.expected_s
+        } else {
+            us as f64 / 1e6
+        }
+    }
+
+    pub fn observe_latency(&self, run_us: u64) {
+        use std::sync::atomic::Ordering;
+        let old = self.latency_us.load(Ordering::Relaxed);
+        let new = if old == 0 {
+            run_us.max(1)
+        } else {
+            (old * 4 + run_us) / 5
+        };
+        self.latency_us.store(new.max(1), Ordering::Relaxed);
     }
 
     pub fn id(&self) -> String {
@@ -112,6 +149,7 @@ pub fn dtype_from_wire(d: DataType) -> Option<DType> {
 }
 
 pub struct ModelRegistry {
+    pub placer: Arc<Placer>,
     resolver: Arc<dyn OpResolver>,
     options: InterpreterOptions,
     interpreters_per_model: usize,
@@ -119,8 +157,13 @@ pub struct ModelRegistry {
 }
 
 impl ModelRegistry {
-    pub fn new(kernel_threads: usize, interpreters_per_model: usize) -> ModelRegistry {
+    pub fn new(
+        kernel_threads: usize,
+        interpreters_per_model: usize,
+        placer: Arc<Placer>,
+    ) -> ModelRegistry {
         ModelRegistry {
+            placer,
             resolver: Arc::new(CpuResolver::optimized()),
             options: InterpreterOptions {
                 threads: kernel_threads.max(1),
@@ -157,8 +200,14 @@ impl ModelRegistry {
             return Ok((m, true));
         }
         let model = Arc::new(Model::from_bytes(bytes)?);
-        let first = Interpreter::new(model.clone(), self.resolver.clone(), self.options.clone())
-            .map_err(DaemonError::Prepare)?;
+        let placement = self.placer.place(model.clone())?;
+        let first = Interpreter::with_placement(
+            model.clone(),
+            self.resolver.clone(),
+            self.options.clone(),
+            placement.placed.clone(),
+        )
+        .map_err(DaemonError::Prepare)?;
         let spec = |indices: &[usize]| -> Vec<TensorSpec> {
             let sg = &model.subgraphs[0];
             indices
@@ -192,6 +241,9 @@ impl ModelRegistry {
             resolver: self.resolver.clone(),
             options: self.options.clone(),
             idle: Mutex::new(vec![first]),
+            placement,
+            placer: self.placer.clone(),
+            latency_us: std::sync::atomic::AtomicU64::new(0),
             slots: Arc::new(Semaphore::new(self.interpreters_per_model)),
         });
         let mut map = lock(&self.models);
@@ -219,6 +271,12 @@ pub(crate) mod tests {
     use switchyard_interpreter::builder::ModelBuilder;
     use switchyard_interpreter::{Activation, BuiltinOp, OpKind, OpOptions};
 
+    pub(crate) fn cpu_only() -> Arc<Placer> {
+        let mut cfg = switchyard_config::Config::default();
+        cfg.scheduler.allowlist_path = String::new();
+        Arc::new(Placer::in_memory(&cfg, Vec::new()))
+    }
+
     /// A one-op model `y = x + c` over a [1, 4] float tensor; `c` makes distinct bytes.
     pub(crate) fn add_model(c: f32) -> Vec<u8> {
         let mut mb = ModelBuilder::new();
@@ -239,7 +297,7 @@ pub(crate) mod tests {
 
     #[test]
     fn same_bytes_share_one_prepared_copy_until_last_handle_drops() {
-        let reg = ModelRegistry::new(1, 2);
+        let reg = ModelRegistry::new(1, 2, cpu_only());
         let bytes = add_model(1.0);
         let (a, shared_a) = reg.load(&bytes).unwrap();
         let (b, shared_b) = reg.load(&bytes).unwrap();
@@ -259,7 +317,7 @@ pub(crate) mod tests {
 
     #[test]
     fn malformed_bytes_are_a_model_error() {
-        let reg = ModelRegistry::new(1, 1);
+        let reg = ModelRegistry::new(1, 1, cpu_only());
         let mut bytes = add_model(1.0);
         bytes.truncate(bytes.len() / 3);
         assert!(matches!(reg.load(&bytes), Err(DaemonError::Model(_))));
@@ -272,7 +330,7 @@ pub(crate) mod tests {
 
     #[test]
     fn interpreters_come_back_to_the_pool() {
-        let reg = ModelRegistry::new(1, 2);
+        let reg = ModelRegistry::new(1, 2, cpu_only());
         let (m, _) = reg.load(&add_model(1.0)).unwrap();
         let it = m.take_interpreter().unwrap();
         let it2 = m.take_interpreter().unwrap();

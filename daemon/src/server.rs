@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use switchyard_config::DaemonConfig;
 use switchyard_config::daemon::shm_socket_path;
+use switchyard_config::{Config, DaemonConfig};
 use switchyard_proto::v1::switchyard_server::SwitchyardServer;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
@@ -93,14 +93,18 @@ pub async fn bind(config: &DaemonConfig) -> Result<Listeners, DaemonError> {
 
 /// Serves until `shutdown` resolves, then drains within `config.grace_ms`.
 pub async fn run(
-    config: DaemonConfig,
+    config: Config,
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DaemonError> {
     config.validate()?;
-    let grace = Duration::from_millis(config.grace_ms);
-    let max_message = config.max_message_bytes;
-    let state = Arc::new(State::new(config));
+    let grace = Duration::from_millis(config.daemon.grace_ms);
+    let max_message = config.daemon.max_message_bytes;
+    let state = Arc::new(
+        tokio::task::spawn_blocking(move || State::new(config))
+            .await
+            .map_err(|e| DaemonError::Internal(format!("start task: {e}")))??,
+    );
     let (stop_tx, stop_rx) = watch::channel(false);
 
     let reflection = tonic_reflection::server::Builder::configure()
@@ -126,6 +130,9 @@ pub async fn run(
     } = listeners;
     info!(socket = %paths[0].display(), shm = %paths[1].display(), "switchyardd listening");
 
+    // The arbiter dispatches until the process ends: queued requests must still run
+    // while shutdown drains.
+    let arbiter = tokio::spawn(state.gate.service.clone().run(std::future::pending()));
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(shm::serve(
         shm_listener,
@@ -195,6 +202,7 @@ pub async fn run(
     })
     .await;
     tasks.abort_all();
+    arbiter.abort();
     match drained {
         Ok(()) => info!("drained; exiting"),
         Err(_) => warn!(

@@ -5,7 +5,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
-use switchyard_config::DaemonConfig;
+use switchyard_config::{Config, DaemonConfig};
+
+use crate::arbitration::{Gate, class_from_wire};
+use crate::placement::Placer;
+use crate::processors::build_delegates;
 use switchyard_proto::v1::{self, switchyard_server::Switchyard, tensor::Data};
 use tokio_stream::StreamExt;
 use tonic::transport::server::{TcpConnectInfo, UdsConnectInfo};
@@ -23,6 +27,10 @@ const MAX_RANK: usize = 16;
 /// Shared daemon state: one per running daemon.
 pub struct State {
     pub config: DaemonConfig,
+    /// The arbiter every run request queues in.
+    pub gate: Gate,
+    /// The whole configuration (devices, scheduler) the daemon started with.
+    pub full: Config,
     pub started: Instant,
     pub registry: ModelRegistry,
     pub tenants: Tenants,
@@ -42,16 +50,27 @@ impl Drop for ActiveGuard {
 }
 
 impl State {
-    pub fn new(config: DaemonConfig) -> State {
-        State {
-            registry: ModelRegistry::new(config.kernel_threads, config.interpreters_per_model),
+    /// Builds the delegates and opens the allowlist (blocking: plugins load, files are
+    /// read).
+    pub fn new(full: Config) -> Result<State, DaemonError> {
+        let delegates = build_delegates(&full)?;
+        let placer = Arc::new(Placer::new(&full, delegates)?);
+        let config = full.daemon.clone();
+        Ok(State {
+            gate: Gate::new(&full.scheduler, &placer.processors()),
+            registry: ModelRegistry::new(
+                config.kernel_threads,
+                config.interpreters_per_model,
+                placer,
+            ),
             tenants: Tenants::new(config.quota.clone()),
             regions: Arc::new(Regions::new(config.quota.clone())),
             started: Instant::now(),
             next_request: AtomicU64::new(1),
             active: Arc::new(AtomicUsize::new(0)),
             config,
-        }
+            full,
+        })
     }
 
     pub fn enter(&self) -> ActiveGuard {
@@ -345,6 +364,7 @@ fn execute(
     outputs: Option<Vec<OutputDest>>,
 ) -> Result<Vec<v1::Tensor>, DaemonError> {
     let mut it = model.take_interpreter()?;
+    let before = it.partition_reports().to_vec();
     let result = (|| {
         for (i, x) in inputs.iter().enumerate() {
             let (_, current) = it.input_info(i).map_err(DaemonError::Run)?;
@@ -362,7 +382,9 @@ fn execute(
             };
             it.set_input(i, bytes).map_err(DaemonError::Run)?;
         }
-        it.invoke().map_err(DaemonError::Run)?;
+        let invoked = it.invoke().map_err(DaemonError::Run);
+        model.observe(&before, &it);
+        invoked?;
         let mut out = Vec::with_capacity(it.output_count());
         for i in 0..it.output_count() {
             let view = it.output(i).map_err(DaemonError::Run)?;
@@ -502,18 +524,36 @@ impl Switchyard for Service {
                     .acquire_owned()
                     .await
                     .map_err(|_| DaemonError::Internal("model pool closed".into()))?;
-                let queue_us = queued.elapsed().as_micros() as u64;
-                // The permits move into the blocking task: a client that disconnects
-                // mid-run drops this future, but the in-flight count and the
-                // interpreter stay accounted for until the run really ends.
-                let (tensors, run_us) = tokio::task::spawn_blocking(move || {
+                // The permits move into the work: a client that disconnects mid-run
+                // drops this future, but the in-flight count and the interpreter stay
+                // accounted for until the run really ends.
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let m = model.clone();
+                let work = Box::new(move || {
                     let _permits = (permit, slot);
                     let t = Instant::now();
-                    let res = execute(&model, inputs, outputs);
-                    (res, t.elapsed().as_micros() as u64)
-                })
-                .await
-                .map_err(|e| DaemonError::Internal(format!("run task: {e}")))?;
+                    let res = execute(&m, inputs, outputs);
+                    let run_us = t.elapsed().as_micros() as u64;
+                    m.observe_latency(run_us);
+                    let _ = tx.send((res, run_us));
+                });
+                state
+                    .gate
+                    .run(
+                        request_id,
+                        caller.tenant.to_string(),
+                        class_from_wire(r.priority),
+                        r.deadline_ms,
+                        model.placement.main_processor,
+                        model.expected_s(),
+                        work,
+                    )
+                    .await?;
+                let (tensors, run_us) = rx
+                    .await
+                    .map_err(|_| DaemonError::Internal("the run ended without a result".into()))?;
+                // Waiting for an interpreter and in the arbiter's queue.
+                let queue_us = (queued.elapsed().as_micros() as u64).saturating_sub(run_us);
                 Ok::<_, DaemonError>((tensors, queue_us, run_us))
             }
             .await;
@@ -603,6 +643,58 @@ impl Switchyard for Service {
             regions: self.state.regions.count() as u32,
             requests,
             tenants: self.state.visible_tenants(&caller),
+        }))
+    }
+
+    async fn get_placement(
+        &self,
+        req: Request<v1::GetPlacementRequest>,
+    ) -> Result<Response<v1::GetPlacementResponse>, Status> {
+        let caller = self.state.caller(&req)?;
+        let id = req.into_inner().model_id;
+        let handle = self.state.tenants.handle(&caller, &id)?;
+        Ok(Response::new(v1::GetPlacementResponse {
+            plan_json: handle.model.placement.plan_json.clone(),
+        }))
+    }
+
+    async fn list_allowlist(
+        &self,
+        req: Request<v1::ListAllowlistRequest>,
+    ) -> Result<Response<v1::ListAllowlistResponse>, Status> {
+        let _caller = self.state.caller(&req)?;
+        let placer = &self.state.registry.placer;
+        let entries = placer
+            .entries()
+            .into_iter()
+            .map(|(k, e)| {
+                let (subject, processor) = k.rsplit_once('@').unwrap_or((k.as_str(), ""));
+                v1::AllowlistEntry {
+                    subject: subject.to_owned(),
+                    processor: processor.to_owned(),
+                    fingerprint: e.fingerprint.clone(),
+                    verdict: match e.verdict {
+                        switchyard_scheduler::allowlist::Verdict::Allowed => "allowed",
+                        switchyard_scheduler::allowlist::Verdict::Blocked => "blocked",
+                    }
+                    .to_owned(),
+                    reason: e.reason.clone(),
+                    delegate_ms: e.delegate_s * 1e3,
+                    cpu_ms: e.cpu_s * 1e3,
+                    max_error: e.max_error,
+                    runs: e.runs,
+                    failures: e.failures,
+                    timeouts: e.timeouts,
+                }
+            })
+            .collect();
+        Ok(Response::new(v1::ListAllowlistResponse {
+            entries,
+            path: placer
+                .allowlist_path
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
         }))
     }
 }

@@ -317,7 +317,7 @@ mod tests {
 
     #[test]
     fn model_quotas_count_handles_and_bytes_and_unload_frees_them() {
-        let reg = ModelRegistry::new(1, 1);
+        let reg = ModelRegistry::new(1, 1, crate::registry::tests::cpu_only());
         let one = reg.load(&add_model(1.0)).unwrap().0;
         let two = reg.load(&add_model(2.0)).unwrap().0;
         let t = Tenants::new(QuotaConfig {

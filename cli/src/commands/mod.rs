@@ -1,3 +1,4 @@
+pub mod allowlist;
 pub mod bench;
 pub mod daemon;
 pub mod inspect;

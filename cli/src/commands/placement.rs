@@ -44,6 +44,10 @@ pub struct PlacementArgs {
     /// in the allowlist (persisted when `scheduler.allowlist_path` is set).
     #[arg(long)]
     pub validate: bool,
+    /// Ask the daemon on this socket for the placement it actually uses (loads the
+    /// model there, so the decision is the daemon's, validated and allowlisted).
+    #[arg(long, conflicts_with_all = ["svg", "config", "assume_allowed"])]
+    pub socket: Option<PathBuf>,
 }
 
 #[derive(Serialize)]
@@ -67,6 +71,9 @@ struct ProcessorLine {
 }
 
 pub fn run(args: PlacementArgs) -> anyhow::Result<()> {
+    if let Some(socket) = &args.socket {
+        return from_daemon(socket, &args);
+    }
     let cfg = match &args.config {
         Some(p) => Config::from_path(p).with_context(|| format!("config {}", p.display()))?,
         None => Config::embedded_defaults(),
@@ -324,4 +331,51 @@ fn svg(info: &GraphInfo, plan: &Plan) -> String {
     }
     o.push_str("</svg>\n");
     o
+}
+
+/// The daemon's own decision: load the model there (shared with other tenants by
+/// sha256) and print the plan it placed the model's interpreters with.
+fn from_daemon(socket: &std::path::Path, args: &PlacementArgs) -> anyhow::Result<()> {
+    let mut client = super::daemon::connect(socket)?;
+    let m = client
+        .load_model_file(&args.model)
+        .with_context(|| format!("loading {} into the daemon", args.model.display()))?;
+    let plan_json = client.placement(&m.id)?;
+    if args.json {
+        println!("{plan_json}");
+        return Ok(());
+    }
+    let plan: serde_json::Value = serde_json::from_str(&plan_json).context("daemon plan")?;
+    println!(
+        "{} (sha256 {}) as placed by the daemon",
+        args.model.display(),
+        m.sha256
+    );
+    if plan.is_null() {
+        println!("no delegates configured: every node runs on the cpu");
+        return Ok(());
+    }
+    let empty = Vec::new();
+    for p in plan["partitions"].as_array().unwrap_or(&empty) {
+        let ms = |v: &serde_json::Value| v.as_f64().map(|s| format!("{:.3} ms", s * 1e3));
+        println!(
+            "partition {:>2}  {:<5} {:<18} {:>3} nodes  expected {}  measured {}",
+            p["id"],
+            p["processor"].as_str().unwrap_or("?"),
+            p["delegate"].as_str().unwrap_or(""),
+            p["nodes"].as_array().map_or(0, Vec::len),
+            ms(&p["expected_s"]).unwrap_or_else(|| "-".into()),
+            ms(&p["measured_s"]).unwrap_or_else(|| "-".into()),
+        );
+    }
+    for n in plan["nodes"].as_array().unwrap_or(&empty) {
+        println!(
+            "  node {:>3} {:<24} {:<5} {}",
+            n["node"],
+            n["op"].as_str().unwrap_or(""),
+            n["processor"].as_str().unwrap_or("-"),
+            n["why"].as_str().unwrap_or("")
+        );
+    }
+    Ok(())
 }

@@ -1,0 +1,277 @@
+//! Placement in the daemon: on the first load of a model the scheduler decides which
+//! partitions run on which delegate, validating unknown (model, delegate, driver)
+//! combinations through the persisted allowlist; failures seen while serving requests
+//! are fed back so a device that keeps failing is blocked for the next load.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use switchyard_config::Config;
+use switchyard_interpreter::{Delegate, Model, PartitionReport, PlacedPartition, ProcessorKind};
+use switchyard_scheduler::allowlist::{Allowlist, Entry, Lookup, Verdict, key};
+use switchyard_scheduler::cost::{CostModel, partition_key};
+use switchyard_scheduler::decide::decide;
+use tracing::{info, warn};
+
+use crate::error::DaemonError;
+use crate::tenant::lock;
+
+/// Run-time delegate failures (errors or timeouts, each already re-run on the CPU)
+/// after which an allowed placement is blocked.
+pub const BLOCK_AFTER_FAILURES: u64 = 3;
+
+/// What was decided for one model, kept for `switchyard placement --socket`.
+pub struct ModelPlacement {
+    pub placed: Vec<PlacedPartition>,
+    /// The plan as JSON (the same shape `switchyard placement --json` prints locally).
+    pub plan_json: String,
+    /// Allowlist subject per placed partition, indexed like `placed`.
+    subjects: Vec<String>,
+    /// The processor with the most expected time: the arbiter queue requests wait in.
+    pub main_processor: ProcessorKind,
+    /// Expected seconds per request (measured when known), the arbiter's first estimate.
+    pub expected_s: f64,
+}
+
+/// The scheduler's state shared by all models of one daemon.
+pub struct Placer {
+    delegates: Vec<Arc<dyn Delegate>>,
+    cfg: switchyard_config::SchedulerConfig,
+    allowlist: Mutex<Allowlist>,
+    cost: Mutex<CostModel>,
+    pub allowlist_path: Option<PathBuf>,
+}
+
+impl Placer {
+    /// Opens the allowlist (creating the state directory) and keeps the delegates.
+    pub fn new(cfg: &Config, delegates: Vec<Arc<dyn Delegate>>) -> Result<Placer, DaemonError> {
+        let path = if !cfg.scheduler.allowlist_path.is_empty() {
+            Some(PathBuf::from(&cfg.scheduler.allowlist_path))
+        } else {
+            let dir = cfg.daemon.effective_state_dir();
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| DaemonError::io(format!("creating {}", dir.display()), e))?;
+            Some(dir.join("allowlist.json"))
+        };
+        let allowlist = match &path {
+            Some(p) => Allowlist::open(p)?,
+            None => Allowlist::in_memory(),
+        };
+        info!(path = ?path, decisions = allowlist.entries().count(), "allowlist loaded");
+        Ok(Placer {
+            delegates,
+            cost: Mutex::new(CostModel::new(
+                cfg.devices.clone(),
+                cfg.scheduler.ewma_alpha,
+            )),
+            cfg: cfg.scheduler.clone(),
+            allowlist: Mutex::new(allowlist),
+            allowlist_path: path,
+        })
+    }
+
+    /// A placer whose decisions live in memory only (unit tests).
+    pub fn in_memory(cfg: &Config, delegates: Vec<Arc<dyn Delegate>>) -> Placer {
+        Placer {
+            delegates,
+            cost: Mutex::new(CostModel::new(
+                cfg.devices.clone(),
+                cfg.scheduler.ewma_alpha,
+            )),
+            cfg: cfg.scheduler.clone(),
+            allowlist: Mutex::new(Allowlist::in_memory()),
+            allowlist_path: None,
+        }
+    }
+
+    /// Decides where `model` runs. Blocking (validation runs the model): call from the
+    /// blocking pool. With no delegates the model runs on the CPU only.
+    pub fn place(&self, model: Arc<Model>) -> Result<ModelPlacement, DaemonError> {
+        if self.delegates.is_empty() {
+            return Ok(ModelPlacement {
+                placed: Vec::new(),
+                plan_json: "null".into(),
+                subjects: Vec::new(),
+                main_processor: ProcessorKind::Cpu,
+                expected_s: 1e-3,
+            });
+        }
+        let mut list = lock(&self.allowlist);
+        let mut cost = lock(&self.cost);
+        let d = decide(model, &self.delegates, &mut list, &mut cost, &self.cfg)?;
+        let subjects = d
+            .placed
+            .iter()
+            .map(|p| partition_key(&d.info.sha256, &p.partition.nodes))
+            .collect();
+        let plan_json = serde_json::to_string(&d.plan)
+            .map_err(|e| DaemonError::Internal(format!("plan as json: {e}")))?;
+        for p in &d.plan.partitions {
+            info!(processor = %p.processor.name(), delegate = %p.delegate, nodes = p.nodes.len(), "placed");
+        }
+        let mut per: Vec<(ProcessorKind, f64)> = Vec::new();
+        for p in &d.plan.partitions {
+            let t = p.measured_s.unwrap_or(p.expected_s);
+            match per.iter_mut().find(|(k, _)| *k == p.processor) {
+                Some((_, s)) => *s += t,
+                None => per.push((p.processor, t)),
+            }
+        }
+        let main_processor = per
+            .iter()
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .map_or(ProcessorKind::Cpu, |(k, _)| *k);
+        let expected_s = per.iter().map(|(_, s)| s).sum::<f64>().max(1e-6);
+        Ok(ModelPlacement {
+            placed: d.placed,
+            plan_json,
+            subjects,
+            main_processor,
+            expected_s,
+        })
+    }
+
+    /// The processors requests may queue on: the CPU and every delegate's kind.
+    pub fn processors(&self) -> Vec<ProcessorKind> {
+        let mut out = vec![ProcessorKind::Cpu];
+        for d in &self.delegates {
+            if !out.contains(&d.kind()) {
+                out.push(d.kind());
+            }
+        }
+        out
+    }
+
+    /// Every learned decision, keyed `subject@delegate`.
+    pub fn entries(&self) -> Vec<(String, Entry)> {
+        lock(&self.allowlist)
+            .entries()
+            .map(|(k, e)| (k.clone(), e.clone()))
+            .collect()
+    }
+
+    /// Feeds one request's delegate failures (`after - before` per partition) back into
+    /// the allowlist and the cost model.
+    pub fn observe(
+        &self,
+        placement: &ModelPlacement,
+        before: &[PartitionReport],
+        after: &[PartitionReport],
+    ) {
+        for (i, now) in after.iter().enumerate() {
+            let (Some(placed), Some(subject)) =
+                (placement.placed.get(i), placement.subjects.get(i))
+            else {
+                continue;
+            };
+            let prev = before.get(i).cloned().unwrap_or_default();
+            let failures = now.failures.saturating_sub(prev.failures);
+            let runs = now.runs.saturating_sub(prev.runs);
+            if runs > 0 && failures == 0 {
+                let wall = now.delegate_wall.saturating_sub(prev.delegate_wall);
+                let device = now.device_time.saturating_sub(prev.device_time);
+                let t = if device > wall { device } else { wall };
+                lock(&self.cost).observe(
+                    subject,
+                    placed.delegate.kind(),
+                    t.as_secs_f64() / runs as f64,
+                );
+            }
+            if failures == 0 {
+                continue;
+            }
+            let k = key(subject, placed.delegate.name());
+            let fp = placed.delegate.fingerprint();
+            let mut list = lock(&self.allowlist);
+            let mut entry = match list.lookup(&k, &fp) {
+                Lookup::Allowed(e) | Lookup::Blocked(e) | Lookup::Stale(e) => e.clone(),
+                Lookup::Unknown => continue,
+            };
+            let error = now.last_error.clone().unwrap_or_default();
+            entry.failures += failures;
+            if error.contains("timed out") {
+                entry.timeouts += failures;
+            }
+            if entry.verdict == Verdict::Allowed && entry.failures >= BLOCK_AFTER_FAILURES {
+                entry.verdict = Verdict::Blocked;
+                entry.reason = format!(
+                    "{} delegate failures while serving requests (last: {error})",
+                    entry.failures
+                );
+                warn!(key = %k, reason = %entry.reason, "placement blocked at run time");
+            }
+            if let Err(e) = list.record(&k, entry) {
+                warn!(error = %e, "cannot persist the allowlist");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switchyard_delegates::EmulatedDelegate;
+    use switchyard_interpreter::Partition;
+    use switchyard_scheduler::allowlist::Lookup;
+
+    #[test]
+    fn an_allowed_device_that_keeps_failing_at_run_time_is_blocked() {
+        let cfg = Config::default();
+        let npu: Arc<dyn Delegate> = Arc::new(EmulatedDelegate::npu(cfg.devices.npu.clone()));
+        let placer = Placer::in_memory(&cfg, vec![npu.clone()]);
+        let subject = "abc:0,1".to_string();
+        let k = key(&subject, npu.name());
+        let allowed = Entry {
+            fingerprint: npu.fingerprint(),
+            verdict: Verdict::Allowed,
+            reason: "accurate and faster".into(),
+            max_error: 0.0,
+            tolerance: 1.0,
+            delegate_s: 1e-3,
+            cpu_s: 2e-3,
+            runs: 3,
+            failures: 0,
+            timeouts: 0,
+        };
+        lock(&placer.allowlist).record(&k, allowed).unwrap();
+        let placement = ModelPlacement {
+            placed: vec![PlacedPartition {
+                partition: Partition {
+                    subgraph: 0,
+                    nodes: vec![0, 1],
+                    inputs: vec![],
+                    outputs: vec![],
+                },
+                delegate: npu.clone(),
+                timeout: None,
+            }],
+            plan_json: "null".into(),
+            subjects: vec![subject],
+            main_processor: ProcessorKind::Npu,
+            expected_s: 1e-3,
+        };
+        let report = |failures: u64| PartitionReport {
+            delegate: npu.name().to_string(),
+            nodes: vec![0, 1],
+            runs: 5,
+            failures,
+            last_error: (failures > 0).then(|| "npu (emulated): timed out after 200ms".into()),
+            ..Default::default()
+        };
+        // Two failures: still allowed, counted.
+        placer.observe(&placement, &[report(0)], &[report(2)]);
+        let list = lock(&placer.allowlist);
+        let Lookup::Allowed(e) = list.lookup(&k, &npu.fingerprint()) else {
+            panic!("blocked too early");
+        };
+        assert_eq!((e.failures, e.timeouts), (2, 2));
+        drop(list);
+        // A third: blocked, with the run-time error as the reason.
+        placer.observe(&placement, &[report(2)], &[report(3)]);
+        let list = lock(&placer.allowlist);
+        let Lookup::Blocked(e) = list.lookup(&k, &npu.fingerprint()) else {
+            panic!("still allowed after {BLOCK_AFTER_FAILURES} failures");
+        };
+        assert!(e.reason.contains("timed out"), "{}", e.reason);
+    }
+}
