@@ -52,6 +52,21 @@ MODELS = [
     "oww_hey_jarvis.tflite",
     "mww_okay_nabu.tflite",
     "tfm_sine_float.tflite",
+    # issue 12's benchmark set: real int8 models from pinned wheels
+    "mww_alexa.tflite",
+    "mww_hey_jarvis.tflite",
+    "mww_hey_mycroft.tflite",
+    # ... and converter-made families from scripts/gen_models/ (committed, sha256-pinned)
+    "gen_mobilenetv2_035_96_float.tflite",
+    "gen_mobilenetv2_035_96_int8.tflite",
+    "gen_mobilenetv2_035_96_dynamic.tflite",
+    "gen_lstm_float.tflite",
+    "gen_lstm_int8.tflite",
+    "gen_lstm_dynamic.tflite",
+    "gen_gru_float.tflite",
+    "gen_gru_unrolled_int8.tflite",
+    "gen_transformer_float.tflite",
+    "gen_transformer_int8.tflite",
 ]
 # The issue's baseline set (XNNPACK, 1 thread, median ms on the 2-core build machine).
 BASELINE = {

@@ -87,6 +87,13 @@ GENERATED = {
     "gen_mobilenetv2_035_96_float.tflite": "b30b0e2b4855912d7e8f43ae2dea5ab30ccfde847a05b28f9a2269191d46a86a",
     "gen_mobilenetv2_035_96_int8.tflite": "e80bb5573d796aaeaf5d7f763029c501dff7e0033555b92c702441ef2dedc898",
     "gen_mobilenetv2_035_96_dynamic.tflite": "e73d280953c028e15a54ea6aa5bf30382fec571e07bafb78cb20bd5b1954225d",
+    "gen_lstm_float.tflite": "d3b8c2d95969a2f5c5af6823e713c70c6b8ce0a0777bb1a2e28c1cd7f71c08bd",
+    "gen_lstm_int8.tflite": "996f5f9fb2111e358d780a91f93cfd47a6d8a4d2b919c25b0614926196f1b171",
+    "gen_lstm_dynamic.tflite": "8ef6f6da5f936b4cc56b08fb4a4426c8416ff14e5e20f0f1a65aa1afc4d21204",
+    "gen_gru_float.tflite": "c4205c0d65d1a2dd978fa71a558b417206c3bdb956604bd9db7123a5eb63bdd5",
+    "gen_gru_unrolled_int8.tflite": "40b8c0d93600e43d7c34e06d1e6bb9d91b5f9ac9991d038f68b5265bdbb240e4",
+    "gen_transformer_float.tflite": "0be236e70c0e1fc95574fedb40f0be645bd695329593057139aa915d2c1c3e86",
+    "gen_transformer_int8.tflite": "6517d7401651dde1e460a53c01d18322637476c32b0fbe22d320cf0957f2fa81",
 }
 
 
