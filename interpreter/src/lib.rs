@@ -39,8 +39,9 @@ pub mod sparsity;
 pub mod tensor;
 
 pub use delegate::{
-    CompiledPartition, Delegate, DelegateError, ExecReport, NodeSupportCtx, Partition,
-    PartitionCtx, PartitionOptions, PartitionReport, PlacedPartition, ProcessorKind, Support,
+    CompiledPartition, Delegate, DelegateError, ExecReport, FloatPrecision, NodeSupportCtx,
+    Partition, PartitionCtx, PartitionOptions, PartitionReport, PlacedPartition, ProcessorKind,
+    Support,
 };
 pub use error::{KernelError, ModelError, RunError};
 pub use executor::{Interpreter, InterpreterOptions, StepProfile};
