@@ -3,7 +3,8 @@
 //! the answer is written to the JSON file named on the command line
 //! (docs/coverage/litert_builtin.json in the repository).
 //!
-//! usage: cargo run -p switchyard-testkit --bin litert_probe -- OUT.json
+//! usage: cargo run -p switchyard-testkit --bin litert_probe -- OUT.json [CASES_DIR]
+//! With CASES_DIR the cases (models, inputs, LiteRT's outputs) are kept there.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -15,9 +16,14 @@ fn main() -> ExitCode {
         eprintln!("usage: litert_probe OUT.json");
         return ExitCode::from(2);
     };
-    let result = tempfile::tempdir()
-        .map_err(|e| e.to_string())
-        .and_then(|dir| probe_litert(&all_cases(), dir.path(), Path::new(&out), false));
+    let result = match std::env::args().nth(2) {
+        Some(keep) => std::fs::create_dir_all(&keep)
+            .map_err(|e| e.to_string())
+            .and_then(|()| probe_litert(&all_cases(), Path::new(&keep), Path::new(&out), true)),
+        None => tempfile::tempdir()
+            .map_err(|e| e.to_string())
+            .and_then(|dir| probe_litert(&all_cases(), dir.path(), Path::new(&out), false)),
+    };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
