@@ -5,3 +5,4 @@ pub mod inspect;
 pub mod placement;
 pub mod run;
 pub mod simulate;
+pub mod top;

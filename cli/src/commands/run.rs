@@ -36,6 +36,10 @@ pub struct RunArgs {
     /// after a client's load), instead of unloading what this run loaded.
     #[arg(long, conflicts_with = "local")]
     pub keep: bool,
+    /// Resize the model's inputs to the shapes of the given tensors (without it, a
+    /// shape that differs from the model's is refused, as LiteRT does).
+    #[arg(long)]
+    pub resize: bool,
     #[command(flatten)]
     pub daemon: super::daemon::DaemonArgs,
 }
@@ -49,6 +53,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             &args.daemon,
             args.shm,
             args.keep,
+            args.resize,
         );
     }
     let model = Arc::new(
