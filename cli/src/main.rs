@@ -40,6 +40,9 @@ enum Command {
     Top(commands::top::TopArgs),
     /// Compare scheduling policies with fixed placements on a workload of apps.
     Simulate(commands::simulate::SimulateArgs),
+    /// Write a chain of float32 ADD nodes (the executor-overhead benchmark model).
+    #[command(hide = true)]
+    MakeChainModel(commands::make_chain::MakeChainArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -59,6 +62,7 @@ fn main() -> std::process::ExitCode {
         Command::Allowlist(args) => commands::allowlist::run(args),
         Command::Simulate(args) => commands::simulate::run(args),
         Command::Top(args) => commands::top::run(args),
+        Command::MakeChainModel(args) => commands::make_chain::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
