@@ -10,7 +10,6 @@ use switchyard_interpreter::{
 use super::DELEGATE_NAME;
 use super::compile;
 use super::context::GpuContext;
-use super::ops::{self, NodeView};
 
 /// Runs float32 partitions on the first Vulkan adapter found.
 ///
@@ -90,15 +89,9 @@ impl Delegate for GpuDelegate {
         if let Err(e) = &self.device {
             return Support::Unsupported(format!("GPU unavailable: {e}"));
         }
-        let view = NodeView {
-            node: ctx.node,
-            inputs: &ctx.inputs,
-            outputs: &ctx.outputs,
-        };
-        match ops::check(&view) {
-            Ok(()) => Support::Supported,
-            Err(reason) => Support::Unsupported(reason),
-        }
+        // The op descriptors' GPU rules (switchyard-kernels) answer; `compile` lowers with
+        // its own checks, and a test holds the two to the same answers.
+        switchyard_kernels::supports(ProcessorKind::Gpu, ctx)
     }
 
     fn compile(&self, ctx: &PartitionCtx<'_>) -> Result<Box<dyn CompiledPartition>, DelegateError> {

@@ -10,8 +10,9 @@
 //! - `context`: adapter and device, fingerprint, wgpu errors as `Result`s
 //! - `pipelines`: the WGSL sources (`shaders/<family>/<op>.wgsl` after a shared
 //!   `prelude.wgsl`) and the pipeline cache keyed by (shader, entry point, constants)
-//! - `ops/<op>.rs`: per operator, `check` (what `supports` answers) and `lower` (its
-//!   dispatches)
+//! - `ops/<op>.rs`: per operator, `check` (what compile requires) and `lower` (its
+//!   dispatches); `supports` answers from the op descriptors' GPU rules
+//!   (`switchyard_kernels::supports`)
 //! - `compile`: partition → values, lifetime-planned buffers, one command encoder per
 //!   execution; tensors stay on the GPU between the partition's nodes
 //!

@@ -1,6 +1,7 @@
 //! One file per operator (or tight family sharing one shader), each with `check` (what
-//! `supports` answers, and what `lower` re-checks: compile never trusts that `supports`
-//! was asked) and `lower` (the compute dispatches that run the node).
+//! `lower` checks before lowering: compile never trusts that `supports` was asked) and
+//! `lower` (the compute dispatches that run the node). What `supports` answers is the
+//! op descriptors' GPU rule in `switchyard-kernels`; a test holds the two together.
 
 pub mod activations;
 pub mod binary;
@@ -170,30 +171,6 @@ fn route(op: B) -> Option<(CheckFn, LowerFn)> {
         B::Mean | B::Sum => (reduce::check, reduce::lower),
         _ => return None,
     })
-}
-
-/// Whether the GPU can run this node, or why not.
-pub fn check(v: &NodeView<'_>) -> Result<(), String> {
-    let op = v
-        .node
-        .builtin()
-        .ok_or_else(|| format!("{} has no GPU kernel", v.node.op))?;
-    // Values the interpreter folds at prepare (fp16 weight DEQUANTIZE, DENSIFY of sparse
-    // weights, shape arithmetic) cost the GPU nothing: consumers read them as constants.
-    if !v.outputs.is_empty() && v.outputs.iter().all(|o| o.data.is_some()) {
-        return Ok(());
-    }
-    if matches!(op, B::Dequantize | B::Densify) {
-        return match v.input(0)?.data {
-            Some(_) => Ok(()),
-            None => Err(format!(
-                "{} of a runtime tensor has no GPU kernel",
-                op.name()
-            )),
-        };
-    }
-    let (check, _) = route(op).ok_or_else(|| format!("{} has no GPU kernel", op.name()))?;
-    check(v)
 }
 
 /// Appends the dispatches of one node.
