@@ -38,6 +38,13 @@ enum Command {
     Allowlist(commands::allowlist::AllowlistArgs),
     /// Compare scheduling policies with fixed placements on a workload of apps.
     Simulate(commands::simulate::SimulateArgs),
+    /// Run a workload's apps as real processes through one daemon and, in the same run,
+    /// each with its own LiteRT interpreter; report SLO satisfaction, latency,
+    /// throughput and memory side by side.
+    Loadtest(commands::loadtest::LoadtestArgs),
+    /// One app process of `loadtest` (started by it).
+    #[command(hide = true)]
+    LoadtestApp(commands::loadtest_app::LoadtestAppArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -56,6 +63,8 @@ fn main() -> std::process::ExitCode {
         Command::Placement(args) => commands::placement::run(args),
         Command::Allowlist(args) => commands::allowlist::run(args),
         Command::Simulate(args) => commands::simulate::run(args),
+        Command::Loadtest(args) => commands::loadtest::run(args),
+        Command::LoadtestApp(args) => commands::loadtest_app::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

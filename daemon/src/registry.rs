@@ -200,10 +200,15 @@ impl ModelRegistry {
         }
         let model = Arc::new(Model::from_bytes(bytes)?);
         let placement = self.placer.place(model.clone(), &sha256_hex(&digest))?;
+        // One thread: requests run side by side on the cores unless the arbiter finds
+        // them idle; an interpreter with more threads is made when first asked for.
         let first = Interpreter::with_placement(
             model.clone(),
             self.resolver.clone(),
-            self.options.clone(),
+            InterpreterOptions {
+                threads: 1,
+                ..self.options.clone()
+            },
             placement.placed.clone(),
         )
         .map_err(DaemonError::Prepare)?;
@@ -238,10 +243,7 @@ impl ModelRegistry {
             outputs,
             model,
             resolver: self.resolver.clone(),
-            idle: Mutex::new(HashMap::from([(
-                (Variant::Placed, self.options.threads),
-                vec![first],
-            )])),
+            idle: Mutex::new(HashMap::from([((Variant::Placed, 1), vec![first])])),
             options: self.options.clone(),
             keep_idle: self.interpreters_per_model,
             placement,

@@ -17,6 +17,11 @@ use crate::arbiter::{Stage, StageOption, Wide};
 use crate::cost::CostModel;
 use crate::decide::Decision;
 
+/// Requests shorter than this on one core are never offered intra-op threads: the
+/// threads' overhead eats the gain, and every thread count the daemon serves costs a
+/// prepared interpreter.
+pub const WIDE_MIN_S: f64 = 2e-3;
+
 /// Which prepared form of the model a processor choice means.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Variant {
@@ -122,7 +127,7 @@ impl ServingPlan {
             },
             None => StageOption::prior(p, prior),
         };
-        if p == ProcessorKind::Cpu && self.max_threads > 1 {
+        if p == ProcessorKind::Cpu && self.max_threads > 1 && o.service_s >= WIDE_MIN_S {
             let t = self.max_threads;
             o.wide = Some(match cost.learned(&key, p, t, now) {
                 Some(l) => Wide {
@@ -210,6 +215,15 @@ mod tests {
             plan.observe(&mut cost, Cpu, 1, 0.008, i as f64 * 0.01);
             plan.observe(&mut cost, Cpu, 2, 0.005, i as f64 * 0.01);
         }
+        let tiny = ServingPlan::cpu_only("tiny", 1e-3, 2);
+        for i in 0..3 {
+            tiny.observe(&mut cost, Cpu, 1, 0.0005, i as f64 * 0.01);
+        }
+        assert_eq!(
+            tiny.stages(&cost, 0.03)[0].options[0].wide,
+            None,
+            "too short to thread"
+        );
         let s = plan.stages(&cost, 0.03);
         let o = &s[0].options;
         assert_eq!((o[0].service_s, o[0].measured), (0.006, true));

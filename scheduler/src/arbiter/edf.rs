@@ -1,10 +1,19 @@
 //! Earliest deadline first: optimal on one processor when the load is feasible. A job
-//! without a deadline counts as due [`Ctx::aging_s`] after it became ready.
+//! without a deadline counts as due [`Ctx::aging_s`] after it became ready, and each
+//! class below realtime counts as due one aging step later (jobs are not preempted, so
+//! a realtime frame should not queue behind interactive work that can still wait).
 
 use super::{Assignment, Ctx, Job, Key, Queue, pick_by};
 
 pub fn key(ctx: &Ctx<'_>, j: &Job) -> Key {
-    Key([j.effective_deadline(ctx.aging_s), 0.0, 0.0], j.request)
+    Key(
+        [
+            j.effective_deadline(ctx.aging_s) + j.class.rank() * ctx.aging_s,
+            j.effective_deadline(ctx.aging_s),
+            0.0,
+        ],
+        j.request,
+    )
 }
 
 pub fn schedule(ctx: &Ctx<'_>, queue: &mut Queue) -> Vec<Assignment> {
