@@ -45,6 +45,9 @@ enum Command {
     /// One app process of `loadtest` (started by it).
     #[command(hide = true)]
     LoadtestApp(commands::loadtest_app::LoadtestAppArgs),
+    /// Write a chain of float32 ADD nodes (the executor-overhead benchmark model).
+    #[command(hide = true)]
+    MakeChainModel(commands::make_chain::MakeChainArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -65,6 +68,7 @@ fn main() -> std::process::ExitCode {
         Command::Simulate(args) => commands::simulate::run(args),
         Command::Loadtest(args) => commands::loadtest::run(args),
         Command::LoadtestApp(args) => commands::loadtest_app::run(args),
+        Command::MakeChainModel(args) => commands::make_chain::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -4,6 +4,8 @@
 //! Layout:
 //! - [`server`]: binding the sockets, serving gRPC (Unix socket, optional TCP) and the
 //!   shared-memory side socket, graceful shutdown with a grace timeout.
+//! - [`authority`]: the Unix socket accepts any HTTP/2 `:authority` (C-core clients
+//!   send the socket path, which h2 would refuse).
 //! - [`service`]: the gRPC service: caller identity, request checks, runs.
 //! - [`tenant`]: tenants, their model handles, quotas and counters.
 //! - [`arbitration`]: requests queue per processor in the scheduler's arbiter.
@@ -27,6 +29,7 @@
 #![deny(unsafe_code)]
 
 pub mod arbitration;
+pub mod authority;
 pub mod error;
 pub mod placement;
 pub mod processors;

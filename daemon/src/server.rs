@@ -14,9 +14,11 @@ use switchyard_config::{Config, DaemonConfig};
 use switchyard_proto::v1::switchyard_server::SwitchyardServer;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tracing::{info, warn};
 
+use crate::authority::AuthorityFix;
 use crate::error::DaemonError;
 use crate::service::{Service, State};
 use crate::shm;
@@ -109,8 +111,16 @@ pub async fn run(
 
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(switchyard_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| DaemonError::Internal(format!("reflection: {e}")))?;
+    // grpcurl and older grpcio-reflection clients still ask v1alpha.
+    let reflection_alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(switchyard_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| DaemonError::Internal(format!("reflection: {e}")))?;
+    let (health, health_service) = health_reporter().await;
     let service = || {
         SwitchyardServer::new(Service {
             state: state.clone(),
@@ -142,13 +152,14 @@ pub async fn run(
     {
         let router = tonic::transport::Server::builder()
             .add_service(reflection.clone())
+            .add_service(reflection_alpha.clone())
+            .add_service(health_service.clone())
             .add_service(service());
         let signal = stopped(stop_rx.clone());
+        // Every Unix connection goes through the :authority rewrite (authority.rs).
+        let incoming = UnixListenerStream::new(grpc).map(|c| c.map(AuthorityFix::new));
         tasks.spawn(async move {
-            if let Err(e) = router
-                .serve_with_incoming_shutdown(UnixListenerStream::new(grpc), signal)
-                .await
-            {
+            if let Err(e) = router.serve_with_incoming_shutdown(incoming, signal).await {
                 warn!(error = %e, "gRPC server on the Unix socket failed");
             }
         });
@@ -159,6 +170,8 @@ pub async fn run(
         }
         let router = tonic::transport::Server::builder()
             .add_service(reflection)
+            .add_service(reflection_alpha)
+            .add_service(health_service)
             .add_service(service());
         let signal = stopped(stop_rx.clone());
         tasks.spawn(async move {
@@ -182,6 +195,7 @@ pub async fn run(
         "shutting down: no new connections; draining"
     );
     let _ = stop_tx.send(true);
+    health.set_not_serving::<SwitchyardServer<Service>>().await;
     // Idle client connections can keep hyper's graceful shutdown waiting (they are not
     // closed until the client hangs up), so the drain ends when no load or run is still
     // executing, not when every connection has closed.
@@ -214,4 +228,16 @@ pub async fn run(
         let _ = std::fs::remove_file(p);
     }
     Ok(())
+}
+
+/// The grpc.health.v1 service: SERVING for the whole server ("") and for
+/// `switchyard.v1.Switchyard` once the daemon's state is built, NOT_SERVING from the
+/// start of shutdown.
+async fn health_reporter() -> (
+    tonic_health::server::HealthReporter,
+    tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+) {
+    let (reporter, service) = tonic_health::server::health_reporter();
+    reporter.set_serving::<SwitchyardServer<Service>>().await;
+    (reporter, service)
 }

@@ -4,6 +4,7 @@ pub mod daemon;
 pub mod inspect;
 pub mod loadtest;
 pub mod loadtest_app;
+pub mod make_chain;
 pub mod placement;
 pub mod run;
 pub mod simulate;
