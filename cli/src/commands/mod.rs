@@ -6,3 +6,4 @@ pub mod make_chain;
 pub mod placement;
 pub mod run;
 pub mod simulate;
+pub mod top;
