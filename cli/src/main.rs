@@ -61,8 +61,8 @@ fn main() -> std::process::ExitCode {
         Command::Placement(args) => commands::placement::run(args),
         Command::Allowlist(args) => commands::allowlist::run(args),
         Command::Simulate(args) => commands::simulate::run(args),
-        Command::MakeChainModel(args) => commands::make_chain::run(args),
         Command::Top(args) => commands::top::run(args),
+        Command::MakeChainModel(args) => commands::make_chain::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -7,9 +7,8 @@
 //!   it the delegate exists but reports itself unavailable).
 //! - [`emulated`]: the DSP and NPU device models (capabilities, virtual clock, faults)
 //!   around bit-exact reference arithmetic.
-//! - [`plugin`]: the versioned C ABI for vendor drivers (`.so`) and its loader; with
-//!   the GPU's pipeline-cache loader (`gpu/disk_cache.rs`, one call), the only code
-//!   allowed `unsafe`.
+//! - [`plugin`]: the versioned C ABI for vendor drivers (`.so`) and its loader; the
+//!   only module allowed `unsafe`.
 #![deny(unsafe_code)]
 
 pub mod cpu;
@@ -19,5 +18,5 @@ pub mod plugin;
 
 pub use cpu::{CpuResolver, KernelMode};
 pub use emulated::{EmulatedDelegate, EmulatedKind};
-pub use gpu::{GpuCounters, GpuDelegate, GpuOptions, Precision};
+pub use gpu::GpuDelegate;
 pub use plugin::PluginDelegate;

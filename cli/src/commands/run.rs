@@ -28,6 +28,11 @@ pub struct RunArgs {
     /// Run in this process instead of through the daemon.
     #[arg(long)]
     pub local: bool,
+    /// Resize the model's inputs to the given tensors' shapes before running (locally,
+    /// or by the daemon). Without it, an input that differs from the model's shape in a
+    /// dimension that is not dynamic is refused.
+    #[arg(long)]
+    pub resize: bool,
     /// Kernel threads.
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
@@ -41,10 +46,6 @@ pub struct RunArgs {
     /// after a client's load), instead of unloading what this run loaded.
     #[arg(long, conflicts_with = "local")]
     pub keep: bool,
-    /// Resize the model's inputs to the shapes of the given tensors (without it, a
-    /// shape that differs from the model's is refused, as LiteRT does).
-    #[arg(long)]
-    pub resize: bool,
     #[command(flatten)]
     pub daemon: super::daemon::DaemonArgs,
 }

@@ -119,9 +119,7 @@ pub(crate) struct PartitionCore {
     slot_sizes: Vec<u64>,
     consts: Vec<wgpu::Buffer>,
     params: Vec<wgpu::Buffer>,
-    /// Per partition input: where it is uploaded, or `None` for a value folded at
-    /// prepare (uploaded once, with the constants).
-    inputs: Vec<Option<InputIo>>,
+    inputs: Vec<InputIo>,
     outputs: Vec<OutputIo>,
     staging_size: u64,
     pipelines: usize,
@@ -187,7 +185,7 @@ impl PartitionCore {
         slot_sizes: Vec<u64>,
         consts: Vec<wgpu::Buffer>,
         params: Vec<wgpu::Buffer>,
-        inputs: Vec<Option<InputIo>>,
+        inputs: Vec<InputIo>,
         outputs: Vec<OutputIo>,
         staging_size: u64,
         pipelines: usize,
@@ -470,7 +468,6 @@ impl PartitionCore {
         let gpu = &self.ctx;
         let mut uploaded = 0u64;
         for (t, io) in inputs.iter().zip(&self.inputs) {
-            let Some(io) = io else { continue };
             if io.elems == 0 {
                 continue;
             }
@@ -784,7 +781,7 @@ impl PartitionCore {
             nodes: self.nodes.clone(),
             precision: self.precision,
             dispatches: self.steps.len(),
-            inputs: self.inputs.iter().flatten().count(),
+            inputs: self.inputs.len(),
             outputs: self.outputs.len(),
             pipelines: self.pipelines,
             compile: self.compile_time,
@@ -832,7 +829,6 @@ impl CompiledPartition for PartitionCore {
             )));
         }
         for (i, (t, io)) in inputs.iter().zip(&self.inputs).enumerate() {
-            let Some(io) = io else { continue };
             if t.dtype != DType::F32 || t.bytes.len() != io.elems * 4 {
                 return Err(self.exec_err(format!(
                     "input {i} is {} with {} bytes; compiled for float32 with {}",
