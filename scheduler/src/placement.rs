@@ -388,7 +388,9 @@ mod tests {
             conv.why
         );
         assert!(
-            conv.why.contains("gpu: unsupported: gpu runs float32 only"),
+            conv.why.contains(
+                "gpu: unsupported: gpu: input 0 is int8; the GPU delegate runs float32 only"
+            ),
             "{}",
             conv.why
         );

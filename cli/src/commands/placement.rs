@@ -150,7 +150,9 @@ fn grouped(rows: &[Row]) -> String {
     let mut o = String::new();
     let run: Vec<&Row> = rows.iter().filter(|r| r.partition.is_some()).collect();
     let order: Vec<usize> = run.iter().map(|r| r.node).collect();
-    let mut groups: Vec<((Option<usize>, String, String), Vec<usize>)> = Vec::new();
+    // (partition, processor, reason) and the nodes that share them.
+    type Key = (Option<usize>, String, String);
+    let mut groups: Vec<(Key, Vec<usize>)> = Vec::new();
     for r in &run {
         let key = (
             r.partition,
