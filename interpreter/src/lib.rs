@@ -54,8 +54,9 @@ pub mod verify;
 
 pub use control::{Budget, BudgetExceeded, DEFAULT_MAX_NODES, RunControl};
 pub use delegate::{
-    CompiledPartition, Delegate, DelegateError, ExecReport, NodeSupportCtx, Partition,
-    PartitionCtx, PartitionOptions, PartitionReport, PlacedPartition, ProcessorKind, Support,
+    CompiledPartition, Delegate, DelegateError, ExecReport, FloatPrecision, NodeSupportCtx,
+    Partition, PartitionCtx, PartitionOptions, PartitionReport, PlacedPartition, ProcessorKind,
+    Support,
 };
 pub use error::{KernelError, ModelError, RunError};
 pub use interpreter::{Interpreter, InterpreterOptions, StepProfile};

@@ -30,6 +30,12 @@ pub struct BenchArgs {
     /// Untimed warm-up runs.
     #[arg(long, default_value_t = 5)]
     pub warmup: usize,
+    /// Invokes per timed sample; the sample is their total time divided by this. For
+    /// tiny models, so that the clock read per sample does not count (the LiteRT side of
+    /// bench/compare_litert.py times the same batches, keeping Python's per-call
+    /// overhead out of its figure too).
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
     /// Input tensors as .npy files (comma separated); random inputs when omitted.
     #[arg(long, value_delimiter = ',')]
     pub inputs: Vec<PathBuf>,
@@ -68,6 +74,7 @@ struct Report {
     model: String,
     threads: usize,
     runs: usize,
+    batch: usize,
     kernels: &'static str,
     load_ms: f64,
     median_ms: f64,
@@ -134,6 +141,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.runs == 0 {
         bail!("--runs must be at least 1");
     }
+    if args.batch == 0 {
+        bail!("--batch must be at least 1");
+    }
     let rss_before_load = peak_rss_bytes();
     let load_start = Instant::now();
     let model = Arc::new(
@@ -183,10 +193,13 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         it.run(&views).context("warm-up run")?;
     }
     let mut times = Vec::with_capacity(args.runs);
+    let batch = u32::try_from(args.batch).context("--batch is too large")?;
     for _ in 0..args.runs {
         let t0 = Instant::now();
-        it.run(&views).context("timed run")?;
-        times.push(t0.elapsed());
+        for _ in 0..batch {
+            it.run(&views).context("timed run")?;
+        }
+        times.push(t0.elapsed() / batch);
     }
     times.sort();
 
@@ -232,6 +245,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         model: args.model.display().to_string(),
         threads: args.threads.max(1),
         runs: args.runs,
+        batch: args.batch,
         kernels: if args.reference {
             "reference"
         } else {
