@@ -59,6 +59,10 @@ pub struct DaemonConfig {
     /// Vendor delegate plugins (`.so` paths) loaded at start, offered to the scheduler
     /// beside the emulated DSP/NPU.
     pub plugins: Vec<PathBuf>,
+    /// Prometheus text endpoint (`GET /metrics`), off unless set: `host:port` for TCP
+    /// (a bearer token selects the tenant whose figures are shown; an admin token shows
+    /// all) or `unix:/path` (the peer's uid selects them; admin uids see all).
+    pub metrics: Option<String>,
     pub quota: QuotaConfig,
 }
 
@@ -118,6 +122,7 @@ impl Default for DaemonConfig {
             max_message_bytes: 64 << 20,
             state_dir: PathBuf::new(),
             plugins: Vec::new(),
+            metrics: None,
             quota: QuotaConfig::default(),
         }
     }
@@ -167,6 +172,18 @@ impl DaemonConfig {
             }
             if self.tokens.is_empty() {
                 return bad("tokens", "a TCP listener needs at least one token");
+            }
+        }
+        if let Some(m) = &self.metrics {
+            let ok = match m.strip_prefix("unix:") {
+                Some(path) => !path.is_empty(),
+                None => m.parse::<std::net::SocketAddr>().is_ok(),
+            };
+            if !ok {
+                return bad(
+                    "metrics",
+                    "must be an address such as 127.0.0.1:9464 or unix:/run/switchyard/metrics.sock",
+                );
             }
         }
         let mut seen = HashSet::new();

@@ -24,6 +24,8 @@ pub struct TensorSpec {
     pub name: String,
     pub dtype: DType,
     pub shape: Vec<usize>,
+    /// The model's shape signature (-1: dynamic dimension), when it has one.
+    pub signature: Option<Vec<i32>>,
 }
 
 pub struct PreparedModel {
@@ -217,6 +219,7 @@ impl ModelRegistry {
                     name: t.name.clone(),
                     dtype: t.dtype,
                     shape: t.shape.clone(),
+                    signature: t.shape_signature.clone(),
                 })
                 .collect()
         };

@@ -30,6 +30,12 @@ pub struct BenchArgs {
     /// Untimed warm-up runs.
     #[arg(long, default_value_t = 5)]
     pub warmup: usize,
+    /// Invokes per timed sample; the sample is their total time divided by this. For
+    /// tiny models, so that the clock read per sample does not count (the LiteRT side of
+    /// bench/compare_litert.py times the same batches, keeping Python's per-call
+    /// overhead out of its figure too).
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
     /// Input tensors as .npy files (comma separated); random inputs when omitted.
     #[arg(long, value_delimiter = ',')]
     pub inputs: Vec<PathBuf>,
@@ -68,6 +74,7 @@ struct Report {
     model: String,
     threads: usize,
     runs: usize,
+    batch: usize,
     kernels: &'static str,
     load_ms: f64,
     median_ms: f64,
@@ -80,6 +87,9 @@ struct Report {
     rss_before_load_bytes: Option<u64>,
     rss_peak_bytes: Option<u64>,
     steps: usize,
+    /// Median run time over steps: the executor's per-node overhead on a chain of
+    /// trivial nodes (`switchyard make-chain-model`).
+    ns_per_step: f64,
     ops: Vec<OpLine>,
     by_op: Vec<OpSummary>,
 }
@@ -131,6 +141,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.runs == 0 {
         bail!("--runs must be at least 1");
     }
+    if args.batch == 0 {
+        bail!("--batch must be at least 1");
+    }
     let rss_before_load = peak_rss_bytes();
     let load_start = Instant::now();
     let model = Arc::new(
@@ -167,15 +180,26 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             .map(|p| npy::read(p).with_context(|| format!("reading {}", p.display())))
             .collect::<anyhow::Result<_>>()?
     };
+    // Given inputs define the shapes to measure at (as LiteRT's resize_tensor_input does
+    // in bench/compare_litert.py): resize explicitly, since runs are strict.
+    for (i, t) in inputs.iter().enumerate() {
+        if i < it.input_count() && it.input_info(i)?.1 != t.shape {
+            it.resize_input(i, t.shape.clone())
+                .with_context(|| format!("resizing input {i} to {:?}", t.shape))?;
+        }
+    }
     let views: Vec<_> = inputs.iter().map(|t| t.view()).collect();
     for _ in 0..args.warmup {
         it.run(&views).context("warm-up run")?;
     }
     let mut times = Vec::with_capacity(args.runs);
+    let batch = u32::try_from(args.batch).context("--batch is too large")?;
     for _ in 0..args.runs {
         let t0 = Instant::now();
-        it.run(&views).context("timed run")?;
-        times.push(t0.elapsed());
+        for _ in 0..batch {
+            it.run(&views).context("timed run")?;
+        }
+        times.push(t0.elapsed() / batch);
     }
     times.sort();
 
@@ -221,6 +245,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         model: args.model.display().to_string(),
         threads: args.threads.max(1),
         runs: args.runs,
+        batch: args.batch,
         kernels: if args.reference {
             "reference"
         } else {
@@ -235,6 +260,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         rss_before_load_bytes: rss_before_load,
         rss_peak_bytes: peak_rss_bytes(),
         steps: it.step_count(),
+        ns_per_step: ms(percentile(&times, 0.5)) * 1e6 / it.step_count().max(1) as f64,
         ops,
         by_op,
     };
@@ -251,8 +277,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         report.median_ms, report.p90_ms, report.min_ms
     );
     println!(
-        "  load {:.2} ms, arena {} bytes, folded constants/heap {} bytes, {} steps per run",
-        report.load_ms, report.arena_bytes, report.heap_bytes, report.steps
+        "  load {:.2} ms, arena {} bytes, folded constants/heap {} bytes, {} steps per run \
+         ({:.1} ns per step)",
+        report.load_ms, report.arena_bytes, report.heap_bytes, report.steps, report.ns_per_step
     );
     if let (Some(before), Some(peak)) = (report.rss_before_load_bytes, report.rss_peak_bytes) {
         println!(

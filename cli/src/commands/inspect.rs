@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 use switchyard_delegates::CpuResolver;
-use switchyard_interpreter::Model;
+use switchyard_interpreter::{DType, Model, Node, Subgraph};
 
 #[derive(Args)]
 pub struct InspectArgs {
@@ -20,17 +20,54 @@ pub struct InspectArgs {
     pub json: bool,
 }
 
+/// The dtype signature a kernel is chosen by, as LiteRT's builtin resolver sees it: the
+/// first non-constant input's dtype; `hybrid_int8` for float activations with constant
+/// int8/uint8 weights (dynamic-range models); `a->b` for the conversion ops, whose
+/// kernel depends on both ends. The same keys name the rows of
+/// docs/coverage/litert_builtin.json.
+pub fn dtype_key(sg: &Subgraph, n: &Node) -> String {
+    let def = |t: usize| sg.tensors.get(t);
+    let inputs: Vec<_> = n.inputs.iter().flatten().filter_map(|&t| def(t)).collect();
+    let base = inputs
+        .iter()
+        .find(|d| !d.is_const() && !matches!(d.dtype, DType::Resource | DType::Variant))
+        .or(inputs.first())
+        .map(|d| d.dtype);
+    let Some(base) = base else {
+        return "none".to_string();
+    };
+    let out = n.outputs.first().and_then(|&t| def(t)).map(|d| d.dtype);
+    let conversion = matches!(
+        n.op.to_string().as_str(),
+        "QUANTIZE" | "DEQUANTIZE" | "CAST"
+    );
+    if conversion && let Some(out) = out {
+        return format!("{}->{}", base.name(), out.name());
+    }
+    let hybrid = base == DType::F32
+        && inputs
+            .iter()
+            .any(|d| d.is_const() && matches!(d.dtype, DType::I8 | DType::U8));
+    if hybrid {
+        return "hybrid_int8".to_string();
+    }
+    base.name().to_string()
+}
+
 pub fn run(args: InspectArgs) -> anyhow::Result<()> {
     let model = Model::from_path(&args.model)
         .with_context(|| format!("loading {}", args.model.display()))?;
     let mut report = Vec::new();
     for (si, sg) in model.subgraphs.iter().enumerate() {
-        let mut ops: BTreeMap<String, (usize, bool)> = BTreeMap::new();
+        let mut ops: BTreeMap<String, (usize, bool, BTreeMap<String, usize>)> = BTreeMap::new();
         for n in &sg.nodes {
-            let e = ops
-                .entry(n.op.to_string())
-                .or_insert((0, CpuResolver::knows(&n.op)));
+            let e = ops.entry(n.op.to_string()).or_insert((
+                0,
+                CpuResolver::knows(&n.op),
+                BTreeMap::new(),
+            ));
             e.0 += 1;
+            *e.2.entry(dtype_key(sg, n)).or_default() += 1;
         }
         let io = |ts: &[usize]| -> Vec<serde_json::Value> {
             ts.iter()
@@ -52,7 +89,7 @@ pub fn run(args: InspectArgs) -> anyhow::Result<()> {
         report.push(serde_json::json!({
             "subgraph": si, "name": sg.name, "tensors": sg.tensors.len(), "nodes": sg.nodes.len(),
             "inputs": io(&sg.inputs), "outputs": io(&sg.outputs),
-            "ops": ops.iter().map(|(k, (n, s))| serde_json::json!({"op": k, "count": n, "cpu": s})).collect::<Vec<_>>(),
+            "ops": ops.iter().map(|(k, (n, s, d))| serde_json::json!({"op": k, "count": n, "cpu": s, "dtypes": d})).collect::<Vec<_>>(),
             "node_list": nodes,
         }));
     }
@@ -82,12 +119,12 @@ pub fn run(args: InspectArgs) -> anyhow::Result<()> {
                 );
             }
         }
-        let mut ops: BTreeMap<String, usize> = BTreeMap::new();
+        let mut ops: BTreeMap<(String, String), usize> = BTreeMap::new();
         for n in &sg.nodes {
-            *ops.entry(n.op.to_string()).or_default() += 1;
+            *ops.entry((n.op.to_string(), dtype_key(sg, n))).or_default() += 1;
         }
-        for (op, count) in ops {
-            println!("  {count:>4} x {op}");
+        for ((op, dtype), count) in ops {
+            println!("  {count:>4} x {op} ({dtype})");
         }
         if args.nodes {
             for n in &sg.nodes {

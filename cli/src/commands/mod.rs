@@ -2,6 +2,8 @@ pub mod allowlist;
 pub mod bench;
 pub mod daemon;
 pub mod inspect;
+pub mod make_chain;
 pub mod placement;
 pub mod run;
 pub mod simulate;
+pub mod top;

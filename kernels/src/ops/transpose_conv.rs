@@ -33,7 +33,7 @@ pub const DESCRIPTORS: &[OpDescriptor] = &[
 
 /// What prepare decided for one transposed convolution.
 #[derive(Clone, Debug, PartialEq)]
-pub(crate) struct TransposeConvParams {
+pub struct TransposeConvParams {
     pub batches: usize,
     pub in_h: usize,
     pub in_w: usize,
@@ -133,7 +133,7 @@ fn mediapipe_options(bytes: &[u8]) -> Result<(Padding, usize, usize), KernelErro
 }
 
 /// Validates a transposed convolution (either form) and fixes its parameters.
-pub(crate) fn prepare_params(ctx: &PrepareCtx<'_>) -> Result<TransposeConvParams, KernelError> {
+pub fn prepare_params(ctx: &PrepareCtx<'_>) -> Result<TransposeConvParams, KernelError> {
     let custom = matches!(ctx.op(), OpKind::Custom(_));
     let (data_input, weights_input, bias_input) = if custom {
         ctx.expect_arity(3, 3, 1)?;

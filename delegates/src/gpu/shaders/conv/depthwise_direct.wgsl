@@ -1,12 +1,13 @@
-// DEPTHWISE_CONV_2D, NHWC input, [1, kh, kw, oc] filter with oc = ic * multiplier.
+// DEPTHWISE_CONV_2D, one invocation per output element: for filters whose input patch
+// would not fit the tiled shader's workgroup memory (large kernels or dilations).
 //
 // p: [count, n, ih, iw, ic, oh, ow, oc, kh, kw, stride_h, stride_w, dilation_h,
 //     dilation_w, pad_top, pad_left, multiplier]
 
-@group(0) @binding(0) var<storage, read> x: array<f32>;
-@group(0) @binding(1) var<storage, read> w: array<f32>;
-@group(0) @binding(2) var<storage, read> bias: array<f32>;
-@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+@group(0) @binding(0) var<storage, read> x: array<S>;
+@group(0) @binding(1) var<storage, read> w: array<S>;
+@group(0) @binding(2) var<storage, read> bias: array<S>;
+@group(0) @binding(3) var<storage, read_write> out: array<S>;
 @group(0) @binding(4) var<storage, read> p: array<u32>;
 
 @compute @workgroup_size(WORKGROUP_SIZE)
@@ -32,7 +33,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     let c = o / p[16];
     let iy0 = i32(oy * p[10]) - i32(p[14]);
     let ix0 = i32(ox * p[11]) - i32(p[15]);
-    var acc = bias[o];
+    var acc = f32(bias[o]);
     for (var ky = 0u; ky < kh; ky++) {
         let iy = iy0 + i32(ky * p[12]);
         if (iy < 0 || iy >= ih) {
@@ -44,8 +45,8 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
                 continue;
             }
             let xi = ((n * u32(ih) + u32(iy)) * u32(iw) + u32(ix)) * ic + c;
-            acc += x[xi] * w[(ky * kw + kx) * oc + o];
+            acc += f32(x[xi]) * f32(w[(ky * kw + kx) * oc + o]);
         }
     }
-    out[i] = activate(acc);
+    out[i] = S(epilogue(i, acc));
 }

@@ -1,5 +1,9 @@
 //! GPU versus CPU-reference parity on single-op models built with the interpreter's
-//! model builder, plus partition-level behaviour (buffer reuse, aliasing, fallback).
+//! model builder, in every variant the executor has (fp32 with and without subgroup
+//! operations, fp16), plus partition-level behaviour (buffer reuse, aliasing, fallback).
+//! `more_ops` covers SOFTMAX, the resizes, transposed convolution and DEPTH_TO_SPACE;
+//! `executor` the executor's counters, fusion, concurrency, profiling, pipeline cache,
+//! device loss and shutdown.
 //!
 //! Every test needs a Vulkan adapter. Without one it prints "skipped: no GPU adapter
 //! (reason)" and returns, except on a machine where Mesa's lavapipe is installed (the
@@ -16,12 +20,15 @@ use switchyard_interpreter::{
 };
 use switchyard_testkit::{Tolerance, compare, random_tensor};
 
-use super::GpuDelegate;
+use super::{GpuDelegate, GpuOptions, Precision};
 use crate::cpu::CpuResolver;
+
+mod executor;
+mod more_ops;
 
 const ICD_DIRS: [&str; 2] = ["/usr/share/vulkan/icd.d", "/etc/vulkan/icd.d"];
 
-fn lavapipe_installed() -> bool {
+pub(crate) fn lavapipe_installed() -> bool {
     ICD_DIRS.iter().any(|d| {
         std::fs::read_dir(d).is_ok_and(|entries| {
             entries
@@ -47,12 +54,90 @@ pub(crate) fn gpu() -> Option<Arc<GpuDelegate>> {
     }
 }
 
-fn f32_tol() -> Tolerance {
+/// One configuration of the executor.
+pub(crate) struct Variant {
+    pub d: Arc<GpuDelegate>,
+}
+
+/// Every configuration the adapter offers: fp32 with its subgroup operations, fp32
+/// with them forced off, and fp16 (when the adapter has `shader-f16`).
+pub(crate) fn variants() -> Vec<Variant> {
+    let Some(base) = gpu() else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    if let Some(f16) = base.fp16_variant() {
+        out.push(Variant { d: Arc::new(f16) });
+    }
+    out.insert(0, Variant { d: base });
+    let plain = GpuDelegate::with_options(&GpuOptions {
+        subgroups: false,
+        ..GpuOptions::default()
+    });
+    assert!(!plain.uses_subgroups(), "subgroups forced off");
+    out.push(Variant { d: Arc::new(plain) });
+    out
+}
+
+/// fp16 results: the largest error, relative to the reference's largest magnitude
+/// (what the allowlist's validation measures), within 1e-2.
+pub(crate) const FP16_TOLERANCE: f64 = 1e-2;
+
+/// Largest |a - e| over the largest |e|.
+pub(crate) fn max_relative_error(a: &Tensor, e: &Tensor) -> f64 {
+    let a: &[f32] = bytemuck::cast_slice(a.data.as_slice());
+    let e: &[f32] = bytemuck::cast_slice(e.data.as_slice());
+    let scale = e
+        .iter()
+        .fold(0f64, |m, v| m.max(f64::from(v.abs())))
+        .max(1e-30);
+    a.iter()
+        .zip(e)
+        .map(|(x, y)| f64::from((x - y).abs()))
+        .fold(0f64, |m, d| {
+            if d.is_nan() || m.is_nan() {
+                f64::NAN
+            } else {
+                m.max(d)
+            }
+        })
+        / scale
+}
+
+/// `actual` against `expected`: per element within `tol` in fp32, within
+/// [`FP16_TOLERANCE`] of the largest magnitude in fp16.
+pub(crate) fn check_close(
+    case: &str,
+    d: &GpuDelegate,
+    actual: &Tensor,
+    expected: &Tensor,
+    tol: Tolerance,
+) {
+    let label = format!(
+        "[{} subgroups={}] {case}",
+        d.precision().name(),
+        d.uses_subgroups()
+    );
+    match d.precision() {
+        Precision::F32 => {
+            if let Err(msg) = compare(actual, expected, tol) {
+                panic!("{label}: {msg}");
+            }
+        }
+        Precision::F16 => {
+            assert_eq!(actual.shape, expected.shape, "{label}");
+            let err = max_relative_error(actual, expected);
+            assert!(err <= FP16_TOLERANCE, "{label}: error {err:.3e}");
+        }
+    }
+}
+
+pub(crate) fn f32_tol() -> Tolerance {
     Tolerance::Float { rel: 1e-4 }
 }
 
 /// What a node looks like to `supports`, from the model's stored shapes and constants.
-fn support_of(d: &GpuDelegate, model: &Model, node: usize) -> Support {
+pub(crate) fn support_of(d: &GpuDelegate, model: &Model, node: usize) -> Support {
     let sg = &model.subgraphs[0];
     let meta = |t: usize| TensorMeta {
         dtype: sg.tensors[t].dtype,
@@ -72,7 +157,11 @@ fn support_of(d: &GpuDelegate, model: &Model, node: usize) -> Support {
 
 /// Runs every node of subgraph 0 as one partition on the GPU, straight through the
 /// delegate (no interpreter): shapes and constants are the model's own.
-fn run_on_gpu(d: &GpuDelegate, model: &Model, inputs: &[Tensor]) -> Result<Vec<Tensor>, String> {
+pub(crate) fn run_on_gpu(
+    d: &GpuDelegate,
+    model: &Model,
+    inputs: &[Tensor],
+) -> Result<Vec<Tensor>, String> {
     let sg = &model.subgraphs[0];
     for n in 0..sg.nodes.len() {
         if let Support::Unsupported(why) = support_of(d, model, n) {
@@ -144,7 +233,7 @@ fn run_on_gpu(d: &GpuDelegate, model: &Model, inputs: &[Tensor]) -> Result<Vec<T
         .collect()
 }
 
-fn run_on_cpu(model: Arc<Model>, inputs: &[Tensor]) -> Vec<Tensor> {
+pub(crate) fn run_on_cpu(model: Arc<Model>, inputs: &[Tensor]) -> Vec<Tensor> {
     let mut it = Interpreter::new(
         model,
         Arc::new(CpuResolver::reference()),
@@ -156,20 +245,24 @@ fn run_on_cpu(model: Arc<Model>, inputs: &[Tensor]) -> Vec<Tensor> {
 }
 
 /// Asserts the GPU matches the CPU reference on `model` within `tol`.
-fn assert_parity(case: &str, d: &GpuDelegate, bytes: &[u8], inputs: &[Tensor], tol: Tolerance) {
+pub(crate) fn assert_parity(
+    case: &str,
+    d: &GpuDelegate,
+    bytes: &[u8],
+    inputs: &[Tensor],
+    tol: Tolerance,
+) {
     let model = Arc::new(Model::from_bytes(bytes).unwrap_or_else(|e| panic!("{case}: {e}")));
     let expected = run_on_cpu(model.clone(), inputs);
     let actual = run_on_gpu(d, &model, inputs).unwrap_or_else(|e| panic!("{case}: {e}"));
     assert_eq!(actual.len(), expected.len(), "{case}: output count");
     for (i, (a, e)) in actual.iter().zip(&expected).enumerate() {
-        if let Err(msg) = compare(a, e, tol) {
-            panic!("{case}: output {i}: {msg}");
-        }
+        check_close(&format!("{case}: output {i}"), d, a, e, tol);
     }
 }
 
 /// A model with one float op: `inputs` are (shape, constant values or None).
-fn single_op(
+pub(crate) fn single_op(
     op: BuiltinOp,
     inputs: &[(&[usize], Option<Vec<f32>>)],
     out_shape: &[usize],
@@ -197,12 +290,12 @@ fn single_op(
     mb.finish()
 }
 
-fn values(n: usize, seed: u64, lo: f32, hi: f32) -> Vec<f32> {
+pub(crate) fn values(n: usize, seed: u64, lo: f32, hi: f32) -> Vec<f32> {
     let t = random_tensor(DType::F32, &[n], seed, lo, hi);
     bytemuck::cast_slice(t.data.as_slice()).to_vec()
 }
 
-fn input(shape: &[usize], seed: u64) -> Tensor {
+pub(crate) fn input(shape: &[usize], seed: u64) -> Tensor {
     random_tensor(DType::F32, shape, seed, -4.0, 4.0)
 }
 
@@ -217,33 +310,58 @@ fn fingerprint_names_adapter_and_backend() {
 
 #[test]
 fn binary_ops_match_cpu_with_broadcast() {
-    let Some(d) = gpu() else { return };
-    use BuiltinOp::*;
-    let shapes: [(&[usize], &[usize], &[usize]); 4] = [
-        (&[2, 3, 4], &[2, 3, 4], &[2, 3, 4]),
-        (&[1, 4, 4, 3], &[3], &[1, 4, 4, 3]),
-        (&[2, 1, 4, 3], &[1, 5, 1, 3], &[2, 5, 4, 3]),
-        (&[1], &[3, 2], &[3, 2]),
-    ];
-    for op in [Add, Sub, Mul, Div, Maximum, Minimum, SquaredDifference] {
-        for (k, (a, b, out)) in shapes.iter().enumerate() {
-            let options = match op {
-                Add | Sub | Mul | Div => OpOptions::Activation(Activation::None),
-                _ => OpOptions::None,
-            };
-            let model = single_op(op, &[(a, None), (b, None)], out, options);
-            let xa = input(a, 1 + k as u64);
-            // Divisors away from zero so the quotient is well conditioned.
-            let xb = if op == Div {
-                random_tensor(DType::F32, b, 2 + k as u64, 0.5, 4.0)
-            } else {
-                input(b, 2 + k as u64)
-            };
+    for v in variants() {
+        let d = &v.d;
+        use BuiltinOp::*;
+        let shapes: [(&[usize], &[usize], &[usize]); 4] = [
+            (&[2, 3, 4], &[2, 3, 4], &[2, 3, 4]),
+            (&[1, 4, 4, 3], &[3], &[1, 4, 4, 3]),
+            (&[2, 1, 4, 3], &[1, 5, 1, 3], &[2, 5, 4, 3]),
+            (&[1], &[3, 2], &[3, 2]),
+        ];
+        for op in [Add, Sub, Mul, Div, Maximum, Minimum, SquaredDifference] {
+            for (k, (a, b, out)) in shapes.iter().enumerate() {
+                let options = match op {
+                    Add | Sub | Mul | Div => OpOptions::Activation(Activation::None),
+                    _ => OpOptions::None,
+                };
+                let model = single_op(op, &[(a, None), (b, None)], out, options);
+                let xa = input(a, 1 + k as u64);
+                // Divisors away from zero so the quotient is well conditioned.
+                let xb = if op == Div {
+                    random_tensor(DType::F32, b, 2 + k as u64, 0.5, 4.0)
+                } else {
+                    input(b, 2 + k as u64)
+                };
+                assert_parity(
+                    &format!("{op:?} {a:?} {b:?}"),
+                    &d,
+                    &model,
+                    &[xa, xb],
+                    f32_tol(),
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn binary_ops_fuse_activations_and_take_constants() {
+    for v in variants() {
+        let d = &v.d;
+        for act in [Activation::Relu, Activation::Relu6, Activation::ReluN1To1] {
+            let c = values(8, 9, -2.0, 2.0);
+            let model = single_op(
+                BuiltinOp::Add,
+                &[(&[1, 3, 8], None), (&[8], Some(c))],
+                &[1, 3, 8],
+                OpOptions::Activation(act),
+            );
             assert_parity(
-                &format!("{op:?} {a:?} {b:?}"),
+                &format!("ADD {act:?}"),
                 &d,
                 &model,
-                &[xa, xb],
+                &[input(&[1, 3, 8], 3)],
                 f32_tol(),
             );
         }
@@ -251,56 +369,39 @@ fn binary_ops_match_cpu_with_broadcast() {
 }
 
 #[test]
-fn binary_ops_fuse_activations_and_take_constants() {
-    let Some(d) = gpu() else { return };
-    for act in [Activation::Relu, Activation::Relu6, Activation::ReluN1To1] {
-        let c = values(8, 9, -2.0, 2.0);
+fn prelu_broadcasts_alpha() {
+    for v in variants() {
+        let d = &v.d;
+        let alpha = values(3, 4, 0.0, 0.5);
         let model = single_op(
-            BuiltinOp::Add,
-            &[(&[1, 3, 8], None), (&[8], Some(c))],
-            &[1, 3, 8],
-            OpOptions::Activation(act),
+            BuiltinOp::Prelu,
+            &[(&[1, 4, 4, 3], None), (&[1, 1, 3], Some(alpha))],
+            &[1, 4, 4, 3],
+            OpOptions::None,
         );
-        assert_parity(
-            &format!("ADD {act:?}"),
-            &d,
-            &model,
-            &[input(&[1, 3, 8], 3)],
-            f32_tol(),
-        );
+        assert_parity("PRELU", &d, &model, &[input(&[1, 4, 4, 3], 5)], f32_tol());
     }
 }
 
 #[test]
-fn prelu_broadcasts_alpha() {
-    let Some(d) = gpu() else { return };
-    let alpha = values(3, 4, 0.0, 0.5);
-    let model = single_op(
-        BuiltinOp::Prelu,
-        &[(&[1, 4, 4, 3], None), (&[1, 1, 3], Some(alpha))],
-        &[1, 4, 4, 3],
-        OpOptions::None,
-    );
-    assert_parity("PRELU", &d, &model, &[input(&[1, 4, 4, 3], 5)], f32_tol());
-}
-
-#[test]
 fn activations_match_cpu() {
-    let Some(d) = gpu() else { return };
-    use BuiltinOp::*;
-    for (op, options) in [
-        (Relu, OpOptions::None),
-        (Relu6, OpOptions::None),
-        (ReluN1To1, OpOptions::None),
-        (Tanh, OpOptions::None),
-        (Logistic, OpOptions::None),
-        (HardSwish, OpOptions::None),
-        (LeakyRelu, OpOptions::LeakyRelu { alpha: 0.2 }),
-    ] {
-        let shape = [2, 5, 7, 3];
-        let model = single_op(op, &[(&shape, None)], &shape, options);
-        let x = random_tensor(DType::F32, &shape, 6, -8.0, 8.0);
-        assert_parity(&format!("{op:?}"), &d, &model, &[x], f32_tol());
+    for v in variants() {
+        let d = &v.d;
+        use BuiltinOp::*;
+        for (op, options) in [
+            (Relu, OpOptions::None),
+            (Relu6, OpOptions::None),
+            (ReluN1To1, OpOptions::None),
+            (Tanh, OpOptions::None),
+            (Logistic, OpOptions::None),
+            (HardSwish, OpOptions::None),
+            (LeakyRelu, OpOptions::LeakyRelu { alpha: 0.2 }),
+        ] {
+            let shape = [2, 5, 7, 3];
+            let model = single_op(op, &[(&shape, None)], &shape, options);
+            let x = random_tensor(DType::F32, &shape, 6, -8.0, 8.0);
+            assert_parity(&format!("{op:?}"), &d, &model, &[x], f32_tol());
+        }
     }
 }
 
@@ -335,7 +436,12 @@ type PoolCase = (
     Activation,
 );
 
-fn conv_options(padding: Padding, stride: usize, dilation: usize, act: Activation) -> ConvOptions {
+pub(crate) fn conv_options(
+    padding: Padding,
+    stride: usize,
+    dilation: usize,
+    act: Activation,
+) -> ConvOptions {
     ConvOptions {
         padding,
         stride_w: stride,
@@ -352,299 +458,360 @@ fn conv_options(padding: Padding, stride: usize, dilation: usize, act: Activatio
 /// 1e-4 relative bound holds.
 #[test]
 fn conv2d_matches_cpu() {
-    let Some(d) = gpu() else { return };
-    // (input, filter [oc, kh, kw, ic], padding, stride, dilation, bias, activation)
-    let cases: [ConvCase; 6] = [
-        (
-            &[1, 8, 8, 3],
-            [4, 3, 3, 3],
-            Padding::Same,
-            1,
-            1,
-            true,
-            Activation::None,
-        ),
-        (
-            &[1, 16, 16, 3],
-            [6, 5, 5, 3],
-            Padding::Same,
-            2,
-            1,
-            true,
-            Activation::Relu,
-        ),
-        (
-            &[2, 6, 6, 8],
-            [5, 1, 1, 8],
-            Padding::Valid,
-            1,
-            1,
-            false,
-            Activation::Relu6,
-        ),
-        (
-            &[1, 9, 9, 4],
-            [3, 3, 3, 4],
-            Padding::Valid,
-            2,
-            1,
-            true,
-            Activation::None,
-        ),
-        (
-            &[1, 10, 10, 2],
-            [3, 3, 3, 2],
-            Padding::Same,
-            1,
-            2,
-            true,
-            Activation::Relu,
-        ),
-        (
-            &[1, 7, 5, 3],
-            [2, 2, 3, 3],
-            Padding::Same,
-            2,
-            1,
-            true,
-            Activation::ReluN1To1,
-        ),
-    ];
-    for (k, (x, f, padding, stride, dilation, bias, act)) in cases.into_iter().enumerate() {
-        let o = conv_options(padding, stride, dilation, act);
-        let (oh, _) = crate::cpu::util::conv_output_size(x[1], f[1], stride, dilation, padding)
-            .expect("valid case");
-        let (ow, _) = crate::cpu::util::conv_output_size(x[2], f[2], stride, dilation, padding)
-            .expect("valid case");
-        let w = values(f.iter().product(), 10 + k as u64, -1.0, 1.0);
-        let mut ins: Vec<(&[usize], Option<Vec<f32>>)> = vec![(x, None), (&f, Some(w))];
-        let bias_shape = [f[0]];
-        if bias {
-            ins.push((&bias_shape, Some(values(f[0], 20 + k as u64, -1.0, 1.0))));
+    for v in variants() {
+        let d = &v.d;
+        // (input, filter [oc, kh, kw, ic], padding, stride, dilation, bias, activation)
+        let cases: [ConvCase; 8] = [
+            // Several K steps and two channel tiles of the implicit GEMM.
+            (
+                &[1, 12, 12, 20],
+                [40, 3, 3, 20],
+                Padding::Same,
+                1,
+                1,
+                true,
+                Activation::Relu6,
+            ),
+            // Pointwise, more pixels than one tile.
+            (
+                &[1, 16, 16, 24],
+                [48, 1, 1, 24],
+                Padding::Valid,
+                1,
+                1,
+                true,
+                Activation::None,
+            ),
+            (
+                &[1, 8, 8, 3],
+                [4, 3, 3, 3],
+                Padding::Same,
+                1,
+                1,
+                true,
+                Activation::None,
+            ),
+            (
+                &[1, 16, 16, 3],
+                [6, 5, 5, 3],
+                Padding::Same,
+                2,
+                1,
+                true,
+                Activation::Relu,
+            ),
+            (
+                &[2, 6, 6, 8],
+                [5, 1, 1, 8],
+                Padding::Valid,
+                1,
+                1,
+                false,
+                Activation::Relu6,
+            ),
+            (
+                &[1, 9, 9, 4],
+                [3, 3, 3, 4],
+                Padding::Valid,
+                2,
+                1,
+                true,
+                Activation::None,
+            ),
+            (
+                &[1, 10, 10, 2],
+                [3, 3, 3, 2],
+                Padding::Same,
+                1,
+                2,
+                true,
+                Activation::Relu,
+            ),
+            (
+                &[1, 7, 5, 3],
+                [2, 2, 3, 3],
+                Padding::Same,
+                2,
+                1,
+                true,
+                Activation::ReluN1To1,
+            ),
+        ];
+        for (k, (x, f, padding, stride, dilation, bias, act)) in cases.into_iter().enumerate() {
+            let o = conv_options(padding, stride, dilation, act);
+            let (oh, _) = crate::cpu::util::conv_output_size(x[1], f[1], stride, dilation, padding)
+                .expect("valid case");
+            let (ow, _) = crate::cpu::util::conv_output_size(x[2], f[2], stride, dilation, padding)
+                .expect("valid case");
+            let w = values(f.iter().product(), 10 + k as u64, -1.0, 1.0);
+            let mut ins: Vec<(&[usize], Option<Vec<f32>>)> = vec![(x, None), (&f, Some(w))];
+            let bias_shape = [f[0]];
+            if bias {
+                ins.push((&bias_shape, Some(values(f[0], 20 + k as u64, -1.0, 1.0))));
+            }
+            let model = single_op(
+                BuiltinOp::Conv2d,
+                &ins,
+                &[x[0], oh, ow, f[0]],
+                OpOptions::Conv(o),
+            );
+            assert_parity(
+                &format!("CONV_2D case {k}"),
+                &d,
+                &model,
+                &[input(x, 30 + k as u64)],
+                f32_tol(),
+            );
         }
-        let model = single_op(
-            BuiltinOp::Conv2d,
-            &ins,
-            &[x[0], oh, ow, f[0]],
-            OpOptions::Conv(o),
-        );
-        assert_parity(
-            &format!("CONV_2D case {k}"),
-            &d,
-            &model,
-            &[input(x, 30 + k as u64)],
-            f32_tol(),
-        );
     }
 }
 
 #[test]
 fn depthwise_conv2d_matches_cpu() {
-    let Some(d) = gpu() else { return };
-    // (input, kh, kw, multiplier, padding, stride, dilation, activation)
-    let cases: [DepthwiseCase; 5] = [
-        (
-            &[1, 8, 8, 4],
-            3,
-            3,
-            1,
-            Padding::Same,
-            1,
-            1,
-            Activation::None,
-        ),
-        (
-            &[1, 16, 16, 6],
-            5,
-            5,
-            1,
-            Padding::Same,
-            2,
-            1,
-            Activation::Relu,
-        ),
-        (
-            &[2, 7, 7, 3],
-            3,
-            3,
-            2,
-            Padding::Valid,
-            1,
-            1,
-            Activation::Relu6,
-        ),
-        (
-            &[1, 9, 9, 2],
-            3,
-            3,
-            1,
-            Padding::Same,
-            1,
-            2,
-            Activation::None,
-        ),
-        (
-            &[1, 6, 10, 5],
-            3,
-            2,
-            3,
-            Padding::Same,
-            2,
-            1,
-            Activation::None,
-        ),
-    ];
-    for (k, (x, kh, kw, m, padding, stride, dilation, act)) in cases.into_iter().enumerate() {
-        let mut o = conv_options(padding, stride, dilation, act);
-        o.depth_multiplier = m;
-        let oc = x[3] * m;
-        let (oh, _) =
-            crate::cpu::util::conv_output_size(x[1], kh, stride, dilation, padding).expect("valid");
-        let (ow, _) =
-            crate::cpu::util::conv_output_size(x[2], kw, stride, dilation, padding).expect("valid");
-        let f = [1, kh, kw, oc];
-        let model = single_op(
-            BuiltinOp::DepthwiseConv2d,
-            &[
-                (x, None),
-                (&f, Some(values(kh * kw * oc, 40 + k as u64, -1.0, 1.0))),
-                (&[oc], Some(values(oc, 50 + k as u64, -1.0, 1.0))),
-            ],
-            &[x[0], oh, ow, oc],
-            OpOptions::Conv(o),
-        );
-        assert_parity(
-            &format!("DEPTHWISE_CONV_2D case {k}"),
-            &d,
-            &model,
-            &[input(x, 60 + k as u64)],
-            f32_tol(),
-        );
+    for v in variants() {
+        let d = &v.d;
+        // (input, kh, kw, multiplier, padding, stride, dilation, activation)
+        let cases: [DepthwiseCase; 7] = [
+            // Tiled with 16 channels per tile, several tiles each way.
+            (
+                &[1, 20, 18, 32],
+                5,
+                5,
+                1,
+                Padding::Same,
+                2,
+                1,
+                Activation::Relu6,
+            ),
+            // A patch too large for workgroup memory: the direct shader.
+            (
+                &[1, 24, 24, 20],
+                7,
+                7,
+                1,
+                Padding::Same,
+                1,
+                4,
+                Activation::None,
+            ),
+            (
+                &[1, 8, 8, 4],
+                3,
+                3,
+                1,
+                Padding::Same,
+                1,
+                1,
+                Activation::None,
+            ),
+            (
+                &[1, 16, 16, 6],
+                5,
+                5,
+                1,
+                Padding::Same,
+                2,
+                1,
+                Activation::Relu,
+            ),
+            (
+                &[2, 7, 7, 3],
+                3,
+                3,
+                2,
+                Padding::Valid,
+                1,
+                1,
+                Activation::Relu6,
+            ),
+            (
+                &[1, 9, 9, 2],
+                3,
+                3,
+                1,
+                Padding::Same,
+                1,
+                2,
+                Activation::None,
+            ),
+            (
+                &[1, 6, 10, 5],
+                3,
+                2,
+                3,
+                Padding::Same,
+                2,
+                1,
+                Activation::None,
+            ),
+        ];
+        for (k, (x, kh, kw, m, padding, stride, dilation, act)) in cases.into_iter().enumerate() {
+            let mut o = conv_options(padding, stride, dilation, act);
+            o.depth_multiplier = m;
+            let oc = x[3] * m;
+            let (oh, _) = crate::cpu::util::conv_output_size(x[1], kh, stride, dilation, padding)
+                .expect("valid");
+            let (ow, _) = crate::cpu::util::conv_output_size(x[2], kw, stride, dilation, padding)
+                .expect("valid");
+            let f = [1, kh, kw, oc];
+            let model = single_op(
+                BuiltinOp::DepthwiseConv2d,
+                &[
+                    (x, None),
+                    (&f, Some(values(kh * kw * oc, 40 + k as u64, -1.0, 1.0))),
+                    (&[oc], Some(values(oc, 50 + k as u64, -1.0, 1.0))),
+                ],
+                &[x[0], oh, ow, oc],
+                OpOptions::Conv(o),
+            );
+            assert_parity(
+                &format!("DEPTHWISE_CONV_2D case {k}"),
+                &d,
+                &model,
+                &[input(x, 60 + k as u64)],
+                f32_tol(),
+            );
+        }
     }
 }
 
 #[test]
 fn fully_connected_matches_cpu() {
-    let Some(d) = gpu() else { return };
-    // (input, units, bias, activation, keep_num_dims)
-    let cases: [(&[usize], usize, bool, Activation, bool); 4] = [
-        (&[2, 16], 8, true, Activation::None, false),
-        (&[1, 64], 10, false, Activation::Relu, false),
-        (&[1, 3, 12], 5, true, Activation::Relu6, true),
-        (&[4, 2, 6], 7, true, Activation::None, false),
-    ];
-    for (k, (x, units, bias, act, keep)) in cases.into_iter().enumerate() {
-        let depth = *x.last().expect("rank >= 1");
-        let rows = x.iter().product::<usize>() / depth;
-        let out: Vec<usize> = if keep {
-            let mut s = x.to_vec();
-            *s.last_mut().expect("rank >= 1") = units;
-            s
-        } else {
-            vec![rows, units]
-        };
-        let w_shape = [units, depth];
-        let b_shape = [units];
-        let mut ins: Vec<(&[usize], Option<Vec<f32>>)> = vec![
-            (x, None),
-            (
-                &w_shape,
-                Some(values(units * depth, 70 + k as u64, -1.0, 1.0)),
-            ),
+    for v in variants() {
+        let d = &v.d;
+        // (input, units, bias, activation, keep_num_dims)
+        let cases: [(&[usize], usize, bool, Activation, bool); 4] = [
+            (&[2, 16], 8, true, Activation::None, false),
+            (&[1, 64], 10, false, Activation::Relu, false),
+            (&[1, 3, 12], 5, true, Activation::Relu6, true),
+            (&[4, 2, 6], 7, true, Activation::None, false),
         ];
-        if bias {
-            ins.push((&b_shape, Some(values(units, 80 + k as u64, -1.0, 1.0))));
+        for (k, (x, units, bias, act, keep)) in cases.into_iter().enumerate() {
+            let depth = *x.last().expect("rank >= 1");
+            let rows = x.iter().product::<usize>() / depth;
+            let out: Vec<usize> = if keep {
+                let mut s = x.to_vec();
+                *s.last_mut().expect("rank >= 1") = units;
+                s
+            } else {
+                vec![rows, units]
+            };
+            let w_shape = [units, depth];
+            let b_shape = [units];
+            let mut ins: Vec<(&[usize], Option<Vec<f32>>)> = vec![
+                (x, None),
+                (
+                    &w_shape,
+                    Some(values(units * depth, 70 + k as u64, -1.0, 1.0)),
+                ),
+            ];
+            if bias {
+                ins.push((&b_shape, Some(values(units, 80 + k as u64, -1.0, 1.0))));
+            }
+            let model = single_op(
+                BuiltinOp::FullyConnected,
+                &ins,
+                &out,
+                OpOptions::FullyConnected {
+                    activation: act,
+                    keep_num_dims: keep,
+                    weights_format: 0,
+                },
+            );
+            assert_parity(
+                &format!("FULLY_CONNECTED case {k}"),
+                &d,
+                &model,
+                &[input(x, 90 + k as u64)],
+                f32_tol(),
+            );
         }
-        let model = single_op(
-            BuiltinOp::FullyConnected,
-            &ins,
-            &out,
-            OpOptions::FullyConnected {
-                activation: act,
-                keep_num_dims: keep,
-                weights_format: 0,
-            },
-        );
-        assert_parity(
-            &format!("FULLY_CONNECTED case {k}"),
-            &d,
-            &model,
-            &[input(x, 90 + k as u64)],
-            f32_tol(),
-        );
     }
 }
 
 #[test]
 fn pooling_matches_cpu() {
-    let Some(d) = gpu() else { return };
-    // (op, input, filter, stride, padding, activation)
-    let cases: [PoolCase; 5] = [
-        (
-            BuiltinOp::MaxPool2d,
-            &[1, 8, 8, 3],
-            2,
-            2,
-            Padding::Valid,
-            Activation::None,
-        ),
-        (
-            BuiltinOp::MaxPool2d,
-            &[2, 9, 9, 4],
-            3,
-            2,
-            Padding::Same,
-            Activation::Relu,
-        ),
-        (
-            BuiltinOp::AveragePool2d,
-            &[1, 8, 8, 3],
-            2,
-            2,
-            Padding::Valid,
-            Activation::None,
-        ),
-        // Same padding: border windows average fewer elements.
-        (
-            BuiltinOp::AveragePool2d,
-            &[1, 7, 7, 5],
-            3,
-            1,
-            Padding::Same,
-            Activation::Relu6,
-        ),
-        (
-            BuiltinOp::AveragePool2d,
-            &[1, 5, 6, 2],
-            5,
-            1,
-            Padding::Valid,
-            Activation::None,
-        ),
-    ];
-    for (k, (op, x, f, s, padding, act)) in cases.into_iter().enumerate() {
-        let (oh, _) = crate::cpu::util::conv_output_size(x[1], f, s, 1, padding).expect("valid");
-        let (ow, _) = crate::cpu::util::conv_output_size(x[2], f, s, 1, padding).expect("valid");
-        let model = single_op(
-            op,
-            &[(x, None)],
-            &[x[0], oh, ow, x[3]],
-            OpOptions::Pool(PoolOptions {
-                padding,
-                stride_w: s,
-                stride_h: s,
-                filter_w: f,
-                filter_h: f,
-                activation: act,
-            }),
-        );
-        assert_parity(
-            &format!("{op:?} case {k}"),
-            &d,
-            &model,
-            &[input(x, 100 + k as u64)],
-            f32_tol(),
-        );
+    for v in variants() {
+        let d = &v.d;
+        // (op, input, filter, stride, padding, activation)
+        let cases: [PoolCase; 6] = [
+            // Global average: the row reduction.
+            (
+                BuiltinOp::AveragePool2d,
+                &[2, 7, 7, 24],
+                7,
+                1,
+                Padding::Valid,
+                Activation::Relu,
+            ),
+            (
+                BuiltinOp::MaxPool2d,
+                &[1, 8, 8, 3],
+                2,
+                2,
+                Padding::Valid,
+                Activation::None,
+            ),
+            (
+                BuiltinOp::MaxPool2d,
+                &[2, 9, 9, 4],
+                3,
+                2,
+                Padding::Same,
+                Activation::Relu,
+            ),
+            (
+                BuiltinOp::AveragePool2d,
+                &[1, 8, 8, 3],
+                2,
+                2,
+                Padding::Valid,
+                Activation::None,
+            ),
+            // Same padding: border windows average fewer elements.
+            (
+                BuiltinOp::AveragePool2d,
+                &[1, 7, 7, 5],
+                3,
+                1,
+                Padding::Same,
+                Activation::Relu6,
+            ),
+            (
+                BuiltinOp::AveragePool2d,
+                &[1, 5, 6, 2],
+                5,
+                1,
+                Padding::Valid,
+                Activation::None,
+            ),
+        ];
+        for (k, (op, x, f, s, padding, act)) in cases.into_iter().enumerate() {
+            let (oh, _) =
+                crate::cpu::util::conv_output_size(x[1], f, s, 1, padding).expect("valid");
+            let (ow, _) =
+                crate::cpu::util::conv_output_size(x[2], f, s, 1, padding).expect("valid");
+            let model = single_op(
+                op,
+                &[(x, None)],
+                &[x[0], oh, ow, x[3]],
+                OpOptions::Pool(PoolOptions {
+                    padding,
+                    stride_w: s,
+                    stride_h: s,
+                    filter_w: f,
+                    filter_h: f,
+                    activation: act,
+                }),
+            );
+            assert_parity(
+                &format!("{op:?} case {k}"),
+                &d,
+                &model,
+                &[input(x, 100 + k as u64)],
+                f32_tol(),
+            );
+        }
     }
 }
 
@@ -671,67 +838,72 @@ fn pad_model(op: BuiltinOp, x: &[usize], paddings: &[i32], value: Option<f32>) -
 
 #[test]
 fn pad_matches_cpu() {
-    let Some(d) = gpu() else { return };
-    let cases: [(&[usize], &[i32]); 3] = [
-        // Channel padding, as MediaPipe's residual blocks do.
-        (&[1, 4, 4, 3], &[0, 0, 0, 0, 0, 0, 0, 5]),
-        (&[1, 4, 4, 3], &[0, 0, 1, 2, 0, 1, 0, 0]),
-        (&[3, 5], &[2, 1, 0, 3]),
-    ];
-    for (k, (x, p)) in cases.into_iter().enumerate() {
-        let model = pad_model(BuiltinOp::Pad, x, p, None);
-        assert_parity(
-            &format!("PAD case {k}"),
-            &d,
-            &model,
-            &[input(x, 110 + k as u64)],
-            f32_tol(),
+    for v in variants() {
+        let d = &v.d;
+        let cases: [(&[usize], &[i32]); 3] = [
+            // Channel padding, as MediaPipe's residual blocks do.
+            (&[1, 4, 4, 3], &[0, 0, 0, 0, 0, 0, 0, 5]),
+            (&[1, 4, 4, 3], &[0, 0, 1, 2, 0, 1, 0, 0]),
+            (&[3, 5], &[2, 1, 0, 3]),
+        ];
+        for (k, (x, p)) in cases.into_iter().enumerate() {
+            let model = pad_model(BuiltinOp::Pad, x, p, None);
+            assert_parity(
+                &format!("PAD case {k}"),
+                &d,
+                &model,
+                &[input(x, 110 + k as u64)],
+                f32_tol(),
+            );
+        }
+        let model = pad_model(
+            BuiltinOp::PadV2,
+            &[1, 3, 3, 2],
+            &[0, 0, 1, 1, 2, 0, 0, 1],
+            Some(-7.5),
         );
+        assert_parity("PADV2", &d, &model, &[input(&[1, 3, 3, 2], 120)], f32_tol());
     }
-    let model = pad_model(
-        BuiltinOp::PadV2,
-        &[1, 3, 3, 2],
-        &[0, 0, 1, 1, 2, 0, 0, 1],
-        Some(-7.5),
-    );
-    assert_parity("PADV2", &d, &model, &[input(&[1, 3, 3, 2], 120)], f32_tol());
 }
 
 #[test]
 fn concatenation_matches_cpu() {
-    let Some(d) = gpu() else { return };
-    let cases: [(&[&[usize]], i32, Activation); 3] = [
-        (&[&[1, 4, 4, 3], &[1, 4, 4, 5]], 3, Activation::None),
-        (&[&[2, 1, 3], &[2, 4, 3], &[2, 2, 3]], 1, Activation::Relu),
-        (&[&[1, 896, 16], &[1, 128, 16]], -2, Activation::None),
-    ];
-    for (k, (shapes, axis, act)) in cases.into_iter().enumerate() {
-        let rank = shapes[0].len();
-        let a = axis.rem_euclid(rank as i32) as usize;
-        let mut out = shapes[0].to_vec();
-        out[a] = shapes.iter().map(|s| s[a]).sum();
-        let ins: Vec<(&[usize], Option<Vec<f32>>)> = shapes.iter().map(|s| (*s, None)).collect();
-        let model = single_op(
-            BuiltinOp::Concatenation,
-            &ins,
-            &out,
-            OpOptions::Concatenation {
-                axis,
-                activation: act,
-            },
-        );
-        let inputs: Vec<Tensor> = shapes
-            .iter()
-            .enumerate()
-            .map(|(i, s)| input(s, 130 + (k * 10 + i) as u64))
-            .collect();
-        assert_parity(
-            &format!("CONCATENATION case {k}"),
-            &d,
-            &model,
-            &inputs,
-            f32_tol(),
-        );
+    for v in variants() {
+        let d = &v.d;
+        let cases: [(&[&[usize]], i32, Activation); 3] = [
+            (&[&[1, 4, 4, 3], &[1, 4, 4, 5]], 3, Activation::None),
+            (&[&[2, 1, 3], &[2, 4, 3], &[2, 2, 3]], 1, Activation::Relu),
+            (&[&[1, 896, 16], &[1, 128, 16]], -2, Activation::None),
+        ];
+        for (k, (shapes, axis, act)) in cases.into_iter().enumerate() {
+            let rank = shapes[0].len();
+            let a = axis.rem_euclid(rank as i32) as usize;
+            let mut out = shapes[0].to_vec();
+            out[a] = shapes.iter().map(|s| s[a]).sum();
+            let ins: Vec<(&[usize], Option<Vec<f32>>)> =
+                shapes.iter().map(|s| (*s, None)).collect();
+            let model = single_op(
+                BuiltinOp::Concatenation,
+                &ins,
+                &out,
+                OpOptions::Concatenation {
+                    axis,
+                    activation: act,
+                },
+            );
+            let inputs: Vec<Tensor> = shapes
+                .iter()
+                .enumerate()
+                .map(|(i, s)| input(s, 130 + (k * 10 + i) as u64))
+                .collect();
+            assert_parity(
+                &format!("CONCATENATION case {k}"),
+                &d,
+                &model,
+                &inputs,
+                f32_tol(),
+            );
+        }
     }
 }
 
@@ -765,30 +937,33 @@ fn reduce_model(op: BuiltinOp, x: &[usize], axes: &[i32], keep_dims: bool) -> Ve
 /// than the reference's can differ by a few ulps of the running sum, well inside 1e-4.
 #[test]
 fn mean_and_sum_match_cpu() {
-    let Some(d) = gpu() else { return };
-    let cases: [(BuiltinOp, &[usize], &[i32], bool); 5] = [
-        (BuiltinOp::Mean, &[1, 7, 7, 16], &[1, 2], true),
-        (BuiltinOp::Mean, &[1, 7, 7, 16], &[1, 2], false),
-        (BuiltinOp::Mean, &[2, 3, 4], &[-1], false),
-        (BuiltinOp::Mean, &[2, 3, 4], &[0, 2], true),
-        (BuiltinOp::Sum, &[3, 5, 2], &[1], false),
-    ];
-    for (k, (op, x, axes, keep)) in cases.into_iter().enumerate() {
-        let model = reduce_model(op, x, axes, keep);
-        assert_parity(
-            &format!("{op:?} case {k}"),
-            &d,
-            &model,
-            &[input(x, 140 + k as u64)],
-            f32_tol(),
-        );
+    for v in variants() {
+        let d = &v.d;
+        let cases: [(BuiltinOp, &[usize], &[i32], bool); 6] = [
+            (BuiltinOp::Mean, &[1, 16, 16, 40], &[1, 2], true),
+            (BuiltinOp::Mean, &[1, 7, 7, 16], &[1, 2], true),
+            (BuiltinOp::Mean, &[1, 7, 7, 16], &[1, 2], false),
+            (BuiltinOp::Mean, &[2, 3, 4], &[-1], false),
+            (BuiltinOp::Mean, &[2, 3, 4], &[0, 2], true),
+            (BuiltinOp::Sum, &[3, 5, 2], &[1], false),
+        ];
+        for (k, (op, x, axes, keep)) in cases.into_iter().enumerate() {
+            let model = reduce_model(op, x, axes, keep);
+            assert_parity(
+                &format!("{op:?} case {k}"),
+                &d,
+                &model,
+                &[input(x, 140 + k as u64)],
+                f32_tol(),
+            );
+        }
     }
 }
 
 /// x -> ADD c -> RESHAPE -> (MUL with itself through a second RESHAPE) -> output, plus
 /// the reshaped intermediate as a second output: aliasing keeps one buffer for a tensor
 /// and its reshapes, and an aliased partition output is read back correctly.
-fn reshape_chain() -> Vec<u8> {
+pub(crate) fn reshape_chain() -> Vec<u8> {
     let mut mb = ModelBuilder::new();
     let sg: &mut SubgraphBuilder = mb.main();
     let x = sg.tensor("x", DType::F32, &[1, 4, 6]);
@@ -843,14 +1018,16 @@ fn reshape_chain() -> Vec<u8> {
 
 #[test]
 fn reshape_aliases_its_input_inside_a_partition() {
-    let Some(d) = gpu() else { return };
-    assert_parity(
-        "ADD-RESHAPE-MUL",
-        &d,
-        &reshape_chain(),
-        &[input(&[1, 4, 6], 151)],
-        f32_tol(),
-    );
+    for v in variants() {
+        let d = &v.d;
+        assert_parity(
+            "ADD-RESHAPE-MUL",
+            &d,
+            &reshape_chain(),
+            &[input(&[1, 4, 6], 151)],
+            f32_tol(),
+        );
+    }
 }
 
 #[test]
@@ -877,15 +1054,15 @@ fn unsupported_nodes_say_why() {
     }
     // An op without a GPU kernel names itself.
     let model = Model::from_bytes(&single_op(
-        BuiltinOp::Softmax,
+        BuiltinOp::Exp,
         &[(&[1, 8], None)],
         &[1, 8],
-        OpOptions::Softmax { beta: 1.0 },
+        OpOptions::None,
     ))
     .expect("model loads");
     match support_of(&d, &model, 0) {
-        Support::Unsupported(why) => assert!(why.contains("SOFTMAX"), "{why}"),
-        Support::Supported => panic!("SOFTMAX has no GPU kernel"),
+        Support::Unsupported(why) => assert!(why.contains("EXP"), "{why}"),
+        Support::Supported => panic!("EXP has no GPU kernel"),
     }
     // A parameter the shaders do not handle: grouped convolution.
     let model = Model::from_bytes(&single_op(
@@ -903,7 +1080,7 @@ fn unsupported_nodes_say_why() {
 
 /// The placement path the daemon uses: the interpreter runs the partition on the GPU,
 /// keeping the CPU kernels as fallback.
-fn run_placed(
+pub(crate) fn run_placed(
     d: Arc<GpuDelegate>,
     bytes: &[u8],
     inputs: &[Tensor],
@@ -990,9 +1167,9 @@ fn pipelines_are_shared_between_partitions() {
 
 /// A real model whose every op the GPU runs (CONV_2D, LEAKY_RELU, MAXIMUM, MAX_POOL_2D,
 /// PAD), on LiteRT's golden input.
-const WHOLE_MODEL: &str = "oww_embedding_model";
+pub(crate) const WHOLE_MODEL: &str = "oww_embedding_model";
 
-fn real_model(stem: &str) -> (Arc<Model>, Vec<Tensor>) {
+pub(crate) fn real_model(stem: &str) -> (Arc<Model>, Vec<Tensor>) {
     let path = switchyard_testkit::models_dir().join(format!("{stem}.tflite"));
     let model = Model::from_path(&path).unwrap_or_else(|e| {
         panic!(
@@ -1011,7 +1188,7 @@ fn real_model(stem: &str) -> (Arc<Model>, Vec<Tensor>) {
     (Arc::new(model), inputs)
 }
 
-fn run_with_partitions(
+pub(crate) fn run_with_partitions(
     d: &Arc<GpuDelegate>,
     model: &Arc<Model>,
     inputs: &[Tensor],
@@ -1046,7 +1223,7 @@ fn run_with_partitions(
 /// of the output's largest magnitude (measured on lavapipe). 1e-3 per element, floored
 /// at 1% of the largest magnitude, covers that with room; a wrong kernel misses it by
 /// orders of magnitude.
-const WHOLE_MODEL_TOLERANCE: Tolerance = Tolerance::Float { rel: 1e-3 };
+pub(crate) const WHOLE_MODEL_TOLERANCE: Tolerance = Tolerance::Float { rel: 1e-3 };
 
 #[test]
 fn whole_model_on_gpu_matches_cpu_reference() {
@@ -1107,7 +1284,7 @@ fn split_model_crosses_cpu_gpu_boundaries() {
 /// Maximal runs of consecutive nodes the GPU supports: connected partitions in
 /// execution order, as a partitioner would make for a single delegate. Runs of weight
 /// decoding alone (folded at prepare, so nothing to run) are left out.
-fn supported_runs(d: &GpuDelegate, model: &Model) -> Vec<Vec<usize>> {
+pub(crate) fn supported_runs(d: &GpuDelegate, model: &Model) -> Vec<Vec<usize>> {
     let sg = &model.subgraphs[0];
     let folded = |n: &usize| {
         matches!(
