@@ -13,7 +13,7 @@ use serde::Serialize;
 use switchyard_config::Config;
 use switchyard_interpreter::{Model, ProcessorKind};
 use switchyard_scheduler::allowlist::{Allowlist, Lookup};
-use switchyard_scheduler::cost::{CostModel, partition_key};
+use switchyard_scheduler::cost::{CostModel, Learning, partition_key};
 use switchyard_scheduler::decide::decide;
 use switchyard_scheduler::graph::GraphInfo;
 use switchyard_scheduler::partition::partition;
@@ -238,17 +238,16 @@ pub fn run(args: PlacementArgs) -> anyhow::Result<()> {
     let info = GraphInfo::analyse(model.clone()).context("analysing the model")?;
     let (delegates, caps) = switchyard_scheduler::capability::for_device(&cfg.devices);
     let parts = partition(&info, &caps);
-    let mut cost = CostModel::new(cfg.devices.clone(), cfg.scheduler.ewma_alpha);
+    let mut cost = CostModel::new(cfg.devices.clone(), Learning::from_config(&cfg.scheduler));
+    // Timed as the daemon serves it: optimized kernels, its thread count, warm.
+    let threads = cfg.daemon.kernel_threads.max(1);
     let measured = if args.no_measure {
         None
     } else {
-        info.measure_cpu(3)
+        info.measure_cpu(3, threads)
     };
     if let Some(m) = &measured {
-        let prior = cost
-            .estimate(&info, &info.run_nodes, ProcessorKind::Cpu)
-            .prior_s;
-        cost.calibrate(ProcessorKind::Cpu, m.total_s / prior);
+        cost.observe_cpu_profile(&info.sha256, &m.per_node_s);
     }
     let mut allowlist = if cfg.scheduler.allowlist_path.is_empty() {
         Allowlist::in_memory()
@@ -256,8 +255,15 @@ pub fn run(args: PlacementArgs) -> anyhow::Result<()> {
         Allowlist::open(&cfg.scheduler.allowlist_path)?
     };
     if args.validate {
-        decide(model, &delegates, &mut allowlist, &mut cost, &cfg.scheduler)
-            .context("validating the delegates' partitions")?;
+        decide(
+            model,
+            &delegates,
+            &mut allowlist,
+            &mut cost,
+            &cfg.scheduler,
+            threads,
+        )
+        .context("validating the delegates' partitions")?;
     }
     let assume = args.assume_allowed;
     let permission = |c: &switchyard_scheduler::partition::Candidate| -> Permission {
