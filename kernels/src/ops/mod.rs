@@ -12,6 +12,7 @@ pub mod depth_to_space;
 pub mod depthwise_conv2d;
 pub mod fully_connected;
 pub mod gather;
+pub mod hybrid;
 pub mod lstm;
 pub mod movement;
 pub mod pad;
