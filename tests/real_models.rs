@@ -109,7 +109,6 @@ real_model_tests! {
     gru_float_matches_litert => "gen_gru_float",
     gru_unrolled_int8_matches_litert => "gen_gru_unrolled_int8",
     transformer_float_matches_litert => "gen_transformer_float",
-    #[ignore = "int8 SOFTMAX, RSQRT and SQUARED_DIFFERENCE have no kernels yet (issue 12)"]
     transformer_int8_matches_litert => "gen_transformer_int8",
 }
 

@@ -13,6 +13,7 @@ pub mod depthwise_conv2d;
 pub mod fully_connected;
 pub mod gather;
 pub mod hybrid;
+pub mod int8_norm;
 pub mod lstm;
 pub mod movement;
 pub mod pad;
