@@ -145,11 +145,17 @@ struct Binary {
 
 /// The reference kernel (plain loops).
 pub fn prepare(ctx: &PrepareCtx<'_>) -> Result<PreparedKernel, KernelError> {
+    if let Some(int8) = super::int8_norm::route(ctx)? {
+        return Ok(int8);
+    }
     build(ctx, false)
 }
 
 /// The optimized kernel where this op has one for the node's dtypes, else the reference.
 pub fn prepare_optimized(ctx: &PrepareCtx<'_>) -> Result<PreparedKernel, KernelError> {
+    if let Some(int8) = super::int8_norm::route(ctx)? {
+        return Ok(int8);
+    }
     build(ctx, true)
 }
 
