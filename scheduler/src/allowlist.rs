@@ -16,7 +16,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use switchyard_delegates::CpuResolver;
 use switchyard_interpreter::{
-    Interpreter, InterpreterOptions, Model, PlacedPartition, Tensor, TensorView,
+    FloatPrecision, Interpreter, InterpreterOptions, Model, PlacedPartition, Tensor, TensorView,
 };
 
 use crate::SchedError;
@@ -162,6 +162,8 @@ fn tmp_path(path: &Path) -> PathBuf {
 #[derive(Clone, Copy, Debug)]
 pub struct Tolerance {
     pub float_relative: f64,
+    /// For delegates that compute in fp16 (`Delegate::float_precision`).
+    pub half_float_relative: f64,
     pub quantized_steps: f64,
 }
 
@@ -169,6 +171,7 @@ impl Default for Tolerance {
     fn default() -> Self {
         Tolerance {
             float_relative: 1e-3,
+            half_float_relative: 1e-2,
             quantized_steps: 1.0,
         }
     }
@@ -190,8 +193,11 @@ pub fn validate_partition(
             .get(t)
             .is_some_and(|d| d.dtype.is_quantized_int())
     });
+    let half = placed.delegate.float_precision() == FloatPrecision::F16;
     let tol = if quantized {
         tolerance.quantized_steps
+    } else if half {
+        tolerance.half_float_relative
     } else {
         tolerance.float_relative
     };
@@ -268,6 +274,12 @@ pub fn validate_partition(
                 cpu_s * 1e3
             ),
         )
+    };
+    // Which precision was judged is part of the evidence `switchyard allowlist` shows.
+    let reason = if half {
+        format!("fp16: {reason}")
+    } else {
+        reason
     };
     Ok(Entry {
         fingerprint,
