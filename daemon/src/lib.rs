@@ -2,6 +2,8 @@
 //! binary over [`run`].
 //!
 //! Layout:
+//! - [`activation`]: sockets passed by systemd (LISTEN_FDS) or Android init;
+//!   [`notify`]: sd_notify readiness.
 //! - [`server`]: binding the sockets, serving gRPC (Unix socket, optional TCP) and the
 //!   shared-memory side socket, graceful shutdown with a grace timeout.
 //! - [`authority`]: the Unix socket accepts any HTTP/2 `:authority` (C-core clients
@@ -12,6 +14,7 @@
 //! - [`processors`]: the delegates the configuration enables, built in one place.
 //! - [`placement`]: scheduler decisions on first load, run-time failures fed back into
 //!   the persisted allowlist.
+//! - [`metrics`]: request counters and histograms, the Prometheus endpoint.
 //! - [`registry`]: prepared models deduplicated by sha256 with interpreter pools.
 //! - [`shm`]: memfd regions received over SCM_RIGHTS, range checks.
 //! - [`error`]: [`DaemonError`] and its one mapping to `tonic::Status`.
@@ -28,9 +31,12 @@
 //! ```
 #![deny(unsafe_code)]
 
+pub mod activation;
 pub mod arbitration;
 pub mod authority;
 pub mod error;
+pub mod metrics;
+pub mod notify;
 pub mod placement;
 pub mod processors;
 pub mod registry;

@@ -101,6 +101,9 @@ struct Report {
     rss_before_load_bytes: Option<u64>,
     rss_peak_bytes: Option<u64>,
     steps: usize,
+    /// Median run time over steps: the executor's per-node overhead on a chain of
+    /// trivial nodes (`switchyard make-chain-model`).
+    ns_per_step: f64,
     ops: Vec<OpLine>,
     by_op: Vec<OpSummary>,
 }
@@ -196,6 +199,14 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             .map(|p| npy::read(p).with_context(|| format!("reading {}", p.display())))
             .collect::<anyhow::Result<_>>()?
     };
+    // Given inputs define the shapes to measure at (as LiteRT's resize_tensor_input does
+    // in bench/compare_litert.py): resize explicitly, since runs are strict.
+    for (i, t) in inputs.iter().enumerate() {
+        if i < it.input_count() && it.input_info(i)?.1 != t.shape {
+            it.resize_input(i, t.shape.clone())
+                .with_context(|| format!("resizing input {i} to {:?}", t.shape))?;
+        }
+    }
     let views: Vec<_> = inputs.iter().map(|t| t.view()).collect();
     for _ in 0..args.warmup {
         it.run(&views).context("warm-up run")?;
@@ -268,6 +279,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         rss_before_load_bytes: rss_before_load,
         rss_peak_bytes: peak_rss_bytes(),
         steps: it.step_count(),
+        ns_per_step: ms(percentile(&times, 0.5)) * 1e6 / it.step_count().max(1) as f64,
         ops,
         by_op,
     };
@@ -284,8 +296,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         report.median_ms, report.p90_ms, report.min_ms
     );
     println!(
-        "  load {:.2} ms, arena {} bytes, folded constants/heap {} bytes, {} steps per run",
-        report.load_ms, report.arena_bytes, report.heap_bytes, report.steps
+        "  load {:.2} ms, arena {} bytes, folded constants/heap {} bytes, {} steps per run \
+         ({:.1} ns per step)",
+        report.load_ms, report.arena_bytes, report.heap_bytes, report.steps, report.ns_per_step
     );
     if let (Some(before), Some(peak)) = (report.rss_before_load_bytes, report.rss_peak_bytes) {
         println!(
