@@ -9,7 +9,7 @@ use switchyard_config::{Config, DaemonConfig};
 
 use crate::arbitration::{Assigned, Gate, Work, class_from_wire};
 use crate::placement::Placer;
-use crate::processors::build_delegates;
+use crate::processors::{Processors, build_processors};
 use switchyard_proto::v1::{self, switchyard_server::Switchyard, tensor::Data};
 use tokio_stream::StreamExt;
 use tonic::transport::server::{TcpConnectInfo, UdsConnectInfo};
@@ -36,6 +36,8 @@ pub struct State {
     pub registry: ModelRegistry,
     pub tenants: Tenants,
     pub regions: Arc<Regions>,
+    /// The delegates, with the GPU handles its shutdown needs.
+    pub processors: Processors,
     /// Request counters and histograms (metrics.rs).
     pub metrics: Metrics,
     next_request: AtomicU64,
@@ -56,8 +58,8 @@ impl State {
     /// Builds the delegates and opens the allowlist (blocking: plugins load, files are
     /// read).
     pub fn new(full: Config) -> Result<State, DaemonError> {
-        let delegates = build_delegates(&full)?;
-        let placer = Arc::new(Placer::new(&full, delegates)?);
+        let processors = build_processors(&full)?;
+        let placer = Arc::new(Placer::new(&full, processors.delegates.clone())?);
         let config = full.daemon.clone();
         Ok(State {
             gate: Gate::new(&full.scheduler, &placer.processors(), placer.cost.clone()),
@@ -68,6 +70,7 @@ impl State {
             ),
             tenants: Tenants::new(config.quota.clone()),
             regions: Arc::new(Regions::new(config.quota.clone())),
+            processors,
             metrics: Metrics::default(),
             started: Instant::now(),
             next_request: AtomicU64::new(1),

@@ -1,5 +1,6 @@
 pub mod allowlist;
 pub mod bench;
+pub mod bench_gpu;
 pub mod daemon;
 pub mod inspect;
 pub mod loadtest;
