@@ -17,13 +17,15 @@ use switchyard_tests::{golden, model_path, workspace_binary};
 const STEM: &str = "oww_embedding_model";
 
 fn lavapipe_installed() -> bool {
-    ["/usr/share/vulkan/icd.d", "/etc/vulkan/icd.d"].iter().any(|d| {
-        std::fs::read_dir(d).is_ok_and(|entries| {
-            entries
-                .flatten()
-                .any(|e| e.file_name().to_string_lossy().starts_with("lvp_icd"))
+    ["/usr/share/vulkan/icd.d", "/etc/vulkan/icd.d"]
+        .iter()
+        .any(|d| {
+            std::fs::read_dir(d).is_ok_and(|entries| {
+                entries
+                    .flatten()
+                    .any(|e| e.file_name().to_string_lossy().starts_with("lvp_icd"))
+            })
         })
-    })
 }
 
 /// Whether this machine has a Vulkan adapter (asserted where lavapipe is installed).
@@ -174,14 +176,18 @@ fn daemon_serves_on_the_gpu_and_exits_cleanly_on_sigterm() {
     assert!(log.contains("GPU closed"), "{log}");
     let entries = gpu_entries(dir.path());
     assert!(
-        entries.iter().any(|(k, e)| k.ends_with("@gpu") && e["runs"].as_u64() > Some(0)),
+        entries
+            .iter()
+            .any(|(k, e)| k.ends_with("@gpu") && e["runs"].as_u64() > Some(0)),
         "the GPU ran in validation: {entries:?}"
     );
     let fp16 = entries.iter().find(|(k, _)| k.ends_with("@gpu-fp16"));
     if lavapipe_installed() {
         let (_, e) = fp16.expect("lavapipe has shader-f16: the fp16 variant is validated");
         assert!(
-            e["reason"].as_str().is_some_and(|r| r.starts_with("fp16: ")),
+            e["reason"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("fp16: ")),
             "{e}"
         );
         assert!(e["tolerance"].as_f64() == Some(1e-2), "{e}");
@@ -205,11 +211,20 @@ fn daemon_serves_on_the_gpu_and_exits_cleanly_on_sigterm() {
     let d = Daemon::start(dir.path(), 2);
     load_and_check(&d);
     let plan = Command::new(workspace_binary("switchyard"))
-        .args(["placement", model_path(STEM).to_str().unwrap(), "--json", "--socket"])
+        .args([
+            "placement",
+            model_path(STEM).to_str().unwrap(),
+            "--json",
+            "--socket",
+        ])
         .arg(&d.socket)
         .output()
         .unwrap();
-    assert!(plan.status.success(), "{}", String::from_utf8_lossy(&plan.stderr));
+    assert!(
+        plan.status.success(),
+        "{}",
+        String::from_utf8_lossy(&plan.stderr)
+    );
     let plan: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
     let on_gpu = plan["partitions"]
         .as_array()

@@ -304,8 +304,7 @@ mod tests {
         };
         let candidates = vec![cand(0, "gpu"), cand(1, "gpu-fp16")];
         let entries = HashMap::from([(0, entry(0.004)), (1, entry(0.002))]);
-        let mut permissions =
-            HashMap::from([(0, Permission::Allowed), (1, Permission::Allowed)]);
+        let mut permissions = HashMap::from([(0, Permission::Allowed), (1, Permission::Allowed)]);
         prefer_faster_variant(&candidates, &entries, &mut permissions);
         assert_eq!(permissions[&1], Permission::Allowed);
         match &permissions[&0] {

@@ -36,11 +36,16 @@ fn gpu(ctx: &switchyard_interpreter::NodeSupportCtx<'_>) -> Result<(), String> {
         return Err(format!("input {:?} must be rank 4", x.shape));
     };
     if b == 0 || c % (b * b) != 0 {
-        return Err(format!("{c} channels are not a multiple of block {b} squared"));
+        return Err(format!(
+            "{c} channels are not a multiple of block {b} squared"
+        ));
     }
     let expected = [n, h * b, w * b, c / (b * b)];
     if out.shape != expected {
-        return Err(format!("output shape {:?} should be {expected:?}", out.shape));
+        return Err(format!(
+            "output shape {:?} should be {expected:?}",
+            out.shape
+        ));
     }
     support::gpu_count(out.shape)
 }

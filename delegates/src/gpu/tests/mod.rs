@@ -1283,19 +1283,28 @@ fn split_model_crosses_cpu_gpu_boundaries() {
 }
 
 /// Maximal runs of consecutive nodes the GPU supports: connected partitions in
-/// execution order, as a partitioner would make for a single delegate. Runs of weight
-/// decoding alone (folded at prepare, so nothing to run) are left out.
+/// execution order, as a partitioner would make for a single delegate. Weight decoding
+/// of constants (folded at prepare, so nothing to run) belongs to no partition, as the
+/// partitioner leaves it, and does not break a run.
 pub(crate) fn supported_runs(d: &GpuDelegate, model: &Model) -> Vec<Vec<usize>> {
     let sg = &model.subgraphs[0];
-    let folded = |n: &usize| {
+    let folded = |n: usize| {
+        let node = &sg.nodes[n];
         matches!(
-            sg.nodes[*n].builtin(),
+            node.builtin(),
             Some(BuiltinOp::Dequantize | BuiltinOp::Densify)
-        )
+        ) && node
+            .inputs
+            .iter()
+            .flatten()
+            .all(|&t| sg.tensors[t].data.is_some())
     };
     let mut runs: Vec<Vec<usize>> = Vec::new();
     let mut current = Vec::new();
     for n in 0..model.subgraphs[0].nodes.len() {
+        if folded(n) {
+            continue;
+        }
         if support_of(d, model, n).is_supported() {
             current.push(n);
         } else if !current.is_empty() {
@@ -1305,7 +1314,6 @@ pub(crate) fn supported_runs(d: &GpuDelegate, model: &Model) -> Vec<Vec<usize>> 
     if !current.is_empty() {
         runs.push(current);
     }
-    runs.retain(|r| !r.iter().all(folded));
     runs
 }
 
@@ -1367,20 +1375,47 @@ fn descriptor_rules_and_lowering_checks_agree() {
     }
     use BuiltinOp::{ResizeBilinear, ResizeNearestNeighbor};
     models.extend([
-        ("resize bilinear".to_string(), more_ops::resize_model(ResizeBilinear, &[1, 6, 6, 5], [12, 12], false, true)),
-        ("resize nearest".to_string(), more_ops::resize_model(ResizeNearestNeighbor, &[1, 6, 6, 5], [3, 9], true, false)),
+        (
+            "resize bilinear".to_string(),
+            more_ops::resize_model(ResizeBilinear, &[1, 6, 6, 5], [12, 12], false, true),
+        ),
+        (
+            "resize nearest".to_string(),
+            more_ops::resize_model(ResizeNearestNeighbor, &[1, 6, 6, 5], [3, 9], true, false),
+        ),
         (
             "transpose conv".to_string(),
-            more_ops::transpose_conv_model(&[1, 4, 5, 3], [2, 3, 3, 3], [8, 10], 2, Padding::Same, Activation::Relu, 1),
+            more_ops::transpose_conv_model(
+                &[1, 4, 5, 3],
+                [2, 3, 3, 3],
+                [8, 10],
+                2,
+                Padding::Same,
+                Activation::Relu,
+                1,
+            ),
         ),
-        ("mediapipe transpose conv".to_string(), more_ops::mediapipe_model(&[1, 8, 8, 16], [1, 2, 2, 16], 2, 2)),
+        (
+            "mediapipe transpose conv".to_string(),
+            more_ops::mediapipe_model(&[1, 8, 8, 16], [1, 2, 2, 16], 2, 2),
+        ),
         (
             "softmax".to_string(),
-            single_op(BuiltinOp::Softmax, &[(&[2, 10], None)], &[2, 10], OpOptions::Softmax { beta: 1.0 }),
+            single_op(
+                BuiltinOp::Softmax,
+                &[(&[2, 10], None)],
+                &[2, 10],
+                OpOptions::Softmax { beta: 1.0 },
+            ),
         ),
         (
             "depth to space".to_string(),
-            single_op(BuiltinOp::DepthToSpace, &[(&[1, 2, 2, 8], None)], &[1, 4, 4, 2], OpOptions::DepthToSpace { block_size: 2 }),
+            single_op(
+                BuiltinOp::DepthToSpace,
+                &[(&[1, 2, 2, 8], None)],
+                &[1, 4, 4, 2],
+                OpOptions::DepthToSpace { block_size: 2 },
+            ),
         ),
         (
             "exp".to_string(),
