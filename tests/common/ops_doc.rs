@@ -26,30 +26,6 @@ pub const KNOWN_MISMATCHES: &[(&str, &str)] = &[
         "REDUCE_PROD int8",
         "requantization of the running product differs from LiteRT's at saturation",
     ),
-    (
-        "CAST int8->uint8",
-        "saturates where LiteRT's static_cast wraps modulo 2^8",
-    ),
-    (
-        "CAST uint8->int8",
-        "saturates where LiteRT's static_cast wraps",
-    ),
-    (
-        "CAST int16->int8",
-        "saturates where LiteRT's static_cast wraps",
-    ),
-    (
-        "CAST int16->uint8",
-        "saturates where LiteRT's static_cast wraps",
-    ),
-    (
-        "CAST int32->uint8",
-        "saturates where LiteRT's static_cast wraps",
-    ),
-    (
-        "CAST int64->uint8",
-        "saturates where LiteRT's static_cast wraps",
-    ),
 ];
 
 fn litert_accepts() -> BTreeMap<(String, String), bool> {
