@@ -445,7 +445,7 @@ pub fn prepare_fully_connected(
         return Err(KernelError::shape("FULLY_CONNECTED weights must be 2-D"));
     };
     let total: usize = x.shape.iter().product();
-    if cols == 0 || total % cols != 0 {
+    if cols == 0 || !total.is_multiple_of(cols) {
         return Err(KernelError::shape(
             "input size is not a multiple of the weights' depth",
         ));
