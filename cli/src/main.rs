@@ -40,6 +40,13 @@ enum Command {
     Top(commands::top::TopArgs),
     /// Compare scheduling policies with fixed placements on a workload of apps.
     Simulate(commands::simulate::SimulateArgs),
+    /// Run a workload's apps as real processes through one daemon and, in the same run,
+    /// each with its own LiteRT interpreter; report SLO satisfaction, latency,
+    /// throughput and memory side by side.
+    Loadtest(commands::loadtest::LoadtestArgs),
+    /// One app process of `loadtest` (started by it).
+    #[command(hide = true)]
+    LoadtestApp(commands::loadtest_app::LoadtestAppArgs),
     /// Write a chain of float32 ADD nodes (the executor-overhead benchmark model).
     #[command(hide = true)]
     MakeChainModel(commands::make_chain::MakeChainArgs),
@@ -62,6 +69,8 @@ fn main() -> std::process::ExitCode {
         Command::Allowlist(args) => commands::allowlist::run(args),
         Command::Simulate(args) => commands::simulate::run(args),
         Command::Top(args) => commands::top::run(args),
+        Command::Loadtest(args) => commands::loadtest::run(args),
+        Command::LoadtestApp(args) => commands::loadtest_app::run(args),
         Command::MakeChainModel(args) => commands::make_chain::run(args),
     };
     match result {

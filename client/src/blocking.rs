@@ -165,6 +165,17 @@ impl Client {
             .block_on(self.inner.run_shm(model_id, inputs, outputs))
     }
 
+    pub fn run_shm_with(
+        &mut self,
+        model_id: &str,
+        inputs: &[(DType, Vec<u64>, v1::ShmRef)],
+        outputs: &[v1::ShmRef],
+        options: crate::client::RunOptions,
+    ) -> Result<RunOutput, ClientError> {
+        self.rt
+            .block_on(self.inner.run_shm_with(model_id, inputs, outputs, options))
+    }
+
     pub fn create_region(&self, size: usize) -> Result<ShmRegion, ClientError> {
         self.inner.create_region(size)
     }

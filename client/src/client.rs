@@ -358,6 +358,19 @@ impl Client {
         inputs: &[(DType, Vec<u64>, v1::ShmRef)],
         outputs: &[v1::ShmRef],
     ) -> Result<RunOutput, ClientError> {
+        self.run_shm_with(model_id, inputs, outputs, RunOptions::default())
+            .await
+    }
+
+    /// [`Client::run_shm`] with a priority class and a deadline for the daemon's
+    /// arbiter (a camera app: frames in shared memory, each due within its period).
+    pub async fn run_shm_with(
+        &mut self,
+        model_id: &str,
+        inputs: &[(DType, Vec<u64>, v1::ShmRef)],
+        outputs: &[v1::ShmRef],
+        options: RunOptions,
+    ) -> Result<RunOutput, ClientError> {
         let wire = inputs
             .iter()
             .map(|(dtype, shape, r)| v1::Tensor {
@@ -366,7 +379,7 @@ impl Client {
                 data: Some(Data::Shm(*r)),
             })
             .collect();
-        self.run_wire(model_id, wire, outputs.to_vec(), RunOptions::default())
+        self.run_wire(model_id, wire, outputs.to_vec(), options)
             .await
     }
 

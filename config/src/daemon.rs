@@ -46,7 +46,8 @@ pub struct DaemonConfig {
     pub worker_threads: usize,
     /// Interpreters prepared per model: how many requests for one model run at once.
     pub interpreters_per_model: usize,
-    /// Threads each interpreter's kernels may use.
+    /// Most intra-op threads one request may use; the arbiter gives them only when no
+    /// other request waits for the cores.
     pub kernel_threads: usize,
     /// How long shutdown waits for in-flight requests before exiting anyway.
     pub grace_ms: u64,

@@ -314,6 +314,7 @@ pub async fn run(
     })
     .await;
     tasks.abort_all();
+    while tasks.join_next().await.is_some() {}
     arbiter.abort();
     match drained {
         Ok(()) => info!("drained; exiting"),
@@ -322,6 +323,12 @@ pub async fn run(
             "grace period over; exiting with requests still running"
         ),
     }
+    // The GPU is closed before the process exits, never torn down while it does: new
+    // work is refused, executions in flight finish, the queue drains, and the device is
+    // destroyed idle when its last handle drops (here or when the runtime drops its
+    // tasks, on the daemon's main thread).
+    let processors_state = state.clone();
+    let _ = tokio::task::spawn_blocking(move || processors_state.processors.shutdown(grace)).await;
     for p in &paths {
         let _ = std::fs::remove_file(p);
     }

@@ -7,9 +7,9 @@ use std::time::Instant;
 
 use switchyard_config::{Config, DaemonConfig};
 
-use crate::arbitration::{Gate, class_from_wire};
+use crate::arbitration::{Assigned, Gate, Work, class_from_wire};
 use crate::placement::Placer;
-use crate::processors::build_delegates;
+use crate::processors::{Processors, build_processors};
 use switchyard_proto::v1::{self, switchyard_server::Switchyard, tensor::Data};
 use tokio_stream::StreamExt;
 use tonic::transport::server::{TcpConnectInfo, UdsConnectInfo};
@@ -29,13 +29,15 @@ const MAX_RANK: usize = 16;
 pub struct State {
     pub config: DaemonConfig,
     /// The arbiter every run request queues in.
-    pub gate: Gate,
+    pub gate: Gate<RunJob>,
     /// The whole configuration (devices, scheduler) the daemon started with.
     pub full: Config,
     pub started: Instant,
     pub registry: ModelRegistry,
     pub tenants: Tenants,
     pub regions: Arc<Regions>,
+    /// The delegates, with the GPU handles its shutdown needs.
+    pub processors: Processors,
     /// Request counters and histograms (metrics.rs).
     pub metrics: Metrics,
     next_request: AtomicU64,
@@ -56,11 +58,11 @@ impl State {
     /// Builds the delegates and opens the allowlist (blocking: plugins load, files are
     /// read).
     pub fn new(full: Config) -> Result<State, DaemonError> {
-        let delegates = build_delegates(&full)?;
-        let placer = Arc::new(Placer::new(&full, delegates)?);
+        let processors = build_processors(&full)?;
+        let placer = Arc::new(Placer::new(&full, processors.delegates.clone())?);
         let config = full.daemon.clone();
         Ok(State {
-            gate: Gate::new(&full.scheduler, &placer.processors()),
+            gate: Gate::new(&full.scheduler, &placer.processors(), placer.cost.clone()),
             registry: ModelRegistry::new(
                 config.kernel_threads,
                 config.interpreters_per_model,
@@ -68,6 +70,7 @@ impl State {
             ),
             tenants: Tenants::new(config.quota.clone()),
             regions: Arc::new(Regions::new(config.quota.clone())),
+            processors,
             metrics: Metrics::default(),
             started: Instant::now(),
             next_request: AtomicU64::new(1),
@@ -423,14 +426,42 @@ fn check_outputs(
         .map(Some)
 }
 
-/// Sets inputs, invokes, and returns outputs inline or written to shm. Runs on the
-/// blocking pool.
+/// One run request's work as it travels through the arbiter: its checked inputs and
+/// output destinations, the permits it holds until the run really ends (a client that
+/// disconnects mid-run drops its future, not the work), and then its result.
+pub struct RunJob {
+    model: Arc<PreparedModel>,
+    inputs: Vec<CheckedInput>,
+    outputs: Option<Vec<OutputDest>>,
+    _permits: (
+        tokio::sync::OwnedSemaphorePermit,
+        tokio::sync::OwnedSemaphorePermit,
+    ),
+    result: Option<Result<Vec<v1::Tensor>, DaemonError>>,
+    run_us: u64,
+}
+
+impl Work for RunJob {
+    fn run(&mut self, at: Assigned) -> bool {
+        let t = Instant::now();
+        let inputs = std::mem::take(&mut self.inputs);
+        let res = execute(&self.model, at, inputs, self.outputs.take());
+        self.run_us = t.elapsed().as_micros() as u64;
+        let ok = res.is_ok();
+        self.result = Some(res);
+        ok
+    }
+}
+
+/// Sets inputs, invokes the model's form the arbiter chose (with its thread count), and
+/// returns outputs inline or written to shm. Runs on the blocking pool.
 fn execute(
     model: &PreparedModel,
+    at: Assigned,
     inputs: Vec<CheckedInput>,
     outputs: Option<Vec<OutputDest>>,
 ) -> Result<Vec<v1::Tensor>, DaemonError> {
-    let mut it = model.take_interpreter()?;
+    let mut it = model.take_interpreter(at.variant, at.threads)?;
     let before = it.partition_reports().to_vec();
     let result = (|| {
         for (i, x) in inputs.iter().enumerate() {
@@ -489,7 +520,7 @@ fn execute(
         Ok(out)
     })();
     if result.is_ok() {
-        model.give_back(it);
+        model.give_back(at.variant, at.threads, it);
     }
     result
 }
@@ -588,7 +619,7 @@ impl Switchyard for Service {
         let outcome = async move {
             let handle = state.tenants.handle(&caller, &r.model_id)?;
             let (model_name, processor) =
-                (handle.name.clone(), handle.model.placement.main_processor);
+                (handle.name.clone(), handle.model.placement.serving.main);
             let permit = state.tenants.admit(&caller)?;
             let result = async {
                 let model = handle.model.clone();
@@ -601,34 +632,29 @@ impl Switchyard for Service {
                     .acquire_owned()
                     .await
                     .map_err(|_| DaemonError::Internal("model pool closed".into()))?;
-                // The permits move into the work: a client that disconnects mid-run
-                // drops this future, but the in-flight count and the interpreter stay
-                // accounted for until the run really ends.
-                let (tx, rx) = tokio::sync::oneshot::channel();
-                let m = model.clone();
-                let work = Box::new(move || {
-                    let _permits = (permit, slot);
-                    let t = Instant::now();
-                    let res = execute(&m, inputs, outputs);
-                    let run_us = t.elapsed().as_micros() as u64;
-                    m.observe_latency(run_us);
-                    let _ = tx.send((res, run_us));
-                });
-                state
+                let job = RunJob {
+                    model: model.clone(),
+                    inputs,
+                    outputs,
+                    _permits: (permit, slot),
+                    result: None,
+                    run_us: 0,
+                };
+                let job = state
                     .gate
                     .run(
                         request_id,
                         caller.tenant.to_string(),
                         class_from_wire(r.priority),
                         r.deadline_ms,
-                        model.placement.main_processor,
-                        model.expected_s(),
-                        work,
+                        model.placement.serving.clone(),
+                        job,
                     )
                     .await?;
-                let (tensors, run_us) = rx
-                    .await
-                    .map_err(|_| DaemonError::Internal("the run ended without a result".into()))?;
+                let run_us = job.run_us;
+                let tensors = job.result.ok_or_else(|| {
+                    DaemonError::Internal("the run ended without a result".into())
+                })?;
                 // Waiting for an interpreter and in the arbiter's queue.
                 let queue_us = (queued.elapsed().as_micros() as u64).saturating_sub(run_us);
                 Ok::<_, DaemonError>((tensors, queue_us, run_us))
