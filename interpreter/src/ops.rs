@@ -738,7 +738,10 @@ pub fn encode_options(op: BuiltinOp, options: &OpOptions) -> Option<EncodedOptio
         }
         (BuiltinOp::Cast, OpOptions::Cast { in_type, out_type }) => (
             37,
-            vec![(0, I8(in_type.schema_code())), (1, I8(out_type.schema_code()))],
+            vec![
+                (0, I8(in_type.schema_code())),
+                (1, I8(out_type.schema_code())),
+            ],
         ),
         (
             BuiltinOp::LocalResponseNormalization,
@@ -750,7 +753,12 @@ pub fn encode_options(op: BuiltinOp, options: &OpOptions) -> Option<EncodedOptio
             },
         ) => (
             13,
-            vec![(0, I32(*radius)), (1, F32(*bias)), (2, F32(*alpha)), (3, F32(*beta))],
+            vec![
+                (0, I32(*radius)),
+                (1, F32(*bias)),
+                (2, F32(*alpha)),
+                (3, F32(*beta)),
+            ],
         ),
         (BuiltinOp::L2Normalization, OpOptions::Activation(a)) => (12, vec![(0, I8(a.code()))]),
         _ => return None,
