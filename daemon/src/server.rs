@@ -143,6 +143,7 @@ pub async fn run(
     // The arbiter dispatches until the process ends: queued requests must still run
     // while shutdown drains.
     let arbiter = tokio::spawn(state.gate.service.clone().run(std::future::pending()));
+    let reaper = tokio::spawn(crate::service::reap_sessions(state.clone()));
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(shm::serve(
         shm_listener,
@@ -217,6 +218,7 @@ pub async fn run(
     .await;
     tasks.abort_all();
     arbiter.abort();
+    reaper.abort();
     match drained {
         Ok(()) => info!("drained; exiting"),
         Err(_) => warn!(
