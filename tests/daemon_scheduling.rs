@@ -243,6 +243,7 @@ fn arbiter_refuses_a_hopeless_deadline_with_the_reason_and_serves_the_rest() {
             RunOptions {
                 priority: Priority::Realtime,
                 deadline_ms: 1,
+                ..RunOptions::default()
             },
         )
         .unwrap_err();
@@ -255,6 +256,7 @@ fn arbiter_refuses_a_hopeless_deadline_with_the_reason_and_serves_the_rest() {
             RunOptions {
                 priority: Priority::Background,
                 deadline_ms: 600_000,
+                ..RunOptions::default()
             },
         )
         .unwrap();

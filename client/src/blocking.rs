@@ -69,6 +69,34 @@ impl Client {
             .block_on(self.inner.run_with(model_id, inputs, options))
     }
 
+    /// See [`crate::Client::run_session`].
+    pub fn run_session(
+        &mut self,
+        model_id: &str,
+        session_id: u64,
+        inputs: &[Tensor],
+    ) -> Result<RunOutput, ClientError> {
+        self.rt
+            .block_on(self.inner.run_session(model_id, session_id, inputs))
+    }
+
+    /// See [`crate::Client::open_session`].
+    pub fn open_session(&mut self, model_id: &str) -> Result<v1::SessionInfo, ClientError> {
+        self.rt.block_on(self.inner.open_session(model_id))
+    }
+
+    pub fn reset_session(&mut self, session_id: u64) -> Result<(), ClientError> {
+        self.rt.block_on(self.inner.reset_session(session_id))
+    }
+
+    pub fn close_session(&mut self, session_id: u64) -> Result<(), ClientError> {
+        self.rt.block_on(self.inner.close_session(session_id))
+    }
+
+    pub fn list_sessions(&mut self) -> Result<Vec<v1::SessionInfo>, ClientError> {
+        self.rt.block_on(self.inner.list_sessions())
+    }
+
     pub fn run_shm(
         &mut self,
         model_id: &str,

@@ -27,7 +27,8 @@ pub use client::{Client, RunOptions, RunOutput, Tensor};
 pub use shm::ShmRegion;
 pub use switchyard_proto::DataType;
 pub use switchyard_proto::v1::{
-    ModelInfo, Priority, ShmRef, StatusResponse, TenantInfo, TensorInfo, Timing,
+    MemoryInfo, ModelInfo, Priority, SessionInfo, ShmRef, StatusResponse, TenantInfo, TensorInfo,
+    Timing,
 };
 
 #[derive(Debug, thiserror::Error)]

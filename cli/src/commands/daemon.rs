@@ -57,7 +57,8 @@ fn model_json(m: &ModelInfo) -> Value {
     };
     json!({
         "id": m.id, "name": m.name, "sha256": m.sha256, "bytes": m.bytes,
-        "arena_bytes": m.arena_bytes, "inputs": tensors(&m.inputs), "outputs": tensors(&m.outputs),
+        "arena_bytes": m.arena_bytes, "plan_bytes": m.plan_bytes, "stateful": m.stateful,
+        "inputs": tensors(&m.inputs), "outputs": tensors(&m.outputs),
     })
 }
 
@@ -65,7 +66,8 @@ fn tenant_json(t: &TenantInfo) -> Value {
     let c = t.counters.unwrap_or_default();
     json!({
         "id": t.id, "uid": t.uid, "pids": t.pids, "models": t.models,
-        "model_bytes": t.model_bytes, "arena_bytes": t.arena_bytes,
+        "model_bytes": t.model_bytes, "arena_bytes": t.arena_bytes, "plan_bytes": t.plan_bytes,
+        "sessions": t.sessions, "session_bytes": t.session_bytes,
         "regions": t.regions, "region_bytes": t.region_bytes,
         "requests": c.requests, "failed": c.failed, "rejected": c.rejected,
         "in_flight": c.in_flight, "queue_us_total": c.queue_us_total,
@@ -76,8 +78,17 @@ fn tenant_json(t: &TenantInfo) -> Value {
 
 fn print_tenants(ts: &[TenantInfo]) {
     println!(
-        "{:<20} {:>6} {:>12} {:>7} {:>9} {:>7} {:>9} {:>10}",
-        "TENANT", "MODELS", "MODEL BYTES", "REGIONS", "REQUESTS", "FAILED", "IN FLIGHT", "AVG RUN"
+        "{:<20} {:>6} {:>12} {:>8} {:>13} {:>7} {:>9} {:>7} {:>9} {:>10}",
+        "TENANT",
+        "MODELS",
+        "MODEL BYTES",
+        "SESSIONS",
+        "SESSION BYTES",
+        "REGIONS",
+        "REQUESTS",
+        "FAILED",
+        "IN FLIGHT",
+        "AVG RUN"
     );
     for t in ts {
         let c = t.counters.unwrap_or_default();
@@ -90,8 +101,17 @@ fn print_tenants(ts: &[TenantInfo]) {
             "-".into()
         };
         println!(
-            "{:<20} {:>6} {:>12} {:>7} {:>9} {:>7} {:>9} {:>10}",
-            t.id, t.models, t.model_bytes, t.regions, c.requests, c.failed, c.in_flight, avg
+            "{:<20} {:>6} {:>12} {:>8} {:>13} {:>7} {:>9} {:>7} {:>9} {:>10}",
+            t.id,
+            t.models,
+            t.plan_bytes,
+            t.sessions,
+            t.session_bytes,
+            t.regions,
+            c.requests,
+            c.failed,
+            c.in_flight,
+            avg
         );
     }
 }
@@ -105,13 +125,18 @@ pub fn models(args: ModelsArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "{:<18} {:<32} {:>10} {:>12}",
-        "ID", "NAME", "BYTES", "ARENA BYTES"
+        "{:<18} {:<32} {:>10} {:>12} {:>13} {:>8}",
+        "ID", "NAME", "BYTES", "PLAN BYTES", "SESSION BYTES", "STATEFUL"
     );
     for m in &models {
         println!(
-            "{:<18} {:<32} {:>10} {:>12}",
-            m.id, m.name, m.bytes, m.arena_bytes
+            "{:<18} {:<32} {:>10} {:>12} {:>13} {:>8}",
+            m.id,
+            m.name,
+            m.bytes,
+            m.plan_bytes,
+            m.arena_bytes,
+            if m.stateful { "yes" } else { "no" }
         );
     }
     Ok(())
@@ -137,6 +162,12 @@ pub fn status(args: StatusArgs) -> anyhow::Result<()> {
             "version": s.version, "uptime_ms": s.uptime_ms, "models": s.models,
             "in_flight": s.in_flight, "regions": s.regions, "requests": s.requests,
             "tenants": s.tenants.iter().map(tenant_json).collect::<Vec<_>>(),
+            "memory": s.memory.map(|m| json!({
+                "models": m.models, "model_bytes": m.model_bytes, "plan_bytes": m.plan_bytes,
+                "sessions": m.sessions, "session_bytes": m.session_bytes,
+                "pooled_sessions": m.pooled_sessions, "pooled_bytes": m.pooled_bytes,
+                "charged_bytes": m.charged_bytes,
+            })),
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
@@ -147,12 +178,26 @@ pub fn status(args: StatusArgs) -> anyhow::Result<()> {
     println!("in flight  {}", s.in_flight);
     println!("regions    {}", s.regions);
     println!("requests   {}", s.requests);
+    if let Some(m) = s.memory {
+        println!(
+            "memory     {} models: {} model + {} plan bytes; {} sessions: {} bytes; \
+             {} pooled: {} bytes (tenants are charged {} bytes together)",
+            m.models,
+            m.model_bytes,
+            m.plan_bytes,
+            m.sessions,
+            m.session_bytes,
+            m.pooled_sessions,
+            m.pooled_bytes,
+            m.charged_bytes
+        );
+    }
     println!();
     print_tenants(&s.tenants);
     Ok(())
 }
 
-fn to_wire(d: DType) -> anyhow::Result<DataType> {
+pub(crate) fn to_wire(d: DType) -> anyhow::Result<DataType> {
     Ok(match d {
         DType::F32 => DataType::Float32,
         DType::F16 => DataType::Float16,
@@ -170,7 +215,7 @@ fn to_wire(d: DType) -> anyhow::Result<DataType> {
     })
 }
 
-fn from_wire(d: DataType) -> anyhow::Result<DType> {
+pub(crate) fn from_wire(d: DataType) -> anyhow::Result<DType> {
     Ok(match d {
         DataType::Float32 => DType::F32,
         DataType::Float16 => DType::F16,

@@ -5,4 +5,5 @@ pub mod inspect;
 pub mod make_chain;
 pub mod placement;
 pub mod run;
+pub mod session;
 pub mod simulate;
