@@ -56,6 +56,7 @@ MODELS = [
     "mww_alexa.tflite",
     "mww_hey_jarvis.tflite",
     "mww_hey_mycroft.tflite",
+    "helia_tiny_cnn_int8.tflite",
     # ... and converter-made families from scripts/gen_models/ (committed, sha256-pinned)
     "gen_mobilenetv2_035_96_float.tflite",
     "gen_mobilenetv2_035_96_int8.tflite",

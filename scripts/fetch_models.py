@@ -63,6 +63,12 @@ MODELS = {
         "pymicro-wakeword==2.5.0",
         "pymicro_wakeword/models/hey_mycroft.tflite",
         "c2a9b6ed51182db72e014781d5a4ece1929dc232a40b5b4be384f0295f0e1571"),
+    # A tiny int8 image classifier (8x8x1 -> 4 classes: CONV_2D, AVERAGE_POOL_2D,
+    # FULLY_CONNECTED, int8 SOFTMAX), the sample model of a profiling tool.
+    "helia_tiny_cnn_int8.tflite": (
+        "helia-profiler==0.4.1",
+        "helia_profiler/data/models/tiny_cnn.tflite",
+        "4419dfff1e15e9479ad90b81c7997c4a2db274c87f6433e06cd34698108ac26f"),
     "oww_melspectrogram.tflite": (
         "pyopen-wakeword==1.1.0",
         "pyopen_wakeword/models/melspectrogram.tflite",

@@ -8,7 +8,11 @@ built-in kernels, XNNPACK off) and BUILTIN_REF (the reference kernels) -- it loa
 model, allocates, sets the inputs and invokes once. Accepted means all of that
 succeeded; otherwise the first line of LiteRT's error is kept.
 
-usage: .venv/bin/python scripts/probe_litert.py DIR OUT.json
+With --save-outputs, the outputs of the built-in (non-reference) kernels of each
+accepted case are written as DIR/<model stem>_out<j>.npy: the oracle of the coverage
+test (tests/op_coverage.rs), which runs the same cases in both Switchyard registries.
+
+usage: .venv/bin/python scripts/probe_litert.py DIR OUT.json [--save-outputs]
 """
 import json
 import os
@@ -17,7 +21,7 @@ import sys
 import numpy as np
 
 
-def try_case(path, inputs, resolver):
+def try_case(path, inputs, resolver, save=None):
     from ai_edge_litert.interpreter import Interpreter
     try:
         it = Interpreter(model_path=path, num_threads=1, experimental_op_resolver_type=resolver)
@@ -25,6 +29,9 @@ def try_case(path, inputs, resolver):
         for d, x in zip(it.get_input_details(), inputs):
             it.set_tensor(d["index"], x)
         it.invoke()
+        if save:
+            for j, d in enumerate(it.get_output_details()):
+                np.save(f"{save}_out{j}.npy", it.get_tensor(d["index"]))
         return True, ""
     except Exception as e:  # noqa: BLE001  (LiteRT raises RuntimeError/ValueError)
         lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
@@ -37,13 +44,15 @@ def main():
     from importlib.metadata import version
     from ai_edge_litert.interpreter import OpResolverType
     d, out = sys.argv[1], sys.argv[2]
+    save = "--save-outputs" in sys.argv[3:]
     with open(os.path.join(d, "manifest.json")) as fh:
         cases = json.load(fh)
     rows = []
     for c in cases:
         xs = [np.load(os.path.join(d, f)) for f in c["inputs"]]
         path = os.path.join(d, c["model"])
-        opt_ok, opt_err = try_case(path, xs, OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+        stem = os.path.join(d, c["model"][: -len(".tflite")]) if save else None
+        opt_ok, opt_err = try_case(path, xs, OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES, stem)
         ref_ok, ref_err = try_case(path, xs, OpResolverType.BUILTIN_REF)
         row = dict(op=c["op"], dtype=c["dtype"], builtin=opt_ok, builtin_ref=ref_ok)
         if c.get("variant"):

@@ -12,7 +12,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use switchyard_client::{DataType, Tensor, blocking::Client};
+use switchyard_client::blocking::{Client, Model, Session};
+use switchyard_client::{DType as WireType, Outputs, Run, Tensor};
 use switchyard_delegates::CpuResolver;
 use switchyard_interpreter::builder::ModelBuilder;
 use switchyard_interpreter::{
@@ -117,7 +118,7 @@ fn output_of(out: std::process::Output, what: &str) -> String {
 
 /// The golden 64-step sequence: per-step inputs and LiteRT's per-step outputs.
 struct Sequence {
-    dtype: DataType,
+    dtype: WireType,
     shape: Vec<u64>,
     steps: Vec<Vec<u8>>,
     expected: Vec<switchyard_interpreter::Tensor>,
@@ -131,7 +132,7 @@ fn sequence() -> Sequence {
     let out_step = out.data.len() / n;
     assert_eq!(seq.dtype, DType::I8);
     Sequence {
-        dtype: DataType::Int8,
+        dtype: WireType::Int8,
         shape: seq.shape[1..].iter().map(|&d| d as u64).collect(),
         steps: seq
             .data
@@ -173,6 +174,19 @@ impl Sequence {
     }
 }
 
+/// The first output of a run, inline.
+fn first(out: Outputs) -> Tensor {
+    out.tensors
+        .into_iter()
+        .next()
+        .and_then(|o| o.into_tensor())
+        .expect("one inline output")
+}
+
+fn run_on(s: &Session, x: Tensor) -> Tensor {
+    first(s.run(Run::new().input(x)).unwrap())
+}
+
 /// What a fresh interpreter (no state) answers to an all-zero step: what a fresh daemon
 /// gives, computed in this process.
 fn fresh_zero_output(seq: &Sequence) -> Vec<u8> {
@@ -199,19 +213,17 @@ fn helper_stream_and_check() {
     let socket = std::env::var("SY_SOCKET").unwrap();
     let go = PathBuf::from(std::env::var("SY_GO").unwrap());
     let seq = sequence();
-    let mut c = Client::connect_unix(socket).unwrap();
-    let m = c
-        .load_model_file(std::env::var("SY_MODEL").unwrap())
-        .unwrap();
-    assert!(m.stateful, "the wake-word model keeps state between runs");
-    let s = c.open_session(&m.id).unwrap();
+    let c = Client::connect_unix(socket).unwrap();
+    let m = c.load(std::env::var("SY_MODEL").unwrap()).unwrap();
+    assert!(m.meta().stateful, "the wake-word model keeps state between runs");
+    let s = m.open_session().unwrap();
     while !go.exists() {
         std::thread::sleep(Duration::from_millis(5));
     }
     let mut failures = Vec::new();
     for t in 0..seq.steps.len() {
-        let out = c.run_session(&m.id, s.id, &[seq.step(t)]).unwrap();
-        if let Err(e) = seq.check(t, &out.outputs[0]) {
+        let out = run_on(&s, seq.step(t));
+        if let Err(e) = seq.check(t, &out) {
             failures.push(e);
         }
     }
@@ -277,35 +289,33 @@ fn reset_and_reload_each_start_a_fresh_stream() {
     let d = Daemon::start("", &[]);
     let seq = sequence();
     let mut c = d.client();
-    let m = c.load_model_file(model_path(STEM)).unwrap();
-    let s = c.open_session(&m.id).unwrap();
-    let run = |c: &mut Client, t: usize| c.run_session(&m.id, s.id, &[seq.step(t)]).unwrap();
-    for t in 0..48 {
-        seq.check(t, &run(&mut c, t).outputs[0]).unwrap();
+    let m = c.load(model_path(STEM)).unwrap();
+    let s = m.open_session().unwrap();
+    let run = |t: usize| run_on(&s, seq.step(t));
+    for t in 0..49 {
+        seq.check(t, &run(t)).unwrap();
     }
-    let continued = run(&mut c, 48).outputs[0].clone();
-    seq.check(48, &continued).unwrap();
-    c.reset_session(s.id).unwrap();
+    s.reset().unwrap();
     for t in 0..8 {
-        seq.check(t, &run(&mut c, t).outputs[0])
+        seq.check(t, &run(t))
             .unwrap_or_else(|e| panic!("after reset: {e}"));
     }
     for t in 8..44 {
-        run(&mut c, t);
+        run(t);
     }
     // A reload of the model by the same tenant: same id, its sessions start afresh.
-    let again = c.load_model_file(model_path(STEM)).unwrap();
-    assert_eq!(again.id, m.id);
+    let again = c.load(model_path(STEM)).unwrap();
+    assert_eq!(again.id(), m.id());
     for t in 0..8 {
-        seq.check(t, &run(&mut c, t).outputs[0])
+        seq.check(t, &run(t))
             .unwrap_or_else(|e| panic!("after reload: {e}"));
     }
     let listed = c.list_sessions().unwrap();
     assert_eq!(listed.len(), 1);
-    assert_eq!(listed[0].runs, 48 + 1 + 8 + 36 + 8);
+    assert_eq!(listed[0].runs, 49 + 8 + 36 + 8);
     // Unloading closes the tenant's sessions on the model.
-    c.unload(&m.id).unwrap();
-    let e = c.reset_session(s.id).unwrap_err();
+    m.clone().unload().unwrap();
+    let e = s.reset().unwrap_err();
     assert_eq!(e.code(), Some(tonic::Code::NotFound), "{e}");
     assert!(c.list_sessions().unwrap().is_empty());
 }
@@ -316,18 +326,16 @@ fn reset_and_reload_each_start_a_fresh_stream() {
 #[ignore = "helper process of one_tenants_state_is_invisible_to_another"]
 fn helper_feed_48_and_hold() {
     let seq = sequence();
-    let mut c = Client::connect_unix(std::env::var("SY_SOCKET").unwrap()).unwrap();
-    let m = c
-        .load_model_file(std::env::var("SY_MODEL").unwrap())
-        .unwrap();
-    let s = c.open_session(&m.id).unwrap();
+    let c = Client::connect_unix(std::env::var("SY_SOCKET").unwrap()).unwrap();
+    let m = c.load(std::env::var("SY_MODEL").unwrap()).unwrap();
+    let s = m.open_session().unwrap();
     let mut last = Vec::new();
     for t in 0..48 {
-        let out = c.run_session(&m.id, s.id, &[seq.step(t)]).unwrap();
-        seq.check(t, &out.outputs[0]).unwrap();
-        last = out.outputs[0].data.clone();
+        let out = run_on(&s, seq.step(t));
+        seq.check(t, &out).unwrap();
+        last = out.data;
     }
-    println!("session {} model {} last {last:?}", s.id, m.id);
+    println!("session {} model {} last {last:?}", s.id(), m.id());
     std::io::stdout().flush().unwrap();
     let mut line = String::new();
     let _ = std::io::stdin().read_line(&mut line);
@@ -343,22 +351,16 @@ fn helper_zero_probe() {
         .parse()
         .unwrap();
     let mut c = Client::connect_unix(std::env::var("SY_SOCKET").unwrap()).unwrap();
-    let m = c
-        .load_model_file(std::env::var("SY_MODEL").unwrap())
-        .unwrap();
-    let plain = c.run(&m.id, &[seq.zeros()]).unwrap().outputs[0]
-        .data
-        .clone();
-    let s = c.open_session(&m.id).unwrap();
-    let in_session = c.run_session(&m.id, s.id, &[seq.zeros()]).unwrap().outputs[0]
-        .data
-        .clone();
+    let m = c.load(std::env::var("SY_MODEL").unwrap()).unwrap();
+    let plain = first(m.run(Run::new().input(seq.zeros())).unwrap()).data;
+    let s = m.open_session().unwrap();
+    let in_session = run_on(&s, seq.zeros()).data;
     // A's session id (in A's table) is as unknown here as one that never existed; B's
     // own session of the same number, if any, is B's.
-    let unknown = c.run_session(&m.id, 999_999, &[seq.zeros()]).unwrap_err();
+    let unknown = c.reset_session(999_999).unwrap_err();
     assert_eq!(unknown.code(), Some(tonic::Code::NotFound), "{unknown}");
-    if foreign != s.id {
-        let theirs = c.run_session(&m.id, foreign, &[seq.zeros()]).unwrap_err();
+    if foreign != s.id() {
+        let theirs = c.reset_session(foreign).unwrap_err();
         assert_eq!(theirs.code(), Some(tonic::Code::NotFound), "{theirs}");
         assert_eq!(
             theirs.to_string().replace(&foreign.to_string(), "ID"),
@@ -460,38 +462,36 @@ fn resizes_past_the_tenants_quota_are_refused_and_nothing_grows() {
     const QUOTA: u64 = 1 << 20;
     let d = Daemon::start(&format!("[daemon.quota]\narena_bytes = {QUOTA}\n"), &[]);
     let mut c = d.client();
-    let models: Vec<_> = (0..3)
+    let models: Vec<Model> = (0..3)
         .map(|k| {
-            c.load_model(&format!("m{k}"), doubling_model(1.0 + k as f32))
+            c.load_bytes(&format!("m{k}"), doubling_model(1.0 + k as f32))
                 .unwrap()
         })
         .collect();
-    let big = |n: u64| Tensor::from_f32(vec![1, n], &vec![1.0; n as usize]);
+    let big = |n: u64| Tensor::from_slice(&[1, n], &vec![1.0f32; n as usize]).unwrap();
+    let resized = |x: Tensor| Run::new().input(x).resize(true);
     // Within the quota a resize works: y = 2x * tag + x.
-    let ok = c.run(&models[0].id, &[big(1024)]).unwrap();
-    assert_eq!(ok.outputs[0].to_f32().unwrap()[0], 3.0);
+    let ok = first(models[0].run(resized(big(1024))).unwrap());
+    assert_eq!(ok.to_vec::<f32>().unwrap()[0], 3.0);
     let rss_before = d.rss_kib();
     // 128 Ki floats: 512 KiB a tensor, three of them live at once.
     for round in 0..5 {
         for m in &models {
-            let e = c.run(&m.id, &[big(128 * 1024)]).unwrap_err();
+            let e = m.run(resized(big(128 * 1024))).unwrap_err();
             assert_eq!(e.code(), Some(tonic::Code::ResourceExhausted), "{e}");
             let msg = e.to_string();
             assert!(msg.contains("`arena_bytes`"), "{msg}");
             assert!(msg.contains(&QUOTA.to_string()), "the figures: {msg}");
-            let s = c.open_session(&m.id).unwrap();
-            let e = c.run_session(&m.id, s.id, &[big(128 * 1024)]).unwrap_err();
+            let s = m.open_session().unwrap();
+            let e = s.run(resized(big(128 * 1024))).unwrap_err();
             assert_eq!(
                 e.code(),
                 Some(tonic::Code::ResourceExhausted),
                 "round {round}: {e}"
             );
             // The session still works at the shape it had.
-            let fine = c
-                .run_session(&m.id, s.id, &[Tensor::from_f32(vec![1, 4], &[1.0; 4])])
-                .unwrap();
-            assert_eq!(fine.outputs[0].shape, vec![1, 4]);
-            c.close_session(s.id).unwrap();
+            assert_eq!(run_on(&s, big(4)).shape, vec![1, 4]);
+            s.close().unwrap();
         }
     }
     let me = c.tenants().unwrap().remove(0);
@@ -516,8 +516,8 @@ fn a_held_prepare_does_not_block_another_tenants_load() {
     std::fs::write(&hold, b"").unwrap();
     let socket = d.socket.clone();
     let a = std::thread::spawn(move || {
-        let mut c = Client::connect_unix(socket).unwrap();
-        c.load_model("pose", bytes_a)
+        let c = Client::connect_unix(socket).unwrap();
+        c.load_bytes("pose", bytes_a)
     });
     let deadline = Instant::now() + Duration::from_secs(60);
     while !held.exists() {
@@ -534,18 +534,17 @@ fn a_held_prepare_does_not_block_another_tenants_load() {
     assert!(!a.is_finished(), "A's load finished while held");
     std::fs::remove_file(&hold).unwrap();
     let m = a.join().unwrap().unwrap();
-    assert_eq!(m.inputs.len(), 1);
+    assert_eq!(m.inputs().len(), 1);
 }
 
 #[test]
 #[ignore = "helper process of a_held_prepare_does_not_block_another_tenants_load"]
 fn helper_load_small() {
-    let mut c = Client::connect_unix(std::env::var("SY_SOCKET").unwrap()).unwrap();
-    let m = c.load_model("small", doubling_model(0.5)).unwrap();
-    let out = c
-        .run(&m.id, &[Tensor::from_f32(vec![1, 4], &[2.0; 4])])
-        .unwrap();
-    assert_eq!(out.outputs[0].to_f32().unwrap(), vec![4.0; 4]);
+    let c = Client::connect_unix(std::env::var("SY_SOCKET").unwrap()).unwrap();
+    let m = c.load_bytes("small", doubling_model(0.5)).unwrap();
+    let x = Tensor::from_slice(&[1, 4], &[2.0f32; 4]).unwrap();
+    let out = first(m.run(Run::new().input(x)).unwrap());
+    assert_eq!(out.to_vec::<f32>().unwrap(), vec![4.0; 4]);
     println!("loaded and ran");
 }
 

@@ -20,7 +20,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use switchyard_client::{Tensor, blocking::Client};
+use switchyard_client::blocking::{Client, Model};
+use switchyard_client::{Run, Tensor};
 use switchyard_interpreter::builder::ModelBuilder;
 use switchyard_interpreter::{Activation, BuiltinOp, DType, OpKind, OpOptions};
 
@@ -103,20 +104,11 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// Zero tensors of the model's input shapes.
-fn zero_inputs(m: &switchyard_client::ModelInfo) -> Vec<Tensor> {
-    m.inputs
-        .iter()
-        .map(|t| {
-            let dt = switchyard_client::DataType::try_from(t.dtype).expect("dtype");
-            Tensor::new(
-                dt,
-                t.shape.clone(),
-                vec![0; dt.byte_len(&t.shape).expect("len")],
-            )
-            .expect("tensor")
-        })
-        .collect()
+/// A run of zero tensors of the model's input shapes.
+fn zero_run(m: &Model) -> Run {
+    m.inputs().iter().fold(Run::new(), |r, t| {
+        r.input(Tensor::new(t.dtype, t.shape.clone(), vec![0; t.byte_len()]).expect("tensor"))
+    })
 }
 
 /// LiteRT's RSS growth for one process loading the model and invoking it 5 times
@@ -193,12 +185,11 @@ fn memory(model: &Path, devices_off: bool, litert_mib: Option<f64>) {
     let mut c = d.client();
     let base = d.rss_mib();
     let t = Instant::now();
-    let m = c.load_model_file(model).expect("load");
+    let m = c.load(model).expect("load");
     let load = t.elapsed();
     let after_load = d.rss_mib();
-    let inputs = zero_inputs(&m);
     for _ in 0..5 {
-        c.run(&m.id, &inputs).expect("run");
+        m.run(zero_run(&m)).expect("run");
     }
     let after_pooled = d.rss_mib();
     println!("\n## {label}: {}", model.display());
@@ -207,8 +198,8 @@ fn memory(model: &Path, devices_off: bool, litert_mib: Option<f64>) {
          session {:.2} MiB); +{:.1} MiB after 5 runs without a session",
         after_load - base,
         ms(load),
-        m.plan_bytes as f64 / (1 << 20) as f64,
-        m.arena_bytes as f64 / (1 << 20) as f64,
+        m.meta().plan_bytes as f64 / (1 << 20) as f64,
+        m.meta().arena_bytes as f64 / (1 << 20) as f64,
         after_pooled - base,
     );
     // Sessions: open, run each once (so its arena is touched), measure.
@@ -219,10 +210,10 @@ fn memory(model: &Path, devices_off: bool, litert_mib: Option<f64>) {
     for n in [1usize, 4, 16] {
         while sessions.len() < n {
             let t = Instant::now();
-            let s = c.open_session(&m.id).expect("open session");
+            let s = m.open_session().expect("open session");
             open_ms.push(ms(t.elapsed()));
-            c.run_session(&m.id, s.id, &inputs).expect("run session");
-            sessions.push(s.id);
+            s.run(zero_run(&m)).expect("run session");
+            sessions.push(s);
         }
         let rss = d.rss_mib();
         if n == 1 {
@@ -280,22 +271,22 @@ fn memory(model: &Path, devices_off: bool, litert_mib: Option<f64>) {
 
 fn concurrent_loads(slow: &Path) {
     let d = Daemon::start(false);
-    let mut c = d.client();
+    let c = d.client();
     // Warm-up: the first load pays for lazily built state.
-    c.load_model("warm", small_model(-1.0))
+    c.load_bytes("warm", small_model(-1.0))
         .expect("warm-up load");
     let mut alone = Vec::new();
     for k in 0..9 {
         let t = Instant::now();
-        c.load_model("b", small_model(k as f32)).expect("load b");
+        c.load_bytes("b", small_model(k as f32)).expect("load b");
         alone.push(ms(t.elapsed()));
     }
     let slow_bytes = std::fs::read(slow).expect("slow model");
     let socket = d.socket.clone();
     let a = std::thread::spawn(move || {
-        let mut c = Client::connect_unix(socket).expect("connect");
+        let c = Client::connect_unix(socket).expect("connect");
         let t = Instant::now();
-        c.load_model("a", slow_bytes).expect("load a");
+        c.load_bytes("a", slow_bytes).expect("load a");
         ms(t.elapsed())
     });
     std::thread::sleep(Duration::from_millis(50));
@@ -303,7 +294,7 @@ fn concurrent_loads(slow: &Path) {
     let mut overlapped = 0;
     for k in 100..109 {
         let t = Instant::now();
-        c.load_model("b", small_model(k as f32)).expect("load b");
+        c.load_bytes("b", small_model(k as f32)).expect("load b");
         during.push(ms(t.elapsed()));
         overlapped += usize::from(!a.is_finished());
     }

@@ -2,6 +2,8 @@
 //! binary over [`run`].
 //!
 //! Layout:
+//! - [`activation`]: sockets passed by systemd (LISTEN_FDS) or Android init;
+//!   [`notify`]: sd_notify readiness.
 //! - [`server`]: binding the sockets, serving gRPC (Unix socket, optional TCP) and the
 //!   shared-memory side socket, graceful shutdown with a grace timeout.
 //! - [`authority`]: the Unix socket accepts any HTTP/2 `:authority` (C-core clients
@@ -12,6 +14,7 @@
 //! - [`processors`]: the delegates the configuration enables, built in one place.
 //! - [`placement`]: scheduler decisions on first load, run-time failures fed back into
 //!   the persisted allowlist.
+//! - [`metrics`]: request counters and histograms, the Prometheus endpoint.
 //! - [`registry`]: one shared plan per model (by sha256) in a sharded concurrent map
 //!   with per-model once-slots, and a bounded pool of sessions per model.
 //! - [`sessions`]: tenants' sessions (one stream's state each) and who opened them.
@@ -31,10 +34,13 @@
 //! ```
 #![deny(unsafe_code)]
 
+pub mod activation;
 pub mod arbitration;
 pub mod authority;
 pub mod debug_hooks;
 pub mod error;
+pub mod metrics;
+pub mod notify;
 pub mod placement;
 pub mod processors;
 pub mod registry;

@@ -2,6 +2,11 @@
 //! shared by every tenant that loads those bytes, with a small bounded pool of idle
 //! sessions for runs that bring no session of their own.
 //!
+//! Besides its main plan (with its placement, one intra-op thread), a model may get a
+//! plan per other form the arbiter chooses for a request: all on the CPU (for a model
+//! placed on an accelerator) and with several intra-op threads. Those are prepared when
+//! first asked for, once each, and shared like the main one.
+//!
 //! The registry is a sharded concurrent map from digest to a per-model slot. A load
 //! takes a map shard only long enough to find or insert its slot, then waits on that
 //! slot alone: loading model A never waits for the verification, placement, validation
@@ -11,6 +16,7 @@
 //! Tenants hold `Arc<PreparedModel>` handles; slots keep only `Weak` references, so the
 //! last unload (or the last in-flight request, whichever ends later) frees the plan.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -22,6 +28,7 @@ use switchyard_interpreter::{
     DType, MemoryPool, Model, OpResolver, Plan, PlanOptions, PrepareLimits, Session, SessionLimits,
 };
 use switchyard_proto::v1::DataType;
+use switchyard_scheduler::serving::Variant;
 use tokio::sync::Semaphore;
 
 use crate::error::DaemonError;
@@ -39,6 +46,20 @@ pub struct TensorSpec {
     pub name: String,
     pub dtype: DType,
     pub shape: Vec<usize>,
+    /// The model's shape signature (-1: dynamic dimension), when it has one.
+    pub signature: Option<Vec<i32>>,
+}
+
+/// A form of the model the arbiter may run a request in: placement and threads.
+pub type Form = (Variant, usize);
+
+/// The form every model is prepared in at load.
+pub const MAIN_FORM: Form = (Variant::Placed, 1);
+
+/// One form's plan: empty until its first user prepared it; others wait on the lock.
+#[derive(Default)]
+struct PlanSlot {
+    ready: Mutex<Option<Arc<Plan>>>,
 }
 
 pub struct PreparedModel {
@@ -49,18 +70,21 @@ pub struct PreparedModel {
     pub arena_bytes: u64,
     pub inputs: Vec<TensorSpec>,
     pub outputs: Vec<TensorSpec>,
-    /// The immutable prepared model every session of every tenant runs on.
+    /// The immutable prepared model every session of every tenant runs on (its main
+    /// form; other forms in `plans`).
     pub plan: Arc<Plan>,
+    plans: Mutex<HashMap<Form, Arc<PlanSlot>>>,
+    resolver: Arc<dyn OpResolver>,
+    options: PlanOptions,
     /// Whether a session keeps state between runs (see [`Plan::is_stateful`]).
     pub stateful: bool,
-    /// Idle sessions for runs that bring none; at most `pool_size` are kept.
-    idle: Mutex<Vec<Session>>,
+    /// Idle sessions for runs that bring none, per form; at most `pool_size` are kept
+    /// per form.
+    idle: Mutex<HashMap<Form, Vec<Session>>>,
     pool_size: usize,
     /// Where the scheduler placed the model's partitions; the plan uses it.
     pub placement: ModelPlacement,
     placer: Arc<Placer>,
-    /// Moving average of run time in microseconds (0: none measured yet).
-    latency_us: std::sync::atomic::AtomicU64,
     /// One permit per run without a session of this model at once (the pool's bound);
     /// waiting here is queue wait.
     pub slots: Arc<Semaphore>,
@@ -72,25 +96,79 @@ pub struct PreparedModel {
 /// [`PreparedModel::give_back`].
 pub struct Lent {
     pub session: Session,
+    form: Form,
 }
 
 impl PreparedModel {
-    /// Bytes the plan holds for every session (packed weights, folded constants).
+    /// Bytes the plans hold for every session (packed weights, folded constants).
     pub fn plan_bytes(&self) -> u64 {
-        self.plan.shared_bytes() as u64
+        let others: usize = lock(&self.plans)
+            .values()
+            .filter_map(|s| s.ready.try_lock().ok().and_then(|p| p.clone()))
+            .map(|p| p.shared_bytes())
+            .sum();
+        (self.plan.shared_bytes() + others) as u64
     }
 
-    /// An idle pooled session, or a new one (the caller holds a slot permit, which
-    /// bounds how many exist), counted in `pool` while lent. A stateful model's session
-    /// is reset first, so a run without a session always starts a fresh stream.
-    pub fn lend(&self, pool: &MemoryPool) -> Result<Lent, DaemonError> {
-        let idle = lock(&self.idle).pop();
+    /// The plan of `form` (threads clamped to what the daemon allows), prepared now if
+    /// nobody has asked for it before (once, however many ask at the same time).
+    pub fn plan_for(&self, form: Form) -> Result<Arc<Plan>, DaemonError> {
+        let form = (form.0, form.1.clamp(1, self.options.threads.max(1)));
+        // A model placed on nothing has one form on the CPU.
+        let form = if self.placement.placed.is_empty() {
+            (Variant::Placed, form.1)
+        } else {
+            form
+        };
+        if form == MAIN_FORM {
+            return Ok(self.plan.clone());
+        }
+        let slot = lock(&self.plans).entry(form).or_default().clone();
+        let mut ready = lock(&slot.ready);
+        if let Some(p) = ready.as_ref() {
+            return Ok(p.clone());
+        }
+        let placed = match form.0 {
+            Variant::Placed => self.placement.placed.clone(),
+            Variant::CpuOnly => Vec::new(),
+        };
+        let options = PlanOptions {
+            threads: form.1,
+            ..self.options.clone()
+        };
+        let plan = Plan::with_placement(
+            self.plan.model().clone(),
+            self.resolver.clone(),
+            options,
+            placed,
+        )
+        .map_err(DaemonError::Prepare)?;
+        *ready = Some(plan.clone());
+        Ok(plan)
+    }
+
+    /// Moves `session` onto the plan of `form` (keeping its stream's state) unless it is
+    /// there already.
+    pub fn bind(&self, session: &mut Session, form: Form) -> Result<(), DaemonError> {
+        let plan = self.plan_for(form)?;
+        if Arc::ptr_eq(session.plan(), &plan) {
+            return Ok(());
+        }
+        session.rebind(plan).map_err(memory_or_prepare)
+    }
+
+    /// An idle pooled session of `form`, or a new one (the caller holds a slot permit,
+    /// which bounds how many exist), counted in `pool` while lent. A stateful model's
+    /// session is reset first, so a run without a session always starts a fresh stream.
+    pub fn lend(&self, pool: &MemoryPool, form: Form) -> Result<Lent, DaemonError> {
+        let plan = self.plan_for(form)?;
+        let form = (form.0, plan.options().threads);
+        let idle = lock(&self.idle).get_mut(&form).and_then(Vec::pop);
         let mut session = match idle {
             Some(s) => s,
             None => {
                 let limit = pool.limit().saturating_sub(pool.used());
-                self.plan
-                    .session(SessionLimits { max_bytes: limit })
+                plan.session(SessionLimits { max_bytes: limit })
                     .map_err(memory_or_prepare)?
             }
         };
@@ -106,7 +184,7 @@ impl PreparedModel {
         session
             .set_memory_pool(Some(pool))
             .map_err(memory_or_prepare)?;
-        Ok(Lent { session })
+        Ok(Lent { session, form })
     }
 
     /// Returns a lent session to the pool. One that failed, or that grew past what a
@@ -123,8 +201,9 @@ impl PreparedModel {
             return;
         }
         let mut idle = lock(&self.idle);
-        if idle.len() < self.pool_size {
-            idle.push(lent.session);
+        let pool = idle.entry(lent.form).or_default();
+        if pool.len() < self.pool_size {
+            pool.push(lent.session);
         }
     }
 
@@ -146,8 +225,11 @@ impl PreparedModel {
     pub fn pooled(&self) -> (usize, u64) {
         let idle = lock(&self.idle);
         (
-            idle.len(),
-            idle.iter().map(|s| s.memory_bytes() as u64).sum(),
+            idle.values().map(Vec::len).sum(),
+            idle.values()
+                .flatten()
+                .map(|s| s.memory_bytes() as u64)
+                .sum(),
         )
     }
 
@@ -156,28 +238,6 @@ impl PreparedModel {
     pub fn observe(&self, before: &[switchyard_interpreter::PartitionReport], s: &Session) {
         self.placer
             .observe(&self.placement, before, s.partition_reports());
-    }
-
-    /// Expected seconds per request: a moving average of measured runs, starting from
-    /// the placement's estimate (the arbiter's service time).
-    pub fn expected_s(&self) -> f64 {
-        let us = self.latency_us.load(std::sync::atomic::Ordering::Relaxed);
-        if us == 0 {
-            self.placement.expected_s
-        } else {
-            us as f64 / 1e6
-        }
-    }
-
-    pub fn observe_latency(&self, run_us: u64) {
-        use std::sync::atomic::Ordering;
-        let old = self.latency_us.load(Ordering::Relaxed);
-        let new = if old == 0 {
-            run_us.max(1)
-        } else {
-            (old * 4 + run_us) / 5
-        };
-        self.latency_us.store(new.max(1), Ordering::Relaxed);
     }
 
     pub fn id(&self) -> String {
@@ -319,10 +379,15 @@ impl ModelRegistry {
         let _span = tracing::info_span!("prepare", model = &sha256_hex[..16]).entered();
         let model = Arc::new(Model::from_bytes(bytes)?);
         let placement = self.placer.place(model.clone(), &sha256_hex)?;
+        // One thread: requests run side by side on the cores unless the arbiter finds
+        // them idle; a plan with more threads is made when first asked for.
         let plan = Plan::with_placement(
             model.clone(),
             self.resolver.clone(),
-            self.options.clone(),
+            PlanOptions {
+                threads: 1,
+                ..self.options.clone()
+            },
             placement.placed.clone(),
         )
         .map_err(DaemonError::Prepare)?;
@@ -335,6 +400,7 @@ impl ModelRegistry {
                     name: t.name.clone(),
                     dtype: t.dtype,
                     shape: t.shape.clone(),
+                    signature: t.shape_signature.clone(),
                 })
                 .collect()
         };
@@ -357,11 +423,13 @@ impl ModelRegistry {
             inputs,
             outputs,
             plan,
-            idle: Mutex::new(Vec::new()),
+            plans: Mutex::new(HashMap::new()),
+            resolver: self.resolver.clone(),
+            options: self.options.clone(),
+            idle: Mutex::new(HashMap::new()),
             pool_size: self.pool_size,
             placement,
             placer: self.placer.clone(),
-            latency_us: std::sync::atomic::AtomicU64::new(0),
             slots: Arc::new(Semaphore::new(self.pool_size)),
             prepare_time: started.elapsed(),
         });
@@ -522,9 +590,9 @@ pub(crate) mod tests {
         let (m, _) = reg.load(&resizable_model()).unwrap();
         assert!(!m.stateful);
         let pool = MemoryPool::new(1 << 20);
-        let a = m.lend(&pool).unwrap();
-        let b = m.lend(&pool).unwrap();
-        let c = m.lend(&pool).unwrap();
+        let a = m.lend(&pool, MAIN_FORM).unwrap();
+        let b = m.lend(&pool, MAIN_FORM).unwrap();
+        let c = m.lend(&pool, MAIN_FORM).unwrap();
         assert_eq!(pool.used() as u64, 3 * m.arena_bytes);
         m.give_back(a, true);
         m.give_back(b, true);
@@ -534,7 +602,7 @@ pub(crate) mod tests {
         assert_eq!(m.inputs.len(), 1);
         assert_eq!(m.inputs[0].dtype, DType::F32);
         // A pooled session grown by a resize is not kept.
-        let mut grown = m.lend(&pool).unwrap();
+        let mut grown = m.lend(&pool, MAIN_FORM).unwrap();
         grown.session.resize_input(0, &[1, 64]).unwrap();
         let x = Tensor::from_f32(vec![1, 64], &[1.0; 64]).unwrap();
         grown
@@ -545,6 +613,18 @@ pub(crate) mod tests {
         m.give_back(grown, true);
         assert_eq!(m.pooled().0, 1);
         assert_eq!(pool.used(), 0);
+        // Another form (more threads) gets its own plan, prepared once, and its own pool.
+        let reg2 = ModelRegistry::new(2, 2, cpu_only());
+        let (m2, _) = reg2.load(&resizable_model()).unwrap();
+        let two = m2.plan_for((Variant::Placed, 2)).unwrap();
+        assert!(!Arc::ptr_eq(&two, &m2.plan));
+        assert!(Arc::ptr_eq(&two, &m2.plan_for((Variant::Placed, 7)).unwrap()));
+        let mut s = m2.open_session(&pool).unwrap();
+        m2.bind(&mut s, (Variant::Placed, 2)).unwrap();
+        assert!(Arc::ptr_eq(s.plan(), &two));
+        let lent = m2.lend(&pool, (Variant::Placed, 2)).unwrap();
+        m2.give_back(lent, true);
+        assert_eq!(m2.pooled().0, 1);
     }
 
     #[test]

@@ -20,6 +20,7 @@ use tracing::{info, warn};
 
 use crate::authority::AuthorityFix;
 use crate::error::DaemonError;
+use crate::metrics::MetricsListener;
 use crate::service::{Service, State};
 use crate::shm;
 
@@ -29,6 +30,10 @@ pub struct Listeners {
     pub grpc: UnixListener,
     pub shm: UnixListener,
     pub tcp: Option<TcpListener>,
+    /// The Prometheus endpoint, when `daemon.metrics` is set.
+    pub metrics: Option<MetricsListener>,
+    /// Socket files this daemon created (and removes at shutdown); inherited sockets
+    /// belong to the service manager.
     paths: Vec<PathBuf>,
 }
 
@@ -38,7 +43,7 @@ impl Listeners {
     }
 }
 
-fn bind_unix(path: &Path, mode: u32) -> Result<UnixListener, DaemonError> {
+pub(crate) fn bind_unix(path: &Path, mode: u32) -> Result<UnixListener, DaemonError> {
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         use std::os::unix::fs::FileTypeExt;
         if !meta.file_type().is_socket() {
@@ -63,9 +68,83 @@ fn bind_unix(path: &Path, mode: u32) -> Result<UnixListener, DaemonError> {
     Ok(listener)
 }
 
-/// Creates the socket directory if needed and binds every listener of `config`.
+fn unix_from_std(l: std::os::unix::net::UnixListener) -> Result<UnixListener, DaemonError> {
+    l.set_nonblocking(true)
+        .and_then(|()| UnixListener::from_std(l))
+        .map_err(|e| DaemonError::io("taking an inherited socket", e))
+}
+
+async fn bind_metrics(
+    config: &DaemonConfig,
+    paths: &mut Vec<PathBuf>,
+) -> Result<Option<MetricsListener>, DaemonError> {
+    let Some(spec) = &config.metrics else {
+        return Ok(None);
+    };
+    let l = MetricsListener::bind(spec, config.socket_mode).await?;
+    if let MetricsListener::Unix(_, p) = &l {
+        paths.push(p.clone());
+    }
+    Ok(Some(l))
+}
+
+/// Listeners from sockets the service manager passed (activation.rs); whatever was
+/// not passed is bound as configured. `None` when nothing was passed.
+async fn bind_inherited(config: &DaemonConfig) -> Result<Option<Listeners>, DaemonError> {
+    let inherited = crate::activation::inherited()?;
+    let Some(grpc) = inherited.grpc else {
+        if inherited.shm.is_some() || inherited.tcp.is_some() {
+            return Err(DaemonError::invalid(
+                "the service manager passed sockets but no gRPC socket",
+            ));
+        }
+        return Ok(None);
+    };
+    let grpc_path = grpc
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_pathname().map(Path::to_path_buf));
+    let mut paths = Vec::new();
+    let shm = match inherited.shm {
+        Some(s) => unix_from_std(s)?,
+        None => {
+            let p = shm_socket_path(grpc_path.as_deref().unwrap_or(&config.socket));
+            let l = bind_unix(&p, config.socket_mode)?;
+            paths.push(p);
+            l
+        }
+    };
+    let tcp = match (inherited.tcp, &config.tcp) {
+        (Some(t), _) => Some(
+            t.set_nonblocking(true)
+                .and_then(|()| TcpListener::from_std(t))
+                .map_err(|e| DaemonError::io("taking an inherited TCP socket", e))?,
+        ),
+        (None, Some(addr)) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|e| DaemonError::io(format!("binding {addr}"), e))?,
+        ),
+        (None, None) => None,
+    };
+    let metrics = bind_metrics(config, &mut paths).await?;
+    Ok(Some(Listeners {
+        grpc: unix_from_std(grpc)?,
+        shm,
+        tcp,
+        metrics,
+        paths,
+    }))
+}
+
+/// Creates the socket directory if needed and binds every listener of `config`, or
+/// takes the sockets the service manager passed (systemd socket activation, Android
+/// init).
 pub async fn bind(config: &DaemonConfig) -> Result<Listeners, DaemonError> {
     config.validate()?;
+    if let Some(l) = bind_inherited(config).await? {
+        return Ok(l);
+    }
     if let Some(dir) = config.socket.parent().filter(|d| !d.as_os_str().is_empty())
         && !dir.exists()
     {
@@ -85,11 +164,14 @@ pub async fn bind(config: &DaemonConfig) -> Result<Listeners, DaemonError> {
         ),
         None => None,
     };
+    let mut paths = vec![config.socket.clone(), shm_path];
+    let metrics = bind_metrics(config, &mut paths).await?;
     Ok(Listeners {
         grpc,
         shm,
         tcp,
-        paths: vec![config.socket.clone(), shm_path],
+        metrics,
+        paths,
     })
 }
 
@@ -136,9 +218,16 @@ pub async fn run(
         grpc,
         shm: shm_listener,
         tcp,
+        metrics,
         paths,
     } = listeners;
-    info!(socket = %paths[0].display(), shm = %paths[1].display(), "switchyardd listening");
+    let name = |l: &UnixListener| {
+        l.local_addr()
+            .ok()
+            .and_then(|a| a.as_pathname().map(|p| p.display().to_string()))
+            .unwrap_or_else(|| "(unnamed)".into())
+    };
+    info!(socket = %name(&grpc), shm = %name(&shm_listener), "switchyardd listening");
 
     // The arbiter dispatches until the process ends: queued requests must still run
     // while shutdown drains.
@@ -150,6 +239,10 @@ pub async fn run(
         state.regions.clone(),
         stop_rx.clone(),
     ));
+    if let Some(m) = metrics {
+        info!("metrics endpoint on");
+        tasks.spawn(crate::metrics::serve(m, state.clone(), stop_rx.clone()));
+    }
     {
         let router = tonic::transport::Server::builder()
             .add_service(reflection.clone())
@@ -185,6 +278,10 @@ pub async fn run(
         });
     }
 
+    crate::notify::notify(&format!(
+        "READY=1\nSTATUS=serving\nMAINPID={}",
+        std::process::id()
+    ));
     tokio::select! {
         _ = shutdown => {}
         _ = async { while tasks.join_next().await.is_some() {} } => {
@@ -196,6 +293,7 @@ pub async fn run(
         "shutting down: no new connections; draining"
     );
     let _ = stop_tx.send(true);
+    crate::notify::notify("STOPPING=1\nSTATUS=draining");
     health.set_not_serving::<SwitchyardServer<Service>>().await;
     // Idle client connections can keep hyper's graceful shutdown waiting (they are not
     // closed until the client hangs up), so the drain ends when no load or run is still

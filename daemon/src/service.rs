@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use switchyard_config::{Config, DaemonConfig};
 
-use crate::arbitration::{Gate, class_from_wire};
+use crate::arbitration::{Assigned, Gate, Work, class_from_wire};
 use crate::placement::Placer;
 use crate::processors::build_delegates;
 use switchyard_proto::v1::{self, switchyard_server::Switchyard, tensor::Data};
@@ -17,6 +17,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::error::DaemonError;
+use crate::metrics::{Metrics, Viewer, refusal_reason};
 use crate::registry::{ModelRegistry, PreparedModel, TensorSpec, dtype_from_wire, dtype_to_wire};
 use crate::sessions::{Opener, SessionEntry};
 use crate::shm::{Region, Regions, check_range};
@@ -30,13 +31,15 @@ const MAX_RANK: usize = 16;
 pub struct State {
     pub config: DaemonConfig,
     /// The arbiter every run request queues in.
-    pub gate: Gate,
+    pub gate: Gate<RunJob>,
     /// The whole configuration (devices, scheduler) the daemon started with.
     pub full: Config,
     pub started: Instant,
     pub registry: ModelRegistry,
     pub tenants: Tenants,
     pub regions: Arc<Regions>,
+    /// Request counters and histograms (metrics.rs).
+    pub metrics: Metrics,
     next_request: AtomicU64,
     /// Load and run handlers currently executing; shutdown drains until this is zero.
     active: Arc<AtomicUsize>,
@@ -59,7 +62,7 @@ impl State {
         let placer = Arc::new(Placer::new(&full, delegates)?);
         let config = full.daemon.clone();
         Ok(State {
-            gate: Gate::new(&full.scheduler, &placer.processors()),
+            gate: Gate::new(&full.scheduler, &placer.processors(), placer.cost.clone()),
             registry: ModelRegistry::new(
                 config.kernel_threads,
                 config.interpreters_per_model,
@@ -67,6 +70,7 @@ impl State {
             ),
             tenants: Tenants::new(config.quota.clone()),
             regions: Arc::new(Regions::new(config.quota.clone())),
+            metrics: Metrics::default(),
             started: Instant::now(),
             next_request: AtomicU64::new(1),
             active: Arc::new(AtomicUsize::new(0)),
@@ -120,6 +124,22 @@ impl State {
         }
         let t = found.ok_or_else(|| DaemonError::Unauthenticated("unknown token".into()))?;
         Ok(Caller {
+            tenant: TenantId::Token(t.tenant.clone()),
+            pid: None,
+            admin: t.admin,
+        })
+    }
+
+    /// The tenant a bearer token names (for readers outside gRPC: the metrics
+    /// endpoint on TCP).
+    pub fn token_caller(&self, presented: &str) -> Option<Caller> {
+        let mut found = None;
+        for t in &self.config.tokens {
+            if constant_time_eq(t.token.as_bytes(), presented.as_bytes()) {
+                found = Some(t);
+            }
+        }
+        found.map(|t| Caller {
             tenant: TenantId::Token(t.tenant.clone()),
             pid: None,
             admin: t.admin,
@@ -230,7 +250,22 @@ fn tensor_info(t: &TensorSpec) -> v1::TensorInfo {
         name: t.name.clone(),
         dtype: dtype_to_wire(t.dtype).unwrap_or(v1::DataType::Unspecified) as i32,
         shape: t.shape.iter().map(|&d| d as u64).collect(),
+        shape_signature: t
+            .signature
+            .as_ref()
+            .map(|s| s.iter().map(|&d| i64::from(d)).collect())
+            .unwrap_or_default(),
     }
+}
+
+/// The client's request id, checked: it ends up in logs, so it stays short and printable.
+fn client_request_id(id: &str) -> Result<&str, DaemonError> {
+    if id.len() > 64 || !id.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(DaemonError::invalid(
+            "client_request_id must be at most 64 printable ASCII bytes",
+        ));
+    }
+    Ok(id)
 }
 
 /// The gRPC service over shared state.
@@ -289,11 +324,40 @@ struct OutputDest {
     length: u64,
 }
 
+/// Why a shape the client sent may not run on the model's input: `None` when it matches,
+/// differs only in dimensions the shape signature marks dynamic, or the client asked
+/// for a resize.
+pub fn shape_refusal(spec: &TensorSpec, shape: &[usize], allow_resize: bool) -> Option<String> {
+    if allow_resize || spec.shape == shape {
+        return None;
+    }
+    let dynamic = |i: usize| {
+        spec.signature
+            .as_ref()
+            .and_then(|s| s.get(i))
+            .is_some_and(|&d| d < 0)
+    };
+    let fits = spec.shape.len() == shape.len()
+        && spec
+            .shape
+            .iter()
+            .zip(shape)
+            .enumerate()
+            .all(|(i, (m, c))| m == c || dynamic(i));
+    (!fits).then(|| {
+        format!(
+            "input `{}`: the model takes shape {:?}, the request has {shape:?}; resize explicitly (RunRequest.allow_resize) to run it anyway",
+            spec.name, spec.shape
+        )
+    })
+}
+
 fn check_inputs(
     state: &State,
     caller: &Caller,
     model: &PreparedModel,
     tensors: Vec<v1::Tensor>,
+    allow_resize: bool,
 ) -> Result<Vec<CheckedInput>, DaemonError> {
     if tensors.len() != model.inputs.len() {
         return Err(DaemonError::invalid(format!(
@@ -331,6 +395,9 @@ fn check_inputs(
             DaemonError::invalid(format!("input {i}: shape {:?} overflows", t.shape))
         })?;
         let shape: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
+        if let Some(why) = shape_refusal(spec, &shape, allow_resize) {
+            return Err(DaemonError::invalid(why));
+        }
         let data = match t.data {
             Some(Data::Inline(bytes)) => {
                 if bytes.len() != expected {
@@ -398,21 +465,61 @@ enum Lease {
     Pooled(tokio::sync::OwnedSemaphorePermit, MemoryPool),
 }
 
-/// Runs one request on its session: the whole execution of a run, in one place.
+/// One run request's work as it travels through the arbiter: its checked inputs and
+/// output destinations, its session lease and the in-flight permit it holds until the
+/// run really ends (a client that disconnects mid-run drops its future, not the work),
+/// and then its result.
+pub struct RunJob {
+    model: Arc<PreparedModel>,
+    lease: Option<Lease>,
+    inputs: Vec<CheckedInput>,
+    outputs: Option<Vec<OutputDest>>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    result: Option<Result<Vec<v1::Tensor>, DaemonError>>,
+    run_us: u64,
+}
+
+impl Work for RunJob {
+    fn run(&mut self, at: Assigned) -> bool {
+        let t = Instant::now();
+        let res = match self.lease.take() {
+            Some(lease) => execute_on(
+                &self.model,
+                lease,
+                at,
+                std::mem::take(&mut self.inputs),
+                self.outputs.take(),
+            ),
+            None => Err(DaemonError::Internal("the run was started twice".into())),
+        };
+        self.run_us = t.elapsed().as_micros() as u64;
+        let ok = res.is_ok();
+        self.result = Some(res);
+        ok
+    }
+}
+
+/// Runs one request on its session, in the model's form the arbiter chose (placement,
+/// threads): the whole execution of a run, in one place.
 fn execute_on(
     model: &PreparedModel,
     lease: Lease,
+    at: Assigned,
     inputs: Vec<CheckedInput>,
     outputs: Option<Vec<OutputDest>>,
 ) -> Result<Vec<v1::Tensor>, DaemonError> {
+    let form = (at.variant, at.threads);
     match lease {
         Lease::Own(mut session, entry) => {
-            let result = execute(model, &mut session, inputs, outputs);
+            // The stream's state stays in the session whichever plan runs it.
+            let result = model
+                .bind(&mut session, form)
+                .and_then(|()| execute(model, &mut session, inputs, outputs));
             entry.ran(&session, true);
             result
         }
         Lease::Pooled(_permit, memory) => {
-            let mut lent = model.lend(&memory)?;
+            let mut lent = model.lend(&memory, form)?;
             let result = execute(model, &mut lent.session, inputs, outputs);
             model.give_back(lent, result.is_ok());
             result
@@ -596,17 +703,27 @@ impl Switchyard for Service {
         let caller = self.state.caller(&req)?;
         let request_id = self.state.next_request.fetch_add(1, Ordering::Relaxed);
         let r = req.into_inner();
-        let span = info_span!("run", tenant = %caller.tenant, model = %r.model_id, request_id);
+        let client_request_id = client_request_id(&r.client_request_id)?;
+        let span = info_span!(
+            "run",
+            tenant = %caller.tenant,
+            model = %r.model_id,
+            request_id,
+            client_request_id
+        );
         let state = self.state.clone();
+        let tenant = caller.tenant.clone();
         let outcome = async move {
             let handle = state.tenants.handle(&caller, &r.model_id)?;
+            let (model_name, processor) =
+                (handle.name.clone(), handle.model.placement.serving.main);
             let permit = state.tenants.admit(&caller)?;
             let result = async {
                 let model = handle.model.clone();
-                let inputs = check_inputs(&state, &caller, &model, r.inputs)?;
+                let inputs = check_inputs(&state, &caller, &model, r.inputs, r.allow_resize)?;
                 let outputs = check_outputs(&state, &caller, &model, r.output_shm)?;
                 let queued = Instant::now();
-                // The lease moves into the work with the permits: a client that
+                // The lease and the permit move into the work: a client that
                 // disconnects mid-run drops this future, but the in-flight count and
                 // the session stay accounted for until the run really ends.
                 let lease = if r.session_id != 0 {
@@ -627,31 +744,30 @@ impl Switchyard for Service {
                         .map_err(|_| DaemonError::Internal("model pool closed".into()))?;
                     Lease::Pooled(slot, state.tenants.memory(&caller))
                 };
-                let (tx, rx) = tokio::sync::oneshot::channel();
-                let m = model.clone();
-                let work = Box::new(move || {
-                    let _permit = permit;
-                    let t = Instant::now();
-                    let res = execute_on(&m, lease, inputs, outputs);
-                    let run_us = t.elapsed().as_micros() as u64;
-                    m.observe_latency(run_us);
-                    let _ = tx.send((res, run_us));
-                });
-                state
+                let job = RunJob {
+                    model: model.clone(),
+                    lease: Some(lease),
+                    inputs,
+                    outputs,
+                    _permit: permit,
+                    result: None,
+                    run_us: 0,
+                };
+                let job = state
                     .gate
                     .run(
                         request_id,
                         caller.tenant.to_string(),
                         class_from_wire(r.priority),
                         r.deadline_ms,
-                        model.placement.main_processor,
-                        model.expected_s(),
-                        work,
+                        model.placement.serving.clone(),
+                        job,
                     )
                     .await?;
-                let (tensors, run_us) = rx
-                    .await
-                    .map_err(|_| DaemonError::Internal("the run ended without a result".into()))?;
+                let run_us = job.run_us;
+                let tensors = job.result.ok_or_else(|| {
+                    DaemonError::Internal("the run ended without a result".into())
+                })?;
                 // Waiting for an interpreter and in the arbiter's queue.
                 let queue_us = (queued.elapsed().as_micros() as u64).saturating_sub(run_us);
                 Ok::<_, DaemonError>((tensors, queue_us, run_us))
@@ -660,6 +776,15 @@ impl Switchyard for Service {
             match result {
                 Ok((Ok(outputs), queue_us, run_us)) => {
                     state.tenants.record(&caller, true, queue_us, run_us);
+                    state.metrics.ran(
+                        &caller.tenant,
+                        &r.model_id,
+                        &model_name,
+                        true,
+                        queue_us,
+                        run_us,
+                        processor,
+                    );
                     Ok(v1::RunResponse {
                         outputs,
                         timing: Some(v1::Timing { queue_us, run_us }),
@@ -668,6 +793,19 @@ impl Switchyard for Service {
                 }
                 Ok((Err(e), queue_us, run_us)) => {
                     state.tenants.record(&caller, false, queue_us, run_us);
+                    // A refusal inside the run (e.g. a resize that does not fit) is
+                    // counted below with the others.
+                    if refusal_reason(&e).is_none() {
+                        state.metrics.ran(
+                            &caller.tenant,
+                            &r.model_id,
+                            &model_name,
+                            false,
+                            queue_us,
+                            run_us,
+                            processor,
+                        );
+                    }
                     Err(e)
                 }
                 Err(e) => {
@@ -681,6 +819,9 @@ impl Switchyard for Service {
         match outcome {
             Ok(resp) => Ok(Response::new(resp)),
             Err(e) => {
+                if let Some(reason) = refusal_reason(&e) {
+                    self.state.metrics.refused(&tenant, reason);
+                }
                 span.in_scope(|| warn!(error = %e, "run failed"));
                 Err(e.into())
             }
@@ -835,6 +976,21 @@ impl Switchyard for Service {
         let handle = self.state.tenants.handle(&caller, &id)?;
         Ok(Response::new(v1::GetPlacementResponse {
             plan_json: handle.model.placement.plan_json.clone(),
+        }))
+    }
+
+    async fn get_metrics(
+        &self,
+        req: Request<v1::GetMetricsRequest>,
+    ) -> Result<Response<v1::GetMetricsResponse>, Status> {
+        let caller = self.state.caller(&req)?;
+        let viewer = if caller.admin {
+            Viewer::All
+        } else {
+            Viewer::Tenant(caller.tenant)
+        };
+        Ok(Response::new(v1::GetMetricsResponse {
+            text: crate::metrics::render(&self.state, &viewer),
         }))
     }
 

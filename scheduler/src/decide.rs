@@ -1,7 +1,9 @@
 //! The whole placement decision for one model with real delegates, as the daemon makes
-//! it on first load: partition, validate every candidate the allowlist does not know
-//! yet (or knows only for an older driver), feed the measured times to the cost model,
-//! plan, and hand back the partitions for `Interpreter::with_placement`.
+//! it on first load: partition, time the model on the CPU as it will be served
+//! (optimized kernels, the serving thread count, warm, real input shapes), validate
+//! every candidate the allowlist does not know yet (or knows only for an older driver)
+//! against that CPU time, feed the measured times to the cost model, plan, and hand
+//! back the partitions for `Interpreter::with_placement`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,7 +15,7 @@ use switchyard_interpreter::{Delegate, Model, PlacedPartition, ProcessorKind, Te
 use crate::SchedError;
 use crate::allowlist::{Allowlist, Entry, Tolerance, Verdict, check_or_validate};
 use crate::cost::{CostModel, partition_key};
-use crate::graph::GraphInfo;
+use crate::graph::{CpuMeasurement, GraphInfo};
 use crate::partition::{delegates_as_capabilities, partition, to_placed};
 use crate::placement::{Permission, Plan, plan};
 
@@ -25,7 +27,13 @@ pub struct Decision {
     /// Allowlist decisions per candidate (partition key, delegate, decision), including
     /// ones reloaded from disk.
     pub verdicts: Vec<(String, String, Entry)>,
+    /// The model timed on the CPU as served, when every op has a CPU kernel and there
+    /// was a candidate to compare with.
+    pub cpu: Option<CpuMeasurement>,
 }
+
+/// Timed runs behind the CPU figures validation compares against.
+pub const CPU_TIMING_RUNS: u32 = 5;
 
 /// Deterministic, varied inputs for validation: a constant input would hide many
 /// wrong kernels.
@@ -59,17 +67,28 @@ pub fn validation_inputs(info: &GraphInfo) -> Option<Vec<Tensor>> {
 }
 
 /// Partitions `model` for `delegates`, validates unknown candidates, and plans.
+/// `threads` is the intra-op thread count the daemon serves CPU work with.
 pub fn decide(
     model: Arc<Model>,
     delegates: &[Arc<dyn Delegate>],
     allowlist: &mut Allowlist,
     cost: &mut CostModel,
     cfg: &SchedulerConfig,
+    threads: usize,
 ) -> Result<Decision, SchedError> {
     let info = GraphInfo::analyse(model.clone())?;
     let caps = delegates_as_capabilities(delegates);
     let parts = partition(&info, &caps);
     let inputs = validation_inputs(&info);
+    // Only worth the runs when some candidate needs a CPU figure to compare with.
+    let cpu = if parts.candidates.is_empty() {
+        None
+    } else {
+        info.measure_cpu(CPU_TIMING_RUNS, threads)
+    };
+    if let Some(m) = &cpu {
+        cost.observe_cpu_profile(&info.sha256, &m.per_node_s);
+    }
     let timeout = Some(Duration::from_millis(cfg.partition_timeout_ms));
     let tolerance = Tolerance {
         float_relative: cfg.float_tolerance,
@@ -95,6 +114,7 @@ pub fn decide(
         };
         let _span = tracing::info_span!("validate", delegate = %c.delegate, nodes = c.nodes.len())
             .entered();
+        let cpu_s = cost.estimate(&info, &c.nodes, ProcessorKind::Cpu).seconds;
         match check_or_validate(
             allowlist,
             &subject,
@@ -103,13 +123,11 @@ pub fn decide(
             inputs,
             cfg.validation_runs,
             tolerance,
+            cpu_s,
         ) {
             Ok(entry) => {
                 if cost.measured(&subject, c.kind).is_none() && entry.runs > 0 {
                     cost.observe(&subject, c.kind, entry.delegate_s);
-                }
-                if cost.measured(&subject, ProcessorKind::Cpu).is_none() && entry.cpu_s > 0.0 {
-                    cost.observe(&subject, ProcessorKind::Cpu, entry.cpu_s);
                 }
                 let p = match entry.verdict {
                     Verdict::Allowed => Permission::Allowed,
@@ -138,12 +156,14 @@ pub fn decide(
         plan: the_plan,
         placed,
         verdicts,
+        cpu,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cost::Learning;
     use crate::testing::{Fault, FaultDelegate, chain};
     use switchyard_config::DeviceProfiles;
     use switchyard_delegates::CpuResolver;
@@ -173,8 +193,8 @@ mod tests {
 
         let good: Arc<dyn Delegate> = FaultDelegate::new(Fault::None, "ok-1");
         let mut list = Allowlist::in_memory();
-        let mut cost = CostModel::new(DeviceProfiles::default(), 0.2);
-        let d = decide(model.clone(), &[good], &mut list, &mut cost, &cfg).unwrap();
+        let mut cost = CostModel::new(DeviceProfiles::default(), Learning::default());
+        let d = decide(model.clone(), &[good], &mut list, &mut cost, &cfg, 1).unwrap();
         assert_eq!(d.placed.len(), 1, "{:?}", d.plan.partitions);
         assert_eq!(d.plan.partitions[0].processor, ProcessorKind::Npu);
         assert!(
@@ -185,8 +205,8 @@ mod tests {
 
         let bad: Arc<dyn Delegate> = FaultDelegate::new(Fault::WrongResult, "bad-1");
         let mut list = Allowlist::in_memory();
-        let mut cost = CostModel::new(DeviceProfiles::default(), 0.2);
-        let d = decide(model.clone(), &[bad], &mut list, &mut cost, &cfg).unwrap();
+        let mut cost = CostModel::new(DeviceProfiles::default(), Learning::default());
+        let d = decide(model.clone(), &[bad], &mut list, &mut cost, &cfg, 1).unwrap();
         assert!(d.placed.is_empty());
         assert_eq!(d.verdicts[0].2.verdict, Verdict::Blocked);
         let why = &d.plan.nodes[0].why;
@@ -224,8 +244,8 @@ mod tests {
             let dsp: Arc<dyn Delegate> =
                 Arc::new(switchyard_delegates::EmulatedDelegate::dsp(profile));
             let mut list = Allowlist::in_memory();
-            let mut cost = CostModel::new(DeviceProfiles::default(), 0.2);
-            let d = decide(model.clone(), &[dsp], &mut list, &mut cost, &cfg).unwrap();
+            let mut cost = CostModel::new(DeviceProfiles::default(), Learning::default());
+            let d = decide(model.clone(), &[dsp], &mut list, &mut cost, &cfg, 1).unwrap();
             assert!(!d.verdicts.is_empty());
             assert!(d.placed.is_empty(), "{fault}");
             for (_, _, e) in &d.verdicts {

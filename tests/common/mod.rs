@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use switchyard_interpreter::{Tensor, npy};
 pub use switchyard_testkit::{golden_dir, models_dir, repo_root};
 
+pub mod daemon;
+
 /// The anchor models (fetched by scripts/fetch_models.py), by file stem.
 pub const MODELS: &[&str] = &[
     "mp_face_detection_short_range",

@@ -1,10 +1,10 @@
-//! `switchyard run [--local [--resize]] MODEL --inputs a.npy[,b.npy] --out DIR`: run a
+//! `switchyard run [--local] [--resize] MODEL --inputs a.npy[,b.npy] --out DIR`: run a
 //! model through the daemon (or, with `--local`, in this process) and write
 //! `DIR/output_<i>.npy` in subgraph-0 output order.
 //!
-//! Locally, shapes are strict: an input whose shape differs from the model's in a
-//! dimension its shape signature does not mark dynamic is refused, unless `--resize`
-//! asks for the model to be resized to the inputs first (as LiteRT's
+//! Shapes are strict, locally and in the daemon: an input whose shape differs from the
+//! model's in a dimension its shape signature does not mark dynamic is refused, unless
+//! `--resize` asks for the model to be resized to the inputs first (as LiteRT's
 //! `resize_tensor_input` does).
 
 use std::path::PathBuf;
@@ -28,10 +28,10 @@ pub struct RunArgs {
     /// Run in this process instead of through the daemon.
     #[arg(long)]
     pub local: bool,
-    /// With --local: resize the model's inputs to the given tensors' shapes before
-    /// running. Without it, an input that differs from the model's shape in a dimension
-    /// that is not dynamic is refused.
-    #[arg(long, requires = "local")]
+    /// Resize the model's inputs to the given tensors' shapes before running (locally,
+    /// or by the daemon). Without it, an input that differs from the model's shape in a
+    /// dimension that is not dynamic is refused.
+    #[arg(long)]
     pub resize: bool,
     /// Kernel threads.
     #[arg(long, default_value_t = 1)]
@@ -59,6 +59,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             &args.daemon,
             args.shm,
             args.keep,
+            args.resize,
         );
     }
     let model = Arc::new(

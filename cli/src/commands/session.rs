@@ -16,10 +16,11 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
-use switchyard_client::{DataType, SessionInfo};
+use switchyard_client::blocking::{Model, Session};
+use switchyard_client::{DType as ClientDType, Run, SessionInfo, Tensor};
 use switchyard_interpreter::npy;
 
-use super::daemon::{DaemonArgs, connect};
+use super::daemon::{DaemonArgs, connect, from_client, to_client};
 
 #[derive(Args)]
 pub struct SessionArgs {
@@ -104,95 +105,91 @@ pub fn run(args: SessionArgs) -> anyhow::Result<()> {
 }
 
 fn stream(args: StreamArgs) -> anyhow::Result<()> {
-    let seq =
-        npy::read(&args.input).with_context(|| format!("reading {}", args.input.display()))?;
+    let seq = npy::read(&args.input).with_context(|| format!("reading {}", args.input.display()))?;
     let Some((&steps, step_shape)) = seq.shape.split_first() else {
         bail!("{}: a sequence needs a step axis", args.input.display());
     };
-    let mut client = connect(&args.daemon.socket)?;
-    let held_before: Vec<String> = client
+    let client = connect(&args.daemon.socket)?;
+    let mut raw = connect(&args.daemon.socket)?;
+    let held_before: Vec<String> = raw
         .list_models()
         .context("listing models")?
         .into_iter()
         .map(|m| m.id)
         .collect();
-    let info = client
-        .load_model_file(&args.model)
+    let model = client
+        .load(&args.model)
         .with_context(|| format!("loading {}", args.model.display()))?;
-    let result = stream_loaded(&mut client, &info, &seq, steps, step_shape, &args);
+    let result = stream_loaded(&model, &seq, steps, step_shape, &args);
     // Like `run`, leave the daemon as found: unload what this command loaded.
-    if !held_before.contains(&info.id)
-        && let Err(e) = client.unload(&info.id)
+    if !held_before.iter().any(|id| id == model.id())
+        && let Err(e) = raw.unload(model.id())
     {
-        tracing::warn!("could not unload {}: {e}", info.id);
+        tracing::warn!("could not unload {}: {e}", model.id());
     }
     result
 }
 
 fn stream_loaded(
-    client: &mut switchyard_client::blocking::Client,
-    info: &switchyard_client::ModelInfo,
+    model: &Model,
     seq: &switchyard_interpreter::Tensor,
     steps: usize,
     step_shape: &[usize],
     args: &StreamArgs,
 ) -> anyhow::Result<()> {
-    if info.inputs.len() != 1 {
+    if model.inputs().len() != 1 {
         bail!(
             "session stream feeds single-input models; this one has {} inputs",
-            info.inputs.len()
+            model.inputs().len()
         );
     }
-    let dtype = super::daemon::to_wire(seq.dtype)?;
+    let dtype = to_client(seq.dtype)?;
     let shape: Vec<u64> = step_shape.iter().map(|&d| d as u64).collect();
     let step_bytes = seq.data.len() / steps.max(1);
-    let session = client.open_session(&info.id).context("opening a session")?;
+    let session = model.open_session().context("opening a session")?;
     let result = run_steps(
-        client,
-        &info.id,
-        session.id,
+        &session,
         &seq.data.as_slice()[..steps * step_bytes],
         (dtype, &shape, step_bytes),
         args.reset_every,
     );
-    if let Err(e) = client.close_session(session.id) {
-        tracing::warn!("could not close session {}: {e}", session.id);
+    let id = session.id();
+    if let Err(e) = session.close() {
+        tracing::warn!("could not close session {id}: {e}");
     }
     let outputs = result?;
     write_stacked(&args.out, steps, &outputs, args.daemon.json)?;
     Ok(())
 }
 
-type StepOutputs = Vec<Vec<switchyard_client::Tensor>>;
+type StepOutputs = Vec<Vec<Tensor>>;
 
 fn run_steps(
-    client: &mut switchyard_client::blocking::Client,
-    model_id: &str,
-    session: u64,
+    session: &Session,
     data: &[u8],
-    (dtype, shape, step_bytes): (DataType, &[u64], usize),
+    (dtype, shape, step_bytes): (ClientDType, &[u64], usize),
     reset_every: usize,
 ) -> anyhow::Result<StepOutputs> {
     let mut out = Vec::new();
     for (t, chunk) in data.chunks(step_bytes.max(1)).enumerate() {
         if reset_every > 0 && t > 0 && t % reset_every == 0 {
-            client.reset_session(session)?;
+            session.reset()?;
         }
-        let x = switchyard_client::Tensor::new(dtype, shape.to_vec(), chunk.to_vec())?;
-        let r = client
-            .run_session(model_id, session, &[x])
+        let x = Tensor::new(dtype, shape.to_vec(), chunk.to_vec())?;
+        let r = session
+            .run(Run::new().input(x))
             .with_context(|| format!("step {t}"))?;
-        out.push(r.outputs);
+        let tensors = r
+            .tensors
+            .into_iter()
+            .map(|o| o.into_tensor().context("the daemon sent a shared-memory output"))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        out.push(tensors);
     }
     Ok(out)
 }
 
-fn write_stacked(
-    out: &Path,
-    steps: usize,
-    outputs: &StepOutputs,
-    json: bool,
-) -> anyhow::Result<()> {
+fn write_stacked(out: &Path, steps: usize, outputs: &StepOutputs, json: bool) -> anyhow::Result<()> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let n = outputs.first().map_or(0, Vec::len);
     let mut written = Vec::new();
@@ -209,23 +206,15 @@ fn write_stacked(
             data.extend_from_slice(&t.data);
         }
         let path = out.join(format!("output_{i}.npy"));
-        npy::write(&path, super::daemon::from_wire(first.dtype)?, &shape, &data)
+        npy::write(&path, from_client(first.dtype), &shape, &data)
             .with_context(|| format!("writing {}", path.display()))?;
         if !json {
-            println!(
-                "{}: {} {:?}",
-                path.display(),
-                first.dtype.short_name(),
-                shape
-            );
+            println!("{}: {} {:?}", path.display(), first.dtype.short_name(), shape);
         }
         written.push(json!({"path": path, "dtype": first.dtype.short_name(), "shape": shape}));
     }
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&json!({"steps": steps, "outputs": written}))?
-        );
+        println!("{}", serde_json::to_string_pretty(&json!({"steps": steps, "outputs": written}))?);
     }
     Ok(())
 }

@@ -16,8 +16,9 @@
 //! - `pipelines`: the WGSL sources (`shaders/<family>/<op>.wgsl`), how one shader's text
 //!   is assembled (precision, reduction flavour, epilogue), the pipeline cache
 //! - `disk_cache`: the driver's compiled pipelines persisted across runs
-//! - `ops/<op>.rs`: per operator, `check` (what `supports` answers) and `lower` (its
-//!   dispatches)
+//! - `ops/<op>.rs`: per operator, `check` (what compile requires) and `lower` (its
+//!   dispatches); `supports` answers from the op descriptors' GPU rules
+//!   (`switchyard_kernels::supports`)
 //! - `ir`: values and dispatches with their epilogues; `fuse`: elementwise ops and
 //!   activations moved into their producers
 //! - `compile`: partition → fused dispatches, lifetime-planned buffer slots, constants,

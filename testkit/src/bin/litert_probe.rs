@@ -3,63 +3,32 @@
 //! the answer is written to the JSON file named on the command line
 //! (docs/coverage/litert_builtin.json in the repository).
 //!
-//! usage: cargo run -p switchyard-testkit --bin litert_probe -- OUT.json
+//! usage: cargo run -p switchyard-testkit --bin litert_probe -- OUT.json [CASES_DIR]
+//! With CASES_DIR the cases (models, inputs, LiteRT's outputs) are kept there.
 
-use std::process::{Command, ExitCode};
+use std::path::Path;
+use std::process::ExitCode;
 
-use switchyard_interpreter::npy;
-use switchyard_testkit::single_op::all_cases;
-use switchyard_testkit::{python, repo_root};
+use switchyard_testkit::single_op::{all_cases, probe_litert};
 
 fn main() -> ExitCode {
     let Some(out) = std::env::args().nth(1) else {
         eprintln!("usage: litert_probe OUT.json");
         return ExitCode::from(2);
     };
-    match run(&out) {
+    let result = match std::env::args().nth(2) {
+        Some(keep) => std::fs::create_dir_all(&keep)
+            .map_err(|e| e.to_string())
+            .and_then(|()| probe_litert(&all_cases(), Path::new(&keep), Path::new(&out), true)),
+        None => tempfile::tempdir()
+            .map_err(|e| e.to_string())
+            .and_then(|dir| probe_litert(&all_cases(), dir.path(), Path::new(&out), false)),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("litert_probe: {e}");
             ExitCode::FAILURE
         }
-    }
-}
-
-fn run(out: &str) -> Result<(), String> {
-    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let mut manifest = Vec::new();
-    for (i, case) in all_cases().iter().enumerate() {
-        let model = format!("case_{i}.tflite");
-        std::fs::write(dir.path().join(&model), &case.model).map_err(|e| e.to_string())?;
-        let mut inputs = Vec::new();
-        for (j, t) in case.inputs.iter().enumerate() {
-            let name = format!("case_{i}_in{j}.npy");
-            npy::write(dir.path().join(&name), t.dtype, &t.shape, t.data.as_slice())
-                .map_err(|e| e.to_string())?;
-            inputs.push(format!("\"{name}\""));
-        }
-        manifest.push(format!(
-            "{{\"op\": \"{}\", \"dtype\": \"{}\", \"variant\": \"{}\", \"model\": \"{model}\", \"inputs\": [{}]}}",
-            case.op.name(),
-            case.dtype,
-            case.variant,
-            inputs.join(", ")
-        ));
-    }
-    std::fs::write(
-        dir.path().join("manifest.json"),
-        format!("[\n{}\n]\n", manifest.join(",\n")),
-    )
-    .map_err(|e| e.to_string())?;
-    let status = Command::new(python())
-        .arg(repo_root().join("scripts/probe_litert.py"))
-        .arg(dir.path())
-        .arg(out)
-        .status()
-        .map_err(|e| format!("cannot start Python: {e}"))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!("scripts/probe_litert.py failed: {status}"))
     }
 }
