@@ -17,7 +17,7 @@ use switchyard_client::{DType as WireType, Outputs, Run, Tensor};
 use switchyard_delegates::CpuResolver;
 use switchyard_interpreter::builder::ModelBuilder;
 use switchyard_interpreter::{
-    Activation, BuiltinOp, DType, Interpreter, InterpreterOptions, Model, OpKind, OpOptions,
+    Activation, BuiltinOp, DType, Interpreter, InterpreterOptions, OpKind, OpOptions,
 };
 use switchyard_testkit::{compare, default_tolerance};
 use switchyard_tests::{golden, model_path, workspace_binary};
@@ -190,7 +190,7 @@ fn run_on(s: &Session, x: Tensor) -> Tensor {
 /// What a fresh interpreter (no state) answers to an all-zero step: what a fresh daemon
 /// gives, computed in this process.
 fn fresh_zero_output(seq: &Sequence) -> Vec<u8> {
-    let model = Arc::new(Model::from_path(model_path(STEM)).unwrap());
+    let model = Arc::new(switchyard_interpreter::Model::from_path(model_path(STEM)).unwrap());
     let mut it = Interpreter::new(
         model,
         Arc::new(CpuResolver::optimized()),
