@@ -61,9 +61,11 @@ pub fn run(args: InspectArgs) -> anyhow::Result<()> {
     for (si, sg) in model.subgraphs.iter().enumerate() {
         let mut ops: BTreeMap<String, (usize, bool, BTreeMap<String, usize>)> = BTreeMap::new();
         for n in &sg.nodes {
-            let e = ops
-                .entry(n.op.to_string())
-                .or_insert((0, CpuResolver::knows(&n.op), BTreeMap::new()));
+            let e = ops.entry(n.op.to_string()).or_insert((
+                0,
+                CpuResolver::knows(&n.op),
+                BTreeMap::new(),
+            ));
             e.0 += 1;
             *e.2.entry(dtype_key(sg, n)).or_default() += 1;
         }
