@@ -719,7 +719,7 @@ impl Switchyard for Service {
         let outcome = async move {
             let handle = state.tenants.handle(&caller, &r.model_id)?;
             let (model_name, processor) =
-                (handle.name.clone(), handle.model.placement.serving.main);
+                (handle.name.clone(), handle.model.placement.serving.main());
             let permit = state.tenants.admit(&caller)?;
             let result = async {
                 let model = handle.model.clone();
