@@ -48,15 +48,19 @@ def main():
         for sg in json.loads(out):
             for op in sg["ops"]:
                 for dt in op["dtypes"]:
-                    e = used.setdefault((op["op"], dt), dict(models=[], litert_builtin=False))
+                    cov = (op.get("coverage") or {}).get(dt, {})
+                    e = used.setdefault((op["op"], dt), dict(models=[], litert_builtin=False,
+                                                            switchyard_reference=cov.get("reference"),
+                                                            switchyard_optimized=cov.get("optimized")))
                     if stem not in e["models"]:
                         e["models"].append(stem)
                     e["litert_builtin"] = e["litert_builtin"] or probe.get((op["op"], dt), False) or runs_builtin
     rows = [dict(op=op, dtype=dt, **e) for (op, dt), e in sorted(used.items())]
     with open(a.out, "w") as fh:
         json.dump(dict(about="op x dtype used by the benchmark set (switchyard inspect --json), "
-                             "and whether LiteRT's built-in resolver accepts it. Made by "
-                             "scripts/benchmark_set_ops.py",
+                             "whether LiteRT's built-in resolver accepts it, and whether "
+                             "Switchyard's two CPU registries prepare it (ok, interpreter, "
+                             "or the refusal). Made by scripts/benchmark_set_ops.py",
                        combinations=rows), fh, indent=1)
         fh.write("\n")
     print(f"benchmark_set_ops: {len(rows)} op x dtype combinations over "

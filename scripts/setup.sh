@@ -48,6 +48,10 @@ stamp=.venv/.switchyard-client-python
 if [ ! -f "$stamp" ] || [ -n "$(find client-python proto/proto -newer "$stamp" -type f \
      -not -path '*/build/*' -not -path '*.egg-info*' -not -name '*.pyc' 2>/dev/null | head -1)" ]; then
   step "Python client (client-python/)"
+  # Built without isolation (grpcio-tools is already here); venvs of Python 3.12+ come
+  # without setuptools.
+  .venv/bin/python -c "import setuptools" 2>/dev/null \
+    || .venv/bin/python -m pip install --quiet "setuptools>=61"
   .venv/bin/python -m pip install --quiet --no-build-isolation ./client-python
   touch "$stamp"
 fi

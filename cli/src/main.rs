@@ -32,6 +32,8 @@ enum Command {
     Tenants(commands::daemon::TenantsArgs),
     /// Daemon status: uptime, models, requests in flight, per-tenant counters.
     Status(commands::daemon::StatusArgs),
+    /// Sessions in the daemon: stream a sequence through one, list, reset, close.
+    Session(commands::session::SessionArgs),
     /// Show where each node of a model runs (processor, partition, latency) and why.
     Placement(commands::placement::PlacementArgs),
     /// The daemon's learned allowlist: processor, driver, verdict, latency, reason.
@@ -40,6 +42,13 @@ enum Command {
     Top(commands::top::TopArgs),
     /// Compare scheduling policies with fixed placements on a workload of apps.
     Simulate(commands::simulate::SimulateArgs),
+    /// Run a workload's apps as real processes through one daemon and, in the same run,
+    /// each with its own LiteRT interpreter; report SLO satisfaction, latency,
+    /// throughput and memory side by side.
+    Loadtest(commands::loadtest::LoadtestArgs),
+    /// One app process of `loadtest` (started by it).
+    #[command(hide = true)]
+    LoadtestApp(commands::loadtest_app::LoadtestAppArgs),
     /// Write a chain of float32 ADD nodes (the executor-overhead benchmark model).
     #[command(hide = true)]
     MakeChainModel(commands::make_chain::MakeChainArgs),
@@ -58,10 +67,13 @@ fn main() -> std::process::ExitCode {
         Command::Models(args) => commands::daemon::models(args),
         Command::Tenants(args) => commands::daemon::tenants(args),
         Command::Status(args) => commands::daemon::status(args),
+        Command::Session(args) => commands::session::run(args),
         Command::Placement(args) => commands::placement::run(args),
         Command::Allowlist(args) => commands::allowlist::run(args),
         Command::Simulate(args) => commands::simulate::run(args),
         Command::Top(args) => commands::top::run(args),
+        Command::Loadtest(args) => commands::loadtest::run(args),
+        Command::LoadtestApp(args) => commands::loadtest_app::run(args),
         Command::MakeChainModel(args) => commands::make_chain::run(args),
     };
     match result {

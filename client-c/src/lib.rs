@@ -5,7 +5,11 @@
 //! Rules: no panic crosses the ABI (each entry point catches it and reports
 //! SY_INTERNAL); every pointer from C is checked for NULL; strings are UTF-8; the last
 //! failure's message is kept per thread for `sy_last_error`.
-#![allow(unsafe_code, non_camel_case_types)]
+//!
+//! Entry points that take pointers are `unsafe extern "C"`: C must pass NULL or what
+//! the header says (objects from this library, arrays of the stated length, NUL-
+//! terminated UTF-8); `switchyard.h` is where that contract is written down.
+#![allow(unsafe_code, non_camel_case_types, clippy::missing_safety_doc)]
 
 use std::cell::RefCell;
 use std::ffi::{CStr, CString, c_char, c_void};
@@ -13,7 +17,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::ptr;
 use std::time::Duration;
 
-use switchyard_client::blocking::{Client, Model};
+use switchyard_client::blocking::{Client, Model, Session};
 use switchyard_client::{
     ClientError, DType, OutputData, Outputs, Priority, Run, ShmPool, ShmSlice, TensorSpec,
 };
@@ -211,7 +215,7 @@ pub extern "C" fn sy_status_name(status: i32) -> *const c_char {
 }
 
 #[unsafe(no_mangle)]
-pub extern "C" fn sy_connect_unix(path: *const c_char, out: *mut *mut sy_client) -> i32 {
+pub unsafe extern "C" fn sy_connect_unix(path: *const c_char, out: *mut *mut sy_client) -> i32 {
     guard(|| {
         let path = if path.is_null() {
             std::env::var("SWITCHYARD_SOCKET")
@@ -225,7 +229,7 @@ pub extern "C" fn sy_connect_unix(path: *const c_char, out: *mut *mut sy_client)
 }
 
 #[unsafe(no_mangle)]
-pub extern "C" fn sy_connect_tcp(
+pub unsafe extern "C" fn sy_connect_tcp(
     address: *const c_char,
     token: *const c_char,
     out: *mut *mut sy_client,
@@ -238,7 +242,7 @@ pub extern "C" fn sy_connect_tcp(
 }
 
 #[unsafe(no_mangle)]
-pub extern "C" fn sy_client_free(client: *mut sy_client) {
+pub unsafe extern "C" fn sy_client_free(client: *mut sy_client) {
     free(client)
 }
 
@@ -252,7 +256,7 @@ fn wrap_model(inner: Model) -> sy_model {
 }
 
 #[unsafe(no_mangle)]
-pub extern "C" fn sy_load_file(
+pub unsafe extern "C" fn sy_load_file(
     client: *mut sy_client,
     path: *const c_char,
     out: *mut *mut sy_model,
@@ -265,7 +269,7 @@ pub extern "C" fn sy_load_file(
 }
 
 #[unsafe(no_mangle)]
-pub extern "C" fn sy_load_bytes(
+pub unsafe extern "C" fn sy_load_bytes(
     client: *mut sy_client,
     name: *const c_char,
     bytes: *const c_void,
@@ -286,12 +290,12 @@ pub extern "C" fn sy_load_bytes(
 }
 
 #[unsafe(no_mangle)]
-pub extern "C" fn sy_model_free(model: *mut sy_model) {
+pub unsafe extern "C" fn sy_model_free(model: *mut sy_model) {
     free(model)
 }
 
 #[unsafe(no_mangle)]
-pub extern "C" fn sy_model_unload(model: *mut sy_model) -> i32 {
+pub unsafe extern "C" fn sy_model_unload(model: *mut sy_model) -> i32 {
     guard(|| {
         let m = arg(model, "model")?;
         m.inner.clone().unload().map_err(client_error)
@@ -299,7 +303,7 @@ pub extern "C" fn sy_model_unload(model: *mut sy_model) -> i32 {
 }
 
 #[unsafe(no_mangle)]
-pub extern "C" fn sy_model_id(model: *const sy_model) -> *const c_char {
+pub unsafe extern "C" fn sy_model_id(model: *const sy_model) -> *const c_char {
     // SAFETY: NULL or a model from this library.
     match unsafe { model.as_ref() } {
         Some(m) => m.id.as_ptr(),
@@ -308,13 +312,13 @@ pub extern "C" fn sy_model_id(model: *const sy_model) -> *const c_char {
 }
 
 #[unsafe(no_mangle)]
-pub extern "C" fn sy_model_input_count(model: *const sy_model) -> usize {
+pub unsafe extern "C" fn sy_model_input_count(model: *const sy_model) -> usize {
     // SAFETY: NULL or a model from this library.
     unsafe { model.as_ref() }.map_or(0, |m| m.inputs.len())
 }
 
 #[unsafe(no_mangle)]
-pub extern "C" fn sy_model_output_count(model: *const sy_model) -> usize {
+pub unsafe extern "C" fn sy_model_output_count(model: *const sy_model) -> usize {
     // SAFETY: NULL or a model from this library.
     unsafe { model.as_ref() }.map_or(0, |m| m.outputs.len())
 }
@@ -339,7 +343,7 @@ fn info_at(list: &[Info], index: usize, out: *mut sy_tensor_info) -> Result<(), 
 }
 
 #[unsafe(no_mangle)]
-pub extern "C" fn sy_model_input(
+pub unsafe extern "C" fn sy_model_input(
     model: *const sy_model,
     index: usize,
     out: *mut sy_tensor_info,
@@ -348,7 +352,7 @@ pub extern "C" fn sy_model_input(
 }
 
 #[unsafe(no_mangle)]
-pub extern "C" fn sy_model_output(
+pub unsafe extern "C" fn sy_model_output(
     model: *const sy_model,
     index: usize,
     out: *mut sy_tensor_info,
@@ -433,7 +437,7 @@ fn wrap_outputs(r: Outputs, slices: &[*mut sy_slice]) -> Result<sy_outputs, i32>
 }
 
 #[unsafe(no_mangle)]
-pub extern "C" fn sy_run(
+pub unsafe extern "C" fn sy_run(
     model: *mut sy_model,
     inputs: *const sy_tensor,
     n_inputs: usize,
@@ -451,14 +455,82 @@ pub extern "C" fn sy_run(
     })
 }
 
+/// A session on a model: one stream's state in the daemon.
+pub struct sy_session {
+    inner: Session,
+    /// The model's output count, for output slices.
+    outputs: usize,
+}
+
 #[unsafe(no_mangle)]
-pub extern "C" fn sy_outputs_count(outputs: *const sy_outputs) -> usize {
+pub unsafe extern "C" fn sy_session_open(model: *mut sy_model, out: *mut *mut sy_session) -> i32 {
+    guard(|| {
+        let m = arg(model, "model")?;
+        let inner = m.inner.open_session().map_err(client_error)?;
+        put(
+            out,
+            sy_session {
+                inner,
+                outputs: m.outputs.len(),
+            },
+        )
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn sy_session_id(session: *const sy_session) -> u64 {
+    // SAFETY: NULL or a session from this library.
+    unsafe { session.as_ref() }.map_or(0, |s| s.inner.id())
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn sy_session_run(
+    session: *mut sy_session,
+    inputs: *const sy_tensor,
+    n_inputs: usize,
+    options: *const sy_run_options,
+    out: *mut *mut sy_outputs,
+) -> i32 {
+    guard(|| {
+        let s = arg(session, "session")?;
+        let inputs = slice_of(inputs, n_inputs, "inputs")?;
+        // SAFETY: NULL or options C owns for the call.
+        let options = unsafe { options.as_ref() };
+        let (run, slices) = build_run(inputs, options, s.outputs)?;
+        let r = s.inner.run(run).map_err(client_error)?;
+        put(out, wrap_outputs(r, &slices)?)
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn sy_session_reset(session: *mut sy_session) -> i32 {
+    guard(|| arg(session, "session")?.inner.reset().map_err(client_error))
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn sy_session_close(session: *mut sy_session) -> i32 {
+    guard(|| {
+        arg(session, "session")?
+            .inner
+            .clone()
+            .close()
+            .map_err(client_error)
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn sy_session_free(session: *mut sy_session) {
+    free(session)
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn sy_outputs_count(outputs: *const sy_outputs) -> usize {
     // SAFETY: NULL or outputs from this library.
     unsafe { outputs.as_ref() }.map_or(0, |o| o.tensors.len())
 }
 
 #[unsafe(no_mangle)]
-pub extern "C" fn sy_outputs_get(
+pub unsafe extern "C" fn sy_outputs_get(
     outputs: *const sy_outputs,
     index: usize,
     out: *mut sy_tensor,
@@ -486,7 +558,7 @@ pub extern "C" fn sy_outputs_get(
 }
 
 #[unsafe(no_mangle)]
-pub extern "C" fn sy_outputs_timing(
+pub unsafe extern "C" fn sy_outputs_timing(
     outputs: *const sy_outputs,
     queue_us: *mut u64,
     run_us: *mut u64,
@@ -505,12 +577,12 @@ pub extern "C" fn sy_outputs_timing(
 }
 
 #[unsafe(no_mangle)]
-pub extern "C" fn sy_outputs_free(outputs: *mut sy_outputs) {
+pub unsafe extern "C" fn sy_outputs_free(outputs: *mut sy_outputs) {
     free(outputs)
 }
 
 #[unsafe(no_mangle)]
-pub extern "C" fn sy_pool_create(
+pub unsafe extern "C" fn sy_pool_create(
     client: *mut sy_client,
     size: usize,
     out: *mut *mut sy_pool,
@@ -523,12 +595,16 @@ pub extern "C" fn sy_pool_create(
 }
 
 #[unsafe(no_mangle)]
-pub extern "C" fn sy_pool_free(pool: *mut sy_pool) {
+pub unsafe extern "C" fn sy_pool_free(pool: *mut sy_pool) {
     free(pool)
 }
 
 #[unsafe(no_mangle)]
-pub extern "C" fn sy_pool_alloc(pool: *mut sy_pool, len: usize, out: *mut *mut sy_slice) -> i32 {
+pub unsafe extern "C" fn sy_pool_alloc(
+    pool: *mut sy_pool,
+    len: usize,
+    out: *mut *mut sy_slice,
+) -> i32 {
     guard(|| {
         let p = arg(pool, "pool")?;
         let inner = p.inner.alloc(len).map_err(client_error)?;
@@ -537,7 +613,7 @@ pub extern "C" fn sy_pool_alloc(pool: *mut sy_pool, len: usize, out: *mut *mut s
 }
 
 #[unsafe(no_mangle)]
-pub extern "C" fn sy_slice_data(slice: *mut sy_slice) -> *mut c_void {
+pub unsafe extern "C" fn sy_slice_data(slice: *mut sy_slice) -> *mut c_void {
     // SAFETY: NULL or a slice from this library.
     match unsafe { slice.as_mut() } {
         Some(s) => s.inner.as_mut_ptr().cast(),
@@ -546,12 +622,12 @@ pub extern "C" fn sy_slice_data(slice: *mut sy_slice) -> *mut c_void {
 }
 
 #[unsafe(no_mangle)]
-pub extern "C" fn sy_slice_len(slice: *const sy_slice) -> usize {
+pub unsafe extern "C" fn sy_slice_len(slice: *const sy_slice) -> usize {
     // SAFETY: NULL or a slice from this library.
     unsafe { slice.as_ref() }.map_or(0, |s| s.inner.len())
 }
 
 #[unsafe(no_mangle)]
-pub extern "C" fn sy_slice_free(slice: *mut sy_slice) {
+pub unsafe extern "C" fn sy_slice_free(slice: *mut sy_slice) {
     free(slice)
 }

@@ -13,6 +13,7 @@
 
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 
+use nix::fcntl::{FcntlArg, FdFlag, fcntl};
 use nix::sys::socket::{AddressFamily, SockaddrLike, SockaddrStorage, getsockname};
 use nix::sys::stat::{SFlag, fstat};
 
@@ -80,12 +81,22 @@ pub fn inherited() -> Result<Inherited, DaemonError> {
     let fds = passed_fds(|k| std::env::var(k).ok(), std::process::id())?;
     let mut got = Inherited::default();
     let mut unnamed = Vec::new();
+    let mut taken = Vec::new();
     for (fd, name) in fds {
+        // One descriptor named twice (by both protocols) is still owned once.
+        if taken.contains(&fd) {
+            continue;
+        }
+        taken.push(fd);
         let kind = family(fd)?;
         // SAFETY: the service manager passed this descriptor to this process for it to
         // own (LISTEN_PID matched, or Android init's variable names it); it was checked
         // to be an open socket above, and nothing else in the process takes it.
         let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        // Passed descriptors arrive without close-on-exec; processes the daemon starts
+        // (validation workers) must not inherit its listening sockets.
+        fcntl(&owned, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))
+            .map_err(|e| DaemonError::invalid(format!("inherited descriptor {fd}: {e}")))?;
         match (name.as_str(), kind) {
             ("grpc", AddressFamily::Unix) => got.grpc = Some(owned.into()),
             ("shm", AddressFamily::Unix) => got.shm = Some(owned.into()),

@@ -398,7 +398,10 @@ mod tests {
     }
 
     /// Splits the rewritten stream back into frames and decodes every header block.
-    fn parse(mut bytes: &[u8]) -> (Vec<(u8, u8, u32, Vec<u8>)>, Vec<Vec<(Vec<u8>, Vec<u8>)>>) {
+    type Frame = (u8, u8, u32, Vec<u8>);
+    type Headers = Vec<(Vec<u8>, Vec<u8>)>;
+
+    fn parse(mut bytes: &[u8]) -> (Vec<Frame>, Vec<Headers>) {
         assert_eq!(&bytes[..24], PREFACE);
         bytes = &bytes[24..];
         let mut frames = Vec::new();
@@ -470,7 +473,7 @@ mod tests {
             encode_int(&mut first, 0x40, 6, name_index);
             encode_string(&mut first, value);
         }
-        let second = vec![0x83, 0x86, 0x80 | 64, 0x80 | 63, 0x80 | 62];
+        let second = [0x83, 0x86, 0x80 | 64, 0x80 | 63, 0x80 | 62];
         let mut input = PREFACE.to_vec();
         input.extend(frame(0x4, 0, 0, &[])); // SETTINGS
         input.extend(frame(HEADERS, END_HEADERS, 1, &first));

@@ -44,9 +44,10 @@ pub enum DaemonError {
     },
     #[error("server error: {0}")]
     Transport(#[from] tonic::transport::Error),
-    /// Refused by the arbiter's admission control (full queue, hopeless deadline).
-    #[error("refused by the arbiter: {reason}")]
-    Rejected { deadline: bool, reason: String },
+    /// Refused or dropped by the arbiter (full queue, hopeless deadline), or its run
+    /// could not be carried out.
+    #[error("refused by the arbiter: {0}")]
+    Rejected(switchyard_scheduler::arbiter::Refusal),
     #[error("scheduler: {0}")]
     Scheduler(#[from] switchyard_scheduler::SchedError),
     #[error("delegate: {0}")]
@@ -66,6 +67,27 @@ impl DaemonError {
     pub fn invalid(what: impl Into<String>) -> DaemonError {
         DaemonError::InvalidArgument(what.into())
     }
+
+    /// A run error; running out of session memory is the tenant's `arena_bytes` quota
+    /// (every session's limit is set from it), reported with the figures.
+    pub fn from_run(e: RunError) -> DaemonError {
+        match e {
+            RunError::Memory { .. } => DaemonError::from_memory(e),
+            e => DaemonError::Run(e),
+        }
+    }
+
+    /// [`RunError::Memory`] as the `arena_bytes` quota; other errors as run errors.
+    pub fn from_memory(e: RunError) -> DaemonError {
+        match e {
+            RunError::Memory { limit, .. } => DaemonError::Quota {
+                quota: "arena_bytes",
+                limit: limit as u64,
+                detail: format!("session memory: {e}"),
+            },
+            e => DaemonError::Run(e),
+        }
+    }
 }
 
 impl From<DaemonError> for tonic::Status {
@@ -79,13 +101,20 @@ impl From<DaemonError> for tonic::Status {
             | DaemonError::Model(_)
             | DaemonError::Prepare(_)
             | DaemonError::Shm(_) => Code::InvalidArgument,
-            DaemonError::Run(RunError::Input { .. }) => Code::InvalidArgument,
+            DaemonError::Run(RunError::Input { .. } | RunError::InputShape { .. }) => {
+                Code::InvalidArgument
+            }
             DaemonError::Run(_) => Code::Internal,
             DaemonError::Quota { .. } => Code::ResourceExhausted,
-            DaemonError::Rejected { deadline: true, .. } => Code::DeadlineExceeded,
-            DaemonError::Rejected {
-                deadline: false, ..
-            } => Code::ResourceExhausted,
+            DaemonError::Rejected(r) => {
+                use switchyard_scheduler::arbiter::Refusal;
+                match r {
+                    Refusal::Deadline { .. } | Refusal::Expired { .. } => Code::DeadlineExceeded,
+                    Refusal::QueueFull { .. } => Code::ResourceExhausted,
+                    Refusal::Stopped => Code::Unavailable,
+                    Refusal::NoProcessor { .. } | Refusal::Failed(_) => Code::Internal,
+                }
+            }
             DaemonError::Config(_)
             | DaemonError::Io { .. }
             | DaemonError::Transport(_)

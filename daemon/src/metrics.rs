@@ -103,10 +103,16 @@ pub fn refusal_reason(e: &DaemonError) -> Option<&'static str> {
             "regions" | "region_bytes" => "quota_regions",
             _ => "quota",
         },
-        DaemonError::Rejected { deadline: true, .. } => "deadline",
-        DaemonError::Rejected {
-            deadline: false, ..
-        } => "queue_full",
+        DaemonError::Rejected(r) => {
+            use switchyard_scheduler::arbiter::Refusal;
+            match r {
+                Refusal::Deadline { .. } => "deadline",
+                Refusal::Expired { .. } => "expired",
+                Refusal::QueueFull { .. } => "queue_full",
+                Refusal::Stopped => "stopped",
+                Refusal::NoProcessor { .. } | Refusal::Failed(_) => return None,
+            }
+        }
         DaemonError::NotFound { .. } => "not_found",
         DaemonError::Unauthenticated(_) | DaemonError::PermissionDenied(_) => "unauthenticated",
         DaemonError::InvalidArgument(_) | DaemonError::Shm(_) => "invalid_argument",

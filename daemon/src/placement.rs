@@ -1,7 +1,9 @@
 //! Placement in the daemon: on the first load of a model the scheduler decides which
 //! partitions run on which delegate, validating unknown (model, delegate, driver)
-//! combinations through the persisted allowlist; failures seen while serving requests
-//! are fed back so a device that keeps failing is blocked for the next load.
+//! combinations through the persisted allowlist against the CPU as it serves; failures
+//! seen while serving requests are fed back so a device that keeps failing is blocked
+//! for the next load. How requests are then offered to the arbiter (the serving plan)
+//! is the scheduler's decision too; this file only wires the daemon's state to it.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -9,8 +11,9 @@ use std::sync::{Arc, Mutex};
 use switchyard_config::Config;
 use switchyard_interpreter::{Delegate, Model, PartitionReport, PlacedPartition, ProcessorKind};
 use switchyard_scheduler::allowlist::{Allowlist, Entry, Lookup, Verdict, key};
-use switchyard_scheduler::cost::{CostModel, partition_key};
+use switchyard_scheduler::cost::{CostModel, Learning, partition_key};
 use switchyard_scheduler::decide::decide;
+use switchyard_scheduler::serving::ServingPlan;
 use tracing::{info, warn};
 
 use crate::error::DaemonError;
@@ -27,10 +30,8 @@ pub struct ModelPlacement {
     pub plan_json: String,
     /// Allowlist subject per placed partition, indexed like `placed`.
     subjects: Vec<String>,
-    /// The processor with the most expected time: the arbiter queue requests wait in.
-    pub main_processor: ProcessorKind,
-    /// Expected seconds per request (measured when known), the arbiter's first estimate.
-    pub expected_s: f64,
+    /// How requests are offered to the arbiter (processors, learned times).
+    pub serving: Arc<ServingPlan>,
 }
 
 /// The scheduler's state shared by all models of one daemon.
@@ -38,7 +39,11 @@ pub struct Placer {
     delegates: Vec<Arc<dyn Delegate>>,
     cfg: switchyard_config::SchedulerConfig,
     allowlist: Mutex<Allowlist>,
-    cost: Mutex<CostModel>,
+    /// Shared with the arbiter's gate, which records every served run in it.
+    pub cost: Arc<Mutex<CostModel>>,
+    /// Intra-op threads a request may use on the CPU (`daemon.kernel_threads`): the CPU
+    /// is timed with them when delegates are judged.
+    threads: usize,
     pub allowlist_path: Option<PathBuf>,
 }
 
@@ -58,47 +63,67 @@ impl Placer {
             None => Allowlist::in_memory(),
         };
         info!(path = ?path, decisions = allowlist.entries().count(), "allowlist loaded");
-        Ok(Placer {
-            delegates,
-            cost: Mutex::new(CostModel::new(
-                cfg.devices.clone(),
-                cfg.scheduler.ewma_alpha,
-            )),
-            cfg: cfg.scheduler.clone(),
-            allowlist: Mutex::new(allowlist),
-            allowlist_path: path,
-        })
+        let mut placer = Placer::in_memory(cfg, delegates);
+        placer.allowlist = Mutex::new(allowlist);
+        placer.allowlist_path = path;
+        Ok(placer)
     }
 
     /// A placer whose decisions live in memory only (unit tests).
     pub fn in_memory(cfg: &Config, delegates: Vec<Arc<dyn Delegate>>) -> Placer {
         Placer {
             delegates,
-            cost: Mutex::new(CostModel::new(
+            cost: Arc::new(Mutex::new(CostModel::new(
                 cfg.devices.clone(),
-                cfg.scheduler.ewma_alpha,
-            )),
+                Learning::from_config(&cfg.scheduler),
+            ))),
             cfg: cfg.scheduler.clone(),
             allowlist: Mutex::new(Allowlist::in_memory()),
+            threads: cfg.daemon.kernel_threads.max(1),
             allowlist_path: None,
         }
     }
 
-    /// Decides where `model` runs. Blocking (validation runs the model): call from the
-    /// blocking pool. With no delegates the model runs on the CPU only.
-    pub fn place(&self, model: Arc<Model>) -> Result<ModelPlacement, DaemonError> {
+    /// Decides where `model` (whose sha256 is `sha256_hex`) runs. Blocking (validation
+    /// runs the model): call from the blocking pool. With no delegates the model runs
+    /// on the CPU only, and nothing is timed before its first request.
+    ///
+    /// The shared allowlist and cost model are locked only to copy what this model needs
+    /// and to merge back what was learned: validation runs on the copies, so placing one
+    /// model never waits for another model's validation.
+    pub fn place(
+        &self,
+        model: Arc<Model>,
+        sha256_hex: &str,
+    ) -> Result<ModelPlacement, DaemonError> {
         if self.delegates.is_empty() {
+            crate::debug_hooks::hold_prepare(sha256_hex);
             return Ok(ModelPlacement {
                 placed: Vec::new(),
                 plan_json: "null".into(),
                 subjects: Vec::new(),
-                main_processor: ProcessorKind::Cpu,
-                expected_s: 1e-3,
+                // A guess the first served runs replace; admission never refuses on it.
+                serving: Arc::new(ServingPlan::cpu_only(sha256_hex, 1e-3, self.threads)),
             });
         }
-        let mut list = lock(&self.allowlist);
-        let mut cost = lock(&self.cost);
-        let d = decide(model, &self.delegates, &mut list, &mut cost, &self.cfg)?;
+        let mut list = Allowlist::in_memory();
+        for (k, e) in lock(&self.allowlist).entries() {
+            if k.starts_with(sha256_hex) {
+                list.record(k, e.clone())?;
+            }
+        }
+        let mut cost = lock(&self.cost).clone();
+        // Where validation runs: no lock of the placer is held from here to the merge.
+        crate::debug_hooks::hold_prepare(sha256_hex);
+        let d = decide(
+            model,
+            &self.delegates,
+            &mut list,
+            &mut cost,
+            &self.cfg,
+            self.threads,
+        )?;
+        self.merge(&d.verdicts);
         let subjects = d
             .placed
             .iter()
@@ -109,26 +134,40 @@ impl Placer {
         for p in &d.plan.partitions {
             info!(processor = %p.processor.name(), delegate = %p.delegate, nodes = p.nodes.len(), "placed");
         }
-        let mut per: Vec<(ProcessorKind, f64)> = Vec::new();
-        for p in &d.plan.partitions {
-            let t = p.measured_s.unwrap_or(p.expected_s);
-            match per.iter_mut().find(|(k, _)| *k == p.processor) {
-                Some((_, s)) => *s += t,
-                None => per.push((p.processor, t)),
-            }
-        }
-        let main_processor = per
-            .iter()
-            .max_by(|a, b| a.1.total_cmp(&b.1))
-            .map_or(ProcessorKind::Cpu, |(k, _)| *k);
-        let expected_s = per.iter().map(|(_, s)| s).sum::<f64>().max(1e-6);
+        let serving = Arc::new(ServingPlan::from_decision(&d, self.threads));
         Ok(ModelPlacement {
             placed: d.placed,
             plan_json,
             subjects,
-            main_processor,
-            expected_s,
+            serving,
         })
+    }
+
+    /// Records what one placement learned in the shared allowlist and cost model. A
+    /// decision made meanwhile by another load (for the same subject and driver) wins.
+    fn merge(&self, verdicts: &[(String, String, Entry)]) {
+        {
+            let mut list = lock(&self.allowlist);
+            for (subject, delegate, entry) in verdicts {
+                let k = key(subject, delegate);
+                if matches!(
+                    list.lookup(&k, &entry.fingerprint),
+                    Lookup::Unknown | Lookup::Stale(_)
+                ) && let Err(e) = list.record(&k, entry.clone())
+                {
+                    warn!(error = %e, "cannot persist the allowlist");
+                }
+            }
+        }
+        let mut cost = lock(&self.cost);
+        for (subject, delegate, entry) in verdicts {
+            let Some(d) = self.delegates.iter().find(|d| d.name() == delegate) else {
+                continue;
+            };
+            if cost.measured(subject, d.kind()).is_none() && entry.runs > 0 {
+                cost.observe(subject, d.kind(), entry.delegate_s);
+            }
+        }
     }
 
     /// The processors requests may queue on: the CPU and every delegate's kind.
@@ -247,8 +286,7 @@ mod tests {
             }],
             plan_json: "null".into(),
             subjects: vec![subject],
-            main_processor: ProcessorKind::Npu,
-            expected_s: 1e-3,
+            serving: Arc::new(ServingPlan::cpu_only("abc", 1e-3, 1)),
         };
         let report = |failures: u64| PartitionReport {
             delegate: npu.name().to_string(),

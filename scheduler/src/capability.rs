@@ -96,6 +96,34 @@ pub fn for_device(profiles: &DeviceProfiles) -> (Vec<Arc<dyn Delegate>>, Capabil
     (delegates, caps)
 }
 
+/// The processors `switchyard placement` plans for: the delegates the daemon builds —
+/// the emulated DSP and NPU from the profiles, and the real GPU delegates (fp32 and, where
+/// the adapter has it, fp16) with the `[gpu]` options — and profile rules only for
+/// enabled processors no delegate covers. Offline plans are thus made against the same
+/// GPU as the daemon's, its support answers included.
+pub fn for_config(cfg: &switchyard_config::Config) -> (Vec<Arc<dyn Delegate>>, Capabilities) {
+    let mut delegates: Vec<Arc<dyn Delegate>> =
+        switchyard_delegates::EmulatedDelegate::from_profiles(&cfg.devices)
+            .into_iter()
+            .map(|d| Arc::new(d) as Arc<dyn Delegate>)
+            .collect();
+    delegates.extend(
+        switchyard_delegates::gpu::from_config(cfg, false)
+            .into_iter()
+            .map(|g| g as Arc<dyn Delegate>),
+    );
+    let mut caps: Vec<Box<dyn Capability>> = profile_rules(&cfg.devices)
+        .into_iter()
+        .filter(|c| delegates.iter().all(|d| d.kind() != c.kind()))
+        .collect();
+    caps.extend(
+        delegates
+            .iter()
+            .map(|d| Box::new(d.clone()) as Box<dyn Capability>),
+    );
+    (delegates, caps)
+}
+
 impl ProfileRules {
     pub fn new(kind: ProcessorKind, profile: DeviceProfile) -> ProfileRules {
         let emulated = matches!(kind, ProcessorKind::Dsp | ProcessorKind::Npu);

@@ -138,24 +138,23 @@ impl GraphInfo {
         self.interp.as_ref()
     }
 
-    /// Times the model on the real CPU (zero-filled inputs, `runs` timed runs after one
-    /// warm-up): the cost model's calibration and the "measured" column of
-    /// `switchyard placement`. `None` when some op has no CPU kernel yet.
-    pub fn measure_cpu(&self, runs: u32) -> Option<CpuMeasurement> {
+    /// Times the model on the real CPU the way the daemon serves it: optimized kernels,
+    /// `threads` intra-op threads, warm (one untimed run first), on the model's real
+    /// input shapes with varied values; `runs` timed runs, each node profiled. This is
+    /// what the cost model, admission control and the allowlist's "faster than the
+    /// CPU" compare against. `None` when some op has no CPU kernel yet.
+    pub fn measure_cpu(&self, runs: u32, threads: usize) -> Option<CpuMeasurement> {
         self.interp.as_ref()?;
         let mut it = Interpreter::new(
             self.model.clone(),
             Arc::new(CpuResolver::optimized()),
-            InterpreterOptions::default(),
+            InterpreterOptions {
+                threads: threads.max(1),
+                ..InterpreterOptions::default()
+            },
         )
         .ok()?;
-        let inputs: Vec<Tensor> = (0..it.input_count())
-            .map(|i| {
-                let (dtype, shape) = it.input_info(i).ok()?;
-                let n: usize = shape.iter().product();
-                Tensor::from_bytes(dtype, shape, &vec![0u8; n * dtype.size()]).ok()
-            })
-            .collect::<Option<_>>()?;
+        let inputs = crate::decide::validation_inputs(self)?;
         let views: Vec<TensorView<'_>> = inputs.iter().map(Tensor::view).collect();
         it.run(&views).ok()?;
         it.set_profiling(true);

@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 use switchyard_delegates::CpuResolver;
-use switchyard_interpreter::{DType, Model, Node, Subgraph};
+use switchyard_interpreter::{
+    BuiltinOp, DType, Model, Node, OpResolver, PrepareCtx, Subgraph, TensorMeta,
+};
 
 #[derive(Args)]
 pub struct InspectArgs {
@@ -15,7 +17,8 @@ pub struct InspectArgs {
     /// List every node, not only the operator summary.
     #[arg(long)]
     pub nodes: bool,
-    /// Print JSON instead of text.
+    /// Print JSON instead of text (with, per operator and dtype key, whether each CPU
+    /// registry prepares it: "coverage").
     #[arg(long)]
     pub json: bool,
 }
@@ -54,12 +57,59 @@ pub fn dtype_key(sg: &Subgraph, n: &Node) -> String {
     base.name().to_string()
 }
 
+/// Ops the interpreter runs itself (control flow and resource variables), not a kernel.
+fn runs_in_interpreter(n: &Node) -> bool {
+    use BuiltinOp as B;
+    matches!(
+        n.builtin(),
+        Some(
+            B::While
+                | B::If
+                | B::CallOnce
+                | B::VarHandle
+                | B::ReadVariable
+                | B::AssignVariable
+                | B::Call
+        )
+    )
+}
+
+/// Whether `resolver` prepares this very node (its stored shapes, constants, options):
+/// "ok", "interpreter" for the ops the interpreter runs itself, or the refusal.
+fn prepares(resolver: &dyn OpResolver, sg: &Subgraph, n: &Node) -> String {
+    if runs_in_interpreter(n) {
+        return "interpreter".to_string();
+    }
+    let meta = |t: usize| {
+        sg.tensors.get(t).map(|d| TensorMeta {
+            dtype: d.dtype,
+            shape: &d.shape,
+            quant: d.quant.as_ref(),
+            data: d.data.as_ref().map(|c| c.as_slice()),
+            name: &d.name,
+        })
+    };
+    let ctx = PrepareCtx {
+        node: n,
+        inputs: n.inputs.iter().map(|i| i.and_then(meta)).collect(),
+        outputs: n.outputs.iter().filter_map(|&o| meta(o)).collect(),
+        threads: 1,
+    };
+    match resolver.prepare(&ctx) {
+        Ok(_) => "ok".to_string(),
+        Err(e) => e.to_string(),
+    }
+}
+
 pub fn run(args: InspectArgs) -> anyhow::Result<()> {
     let model = Model::from_path(&args.model)
         .with_context(|| format!("loading {}", args.model.display()))?;
     let mut report = Vec::new();
     for (si, sg) in model.subgraphs.iter().enumerate() {
         let mut ops: BTreeMap<String, (usize, bool, BTreeMap<String, usize>)> = BTreeMap::new();
+        // Per op and dtype key: does each CPU registry prepare the first such node?
+        let mut cover: BTreeMap<String, BTreeMap<String, serde_json::Value>> = BTreeMap::new();
+        let (reference, optimized) = (CpuResolver::reference(), CpuResolver::optimized());
         for n in &sg.nodes {
             let e = ops.entry(n.op.to_string()).or_insert((
                 0,
@@ -67,7 +117,18 @@ pub fn run(args: InspectArgs) -> anyhow::Result<()> {
                 BTreeMap::new(),
             ));
             e.0 += 1;
-            *e.2.entry(dtype_key(sg, n)).or_default() += 1;
+            let key = dtype_key(sg, n);
+            *e.2.entry(key.clone()).or_default() += 1;
+            cover
+                .entry(n.op.to_string())
+                .or_default()
+                .entry(key)
+                .or_insert_with(|| {
+                    serde_json::json!({
+                        "reference": prepares(&reference, sg, n),
+                        "optimized": prepares(&optimized, sg, n),
+                    })
+                });
         }
         let io = |ts: &[usize]| -> Vec<serde_json::Value> {
             ts.iter()
@@ -89,7 +150,7 @@ pub fn run(args: InspectArgs) -> anyhow::Result<()> {
         report.push(serde_json::json!({
             "subgraph": si, "name": sg.name, "tensors": sg.tensors.len(), "nodes": sg.nodes.len(),
             "inputs": io(&sg.inputs), "outputs": io(&sg.outputs),
-            "ops": ops.iter().map(|(k, (n, s, d))| serde_json::json!({"op": k, "count": n, "cpu": s, "dtypes": d})).collect::<Vec<_>>(),
+            "ops": ops.iter().map(|(k, (n, s, d))| serde_json::json!({"op": k, "count": n, "cpu": s, "dtypes": d, "coverage": cover.get(k)})).collect::<Vec<_>>(),
             "node_list": nodes,
         }));
     }
@@ -119,12 +180,26 @@ pub fn run(args: InspectArgs) -> anyhow::Result<()> {
                 );
             }
         }
-        let mut ops: BTreeMap<(String, String), usize> = BTreeMap::new();
+        // Per op and dtype key: its count and, when a CPU registry refuses the first such
+        // node, why.
+        let mut ops: BTreeMap<(String, String), (usize, String)> = BTreeMap::new();
+        let (reference, optimized) = (CpuResolver::reference(), CpuResolver::optimized());
         for n in &sg.nodes {
-            *ops.entry((n.op.to_string(), dtype_key(sg, n))).or_default() += 1;
+            let e = ops
+                .entry((n.op.to_string(), dtype_key(sg, n)))
+                .or_insert_with(|| {
+                    let (r, o) = (prepares(&reference, sg, n), prepares(&optimized, sg, n));
+                    let note = match (r.as_str(), o.as_str()) {
+                        ("ok" | "interpreter", "ok" | "interpreter") => String::new(),
+                        _ if r == o => format!("  [no CPU kernel: {r}]"),
+                        _ => format!("  [reference: {r}; optimized: {o}]"),
+                    };
+                    (0, note)
+                });
+            e.0 += 1;
         }
-        for ((op, dtype), count) in ops {
-            println!("  {count:>4} x {op} ({dtype})");
+        for ((op, dtype), (count, note)) in ops {
+            println!("  {count:>4} x {op} ({dtype}){note}");
         }
         if args.nodes {
             for n in &sg.nodes {

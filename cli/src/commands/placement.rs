@@ -13,7 +13,7 @@ use serde::Serialize;
 use switchyard_config::Config;
 use switchyard_interpreter::{Model, ProcessorKind};
 use switchyard_scheduler::allowlist::{Allowlist, Lookup};
-use switchyard_scheduler::cost::{CostModel, partition_key};
+use switchyard_scheduler::cost::{CostModel, Learning, partition_key};
 use switchyard_scheduler::decide::decide;
 use switchyard_scheduler::graph::GraphInfo;
 use switchyard_scheduler::partition::partition;
@@ -32,14 +32,15 @@ pub struct PlacementArgs {
     /// Configuration file (device profiles, allowlist path); embedded defaults otherwise.
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Treat processors known only by their profile as allowed (what-if plan, as the
-    /// simulator uses) instead of keeping their partitions on the CPU.
+    /// Treat candidates the allowlist has not judged yet (and processors known only by
+    /// their profile) as allowed: a what-if plan, as the simulator makes, instead of
+    /// keeping them on the CPU.
     #[arg(long)]
     pub assume_allowed: bool,
     /// Skip timing the model on the CPU (the "measured" column stays empty).
     #[arg(long)]
     pub no_measure: bool,
-    /// Validate every candidate of the real delegates (emulated DSP/NPU) against the
+    /// Validate every candidate of the real delegates (GPU, emulated DSP/NPU) against the
     /// CPU reference now, as the daemon does on first load, and record the decisions
     /// in the allowlist (persisted when `scheduler.allowlist_path` is set).
     #[arg(long)]
@@ -150,7 +151,9 @@ fn grouped(rows: &[Row]) -> String {
     let mut o = String::new();
     let run: Vec<&Row> = rows.iter().filter(|r| r.partition.is_some()).collect();
     let order: Vec<usize> = run.iter().map(|r| r.node).collect();
-    let mut groups: Vec<((Option<usize>, String, String), Vec<usize>)> = Vec::new();
+    // (partition, processor, reason) and the nodes that share them.
+    type Key = (Option<usize>, String, String);
+    let mut groups: Vec<(Key, Vec<usize>)> = Vec::new();
     for r in &run {
         let key = (
             r.partition,
@@ -234,19 +237,18 @@ pub fn run(args: PlacementArgs) -> anyhow::Result<()> {
             .with_context(|| format!("loading {}", args.model.display()))?,
     );
     let info = GraphInfo::analyse(model.clone()).context("analysing the model")?;
-    let (delegates, caps) = switchyard_scheduler::capability::for_device(&cfg.devices);
+    let (delegates, caps) = switchyard_scheduler::capability::for_config(&cfg);
     let parts = partition(&info, &caps);
-    let mut cost = CostModel::new(cfg.devices.clone(), cfg.scheduler.ewma_alpha);
+    let mut cost = CostModel::new(cfg.devices.clone(), Learning::from_config(&cfg.scheduler));
+    // Timed as the daemon serves it: optimized kernels, its thread count, warm.
+    let threads = cfg.daemon.kernel_threads.max(1);
     let measured = if args.no_measure {
         None
     } else {
-        info.measure_cpu(3)
+        info.measure_cpu(3, threads)
     };
     if let Some(m) = &measured {
-        let prior = cost
-            .estimate(&info, &info.run_nodes, ProcessorKind::Cpu)
-            .prior_s;
-        cost.calibrate(ProcessorKind::Cpu, m.total_s / prior);
+        cost.observe_cpu_profile(&info.sha256, &m.per_node_s);
     }
     let mut allowlist = if cfg.scheduler.allowlist_path.is_empty() {
         Allowlist::in_memory()
@@ -254,8 +256,15 @@ pub fn run(args: PlacementArgs) -> anyhow::Result<()> {
         Allowlist::open(&cfg.scheduler.allowlist_path)?
     };
     if args.validate {
-        decide(model, &delegates, &mut allowlist, &mut cost, &cfg.scheduler)
-            .context("validating the delegates' partitions")?;
+        decide(
+            model,
+            &delegates,
+            &mut allowlist,
+            &mut cost,
+            &cfg.scheduler,
+            threads,
+        )
+        .context("validating the delegates' partitions")?;
     }
     let assume = args.assume_allowed;
     let permission = |c: &switchyard_scheduler::partition::Candidate| -> Permission {
@@ -280,9 +289,11 @@ pub fn run(args: PlacementArgs) -> anyhow::Result<()> {
             Lookup::Allowed(_) => Permission::Allowed,
             Lookup::Blocked(e) => Permission::Denied(format!("blocked: {}", e.reason)),
             Lookup::Stale(_) => Permission::Denied("driver changed: awaiting re-validation".into()),
-            Lookup::Unknown => {
-                Permission::Denied("not yet validated on this device (--validate does it)".into())
-            }
+            Lookup::Unknown if assume => Permission::Allowed,
+            Lookup::Unknown => Permission::Denied(
+                "not yet validated on this device (--validate does it; --assume-allowed plans as if validated)"
+                    .into(),
+            ),
         }
     };
     let mut the_plan = plan(&info, &parts, &caps, &cost, &permission);

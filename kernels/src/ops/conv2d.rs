@@ -584,12 +584,18 @@ pub(crate) fn prepare_params(ctx: &PrepareCtx<'_>) -> Result<Conv2dParams, Kerne
 
 /// The reference kernel: plain loops, the oracle of the optimized kernels.
 pub fn prepare(ctx: &PrepareCtx<'_>) -> Result<PreparedKernel, KernelError> {
+    if let Some(hybrid) = super::hybrid::route(ctx)? {
+        return Ok(hybrid);
+    }
     let params = prepare_params(ctx)?;
     let shape = params.geometry.output_shape();
     Ok(PreparedKernel::new(vec![shape], Conv2dReference { params }))
 }
 
 pub fn prepare_optimized(ctx: &PrepareCtx<'_>) -> Result<PreparedKernel, KernelError> {
+    if let Some(hybrid) = super::hybrid::route(ctx)? {
+        return Ok(hybrid);
+    }
     let params = prepare_params(ctx)?;
     let shape = params.geometry.output_shape();
     // Optimized: float32 with constant filters runs on the packed GEMM
