@@ -1,6 +1,6 @@
 //! The daemon's one error type and its single mapping to gRPC status codes.
 
-use switchyard_interpreter::{ModelError, RunError};
+use switchyard_interpreter::{BudgetExceeded, ModelError, RunError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -104,6 +104,13 @@ impl From<DaemonError> for tonic::Status {
             DaemonError::Run(RunError::Input { .. } | RunError::InputShape { .. }) => {
                 Code::InvalidArgument
             }
+            DaemonError::Run(RunError::Budget(BudgetExceeded::Deadline { .. })) => {
+                Code::DeadlineExceeded
+            }
+            DaemonError::Run(RunError::Memory { .. } | RunError::Budget(_)) => {
+                Code::ResourceExhausted
+            }
+            DaemonError::Run(RunError::Cancelled) => Code::Cancelled,
             DaemonError::Run(_) => Code::Internal,
             DaemonError::Quota { .. } => Code::ResourceExhausted,
             DaemonError::Rejected(r) => {
