@@ -19,6 +19,9 @@ pub struct SchedulerConfig {
     pub partition_timeout_ms: u64,
     /// Largest accepted float error, relative to the CPU output's largest magnitude.
     pub float_tolerance: f64,
+    /// Largest accepted float error of a delegate that computes in fp16 (the GPU's
+    /// `gpu-fp16`), relative to the CPU output's largest magnitude.
+    pub half_float_tolerance: f64,
     /// Largest accepted quantized error, in quantization steps.
     pub quantized_tolerance_steps: f64,
     /// Recent served runs the cost model keeps per (model or partition, processor,
@@ -62,6 +65,7 @@ impl Default for SchedulerConfig {
             validation_runs: 3,
             partition_timeout_ms: 2000,
             float_tolerance: 1e-3,
+            half_float_tolerance: 1e-2,
             quantized_tolerance_steps: 1.0,
             estimate_window: 16,
             estimate_half_life_s: 1.0,
@@ -101,6 +105,7 @@ impl SchedulerConfig {
         }
         for (key, v) in [
             ("float_tolerance", self.float_tolerance),
+            ("half_float_tolerance", self.half_float_tolerance),
             ("quantized_tolerance_steps", self.quantized_tolerance_steps),
         ] {
             if !(v.is_finite() && v >= 0.0) {

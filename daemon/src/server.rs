@@ -232,6 +232,7 @@ pub async fn run(
     // The arbiter dispatches until the process ends: queued requests must still run
     // while shutdown drains.
     let arbiter = tokio::spawn(state.gate.service.clone().run(std::future::pending()));
+    let reaper = tokio::spawn(crate::service::reap_sessions(state.clone()));
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(shm::serve(
         shm_listener,
@@ -314,7 +315,9 @@ pub async fn run(
     })
     .await;
     tasks.abort_all();
+    while tasks.join_next().await.is_some() {}
     arbiter.abort();
+    reaper.abort();
     match drained {
         Ok(()) => info!("drained; exiting"),
         Err(_) => warn!(
@@ -322,6 +325,12 @@ pub async fn run(
             "grace period over; exiting with requests still running"
         ),
     }
+    // The GPU is closed before the process exits, never torn down while it does: new
+    // work is refused, executions in flight finish, the queue drains, and the device is
+    // destroyed idle when its last handle drops (here or when the runtime drops its
+    // tasks, on the daemon's main thread).
+    let processors_state = state.clone();
+    let _ = tokio::task::spawn_blocking(move || processors_state.processors.shutdown(grace)).await;
     for p in &paths {
         let _ = std::fs::remove_file(p);
     }

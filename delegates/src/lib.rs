@@ -7,8 +7,9 @@
 //!   it the delegate exists but reports itself unavailable).
 //! - [`emulated`]: the DSP and NPU device models (capabilities, virtual clock, faults)
 //!   around bit-exact reference arithmetic.
-//! - [`plugin`]: the versioned C ABI for vendor drivers (`.so`) and its loader; the
-//!   only module allowed `unsafe`.
+//! - [`plugin`]: the versioned C ABI for vendor drivers (`.so`) and its loader; with
+//!   the GPU's pipeline-cache loader (`gpu/disk_cache.rs`, one call), the only code
+//!   allowed `unsafe`.
 #![deny(unsafe_code)]
 
 /// The CPU kernels, now in `switchyard-kernels`; re-exported so `cpu::...` paths keep
@@ -20,5 +21,5 @@ pub mod plugin;
 
 pub use cpu::{CpuResolver, KernelMode};
 pub use emulated::{EmulatedDelegate, EmulatedKind};
-pub use gpu::GpuDelegate;
+pub use gpu::{GpuCounters, GpuDelegate, GpuOptions, Precision};
 pub use plugin::PluginDelegate;

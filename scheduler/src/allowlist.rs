@@ -18,7 +18,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use switchyard_delegates::CpuResolver;
 use switchyard_interpreter::{
-    Interpreter, InterpreterOptions, Model, PlacedPartition, Tensor, TensorView,
+    FloatPrecision, Interpreter, InterpreterOptions, Model, PlacedPartition, Tensor, TensorView,
 };
 
 use crate::SchedError;
@@ -164,6 +164,8 @@ fn tmp_path(path: &Path) -> PathBuf {
 #[derive(Clone, Copy, Debug)]
 pub struct Tolerance {
     pub float_relative: f64,
+    /// For delegates that compute in fp16 (`Delegate::float_precision`).
+    pub half_float_relative: f64,
     pub quantized_steps: f64,
 }
 
@@ -171,6 +173,7 @@ impl Default for Tolerance {
     fn default() -> Self {
         Tolerance {
             float_relative: 1e-3,
+            half_float_relative: 1e-2,
             quantized_steps: 1.0,
         }
     }
@@ -195,8 +198,11 @@ pub fn validate_partition(
             .get(t)
             .is_some_and(|d| d.dtype.is_quantized_int())
     });
+    let half = placed.delegate.float_precision() == FloatPrecision::F16;
     let tol = if quantized {
         tolerance.quantized_steps
+    } else if half {
+        tolerance.half_float_relative
     } else {
         tolerance.float_relative
     };
@@ -283,6 +289,12 @@ pub fn validate_partition(
                 cpu_s * 1e3
             ),
         )
+    };
+    // Which precision was judged is part of the evidence `switchyard allowlist` shows.
+    let reason = if half {
+        format!("fp16: {reason}")
+    } else {
+        reason
     };
     Ok(Entry {
         fingerprint,

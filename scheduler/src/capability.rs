@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use switchyard_config::{DeviceProfile, DeviceProfiles};
 use switchyard_interpreter::{
-    Delegate, NodeSupportCtx, OpKind, PartitionOptions, ProcessorKind, Support,
+    Delegate, NodeSupportCtx, PartitionOptions, ProcessorKind, Support,
 };
 
 /// What the partitioner needs from a processor.
@@ -96,6 +96,34 @@ pub fn for_device(profiles: &DeviceProfiles) -> (Vec<Arc<dyn Delegate>>, Capabil
     (delegates, caps)
 }
 
+/// The processors `switchyard placement` plans for: the delegates the daemon builds —
+/// the emulated DSP and NPU from the profiles, and the real GPU delegates (fp32 and, where
+/// the adapter has it, fp16) with the `[gpu]` options — and profile rules only for
+/// enabled processors no delegate covers. Offline plans are thus made against the same
+/// GPU as the daemon's, its support answers included.
+pub fn for_config(cfg: &switchyard_config::Config) -> (Vec<Arc<dyn Delegate>>, Capabilities) {
+    let mut delegates: Vec<Arc<dyn Delegate>> =
+        switchyard_delegates::EmulatedDelegate::from_profiles(&cfg.devices)
+            .into_iter()
+            .map(|d| Arc::new(d) as Arc<dyn Delegate>)
+            .collect();
+    delegates.extend(
+        switchyard_delegates::gpu::from_config(cfg, false)
+            .into_iter()
+            .map(|g| g as Arc<dyn Delegate>),
+    );
+    let mut caps: Vec<Box<dyn Capability>> = profile_rules(&cfg.devices)
+        .into_iter()
+        .filter(|c| delegates.iter().all(|d| d.kind() != c.kind()))
+        .collect();
+    caps.extend(
+        delegates
+            .iter()
+            .map(|d| Box::new(d.clone()) as Box<dyn Capability>),
+    );
+    (delegates, caps)
+}
+
 impl ProfileRules {
     pub fn new(kind: ProcessorKind, profile: DeviceProfile) -> ProfileRules {
         let emulated = matches!(kind, ProcessorKind::Dsp | ProcessorKind::Npu);
@@ -147,11 +175,9 @@ impl Capability for ProfileRules {
     }
 
     fn supports(&self, ctx: &NodeSupportCtx<'_>) -> Support {
-        if !matches!(ctx.node.op, OpKind::Builtin(_)) {
-            return no(format!("{} is not a builtin op", ctx.node.op));
-        }
-        // Which ops and dtypes a processor class runs: the op descriptors' rules, the same
-        // the emulated devices and the GPU delegate answer with.
+        // Which ops and dtypes a processor class runs: the op descriptors' rules (custom
+        // ops by name, such as MediaPipe's Convolution2DTransposeBias on the GPU), the
+        // same the emulated devices and the GPU delegate answer with.
         if let Support::Unsupported(why) = switchyard_kernels::supports(self.kind, ctx) {
             return no(format!("{}: {why}", self.name));
         }

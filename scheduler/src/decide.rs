@@ -92,9 +92,11 @@ pub fn decide(
     let timeout = Some(Duration::from_millis(cfg.partition_timeout_ms));
     let tolerance = Tolerance {
         float_relative: cfg.float_tolerance,
+        half_float_relative: cfg.half_float_tolerance,
         quantized_steps: cfg.quantized_tolerance_steps,
     };
     let mut permissions: HashMap<usize, Permission> = HashMap::new();
+    let mut entries: HashMap<usize, Entry> = HashMap::new();
     let mut verdicts = Vec::new();
     for (ci, c) in parts.candidates.iter().enumerate() {
         let subject = partition_key(&info.sha256, &c.nodes);
@@ -126,19 +128,28 @@ pub fn decide(
             cpu_s,
         ) {
             Ok(entry) => {
-                if cost.measured(&subject, c.kind).is_none() && entry.runs > 0 {
-                    cost.observe(&subject, c.kind, entry.delegate_s);
-                }
                 let p = match entry.verdict {
                     Verdict::Allowed => Permission::Allowed,
                     Verdict::Blocked => Permission::Denied(format!("blocked: {}", entry.reason)),
                 };
                 permissions.insert(ci, p);
+                entries.insert(ci, entry.clone());
                 verdicts.push((subject, c.delegate.clone(), entry));
             }
             Err(e) => {
                 permissions.insert(ci, Permission::Denied(format!("validation failed: {e}")));
             }
+        }
+    }
+    prefer_faster_variant(&parts.candidates, &entries, &mut permissions);
+    for (&ci, entry) in &entries {
+        let (Some(c), Some(Permission::Allowed)) = (parts.candidates.get(ci), permissions.get(&ci))
+        else {
+            continue;
+        };
+        let subject = partition_key(&info.sha256, &c.nodes);
+        if cost.measured(&subject, c.kind).is_none() && entry.runs > 0 {
+            cost.observe(&subject, c.kind, entry.delegate_s);
         }
     }
     let candidates = &parts.candidates;
@@ -158,6 +169,61 @@ pub fn decide(
         verdicts,
         cpu,
     })
+}
+
+/// Two delegates of one processor kind allowed on the same nodes (the GPU in fp32 and in
+/// fp16): the allowlist's measurements pick the faster, and the other is denied with
+/// the comparison as its reason. The cost model keeps one figure per (partition, kind),
+/// so the choice is made here, per model, where both are measured.
+fn prefer_faster_variant(
+    candidates: &[crate::partition::Candidate],
+    entries: &HashMap<usize, Entry>,
+    permissions: &mut HashMap<usize, Permission>,
+) {
+    let mut best: HashMap<(ProcessorKind, &[usize]), usize> = HashMap::new();
+    let mut denied = Vec::new();
+    for (ci, c) in candidates.iter().enumerate() {
+        if permissions.get(&ci) != Some(&Permission::Allowed) {
+            continue;
+        }
+        let Some(entry) = entries.get(&ci) else {
+            continue;
+        };
+        let key = (c.kind, c.nodes.as_slice());
+        match best.get(&key).copied() {
+            None => {
+                best.insert(key, ci);
+            }
+            Some(other) => {
+                let other_s = entries.get(&other).map_or(f64::INFINITY, |e| e.delegate_s);
+                let (winner, loser) = if entry.delegate_s < other_s {
+                    (ci, other)
+                } else {
+                    (other, ci)
+                };
+                best.insert(key, winner);
+                denied.push((winner, loser));
+            }
+        }
+    }
+    for (winner, loser) in denied {
+        let (Some(w), Some(we), Some(le)) = (
+            candidates.get(winner),
+            entries.get(&winner),
+            entries.get(&loser),
+        ) else {
+            continue;
+        };
+        permissions.insert(
+            loser,
+            Permission::Denied(format!(
+                "{} is faster on these nodes ({:.3} ms vs {:.3} ms, both accurate)",
+                w.delegate,
+                we.delegate_s * 1e3,
+                le.delegate_s * 1e3
+            )),
+        );
+    }
 }
 
 #[cfg(test)]
@@ -214,6 +280,44 @@ mod tests {
             why.contains("not allowlisted: blocked: wrong results"),
             "{why}"
         );
+    }
+
+    #[test]
+    fn the_faster_of_two_allowed_variants_keeps_the_nodes() {
+        let cand = |processor: usize, delegate: &str| crate::partition::Candidate {
+            processor,
+            kind: ProcessorKind::Gpu,
+            delegate: delegate.into(),
+            nodes: vec![1, 2, 3],
+        };
+        let entry = |delegate_s: f64| Entry {
+            fingerprint: "f".into(),
+            verdict: Verdict::Allowed,
+            reason: String::new(),
+            max_error: 0.0,
+            tolerance: 1e-3,
+            delegate_s,
+            cpu_s: 1.0,
+            runs: 1,
+            failures: 0,
+            timeouts: 0,
+        };
+        let candidates = vec![cand(0, "gpu"), cand(1, "gpu-fp16")];
+        let entries = HashMap::from([(0, entry(0.004)), (1, entry(0.002))]);
+        let mut permissions = HashMap::from([(0, Permission::Allowed), (1, Permission::Allowed)]);
+        prefer_faster_variant(&candidates, &entries, &mut permissions);
+        assert_eq!(permissions[&1], Permission::Allowed);
+        match &permissions[&0] {
+            Permission::Denied(why) => assert!(why.contains("gpu-fp16 is faster"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        // A blocked variant leaves the other alone.
+        let mut permissions = HashMap::from([
+            (0, Permission::Allowed),
+            (1, Permission::Denied("blocked".into())),
+        ]);
+        prefer_faster_variant(&candidates, &entries, &mut permissions);
+        assert_eq!(permissions[&0], Permission::Allowed);
     }
 
     /// The emulated DSP's fault profiles (config `[devices.dsp.fault]`) on the real

@@ -1,6 +1,7 @@
 //! `switchyard bench MODEL --local --threads N --runs K [--json]`: latency of a model in
 //! this process (median and p90 over K runs after warm-up), load time, arena bytes, and a
-//! per-operator profile in run order and summed by operator type.
+//! per-operator profile in run order and summed by operator type. With `--device gpu`
+//! the GPU takes every partition it supports (see `bench_gpu`).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -51,6 +52,19 @@ pub struct BenchArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
+    /// `cpu`, or `gpu`: every partition the GPU supports runs there (the rest on the CPU
+    /// kernels), with a per-dispatch GPU profile.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// GPU precision: `fp32`, or `fp16` (needs the adapter's `shader-f16`).
+    #[arg(long, default_value = "fp32")]
+    pub precision: String,
+    /// GPU: force the subgroup operations off.
+    #[arg(long)]
+    pub no_subgroups: bool,
+    /// GPU: persist compiled pipelines in this directory (run twice to see a reload).
+    #[arg(long)]
+    pub gpu_cache: Option<PathBuf>,
 }
 
 #[derive(Serialize)]
@@ -95,7 +109,7 @@ struct Report {
 }
 
 /// Deterministic inputs for a model: floats in [-1, 1), integers over their range.
-fn synthetic_input(dtype: DType, shape: &[usize], seed: u64) -> anyhow::Result<Tensor> {
+pub(crate) fn synthetic_input(dtype: DType, shape: &[usize], seed: u64) -> anyhow::Result<Tensor> {
     let n: usize = shape.iter().product();
     let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let mut next = move || {
@@ -125,7 +139,7 @@ fn peak_rss_bytes() -> Option<u64> {
     Some(kib * 1024)
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
+pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[idx.min(sorted.len() - 1)]
 }
@@ -137,6 +151,11 @@ fn ms(d: Duration) -> f64 {
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     if !args.local {
         bail!("pass --local: `bench` measures the in-process interpreter");
+    }
+    match args.device.as_str() {
+        "cpu" => {}
+        "gpu" => return super::bench_gpu::run(args),
+        other => bail!("--device must be cpu or gpu, not {other}"),
     }
     if args.runs == 0 {
         bail!("--runs must be at least 1");

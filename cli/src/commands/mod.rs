@@ -1,5 +1,6 @@
 pub mod allowlist;
 pub mod bench;
+pub mod bench_gpu;
 pub mod daemon;
 pub mod inspect;
 pub mod loadtest;
@@ -7,5 +8,6 @@ pub mod loadtest_app;
 pub mod make_chain;
 pub mod placement;
 pub mod run;
+pub mod session;
 pub mod simulate;
 pub mod top;

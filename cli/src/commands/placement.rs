@@ -32,14 +32,15 @@ pub struct PlacementArgs {
     /// Configuration file (device profiles, allowlist path); embedded defaults otherwise.
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Treat processors known only by their profile as allowed (what-if plan, as the
-    /// simulator uses) instead of keeping their partitions on the CPU.
+    /// Treat candidates the allowlist has not judged yet (and processors known only by
+    /// their profile) as allowed: a what-if plan, as the simulator makes, instead of
+    /// keeping them on the CPU.
     #[arg(long)]
     pub assume_allowed: bool,
     /// Skip timing the model on the CPU (the "measured" column stays empty).
     #[arg(long)]
     pub no_measure: bool,
-    /// Validate every candidate of the real delegates (emulated DSP/NPU) against the
+    /// Validate every candidate of the real delegates (GPU, emulated DSP/NPU) against the
     /// CPU reference now, as the daemon does on first load, and record the decisions
     /// in the allowlist (persisted when `scheduler.allowlist_path` is set).
     #[arg(long)]
@@ -236,7 +237,7 @@ pub fn run(args: PlacementArgs) -> anyhow::Result<()> {
             .with_context(|| format!("loading {}", args.model.display()))?,
     );
     let info = GraphInfo::analyse(model.clone()).context("analysing the model")?;
-    let (delegates, caps) = switchyard_scheduler::capability::for_device(&cfg.devices);
+    let (delegates, caps) = switchyard_scheduler::capability::for_config(&cfg);
     let parts = partition(&info, &caps);
     let mut cost = CostModel::new(cfg.devices.clone(), Learning::from_config(&cfg.scheduler));
     // Timed as the daemon serves it: optimized kernels, its thread count, warm.
@@ -288,9 +289,11 @@ pub fn run(args: PlacementArgs) -> anyhow::Result<()> {
             Lookup::Allowed(_) => Permission::Allowed,
             Lookup::Blocked(e) => Permission::Denied(format!("blocked: {}", e.reason)),
             Lookup::Stale(_) => Permission::Denied("driver changed: awaiting re-validation".into()),
-            Lookup::Unknown => {
-                Permission::Denied("not yet validated on this device (--validate does it)".into())
-            }
+            Lookup::Unknown if assume => Permission::Allowed,
+            Lookup::Unknown => Permission::Denied(
+                "not yet validated on this device (--validate does it; --assume-allowed plans as if validated)"
+                    .into(),
+            ),
         }
     };
     let mut the_plan = plan(&info, &parts, &caps, &cost, &permission);

@@ -21,7 +21,7 @@ use switchyard_interpreter::{DType, DelegateError, PartitionCtx, TensorMeta};
 use super::context::{Counters, GpuContext, GpuFailure};
 use super::execute::{Binding, GpuPartition, InputIo, OutputIo, PartitionCore, Step};
 use super::fuse::fuse;
-use super::ir::{Dispatch, Grid, Lowering, Value, ValueId, ValueKind, push_value};
+use super::ir::{Dispatch, Grid, Lowering, Value, ValueId, ValueKind, f32s, push_value};
 use super::ops::{self, NodeView};
 use super::pipelines::{MAX_WORKGROUPS_PER_DIMENSION, WORKGROUP_SIZE, assemble};
 use super::types::Precision;
@@ -163,6 +163,17 @@ fn lower(
             .tensors
             .get(t)
             .ok_or_else(|| err(format!("partition input {t} does not exist")))?;
+        // Values the interpreter folded at prepare (fp16 weights dequantized, shape
+        // arithmetic) come in as partition inputs but never change: uploaded once, as
+        // constants; non-float ones are read by the lowering from their known values.
+        if let Some(data) = (ctx.constant)(t) {
+            if def.dtype == DType::F32 {
+                let shape = tensor_shape(ctx, t).map_err(err)?;
+                let v = push_value(&mut values, shape, ValueKind::Const(f32s(data)));
+                tensor_value.insert(t, v);
+            }
+            continue;
+        }
         if def.dtype != DType::F32 {
             return Err(err(format!(
                 "partition input {t} is {}; the GPU runs float32 only",
@@ -423,20 +434,18 @@ pub(crate) fn compile(
             nodes: d.nodes.clone(),
         });
     }
-    let mut inputs = Vec::new();
+    // Per partition input: its slot, or none for a folded constant.
+    let mut input_io: Vec<Option<InputIo>> = ctx.partition.inputs.iter().map(|_| None).collect();
     for (v, value) in values.iter().enumerate() {
         if let ValueKind::Input(pos) = value.kind {
-            inputs.push((pos, v));
+            let slot = slot_of[v].ok_or_else(|| err(format!("input value {v} has no buffer")))?;
+            if let Some(io) = input_io.get_mut(pos) {
+                *io = Some(InputIo {
+                    slot,
+                    elems: value.elems(),
+                });
+            }
         }
-    }
-    inputs.sort_unstable();
-    let mut input_io = Vec::with_capacity(inputs.len());
-    for (_, v) in inputs {
-        let slot = slot_of[v].ok_or_else(|| err(format!("input value {v} has no buffer")))?;
-        input_io.push(InputIo {
-            slot,
-            elems: values[v].elems(),
-        });
     }
     let mut output_io = Vec::with_capacity(planned.len());
     let mut staging_size = 0u64;

@@ -372,8 +372,10 @@ impl Drop for GpuContext {
     fn drop(&mut self) {
         // Vulkan forbids destroying a device with work in flight, and wgpu's Vulkan
         // backend does not wait before it does: drain first.
-        if !self.wait_idle(Duration::from_secs(5)) {
-            tracing::warn!("GPU still busy when its device was dropped");
+        if self.wait_idle(Duration::from_secs(5)) {
+            tracing::info!(adapter = %self.info.name, "GPU device released, idle");
+        } else {
+            tracing::warn!(adapter = %self.info.name, "GPU still busy when its device was dropped");
         }
     }
 }

@@ -119,7 +119,9 @@ pub(crate) struct PartitionCore {
     slot_sizes: Vec<u64>,
     consts: Vec<wgpu::Buffer>,
     params: Vec<wgpu::Buffer>,
-    inputs: Vec<InputIo>,
+    /// Per partition input: where it is uploaded, or `None` for a value folded at
+    /// prepare (uploaded once, with the constants).
+    inputs: Vec<Option<InputIo>>,
     outputs: Vec<OutputIo>,
     staging_size: u64,
     pipelines: usize,
@@ -185,7 +187,7 @@ impl PartitionCore {
         slot_sizes: Vec<u64>,
         consts: Vec<wgpu::Buffer>,
         params: Vec<wgpu::Buffer>,
-        inputs: Vec<InputIo>,
+        inputs: Vec<Option<InputIo>>,
         outputs: Vec<OutputIo>,
         staging_size: u64,
         pipelines: usize,
@@ -468,6 +470,7 @@ impl PartitionCore {
         let gpu = &self.ctx;
         let mut uploaded = 0u64;
         for (t, io) in inputs.iter().zip(&self.inputs) {
+            let Some(io) = io else { continue };
             if io.elems == 0 {
                 continue;
             }
@@ -781,7 +784,7 @@ impl PartitionCore {
             nodes: self.nodes.clone(),
             precision: self.precision,
             dispatches: self.steps.len(),
-            inputs: self.inputs.len(),
+            inputs: self.inputs.iter().flatten().count(),
             outputs: self.outputs.len(),
             pipelines: self.pipelines,
             compile: self.compile_time,
@@ -829,6 +832,7 @@ impl CompiledPartition for PartitionCore {
             )));
         }
         for (i, (t, io)) in inputs.iter().zip(&self.inputs).enumerate() {
+            let Some(io) = io else { continue };
             if t.dtype != DType::F32 || t.bytes.len() != io.elems * 4 {
                 return Err(self.exec_err(format!(
                     "input {i} is {} with {} bytes; compiled for float32 with {}",

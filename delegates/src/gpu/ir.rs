@@ -225,7 +225,7 @@ pub(crate) struct Lowering<'a, 'c> {
 }
 
 /// Float values of constant bytes (float32, little-endian).
-fn f32s(bytes: &[u8]) -> Vec<f32> {
+pub(crate) fn f32s(bytes: &[u8]) -> Vec<f32> {
     bytes
         .chunks_exact(4)
         .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))

@@ -18,7 +18,7 @@
 //! - `disk_cache`: the driver's compiled pipelines persisted across runs
 //! - `ops/<op>.rs`: per operator, `check` (what compile requires) and `lower` (its
 //!   dispatches); `supports` answers from the op descriptors' GPU rules
-//!   (`switchyard_kernels::supports`)
+//!   (`switchyard_kernels::supports`), with `check` as a backstop
 //! - `ir`: values and dispatches with their epilogues; `fuse`: elementwise ops and
 //!   activations moved into their producers
 //! - `compile`: partition → fused dispatches, lifetime-planned buffer slots, constants,
@@ -64,3 +64,30 @@ mod stub;
 pub use delegate::GpuDelegate;
 #[cfg(not(feature = "gpu"))]
 pub use stub::GpuDelegate;
+
+/// The GPU delegates a configuration asks for, built one way for the daemon and for
+/// `switchyard placement` so offline plans are made against the same GPU: the fp32
+/// delegate and, when the adapter has `shader-f16` and `[gpu] fp16` allows it, its fp16
+/// variant on the same device. None when `devices.gpu.enabled` is false.
+/// `persist_pipelines` keeps compiled pipelines under `<daemon.state_dir>/gpu` (when
+/// `[gpu] pipeline_cache` allows).
+pub fn from_config(
+    cfg: &switchyard_config::Config,
+    persist_pipelines: bool,
+) -> Vec<std::sync::Arc<GpuDelegate>> {
+    if !cfg.devices.gpu.enabled {
+        return Vec::new();
+    }
+    let options = GpuOptions {
+        subgroups: cfg.gpu.subgroups,
+        fp16: cfg.gpu.fp16,
+        pipeline_cache_dir: (persist_pipelines && cfg.gpu.pipeline_cache)
+            .then(|| cfg.daemon.effective_state_dir().join("gpu")),
+        max_resident_sets: cfg.gpu.max_resident_sets,
+    };
+    let gpu = GpuDelegate::with_options(&options);
+    let fp16 = gpu.fp16_variant();
+    let mut out = vec![std::sync::Arc::new(gpu)];
+    out.extend(fp16.map(std::sync::Arc::new));
+    out
+}

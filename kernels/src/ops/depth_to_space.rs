@@ -16,9 +16,39 @@ use crate::util::expect_rank;
 
 /// DEPTH_TO_SPACE, SPACE_TO_DEPTH.
 pub const DESCRIPTORS: &[OpDescriptor] = &[
-    OpDescriptor::new(BuiltinOp::DepthToSpace, prepare).dsp(support::dsp_quantized),
+    OpDescriptor::new(BuiltinOp::DepthToSpace, prepare)
+        .gpu(gpu)
+        .dsp(support::dsp_quantized),
     OpDescriptor::new(BuiltinOp::SpaceToDepth, prepare),
 ];
+
+/// GPU: float32 DEPTH_TO_SPACE of an NHWC tensor (a gather per output element).
+fn gpu(ctx: &switchyard_interpreter::NodeSupportCtx<'_>) -> Result<(), String> {
+    support::arity(ctx, 1, 1, 1)?;
+    let OpOptions::DepthToSpace { block_size: b } = ctx.node.options else {
+        return Err("DEPTH_TO_SPACE without its options".into());
+    };
+    let x = support::input(ctx, 0)?;
+    let out = support::output(ctx, 0)?;
+    support::gpu_f32(&x, "input 0")?;
+    support::gpu_f32(&out, "output 0")?;
+    let &[n, h, w, c] = x.shape else {
+        return Err(format!("input {:?} must be rank 4", x.shape));
+    };
+    if b == 0 || c % (b * b) != 0 {
+        return Err(format!(
+            "{c} channels are not a multiple of block {b} squared"
+        ));
+    }
+    let expected = [n, h * b, w * b, c / (b * b)];
+    if out.shape != expected {
+        return Err(format!(
+            "output shape {:?} should be {expected:?}",
+            out.shape
+        ));
+    }
+    support::gpu_count(out.shape)
+}
 
 struct Rearrange {
     elem: usize,

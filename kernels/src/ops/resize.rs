@@ -21,9 +21,57 @@ use crate::util::expect_rank;
 
 /// RESIZE_BILINEAR, RESIZE_NEAREST_NEIGHBOR.
 pub const DESCRIPTORS: &[OpDescriptor] = &[
-    OpDescriptor::new(BuiltinOp::ResizeBilinear, prepare).dsp(support::dsp_quantized),
-    OpDescriptor::new(BuiltinOp::ResizeNearestNeighbor, prepare),
+    OpDescriptor::new(BuiltinOp::ResizeBilinear, prepare)
+        .gpu(gpu)
+        .dsp(support::dsp_quantized),
+    OpDescriptor::new(BuiltinOp::ResizeNearestNeighbor, prepare).gpu(gpu),
 ];
+
+/// GPU: float32 NHWC input, a constant int32 [2] size, not both align_corners and
+/// half_pixel_centers; 8x8 output tiles and 4-channel groups within one dispatch.
+fn gpu(ctx: &switchyard_interpreter::NodeSupportCtx<'_>) -> Result<(), String> {
+    support::arity(ctx, 2, 2, 1)?;
+    if let OpOptions::Resize {
+        align_corners: true,
+        half_pixel_centers: true,
+    } = ctx.node.options
+    {
+        return Err("align_corners and half_pixel_centers cannot both be set".into());
+    }
+    let x = support::input(ctx, 0)?;
+    let size = support::input(ctx, 1)?;
+    let out = support::output(ctx, 0)?;
+    support::gpu_f32(&x, "input 0")?;
+    support::gpu_f32(&out, "output 0")?;
+    if size.dtype != DType::I32 {
+        return Err(format!("size is {}, expected int32", size.dtype));
+    }
+    let &[n, ih, iw, c] = x.shape else {
+        return Err(format!("input {:?} must be rank 4", x.shape));
+    };
+    let hw = support::const_ints(&size, "size")?;
+    let (oh, ow) = match hw.as_slice() {
+        &[h, w] if h > 0 && w > 0 => (h as usize, w as usize),
+        other => return Err(format!("output size {other:?} must be two positive values")),
+    };
+    if ih == 0 || iw == 0 {
+        return Err(format!("cannot resize an empty image {:?}", x.shape));
+    }
+    if out.shape != [n, oh, ow, c] {
+        return Err(format!(
+            "output shape {:?} should be {:?}",
+            out.shape,
+            [n, oh, ow, c]
+        ));
+    }
+    support::gpu_count(out.shape)?;
+    support::gpu_count(x.shape)?;
+    let tiles = oh.div_ceil(8) * ow.div_ceil(8) * n;
+    if tiles > 65_535 || c.div_ceil(4) > 65_535 {
+        return Err(format!("{tiles} tiles of {c} channels exceed one dispatch"));
+    }
+    Ok(())
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {

@@ -16,9 +16,33 @@ use switchyard_interpreter::{
 
 /// SOFTMAX, LOG_SOFTMAX.
 pub const DESCRIPTORS: &[OpDescriptor] = &[
-    OpDescriptor::new(BuiltinOp::Softmax, prepare).dsp(support::dsp_quantized),
+    OpDescriptor::new(BuiltinOp::Softmax, prepare)
+        .gpu(gpu)
+        .dsp(support::dsp_quantized),
     OpDescriptor::new(BuiltinOp::LogSoftmax, prepare),
 ];
+
+/// GPU: float32 SOFTMAX over a non-empty last axis (one workgroup per row).
+fn gpu(ctx: &switchyard_interpreter::NodeSupportCtx<'_>) -> Result<(), String> {
+    support::arity(ctx, 1, 1, 1)?;
+    if !matches!(ctx.node.options, OpOptions::Softmax { .. }) {
+        return Err("SOFTMAX without its options".into());
+    }
+    let x = support::input(ctx, 0)?;
+    let out = support::output(ctx, 0)?;
+    support::gpu_f32(&x, "input 0")?;
+    support::gpu_f32(&out, "output 0")?;
+    if x.shape != out.shape {
+        return Err(format!(
+            "output shape {:?} differs from input {:?}",
+            out.shape, x.shape
+        ));
+    }
+    match x.shape.last() {
+        Some(&d) if d > 0 => support::gpu_count(x.shape),
+        _ => Err("SOFTMAX over an empty axis or of a scalar".into()),
+    }
+}
 
 struct Softmax {
     beta: f32,

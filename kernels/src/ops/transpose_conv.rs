@@ -27,9 +27,62 @@ use switchyard_interpreter::BuiltinOp;
 
 /// TRANSPOSE_CONV, and MediaPipe's custom transposed convolution with bias.
 pub const DESCRIPTORS: &[OpDescriptor] = &[
-    OpDescriptor::new(BuiltinOp::TransposeConv, prepare).work(crate::work::transpose_conv),
-    OpDescriptor::custom(super::CONV2D_TRANSPOSE_BIAS, prepare),
+    OpDescriptor::new(BuiltinOp::TransposeConv, prepare)
+        .gpu(gpu)
+        .work(crate::work::transpose_conv),
+    OpDescriptor::custom(super::CONV2D_TRANSPOSE_BIAS, prepare).gpu(gpu),
 ];
+
+/// GPU: float32 in either form, a constant filter, a clamp as fused activation, the
+/// output as this file's prepare derives it, within one dispatch (64 pixels x one
+/// channel per workgroup).
+fn gpu(ctx: &switchyard_interpreter::NodeSupportCtx<'_>) -> Result<(), String> {
+    let prepare_ctx = PrepareCtx {
+        node: ctx.node,
+        inputs: ctx.inputs.clone(),
+        outputs: ctx.outputs.clone(),
+        threads: 1,
+    };
+    let p = prepare_params(&prepare_ctx).map_err(|e| e.to_string())?;
+    if p.dtype != DType::F32 {
+        return Err(format!(
+            "{} transposed convolution; the GPU delegate runs float32 only",
+            p.dtype
+        ));
+    }
+    let out = ctx
+        .outputs
+        .first()
+        .ok_or_else(|| "missing output 0".to_string())?;
+    if out.shape != p.output_shape().as_slice() {
+        return Err(format!(
+            "output shape {:?} should be {:?}",
+            out.shape,
+            p.output_shape()
+        ));
+    }
+    let weights = ctx
+        .inputs
+        .get(p.weights_input)
+        .copied()
+        .flatten()
+        .ok_or_else(|| "missing filter".to_string())?;
+    if weights.data.is_none() {
+        return Err("the filter must be a constant".into());
+    }
+    crate::support::gpu_count(out.shape)?;
+    let pixels = p.batches * p.out_h * p.out_w;
+    if pixels.div_ceil(64) > 65_535 || p.out_c > 65_535 {
+        return Err(format!(
+            "{pixels} pixels x {} channels exceed one dispatch",
+            p.out_c
+        ));
+    }
+    if let OpOptions::Conv(c) = &ctx.node.options {
+        crate::support::gpu_activation(c.activation)?;
+    }
+    Ok(())
+}
 
 /// What prepare decided for one transposed convolution.
 #[derive(Clone, Debug, PartialEq)]

@@ -278,7 +278,15 @@ fn fusion_removes_elementwise_dispatches_on_real_models() {
         )
         .expect("prepares");
         let views: Vec<_> = inputs.iter().map(Tensor::view).collect();
+        let before = d.counters();
         let out = it.run(&views).expect("runs");
+        // Weights folded at prepare (fp16 dequantized) arrive as partition inputs but
+        // are uploaded once, at compile: per run only the model's inputs go up.
+        assert_eq!(
+            d.counters().since(&before).uploads,
+            sg.inputs.len() as u64,
+            "{stem}"
+        );
         assert!(
             it.partition_reports()
                 .iter()

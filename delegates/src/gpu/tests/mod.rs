@@ -716,6 +716,7 @@ fn fully_connected_matches_cpu() {
                     activation: act,
                     keep_num_dims: keep,
                     weights_format: 0,
+                    asymmetric_quantize_inputs: false,
                 },
             );
             assert_parity(
@@ -1282,19 +1283,28 @@ fn split_model_crosses_cpu_gpu_boundaries() {
 }
 
 /// Maximal runs of consecutive nodes the GPU supports: connected partitions in
-/// execution order, as a partitioner would make for a single delegate. Runs of weight
-/// decoding alone (folded at prepare, so nothing to run) are left out.
+/// execution order, as a partitioner would make for a single delegate. Weight decoding
+/// of constants (folded at prepare, so nothing to run) belongs to no partition, as the
+/// partitioner leaves it, and does not break a run.
 pub(crate) fn supported_runs(d: &GpuDelegate, model: &Model) -> Vec<Vec<usize>> {
     let sg = &model.subgraphs[0];
-    let folded = |n: &usize| {
+    let folded = |n: usize| {
+        let node = &sg.nodes[n];
         matches!(
-            sg.nodes[*n].builtin(),
+            node.builtin(),
             Some(BuiltinOp::Dequantize | BuiltinOp::Densify)
-        )
+        ) && node
+            .inputs
+            .iter()
+            .flatten()
+            .all(|&t| sg.tensors[t].data.is_some())
     };
     let mut runs: Vec<Vec<usize>> = Vec::new();
     let mut current = Vec::new();
     for n in 0..model.subgraphs[0].nodes.len() {
+        if folded(n) {
+            continue;
+        }
         if support_of(d, model, n).is_supported() {
             current.push(n);
         } else if !current.is_empty() {
@@ -1304,7 +1314,6 @@ pub(crate) fn supported_runs(d: &GpuDelegate, model: &Model) -> Vec<Vec<usize>> 
     if !current.is_empty() {
         runs.push(current);
     }
-    runs.retain(|r| !r.iter().all(folded));
     runs
 }
 
@@ -1343,4 +1352,109 @@ fn real_models_placed_by_support_match_cpu_reference() {
             }
         }
     }
+}
+
+/// `supports` answers from the op descriptors' GPU rules (`switchyard-kernels`, one home
+/// per operator) and compile lowers with the ops' own checks: the two agree on every node
+/// of the real models and of the models the op tests build. Needs no adapter.
+#[test]
+fn descriptor_rules_and_lowering_checks_agree() {
+    use switchyard_interpreter::ProcessorKind;
+    let mut models: Vec<(String, Vec<u8>)> = Vec::new();
+    let dir = switchyard_testkit::models_dir();
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}; run scripts/setup.sh", dir.display()))
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "tflite"))
+        .collect();
+    files.sort();
+    for p in files {
+        let bytes = std::fs::read(&p).expect("model readable");
+        models.push((p.display().to_string(), bytes));
+    }
+    use BuiltinOp::{ResizeBilinear, ResizeNearestNeighbor};
+    models.extend([
+        (
+            "resize bilinear".to_string(),
+            more_ops::resize_model(ResizeBilinear, &[1, 6, 6, 5], [12, 12], false, true),
+        ),
+        (
+            "resize nearest".to_string(),
+            more_ops::resize_model(ResizeNearestNeighbor, &[1, 6, 6, 5], [3, 9], true, false),
+        ),
+        (
+            "transpose conv".to_string(),
+            more_ops::transpose_conv_model(
+                &[1, 4, 5, 3],
+                [2, 3, 3, 3],
+                [8, 10],
+                2,
+                Padding::Same,
+                Activation::Relu,
+                1,
+            ),
+        ),
+        (
+            "mediapipe transpose conv".to_string(),
+            more_ops::mediapipe_model(&[1, 8, 8, 16], [1, 2, 2, 16], 2, 2),
+        ),
+        (
+            "softmax".to_string(),
+            single_op(
+                BuiltinOp::Softmax,
+                &[(&[2, 10], None)],
+                &[2, 10],
+                OpOptions::Softmax { beta: 1.0 },
+            ),
+        ),
+        (
+            "depth to space".to_string(),
+            single_op(
+                BuiltinOp::DepthToSpace,
+                &[(&[1, 2, 2, 8], None)],
+                &[1, 4, 4, 2],
+                OpOptions::DepthToSpace { block_size: 2 },
+            ),
+        ),
+        (
+            "exp".to_string(),
+            single_op(BuiltinOp::Exp, &[(&[1, 8], None)], &[1, 8], OpOptions::None),
+        ),
+    ]);
+    let mut checked = 0;
+    for (name, bytes) in &models {
+        let model = Model::from_bytes(bytes).unwrap_or_else(|e| panic!("{name}: {e}"));
+        for sg in &model.subgraphs {
+            let meta = |t: usize| TensorMeta {
+                dtype: sg.tensors[t].dtype,
+                shape: &sg.tensors[t].shape,
+                quant: sg.tensors[t].quant.as_ref(),
+                data: sg.tensors[t].data.as_ref().map(|c| c.as_slice()),
+                name: &sg.tensors[t].name,
+            };
+            for (n, node) in sg.nodes.iter().enumerate() {
+                let ctx = NodeSupportCtx {
+                    subgraph: sg,
+                    node,
+                    inputs: node.inputs.iter().map(|t| t.map(meta)).collect(),
+                    outputs: node.outputs.iter().map(|&t| meta(t)).collect(),
+                };
+                let rule = switchyard_kernels::supports(ProcessorKind::Gpu, &ctx);
+                let check = super::ops::check(&super::ops::NodeView {
+                    node,
+                    inputs: &ctx.inputs,
+                    outputs: &ctx.outputs,
+                });
+                assert_eq!(
+                    rule.is_supported(),
+                    check.is_ok(),
+                    "{name} node {n} ({}): descriptor {rule:?}, lowering {check:?}",
+                    node.op
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 1000, "{checked} nodes");
 }

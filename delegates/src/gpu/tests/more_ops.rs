@@ -31,7 +31,13 @@ fn softmax_matches_cpu() {
     }
 }
 
-fn resize_model(op: BuiltinOp, x: &[usize], hw: [usize; 2], align: bool, half: bool) -> Vec<u8> {
+pub(crate) fn resize_model(
+    op: BuiltinOp,
+    x: &[usize],
+    hw: [usize; 2],
+    align: bool,
+    half: bool,
+) -> Vec<u8> {
     let mut mb = ModelBuilder::new();
     let sg = mb.main();
     let xt = sg.tensor("x", DType::F32, x);
@@ -78,7 +84,7 @@ fn resizes_match_cpu() {
 }
 
 /// Builtin TRANSPOSE_CONV: (output_shape, weights [oc, kh, kw, ic], input, bias).
-fn transpose_conv_model(
+pub(crate) fn transpose_conv_model(
     x: &[usize],
     filter: [usize; 4],
     out_hw: [usize; 2],
@@ -121,7 +127,12 @@ fn transpose_conv_model(
 
 /// MediaPipe's Convolution2DTransposeBias: (input, weights, bias) and three int32
 /// options (padding code, stride width, stride height).
-fn mediapipe_model(x: &[usize], filter: [usize; 4], stride: usize, seed: u64) -> Vec<u8> {
+pub(crate) fn mediapipe_model(
+    x: &[usize],
+    filter: [usize; 4],
+    stride: usize,
+    seed: u64,
+) -> Vec<u8> {
     let mut mb = ModelBuilder::new();
     let sg = mb.main();
     let xt = sg.tensor("x", DType::F32, x);
