@@ -104,6 +104,7 @@ pub fn arbiter_options(cfg: &SchedulerConfig) -> ArbiterOptions {
         aging_s: cfg.aging_ms as f64 / 1e3,
         background_share: cfg.background_share,
         background_reserve: cfg.background_reserve,
+        express_s: cfg.express_ms / 1e3,
     }
 }
 

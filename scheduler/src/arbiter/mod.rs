@@ -271,11 +271,20 @@ pub struct Ctx<'a> {
     /// See [`ArbiterOptions::aging_s`].
     pub aging_s: f64,
     pub background: BTreeMap<ProcessorKind, BackgroundState>,
-    /// While realtime requests arrive: how long one may wait for a server. On a
-    /// multi-server processor no job longer than this takes the last free server unless
-    /// another frees within it, so a realtime frame always finds a server in time (jobs
-    /// are not preempted).
-    pub realtime_guard_s: Option<f64>,
+    /// The express lane of each multi-server processor (see
+    /// [`ArbiterOptions::express_s`]).
+    pub express: BTreeMap<ProcessorKind, Express>,
+}
+
+/// One extra server of a multi-server processor for jobs measured short, used when every
+/// regular one is busy: the OS time-slices it with them, so a short frame (a wake word)
+/// never waits behind a long job. Jobs are not preempted; this is what stands in for it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Express {
+    /// When the lane is expected to be free (at or before now: free).
+    pub free_at: f64,
+    /// Longest expected service a job may have to use it.
+    pub max_s: f64,
 }
 
 impl<'a> Ctx<'a> {
@@ -291,7 +300,7 @@ impl<'a> Ctx<'a> {
             served,
             aging_s: ArbiterOptions::default().aging_s,
             background: BTreeMap::new(),
-            realtime_guard_s: None,
+            express: BTreeMap::new(),
         }
     }
 
@@ -319,6 +328,8 @@ pub struct Assignment {
     pub processor: ProcessorKind,
     /// Servers it holds: intra-op threads on the CPU, else 1.
     pub threads: usize,
+    /// It runs on the express lane, beside the processor's busy servers.
+    pub express: bool,
     pub start: f64,
     pub expected_finish: f64,
 }
@@ -347,54 +358,32 @@ impl Ord for Key {
 }
 
 /// Fills every free server with the queued job of the smallest `key`, under the
-/// background cap (background jobs hold at most `cap` servers of a processor), the
+/// background cap (background jobs hold at most `cap` servers of a processor) and the
 /// background reserve (when background work got less than its share lately, a queued
-/// background job goes first) and the realtime guard (see [`Ctx::realtime_guard_s`]).
-/// A CPU job takes several cores as intra-op threads only when no other job waits for
-/// them, it is not background work, and its threads are not known to be slower than
-/// one core.
+/// background job goes first); then, when every server is busy, gives the express lane
+/// (see [`Express`]) to the most urgent short job. A CPU job takes several cores as
+/// intra-op threads only when no other job waits for them, it is not background work,
+/// and its threads are not known to be slower than one core.
 pub fn pick_by(
     ctx: &Ctx<'_>,
     queue: &mut Queue,
     key: impl Fn(&Ctx<'_>, &Job) -> Key,
 ) -> Vec<Assignment> {
     let mut out = Vec::new();
-    for (&p, servers) in &ctx.servers {
-        // When each server is expected to be free, updated as jobs are given out.
-        let mut busy_until: Vec<f64> = servers.clone();
-        let free_now = |b: &[f64]| b.iter().filter(|&&t| t <= ctx.now).count();
+    for &p in ctx.servers.keys() {
+        let mut free = ctx.free(p);
         let bg = ctx.background.get(&p).copied().unwrap_or(BackgroundState {
             cap: usize::MAX,
             running: 0,
             reserve_due: false,
         });
-        let guard = ctx.realtime_guard_s.filter(|_| servers.len() > 1);
         let mut bg_running = bg.running;
         let mut reserve_due = bg.reserve_due;
-        loop {
-            let free = free_now(&busy_until);
-            if free == 0 {
-                break;
-            }
-            let Some(jobs) = queue.per.get_mut(&p) else {
-                break;
-            };
-            // Would `service` seconds on `threads` servers leave a realtime frame
-            // without a server in time?
-            let starves_realtime = |service: f64, threads: usize| {
-                let Some(g) = guard else {
-                    return false;
-                };
-                if threads < free || service <= g {
-                    return false;
-                }
-                !busy_until.iter().any(|&t| t > ctx.now && t <= ctx.now + g)
-            };
-            let allowed = |j: &Job| {
-                (j.class != PriorityClass::Background || bg_running < bg.cap)
-                    && (j.class == PriorityClass::Realtime
-                        || !starves_realtime(j.service_on(p).unwrap_or(f64::INFINITY), 1))
-            };
+        let Some(jobs) = queue.per.get_mut(&p) else {
+            continue;
+        };
+        while free > 0 {
+            let allowed = |j: &Job| j.class != PriorityClass::Background || bg_running < bg.cap;
             let best_of = |jobs: &[Job], only_bg: bool| {
                 jobs.iter()
                     .enumerate()
@@ -422,9 +411,7 @@ pub fn pick_by(
                             && !others_waiting
                             && w.threads > 1
                             && w.threads <= free
-                            && (!w.measured || w.service_s < 0.85 * o.service_s)
-                            && !(job.class != PriorityClass::Realtime
-                                && starves_realtime(w.service_s, w.threads)) =>
+                            && (!w.measured || w.service_s < 0.85 * o.service_s) =>
                     {
                         (w.threads, w.service_s)
                     }
@@ -432,13 +419,7 @@ pub fn pick_by(
                 },
                 None => (1, f64::INFINITY),
             };
-            let mut left = threads;
-            for t in busy_until.iter_mut() {
-                if left > 0 && *t <= ctx.now {
-                    *t = ctx.now + service;
-                    left -= 1;
-                }
-            }
+            free = free.saturating_sub(threads);
             if job.class == PriorityClass::Background {
                 bg_running += 1;
                 reserve_due = false;
@@ -446,6 +427,35 @@ pub fn pick_by(
             out.push(Assignment {
                 processor: p,
                 threads,
+                express: false,
+                start: ctx.now,
+                expected_finish: ctx.now + service,
+                job,
+            });
+        }
+        if free > 0 {
+            continue;
+        }
+        let Some(lane) = ctx.express.get(&p).filter(|l| l.free_at <= ctx.now) else {
+            continue;
+        };
+        let short = jobs
+            .iter()
+            .enumerate()
+            .filter(|(_, j)| {
+                j.option_on(p)
+                    .is_some_and(|o| o.measured && o.service_s <= lane.max_s)
+                    && (j.class != PriorityClass::Background || bg_running < bg.cap)
+            })
+            .min_by_key(|(_, j)| key(ctx, j))
+            .map(|(i, _)| i);
+        if let Some(i) = short {
+            let job = jobs.remove(i);
+            let service = job.service_on(p).unwrap_or(f64::INFINITY);
+            out.push(Assignment {
+                processor: p,
+                threads: 1,
+                express: true,
                 start: ctx.now,
                 expected_finish: ctx.now + service,
                 job,
@@ -525,6 +535,9 @@ pub struct ArbiterOptions {
     /// Fraction of a processor's time background work gets when it has work queued,
     /// however busy the other classes keep it.
     pub background_reserve: f64,
+    /// Jobs expected to take at most this many seconds may use the express lane of a
+    /// multi-server processor when every server is busy (see [`Express`]); 0: none.
+    pub express_s: f64,
 }
 
 impl Default for ArbiterOptions {
@@ -537,6 +550,7 @@ impl Default for ArbiterOptions {
             aging_s: 0.5,
             background_share: 0.5,
             background_reserve: 0.15,
+            express_s: 0.002,
         }
     }
 }
@@ -613,6 +627,7 @@ pub struct Running {
     pub stage: usize,
     pub processor: ProcessorKind,
     pub threads: usize,
+    pub express: bool,
     pub class: PriorityClass,
     pub expected_finish: f64,
 }
@@ -647,14 +662,8 @@ pub struct Arbiter {
     pending: HashMap<u64, Request>,
     served: HashMap<String, f64>,
     background_busy: BTreeMap<ProcessorKind, Decayed>,
-    /// The tightest relative deadline of recent realtime requests, and when one last
-    /// arrived.
-    realtime: Option<(f64, f64)>,
     outcomes: Vec<Outcome>,
 }
-
-/// Realtime requests older than this no longer guard a server.
-pub const REALTIME_WINDOW_S: f64 = 2.0;
 
 /// One server per processor (accelerators; a one-core CPU).
 pub fn one_each(kinds: &[ProcessorKind]) -> Vec<(ProcessorKind, usize)> {
@@ -673,7 +682,6 @@ impl Arbiter {
             pending: HashMap::new(),
             served: HashMap::new(),
             background_busy: BTreeMap::new(),
-            realtime: None,
             outcomes: Vec::new(),
         }
     }
@@ -697,16 +705,34 @@ impl Arbiter {
     fn ctx(&self, now: f64) -> Ctx<'_> {
         let mut servers = BTreeMap::new();
         let mut background = BTreeMap::new();
+        let mut express = BTreeMap::new();
         for (&p, &n) in &self.servers {
             let mut times = Vec::with_capacity(n);
             let mut bg_running = 0;
             for r in self.running.iter().filter(|r| r.processor == p) {
-                for _ in 0..r.threads {
-                    times.push(r.expected_finish.max(now + 1e-9));
-                }
                 if r.class == PriorityClass::Background {
                     bg_running += 1;
                 }
+                if r.express {
+                    continue;
+                }
+                for _ in 0..r.threads {
+                    times.push(r.expected_finish.max(now + 1e-9));
+                }
+            }
+            if n > 1 && self.opts.express_s > 0.0 {
+                let free_at = self
+                    .running
+                    .iter()
+                    .find(|r| r.processor == p && r.express)
+                    .map_or(now, |r| r.expected_finish.max(now + 1e-9));
+                express.insert(
+                    p,
+                    Express {
+                        free_at,
+                        max_s: self.opts.express_s,
+                    },
+                );
             }
             times.truncate(n);
             times.resize(n, now);
@@ -733,10 +759,7 @@ impl Arbiter {
             aging_s: self.opts.aging_s,
             background,
             // Leave a quarter of the budget for the frame itself.
-            realtime_guard_s: self
-                .realtime
-                .filter(|&(_, at)| now - at <= REALTIME_WINDOW_S)
-                .map(|(budget, _)| 0.75 * budget),
+            express,
         }
     }
 
@@ -775,13 +798,6 @@ impl Arbiter {
 
     /// Admits a request (its first stage is ready now) or refuses it with the reason.
     pub fn submit(&mut self, request: Request, now: f64) -> Result<(), Refusal> {
-        if request.class == PriorityClass::Realtime && request.deadline.is_finite() {
-            let budget = request.deadline - request.arrival;
-            self.realtime = Some(match self.realtime {
-                Some((b, at)) if now - at <= REALTIME_WINDOW_S => (b.min(budget), now),
-                _ => (budget, now),
-            });
-        }
         let job = self
             .job_for(&request, 0, now)
             .ok_or(Refusal::NoProcessor { stage: 0 })?;
@@ -826,6 +842,7 @@ impl Arbiter {
                 stage: a.job.stage,
                 processor: a.processor,
                 threads: a.threads,
+                express: a.express,
                 class: a.job.class,
                 expected_finish: a.expected_finish,
             });
