@@ -17,7 +17,8 @@ use switchyard_client::{DType as WireType, Outputs, Run, Tensor};
 use switchyard_delegates::CpuResolver;
 use switchyard_interpreter::builder::ModelBuilder;
 use switchyard_interpreter::{
-    Activation, BuiltinOp, DType, Interpreter, InterpreterOptions, OpKind, OpOptions,
+    Activation, BuiltinOp, DType, Interpreter, InterpreterOptions, Model as Graph, OpKind,
+    OpOptions,
 };
 use switchyard_testkit::{compare, default_tolerance};
 use switchyard_tests::{golden, model_path, workspace_binary};
@@ -190,7 +191,7 @@ fn run_on(s: &Session, x: Tensor) -> Tensor {
 /// What a fresh interpreter (no state) answers to an all-zero step: what a fresh daemon
 /// gives, computed in this process.
 fn fresh_zero_output(seq: &Sequence) -> Vec<u8> {
-    let model = Arc::new(switchyard_interpreter::Model::from_path(model_path(STEM)).unwrap());
+    let model = Arc::new(Graph::from_path(model_path(STEM)).unwrap());
     let mut it = Interpreter::new(
         model,
         Arc::new(CpuResolver::optimized()),
@@ -215,7 +216,10 @@ fn helper_stream_and_check() {
     let seq = sequence();
     let c = Client::connect_unix(socket).unwrap();
     let m = c.load(std::env::var("SY_MODEL").unwrap()).unwrap();
-    assert!(m.meta().stateful, "the wake-word model keeps state between runs");
+    assert!(
+        m.meta().stateful,
+        "the wake-word model keeps state between runs"
+    );
     let s = m.open_session().unwrap();
     while !go.exists() {
         std::thread::sleep(Duration::from_millis(5));
@@ -383,16 +387,20 @@ fn one_tenants_state_is_invisible_to_another() {
         .unwrap();
     let mut line = String::new();
     let mut reader = BufReader::new(a.stdout.take().unwrap());
-    while !line.starts_with("session ") {
+    // libtest prints the test's name on the same line before the helper's output.
+    let report = loop {
         line.clear();
         assert!(
             reader.read_line(&mut line).unwrap() > 0,
             "tenant A helper died"
         );
-    }
-    let a_session: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+        if let Some(at) = line.find("session ") {
+            break line[at..].to_string();
+        }
+    };
+    let a_session: u64 = report.split_whitespace().nth(1).unwrap().parse().unwrap();
     // A's detector state is far from a fresh one after 48 steps.
-    let a_last = line.split("last ").nth(1).unwrap().trim().to_string();
+    let a_last = report.split("last ").nth(1).unwrap().trim().to_string();
     assert_ne!(
         a_last,
         format!("{fresh:?}"),
@@ -509,7 +517,7 @@ fn resizes_past_the_tenants_quota_are_refused_and_nothing_grows() {
 fn a_held_prepare_does_not_block_another_tenants_load() {
     let hold_dir = tempfile::tempdir().unwrap();
     let d = Daemon::start("", &[("SWITCHYARD_DEBUG_HOLD_DIR", hold_dir.path())]);
-    let bytes_a = std::fs::read(model_path("mp_pose_detection")).unwrap();
+    let bytes_a = std::fs::read(model_path(STEM)).unwrap();
     let sha_a = sha256_hex(&bytes_a);
     let hold = hold_dir.path().join(format!("{sha_a}.hold"));
     let held = hold_dir.path().join(format!("{sha_a}.held"));
@@ -517,7 +525,7 @@ fn a_held_prepare_does_not_block_another_tenants_load() {
     let socket = d.socket.clone();
     let a = std::thread::spawn(move || {
         let c = Client::connect_unix(socket).unwrap();
-        c.load_bytes("pose", bytes_a)
+        c.load_bytes("a", bytes_a)
     });
     let deadline = Instant::now() + Duration::from_secs(60);
     while !held.exists() {

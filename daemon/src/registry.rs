@@ -169,17 +169,16 @@ impl PreparedModel {
             None => {
                 let limit = pool.limit().saturating_sub(pool.used());
                 plan.session(SessionLimits { max_bytes: limit })
-                    .map_err(memory_or_prepare)?
+                    .map_err(|e| in_pool(e, pool))?
             }
         };
         if self.stateful {
             session.reset();
         }
-        // The session may grow during the run up to what the tenant has left.
+        // The tenant's pool bounds what the session may grow to during the run, and
+        // refuses with the tenant's figures.
         session.set_limits(SessionLimits {
-            max_bytes: session
-                .memory_bytes()
-                .saturating_add(pool.limit().saturating_sub(pool.used())),
+            max_bytes: pool.limit(),
         });
         session
             .set_memory_pool(Some(pool))
@@ -213,7 +212,7 @@ impl PreparedModel {
         let mut s = self
             .plan
             .session(SessionLimits { max_bytes: limit })
-            .map_err(memory_or_prepare)?;
+            .map_err(|e| in_pool(e, pool))?;
         s.set_memory_pool(Some(pool)).map_err(memory_or_prepare)?;
         s.set_limits(SessionLimits {
             max_bytes: pool.limit(),
@@ -242,6 +241,22 @@ impl PreparedModel {
 
     pub fn id(&self) -> String {
         self.sha256_hex[..16].to_owned()
+    }
+}
+
+/// A new session's memory refused under a limit of what the tenant had left, told with
+/// the tenant's figures (in use, quota).
+fn in_pool(e: switchyard_interpreter::RunError, pool: &MemoryPool) -> DaemonError {
+    match e {
+        switchyard_interpreter::RunError::Memory {
+            what, requested, ..
+        } => memory_or_prepare(switchyard_interpreter::RunError::Memory {
+            what,
+            requested,
+            used: pool.used(),
+            limit: pool.limit(),
+        }),
+        e => memory_or_prepare(e),
     }
 }
 
