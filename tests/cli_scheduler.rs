@@ -72,7 +72,14 @@ fn placement_draws_an_svg() {
         "--json",
         "--no-measure",
     ]);
-    let nodes = v["nodes"].as_array().unwrap().len();
+    // Nodes folded at load (no partition, no processor) are counted in the caption, not
+    // drawn.
+    let nodes = v["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| !(n["partition"].is_null() && n["processor"].is_null()))
+        .count();
     let (ok, svg, err) = switchyard(&[
         "placement",
         model.to_str().unwrap(),
@@ -82,8 +89,9 @@ fn placement_draws_an_svg() {
     assert!(ok, "{err}");
     assert!(svg.starts_with("<svg"));
     assert!(svg.trim_end().ends_with("</svg>"));
-    // One box per node plus five legend swatches.
+    // One box per node that runs, the background and four legend swatches.
     assert_eq!(svg.matches("<rect").count(), nodes + 5);
+    assert!(svg.contains("constant nodes folded at load are not drawn"));
 }
 
 /// The comparison is fair: fixed placements get the same admission control (they

@@ -191,8 +191,9 @@ fn add_model(c: f32) -> Vec<u8> {
 
 #[test]
 fn daemon_matches_local_inline_and_shm_bit_for_bit() {
-    // Bit for bit with the CPU: a GPU the allowlist allows rounds its float sums
-    // differently (its own tests hold it to 1e-3), so this daemon offers none.
+    // CPU only: the GPU delegate (lavapipe here) is allowlisted when it validates as
+    // accurate and faster, which depends on the machine's load, and its float results
+    // match LiteRT within tolerance, not `run --local` bit for bit.
     let d = Daemon::start("[daemon.quota]\nmodels = 32\n[devices.gpu]\nenabled = false\n");
     let scratch = d.dir.path().to_path_buf();
     let models = runnable_models(&scratch);

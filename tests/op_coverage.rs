@@ -17,45 +17,7 @@ use switchyard_delegates::CpuResolver;
 use switchyard_interpreter::{OpResolver, Tensor, npy};
 use switchyard_testkit::single_op::{all_cases, probe_litert};
 use switchyard_testkit::{compare, default_tolerance, switchyard_run};
-
-/// Kernels that run today but disagree with LiteRT, each with its cause. A fix removes
-/// its line: the test also fails when a listed case matches, so the list stays true.
-const KNOWN_MISMATCHES: &[(&str, &str)] = &[
-    (
-        "ADD int16",
-        "binary.rs shifts int16 inputs left by int8's 20 bits (LiteRT: 15) and overflows; \
-         a debug build panics",
-    ),
-    ("SUB int16", "as ADD int16"),
-    (
-        "REDUCE_PROD int8",
-        "requantization of the running product differs from LiteRT's at saturation",
-    ),
-    (
-        "CAST int8->uint8",
-        "saturates where LiteRT's static_cast wraps modulo 2^8",
-    ),
-    (
-        "CAST uint8->int8",
-        "saturates where LiteRT's static_cast wraps",
-    ),
-    (
-        "CAST int16->int8",
-        "saturates where LiteRT's static_cast wraps",
-    ),
-    (
-        "CAST int16->uint8",
-        "saturates where LiteRT's static_cast wraps",
-    ),
-    (
-        "CAST int32->uint8",
-        "saturates where LiteRT's static_cast wraps",
-    ),
-    (
-        "CAST int64->uint8",
-        "saturates where LiteRT's static_cast wraps",
-    ),
-];
+use switchyard_tests::ops_doc::KNOWN_MISMATCHES;
 
 #[derive(Clone, Debug, PartialEq)]
 enum Outcome {

@@ -97,12 +97,9 @@ real_model_tests! {
     mww_alexa_first_invoke_matches_litert => "mww_alexa",
     mww_hey_jarvis_first_invoke_matches_litert => "mww_hey_jarvis",
     mww_hey_mycroft_first_invoke_matches_litert => "mww_hey_mycroft",
-    #[ignore = "int8 SOFTMAX has no kernel yet (issue 12)"]
     helia_tiny_cnn_int8_matches_litert => "helia_tiny_cnn_int8",
     mobilenetv2_float_matches_litert => "gen_mobilenetv2_035_96_float",
-    #[ignore = "int8 SOFTMAX has no kernel yet (issue 12)"]
     mobilenetv2_int8_matches_litert => "gen_mobilenetv2_035_96_int8",
-    #[ignore = "hybrid CONV_2D (int8 weights, float activations) has no kernel yet (issue 12)"]
     mobilenetv2_dynamic_matches_litert => "gen_mobilenetv2_035_96_dynamic",
     lstm_float_matches_litert => "gen_lstm_float",
     #[ignore = "int8 UNIDIRECTIONAL_SEQUENCE_LSTM has no kernel yet (issue 12)"]
@@ -112,7 +109,6 @@ real_model_tests! {
     gru_float_matches_litert => "gen_gru_float",
     gru_unrolled_int8_matches_litert => "gen_gru_unrolled_int8",
     transformer_float_matches_litert => "gen_transformer_float",
-    #[ignore = "int8 SOFTMAX, RSQRT and SQUARED_DIFFERENCE have no kernels yet (issue 12)"]
     transformer_int8_matches_litert => "gen_transformer_int8",
 }
 

@@ -255,7 +255,7 @@ mod tests {
         );
         let l = {
             let c = lock(&cost);
-            c.learned(&plan.key(Variant::Placed), ProcessorKind::Cpu, 1, c.now())
+            c.learned(plan.key(Variant::Placed), ProcessorKind::Cpu, 1, c.now())
                 .unwrap()
         };
         assert_eq!(l.samples, 4);

@@ -87,12 +87,17 @@ impl Placer {
     /// Decides where `model` (whose sha256 is `sha256_hex`) runs. Blocking (validation
     /// runs the model): call from the blocking pool. With no delegates the model runs
     /// on the CPU only, and nothing is timed before its first request.
+    ///
+    /// The shared allowlist and cost model are locked only to copy what this model needs
+    /// and to merge back what was learned: validation runs on the copies, so placing one
+    /// model never waits for another model's validation.
     pub fn place(
         &self,
         model: Arc<Model>,
         sha256_hex: &str,
     ) -> Result<ModelPlacement, DaemonError> {
         if self.delegates.is_empty() {
+            crate::debug_hooks::hold_prepare(sha256_hex);
             return Ok(ModelPlacement {
                 placed: Vec::new(),
                 plan_json: "null".into(),
@@ -101,8 +106,15 @@ impl Placer {
                 serving: Arc::new(ServingPlan::cpu_only(sha256_hex, 1e-3, self.threads)),
             });
         }
-        let mut list = lock(&self.allowlist);
-        let mut cost = lock(&self.cost);
+        let mut list = Allowlist::in_memory();
+        for (k, e) in lock(&self.allowlist).entries() {
+            if k.starts_with(sha256_hex) {
+                list.record(k, e.clone())?;
+            }
+        }
+        let mut cost = lock(&self.cost).clone();
+        // Where validation runs: no lock of the placer is held from here to the merge.
+        crate::debug_hooks::hold_prepare(sha256_hex);
         let d = decide(
             model,
             &self.delegates,
@@ -111,6 +123,7 @@ impl Placer {
             &self.cfg,
             self.threads,
         )?;
+        self.merge(&d.verdicts);
         let subjects = d
             .placed
             .iter()
@@ -128,6 +141,33 @@ impl Placer {
             subjects,
             serving,
         })
+    }
+
+    /// Records what one placement learned in the shared allowlist and cost model. A
+    /// decision made meanwhile by another load (for the same subject and driver) wins.
+    fn merge(&self, verdicts: &[(String, String, Entry)]) {
+        {
+            let mut list = lock(&self.allowlist);
+            for (subject, delegate, entry) in verdicts {
+                let k = key(subject, delegate);
+                if matches!(
+                    list.lookup(&k, &entry.fingerprint),
+                    Lookup::Unknown | Lookup::Stale(_)
+                ) && let Err(e) = list.record(&k, entry.clone())
+                {
+                    warn!(error = %e, "cannot persist the allowlist");
+                }
+            }
+        }
+        let mut cost = lock(&self.cost);
+        for (subject, delegate, entry) in verdicts {
+            let Some(d) = self.delegates.iter().find(|d| d.name() == delegate) else {
+                continue;
+            };
+            if cost.measured(subject, d.kind()).is_none() && entry.runs > 0 {
+                cost.observe(subject, d.kind(), entry.delegate_s);
+            }
+        }
     }
 
     /// The processors requests may queue on: the CPU and every delegate's kind.

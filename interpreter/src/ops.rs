@@ -259,6 +259,10 @@ pub enum OpOptions {
         keep_num_dims: bool,
         /// 0 = default layout; other (shuffled) layouts are rejected by the kernel.
         weights_format: i8,
+        /// Hybrid (float input, int8 weights) only: quantize each input row with its own
+        /// zero point instead of symmetrically. TF's converter sets it on dynamic-range
+        /// models.
+        asymmetric_quantize_inputs: bool,
     },
     /// Binary elementwise ops with a fused activation (ADD, SUB, MUL, DIV).
     Activation(Activation),
@@ -406,6 +410,7 @@ pub fn decode_options(op: BuiltinOp, table: Option<OptionsTable<'_>>) -> OpOptio
             activation: act(0),
             weights_format: i8f(1),
             keep_num_dims: b(2),
+            asymmetric_quantize_inputs: b(3),
         },
         B::Add | B::Sub | B::Mul | B::Div => OpOptions::Activation(act(0)),
         B::Concatenation => OpOptions::Concatenation {
@@ -605,6 +610,7 @@ pub fn encode_options(op: BuiltinOp, options: &OpOptions) -> Option<EncodedOptio
                 activation,
                 keep_num_dims,
                 weights_format,
+                asymmetric_quantize_inputs,
             },
         ) => (
             8,
@@ -612,6 +618,7 @@ pub fn encode_options(op: BuiltinOp, options: &OpOptions) -> Option<EncodedOptio
                 (0, I8(activation.code())),
                 (1, I8(*weights_format)),
                 (2, Bool(*keep_num_dims)),
+                (3, Bool(*asymmetric_quantize_inputs)),
             ],
         ),
         (BuiltinOp::Softmax, OpOptions::Softmax { beta }) => (9, vec![(0, F32(*beta))]),

@@ -651,6 +651,7 @@ fn weighted(op: BuiltinOp, key: &str) -> Option<Built> {
                     activation: Activation::None,
                     keep_num_dims: false,
                     weights_format: 0,
+                    asymmetric_quantize_inputs: false,
                 },
             )
         }

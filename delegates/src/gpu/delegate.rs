@@ -12,7 +12,7 @@ use switchyard_interpreter::{
 
 use super::compile;
 use super::context::GpuContext;
-
+use super::ops::{self, NodeView};
 use super::types::{GpuCounters, GpuOptions, PartitionProfile, Precision, ShutdownReport};
 use super::{DELEGATE_NAME, FP16_DELEGATE_NAME};
 
@@ -236,22 +236,14 @@ impl Delegate for GpuDelegate {
         if let Some(why) = self.unavailable_reason() {
             return Support::Unsupported(format!("GPU unavailable: {why}"));
         }
-        // The op descriptors' GPU rules (switchyard-kernels) answer; `compile` lowers with
-        // its own checks, and a test holds the two to the same answers. The lowering's
-        // check stays as a backstop so a disagreement can never reach compile.
-        match switchyard_kernels::supports(ProcessorKind::Gpu, ctx) {
-            Support::Supported => {
-                let view = super::ops::NodeView {
-                    node: ctx.node,
-                    inputs: &ctx.inputs,
-                    outputs: &ctx.outputs,
-                };
-                match super::ops::check(&view) {
-                    Ok(()) => Support::Supported,
-                    Err(reason) => Support::Unsupported(reason),
-                }
-            }
-            unsupported => unsupported,
+        let view = NodeView {
+            node: ctx.node,
+            inputs: &ctx.inputs,
+            outputs: &ctx.outputs,
+        };
+        match ops::check(&view) {
+            Ok(()) => Support::Supported,
+            Err(reason) => Support::Unsupported(reason),
         }
     }
 

@@ -8,6 +8,7 @@
 //! ([`super::partition`]), every remaining intermediate tensor gets an arena offset
 //! ([`crate::planner`]), and each step's input and output views are fixed.
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use super::steps::{Callee, Loc, Prepared, Step, StepIo};
@@ -211,6 +212,32 @@ pub(crate) fn prepare_subgraph(
             last_step: last_use[t],
         });
     }
+    // A delegate partition may recompute values folded at prepare (its nodes include
+    // the folding ones); it writes them to scratch ranges of the arena, live for its
+    // step only, and the folded values stay as they are.
+    let planned = requests.len();
+    let mut scratch: Vec<(usize, usize)> = Vec::new();
+    for (k, step) in steps.iter().enumerate() {
+        if let Step::Partition(p) = step {
+            for &t in &plan.placements()[p.placement].partition.outputs {
+                if matches!(known.locs[t], Loc::Const | Loc::Folded(_)) {
+                    let size = byte_len(sg.tensors[t].dtype, &known.shapes[t]).map_err(|e| {
+                        RunError::Graph {
+                            subgraph: si,
+                            what: format!("tensor {t}: {e}"),
+                        }
+                    })?;
+                    scratch.push((k, t));
+                    requests.push(Lifetime {
+                        tensor: t,
+                        size,
+                        first_step: k,
+                        last_step: k,
+                    });
+                }
+            }
+        }
+    }
     let arena = planner::plan(&requests);
     if arena.high_water > options.prepare.max_arena_bytes {
         return Err(RunError::Graph {
@@ -221,12 +248,19 @@ pub(crate) fn prepare_subgraph(
             ),
         });
     }
-    for (req, &off) in requests.iter().zip(&arena.offsets) {
+    for (req, &off) in requests.iter().zip(&arena.offsets).take(planned) {
         known.locs[req.tensor] = Loc::Arena(off..off + req.size);
     }
+    let mut scratch_of: Vec<Vec<(usize, Range<usize>)>> = vec![Vec::new(); steps.len()];
+    for ((k, t), (req, &off)) in scratch
+        .iter()
+        .zip(requests.iter().zip(&arena.offsets).skip(planned))
+    {
+        scratch_of[*k].push((*t, off..off + req.size));
+    }
     // Views of every step's inputs and outputs, now that every tensor has its place.
-    for step in steps.iter_mut() {
-        fix_io(plan, si, sg, &known.locs, step)?;
+    for (step, scratch) in steps.iter_mut().zip(&scratch_of) {
+        fix_io(plan, si, sg, &known.locs, scratch, step)?;
     }
     let run_nodes = steps.iter().flat_map(Step::nodes).collect();
     let kernel_bytes = steps.iter().map(step_kernel_bytes).sum();
@@ -260,6 +294,7 @@ fn fix_io(
     si: usize,
     sg: &Subgraph,
     locs: &[Loc],
+    scratch: &[(usize, Range<usize>)],
     step: &mut Step,
 ) -> Result<(), RunError> {
     match step {
@@ -282,14 +317,16 @@ fn fix_io(
         }
         Step::Partition(p) => {
             for s in p.fallback.iter_mut() {
-                fix_io(plan, si, sg, locs, s)?;
+                fix_io(plan, si, sg, locs, &[], s)?;
             }
             let part = &plan.placements()[p.placement].partition;
             let ins: Vec<Option<usize>> = part.inputs.iter().map(|&t| Some(t)).collect();
-            p.io = StepIo::build(locs, &ins, &part.outputs, &[]).map_err(|e| RunError::Graph {
-                subgraph: si,
-                what: format!("partition {:?}: {e}", part.nodes),
-            })?;
+            p.io = StepIo::build_with_scratch(locs, &ins, &part.outputs, &[], scratch).map_err(
+                |e| RunError::Graph {
+                    subgraph: si,
+                    what: format!("partition {:?}: {e}", part.nodes),
+                },
+            )?;
         }
         _ => {}
     }

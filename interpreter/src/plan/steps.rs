@@ -200,6 +200,19 @@ impl StepIo {
         written: &[usize],
         skip: &[usize],
     ) -> Result<StepIo, KernelError> {
+        StepIo::build_with_scratch(locs, inputs, written, skip, &[])
+    }
+
+    /// [`StepIo::build`] where the `scratch` tensors are written to the given arena
+    /// ranges instead of their places: a delegate partition recomputes values that were
+    /// folded at prepare, and those stay read-only.
+    pub fn build_with_scratch(
+        locs: &[Loc],
+        inputs: &[Option<usize>],
+        written: &[usize],
+        skip: &[usize],
+        scratch: &[(usize, Range<usize>)],
+    ) -> Result<StepIo, KernelError> {
         let mut outs = Vec::with_capacity(written.len());
         let mut arena_outs: Vec<(usize, Range<usize>)> = Vec::new();
         for (k, &t) in written.iter().enumerate() {
@@ -207,6 +220,11 @@ impl StepIo {
                 return Err(KernelError::invalid(format!(
                     "tensor {t} is written twice by one step"
                 )));
+            }
+            if let Some((_, r)) = scratch.iter().find(|(s, _)| *s == t) {
+                arena_outs.push((k, r.clone()));
+                outs.push((t, OutLoc::Arena(0)));
+                continue;
             }
             let loc = match locs.get(t) {
                 Some(Loc::Arena(r)) => {

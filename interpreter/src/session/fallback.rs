@@ -61,9 +61,13 @@ impl Session {
                 ctl.between_nodes(self.executed)?;
                 if self.validate {
                     let part_outputs = &placed.partition.outputs;
-                    let delegate_out: Vec<Value> = part_outputs
-                        .iter()
-                        .map(|&t| Value::from_view(&io::tensor_view(sg, st, vars, t), &self.meter))
+                    // What the delegate wrote (recomputed folded values go to scratch).
+                    let delegate_out: Vec<Value> = (0..part.io.outs.len())
+                        .map(|k| {
+                            let mut v = io::tensor_view(sg, st, vars, part.io.outs[k].0);
+                            v.bytes = io::written_bytes(st, vars, &part.io, k);
+                            Value::from_view(&v, &self.meter)
+                        })
                         .collect::<Result<_, _>>()?;
                     self.run_fallback(si, sg, st, vars, part, ctl)?;
                     let mut worst = 0f64;

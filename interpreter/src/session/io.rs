@@ -61,6 +61,25 @@ pub(crate) fn tensor_bytes<'a>(
     }
 }
 
+/// Bytes written to output `k` of a step.
+pub(crate) fn written_bytes<'a>(
+    st: &'a SgState,
+    vars: &'a [MBuf],
+    io: &StepIo,
+    k: usize,
+) -> &'a [u8] {
+    match io.outs.get(k).map(|(_, loc)| loc) {
+        Some(OutLoc::Arena(rank)) => io
+            .arena_outs
+            .get(*rank)
+            .and_then(|(_, r)| st.arena.as_slice().get(r.clone()))
+            .unwrap_or_default(),
+        Some(OutLoc::Heap(h)) => st.heap.get(*h).map_or(&[], |h| h.buf.as_slice()),
+        Some(OutLoc::Var(v)) => vars.get(*v).map_or(&[], |b| b.as_slice()),
+        None => &[],
+    }
+}
+
 /// Current shape of tensor `t`.
 pub(crate) fn tensor_shape(st: &SgState, t: usize) -> &[usize] {
     let p = &*st.prepared;

@@ -128,6 +128,8 @@ enum Behaviour {
     Correct,
     Fail,
     OffByOne,
+    /// Writes 999 into every output, then fails.
+    ScribbleThenFail,
 }
 
 struct TestDelegate(Behaviour);
@@ -152,6 +154,12 @@ impl CompiledPartition for Compiled {
         };
         match self.behaviour {
             Behaviour::Fail => Err(err("injected failure".into())),
+            Behaviour::ScribbleThenFail => {
+                for o in outputs.iter_mut() {
+                    o.bytes.fill(0x44);
+                }
+                Err(err("scribbled, then failed".into()))
+            }
             b => {
                 let x = inputs[0].f32s().map_err(|e| err(e.to_string()))?;
                 let out = outputs[0].f32s_mut().map_err(|e| err(e.to_string()))?;
@@ -413,6 +421,12 @@ fn budget() -> Budget {
 #[test]
 fn sessions_of_one_plan_keep_separate_state() {
     let plan = Plan::new(accumulator_model(), resolver(), PlanOptions::default()).unwrap();
+    assert!(plan.is_stateful());
+    assert!(
+        !Plan::new(chain_model(), resolver(), PlanOptions::default())
+            .unwrap()
+            .is_stateful()
+    );
     let mut a = plan.session(SessionLimits::default()).unwrap();
     let mut b = plan.session(SessionLimits::default()).unwrap();
     for k in 1..=3 {
@@ -904,4 +918,38 @@ fn plan_and_session_are_shareable_across_threads() {
     fn send<T: Send>() {}
     send_sync::<Plan>();
     send::<Session>();
+}
+
+#[test]
+fn a_partition_recomputing_a_folded_value_leaves_it_intact() {
+    // f = c + c is folded at prepare; the partition [0, 1] recomputes it (and y), and
+    // z = y + f reads f outside the partition.
+    let mut mb = ModelBuilder::new();
+    let sg = mb.main();
+    let x = sg.tensor("x", DType::F32, &[4]);
+    let c = sg.constant_f32("c", &[4], &[1.0, 2.0, 3.0, 4.0]);
+    let f = sg.tensor("f", DType::F32, &[4]);
+    let y = sg.tensor("y", DType::F32, &[4]);
+    let z = sg.tensor("z", DType::F32, &[4]);
+    sg.op(op(BuiltinOp::Add), &[Some(c), Some(c)], &[f], no_act());
+    sg.op(op(BuiltinOp::Add), &[Some(x), Some(f)], &[y], no_act());
+    sg.op(op(BuiltinOp::Add), &[Some(y), Some(f)], &[z], no_act());
+    sg.set_inputs(&[x]);
+    sg.set_outputs(&[z]);
+    let model = Arc::new(Model::from_bytes(&mb.finish()).unwrap());
+    let partition = Partition::from_nodes(0, &model.subgraphs[0], vec![0, 1]);
+    assert_eq!(partition.outputs, vec![f, y]);
+    let placed = PlacedPartition {
+        partition,
+        delegate: Arc::new(TestDelegate(Behaviour::ScribbleThenFail)),
+        timeout: None,
+    };
+    let plan =
+        Plan::with_placement(model, resolver(), PlanOptions::default(), vec![placed]).unwrap();
+    let mut s = plan.session(SessionLimits::default()).unwrap();
+    for _ in 0..2 {
+        let out = s.run(&[f32x4(0.5).view()], &mut budget()).unwrap();
+        assert_eq!(out[0].view().f32s().unwrap(), &[4.5, 8.5, 12.5, 16.5]);
+    }
+    assert_eq!(s.partition_reports()[0].failures, 2);
 }

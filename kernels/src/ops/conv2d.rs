@@ -152,7 +152,7 @@ pub(crate) fn float_clamp(act: Activation) -> Result<(f32, f32), KernelError> {
 ///
 /// All share the doubling high multiply and differ only on exact negative ties.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Rounding {
+pub enum Rounding {
     Gemmlowp,
     HalfUp,
     /// `HalfUp` for output channels below the bound, `Gemmlowp` from there on: LiteRT's
@@ -186,7 +186,7 @@ pub(crate) fn requantize_with(rounding: Rounding, x: i32, multiplier: i32, shift
 /// one fixed-point multiplier and shift per output channel (per-tensor filters are
 /// broadcast so kernels never branch on it) and the activation clamp.
 #[derive(Clone, Debug, PartialEq)]
-pub(crate) struct QuantOutput {
+pub struct QuantOutput {
     /// `-input_zero_point`, added to every input value.
     pub input_offset: i32,
     /// `-filter_zero_point` for per-tensor filters that have one (uint8); 0 otherwise.
@@ -584,12 +584,18 @@ pub(crate) fn prepare_params(ctx: &PrepareCtx<'_>) -> Result<Conv2dParams, Kerne
 
 /// The reference kernel: plain loops, the oracle of the optimized kernels.
 pub fn prepare(ctx: &PrepareCtx<'_>) -> Result<PreparedKernel, KernelError> {
+    if let Some(hybrid) = super::hybrid::route(ctx)? {
+        return Ok(hybrid);
+    }
     let params = prepare_params(ctx)?;
     let shape = params.geometry.output_shape();
     Ok(PreparedKernel::new(vec![shape], Conv2dReference { params }))
 }
 
 pub fn prepare_optimized(ctx: &PrepareCtx<'_>) -> Result<PreparedKernel, KernelError> {
+    if let Some(hybrid) = super::hybrid::route(ctx)? {
+        return Ok(hybrid);
+    }
     let params = prepare_params(ctx)?;
     let shape = params.geometry.output_shape();
     // Optimized: float32 with constant filters runs on the packed GEMM

@@ -181,6 +181,9 @@ pub(crate) fn prepare_params(ctx: &PrepareCtx<'_>) -> Result<DepthwiseParams, Ke
 
 /// The reference kernel: plain loops, the oracle of the optimized kernels.
 pub fn prepare(ctx: &PrepareCtx<'_>) -> Result<PreparedKernel, KernelError> {
+    if let Some(hybrid) = super::hybrid::route(ctx)? {
+        return Ok(hybrid);
+    }
     let params = prepare_params(ctx)?;
     let shape = params.geometry.output_shape();
     Ok(PreparedKernel::new(
@@ -190,6 +193,9 @@ pub fn prepare(ctx: &PrepareCtx<'_>) -> Result<PreparedKernel, KernelError> {
 }
 
 pub fn prepare_optimized(ctx: &PrepareCtx<'_>) -> Result<PreparedKernel, KernelError> {
+    if let Some(hybrid) = super::hybrid::route(ctx)? {
+        return Ok(hybrid);
+    }
     let params = prepare_params(ctx)?;
     let shape = params.geometry.output_shape();
     // Optimized: float32 with constant filters and multiplier 1 runs the

@@ -107,6 +107,7 @@ pub(crate) fn prepare_params(ctx: &PrepareCtx<'_>) -> Result<FullyConnectedParam
             activation,
             keep_num_dims,
             weights_format,
+            ..
         } => (*activation, *keep_num_dims, *weights_format),
         OpOptions::None => (Default::default(), false, 0),
         _ => {
@@ -178,6 +179,9 @@ pub(crate) fn prepare_params(ctx: &PrepareCtx<'_>) -> Result<FullyConnectedParam
 
 /// The reference kernel: plain loops, the oracle of the optimized kernels.
 pub fn prepare(ctx: &PrepareCtx<'_>) -> Result<PreparedKernel, KernelError> {
+    if let Some(hybrid) = super::hybrid::route(ctx)? {
+        return Ok(hybrid);
+    }
     let params = prepare_params(ctx)?;
     let shape = params.output_shape.clone();
     Ok(PreparedKernel::new(
@@ -187,6 +191,9 @@ pub fn prepare(ctx: &PrepareCtx<'_>) -> Result<PreparedKernel, KernelError> {
 }
 
 pub fn prepare_optimized(ctx: &PrepareCtx<'_>) -> Result<PreparedKernel, KernelError> {
+    if let Some(hybrid) = super::hybrid::route(ctx)? {
+        return Ok(hybrid);
+    }
     let params = prepare_params(ctx)?;
     let shape = params.output_shape.clone();
     // Optimized: float32 with constant weights runs on the packed GEMM
@@ -450,6 +457,7 @@ mod tests {
                 activation: c.act,
                 keep_num_dims: c.keep_num_dims,
                 weights_format: 0,
+                asymmetric_quantize_inputs: false,
             },
         );
         sg.set_inputs(&[x]);
@@ -631,6 +639,7 @@ mod tests {
                 activation: Activation::None,
                 keep_num_dims,
                 weights_format: 0,
+                asymmetric_quantize_inputs: false,
             },
         );
         sg.set_inputs(&[x]);

@@ -12,6 +12,8 @@ pub mod depth_to_space;
 pub mod depthwise_conv2d;
 pub mod fully_connected;
 pub mod gather;
+pub mod hybrid;
+pub mod int8_norm;
 pub mod lstm;
 pub mod movement;
 pub mod pad;

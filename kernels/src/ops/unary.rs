@@ -48,6 +48,9 @@ fn float_fn(op: BuiltinOp) -> Option<fn(f32) -> f32> {
 }
 
 pub fn prepare(ctx: &PrepareCtx<'_>) -> Result<PreparedKernel, KernelError> {
+    if let Some(int8) = super::int8_norm::route(ctx)? {
+        return Ok(int8);
+    }
     let op = ctx
         .op()
         .builtin()

@@ -271,6 +271,11 @@ pub struct Ctx<'a> {
     /// See [`ArbiterOptions::aging_s`].
     pub aging_s: f64,
     pub background: BTreeMap<ProcessorKind, BackgroundState>,
+    /// While realtime requests arrive: how long one may wait for a server. On a
+    /// multi-server processor no job longer than this takes the last free server unless
+    /// another frees within it, so a realtime frame always finds a server in time (jobs
+    /// are not preempted).
+    pub realtime_guard_s: Option<f64>,
 }
 
 impl<'a> Ctx<'a> {
@@ -286,6 +291,7 @@ impl<'a> Ctx<'a> {
             served,
             aging_s: ArbiterOptions::default().aging_s,
             background: BTreeMap::new(),
+            realtime_guard_s: None,
         }
     }
 
@@ -341,31 +347,54 @@ impl Ord for Key {
 }
 
 /// Fills every free server with the queued job of the smallest `key`, under the
-/// background cap (background jobs hold at most `cap` servers of a processor) and the
+/// background cap (background jobs hold at most `cap` servers of a processor), the
 /// background reserve (when background work got less than its share lately, a queued
-/// background job goes first). A CPU job takes several cores as intra-op threads only
-/// when no other job waits for them, it is not background work, and its threads are
-/// not known to be slower than one core.
+/// background job goes first) and the realtime guard (see [`Ctx::realtime_guard_s`]).
+/// A CPU job takes several cores as intra-op threads only when no other job waits for
+/// them, it is not background work, and its threads are not known to be slower than
+/// one core.
 pub fn pick_by(
     ctx: &Ctx<'_>,
     queue: &mut Queue,
     key: impl Fn(&Ctx<'_>, &Job) -> Key,
 ) -> Vec<Assignment> {
     let mut out = Vec::new();
-    for &p in ctx.servers.keys() {
-        let mut free = ctx.free(p);
+    for (&p, servers) in &ctx.servers {
+        // When each server is expected to be free, updated as jobs are given out.
+        let mut busy_until: Vec<f64> = servers.clone();
+        let free_now = |b: &[f64]| b.iter().filter(|&&t| t <= ctx.now).count();
         let bg = ctx.background.get(&p).copied().unwrap_or(BackgroundState {
             cap: usize::MAX,
             running: 0,
             reserve_due: false,
         });
+        let guard = ctx.realtime_guard_s.filter(|_| servers.len() > 1);
         let mut bg_running = bg.running;
         let mut reserve_due = bg.reserve_due;
-        while free > 0 {
+        loop {
+            let free = free_now(&busy_until);
+            if free == 0 {
+                break;
+            }
             let Some(jobs) = queue.per.get_mut(&p) else {
                 break;
             };
-            let allowed = |j: &Job| j.class != PriorityClass::Background || bg_running < bg.cap;
+            // Would `service` seconds on `threads` servers leave a realtime frame
+            // without a server in time?
+            let starves_realtime = |service: f64, threads: usize| {
+                let Some(g) = guard else {
+                    return false;
+                };
+                if threads < free || service <= g {
+                    return false;
+                }
+                !busy_until.iter().any(|&t| t > ctx.now && t <= ctx.now + g)
+            };
+            let allowed = |j: &Job| {
+                (j.class != PriorityClass::Background || bg_running < bg.cap)
+                    && (j.class == PriorityClass::Realtime
+                        || !starves_realtime(j.service_on(p).unwrap_or(f64::INFINITY), 1))
+            };
             let best_of = |jobs: &[Job], only_bg: bool| {
                 jobs.iter()
                     .enumerate()
@@ -393,7 +422,9 @@ pub fn pick_by(
                             && !others_waiting
                             && w.threads > 1
                             && w.threads <= free
-                            && (!w.measured || w.service_s < 0.85 * o.service_s) =>
+                            && (!w.measured || w.service_s < 0.85 * o.service_s)
+                            && !(job.class != PriorityClass::Realtime
+                                && starves_realtime(w.service_s, w.threads)) =>
                     {
                         (w.threads, w.service_s)
                     }
@@ -401,7 +432,13 @@ pub fn pick_by(
                 },
                 None => (1, f64::INFINITY),
             };
-            free = free.saturating_sub(threads);
+            let mut left = threads;
+            for t in busy_until.iter_mut() {
+                if left > 0 && *t <= ctx.now {
+                    *t = ctx.now + service;
+                    left -= 1;
+                }
+            }
             if job.class == PriorityClass::Background {
                 bg_running += 1;
                 reserve_due = false;
@@ -610,8 +647,14 @@ pub struct Arbiter {
     pending: HashMap<u64, Request>,
     served: HashMap<String, f64>,
     background_busy: BTreeMap<ProcessorKind, Decayed>,
+    /// The tightest relative deadline of recent realtime requests, and when one last
+    /// arrived.
+    realtime: Option<(f64, f64)>,
     outcomes: Vec<Outcome>,
 }
+
+/// Realtime requests older than this no longer guard a server.
+pub const REALTIME_WINDOW_S: f64 = 2.0;
 
 /// One server per processor (accelerators; a one-core CPU).
 pub fn one_each(kinds: &[ProcessorKind]) -> Vec<(ProcessorKind, usize)> {
@@ -630,6 +673,7 @@ impl Arbiter {
             pending: HashMap::new(),
             served: HashMap::new(),
             background_busy: BTreeMap::new(),
+            realtime: None,
             outcomes: Vec::new(),
         }
     }
@@ -688,6 +732,11 @@ impl Arbiter {
             served: &self.served,
             aging_s: self.opts.aging_s,
             background,
+            // Leave a quarter of the budget for the frame itself.
+            realtime_guard_s: self
+                .realtime
+                .filter(|&(_, at)| now - at <= REALTIME_WINDOW_S)
+                .map(|(budget, _)| 0.75 * budget),
         }
     }
 
@@ -726,6 +775,13 @@ impl Arbiter {
 
     /// Admits a request (its first stage is ready now) or refuses it with the reason.
     pub fn submit(&mut self, request: Request, now: f64) -> Result<(), Refusal> {
+        if request.class == PriorityClass::Realtime && request.deadline.is_finite() {
+            let budget = request.deadline - request.arrival;
+            self.realtime = Some(match self.realtime {
+                Some((b, at)) if now - at <= REALTIME_WINDOW_S => (b.min(budget), now),
+                _ => (budget, now),
+            });
+        }
         let job = self
             .job_for(&request, 0, now)
             .ok_or(Refusal::NoProcessor { stage: 0 })?;

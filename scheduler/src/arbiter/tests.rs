@@ -268,3 +268,42 @@ fn no_policy_starves_requests_without_a_deadline() {
         assert!(worst <= bound, "{}: waited {worst:.3} s", policy.name());
     }
 }
+
+#[test]
+fn long_jobs_leave_a_core_for_realtime_frames() {
+    // A wake word (20 ms budget) is active. Two 50 ms interactive jobs wait: the first
+    // takes a core, the second waits for it rather than take the last core for 50 ms;
+    // a 5 ms job may take it (the core frees within the guard).
+    let mut a = Arbiter::new(&[(Cpu, 2)], opts(false, false));
+    let mut rt = request(1, 0.0, 0.020, vec![vec![(Cpu, 0.0002)]]);
+    rt.class = PriorityClass::Realtime;
+    a.submit(rt, 0.0).unwrap();
+    a.dispatch(0.0);
+    a.complete(1, 0, 0.0002, 0.0002);
+    for id in [2, 3] {
+        a.submit(request(id, 0.001, 1.0, vec![vec![(Cpu, 0.050)]]), 0.001)
+            .unwrap();
+    }
+    let d = a.dispatch(0.001);
+    assert_eq!(
+        d.len(),
+        1,
+        "the second long job must not take the last core"
+    );
+    a.submit(request(4, 0.002, 1.0, vec![vec![(Cpu, 0.005)]]), 0.002)
+        .unwrap();
+    let d = a.dispatch(0.002);
+    assert_eq!(d.iter().map(|x| x.job.request).collect::<Vec<_>>(), vec![4]);
+    // The next wake-word frame finds the core as soon as the short job is done.
+    a.complete(4, 0, 0.007, 0.005);
+    let mut rt = request(5, 0.008, 0.028, vec![vec![(Cpu, 0.0002)]]);
+    rt.class = PriorityClass::Realtime;
+    a.submit(rt, 0.008).unwrap();
+    let d = a.dispatch(0.008);
+    assert_eq!(d[0].job.request, 5);
+    // Without realtime traffic for a while, long jobs use every core.
+    let later = 0.008 + REALTIME_WINDOW_S + 0.1;
+    a.complete(5, 0, later, 0.0002);
+    let d = a.dispatch(later);
+    assert_eq!(d.iter().map(|x| x.job.request).collect::<Vec<_>>(), vec![3]);
+}

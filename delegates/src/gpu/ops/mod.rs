@@ -1,7 +1,6 @@
 //! One file per operator (or tight family sharing one shader), each with `check` (what
-//! `lower` checks before lowering: compile never trusts that `supports` was asked) and
-//! `lower` (the compute dispatches that run the node). What `supports` answers is the
-//! op descriptors' GPU rule in `switchyard-kernels`; a test holds the two together.
+//! `supports` answers, and what `lower` re-checks: compile never trusts that `supports`
+//! was asked) and `lower` (the compute dispatches that run the node).
 
 pub mod activations;
 pub mod binary;

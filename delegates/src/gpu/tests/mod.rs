@@ -716,6 +716,7 @@ fn fully_connected_matches_cpu() {
                     activation: act,
                     keep_num_dims: keep,
                     weights_format: 0,
+                    asymmetric_quantize_inputs: false,
                 },
             );
             assert_parity(
