@@ -5,9 +5,9 @@
 //! node the GPU delegate refuses.
 //!
 //! The models: the real ones in models/ (float, and int8 mww_okay_nabu) and single-op
-//! models built here for the ops the scheduler's old GPU list claimed but the GPU never
-//! ran (SOFTMAX, BATCH_MATMUL, RESIZE_BILINEAR), and elementwise ops at float32, int8 and
-//! uint8.
+//! models built here for the ops the scheduler's old GPU list claimed before the GPU ran
+//! them (SOFTMAX, BATCH_MATMUL, RESIZE_BILINEAR; the first and the last have GPU kernels
+//! now), and elementwise ops at float32, int8 and uint8.
 
 use std::sync::Arc;
 
