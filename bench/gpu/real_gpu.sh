@@ -64,12 +64,11 @@ tar -C "$BIN" -xJf .gpucarry/bin.tar.xz
 SY=$BIN/switchyard
 SYD=$BIN/switchyardd
 # The test binary finds models/ and golden/ under the repository root it was built in.
+# (The tree arrives without its ignored models/ and golden/, wherever it lands.)
 BUILT_ROOT=$(cat .gpucarry/repo_root)
-if [ "$BUILT_ROOT" != "$REPO" ]; then
-    mkdir -p "$BUILT_ROOT"
-    [ -e "$BUILT_ROOT/models" ] || ln -sfn "$REPO/.gpucarry/models" "$BUILT_ROOT/models"
-    [ -e "$BUILT_ROOT/golden" ] || ln -sfn "$REPO/.gpucarry/golden" "$BUILT_ROOT/golden"
-fi
+mkdir -p "$BUILT_ROOT"
+[ -e "$BUILT_ROOT/models" ] || ln -sfn "$REPO/.gpucarry/models" "$BUILT_ROOT/models"
+[ -e "$BUILT_ROOT/golden" ] || ln -sfn "$REPO/.gpucarry/golden" "$BUILT_ROOT/golden"
 MODELS=$W/models
 mkdir -p "$MODELS"
 cp .gpucarry/models/*.tflite "$MODELS/"
