@@ -12,6 +12,10 @@
 //!   the persisted allowlist.
 //! - [`registry`]: prepared models deduplicated by sha256 with interpreter pools.
 //! - [`shm`]: memfd regions received over SCM_RIGHTS, range checks.
+//! - [`fdpass`]: receiving descriptors so that none can leak, whatever the sender does.
+//! - [`limits`]: connection budgets per listener and per peer, idle connections closed.
+//! - [`auth`]: the caller identified from headers before any body is read; per-tenant
+//!   budgets of open requests and request bytes.
 //! - [`error`]: [`DaemonError`] and its one mapping to `tonic::Status`.
 //!
 //! ```no_run
@@ -27,7 +31,10 @@
 #![deny(unsafe_code)]
 
 pub mod arbitration;
+pub mod auth;
 pub mod error;
+pub mod fdpass;
+pub mod limits;
 pub mod placement;
 pub mod processors;
 pub mod registry;

@@ -86,6 +86,10 @@ impl State {
     /// The tenant behind a request: peer credentials on the Unix socket, the bearer
     /// token on TCP. Anything else is refused.
     pub fn caller<T>(&self, req: &Request<T>) -> Result<Caller, DaemonError> {
+        // Set by the identity layer (crate::auth) before the body was read.
+        if let Some(c) = req.extensions().get::<Caller>() {
+            return Ok(c.clone());
+        }
         if let Some(info) = req.extensions().get::<UdsConnectInfo>() {
             let cred = info.peer_cred.ok_or_else(|| {
                 DaemonError::Unauthenticated("the Unix socket gave no peer credentials".into())
@@ -112,7 +116,7 @@ impl State {
             })?;
         let mut found = None;
         for t in &self.config.tokens {
-            if constant_time_eq(t.token.as_bytes(), presented.as_bytes()) {
+            if crate::auth::constant_time_eq(t.token.as_bytes(), presented.as_bytes()) {
                 found = Some(t);
             }
         }
@@ -190,13 +194,6 @@ impl State {
             shared,
         })
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn tensor_info(t: &TensorSpec) -> v1::TensorInfo {
