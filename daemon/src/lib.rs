@@ -35,6 +35,7 @@ pub mod auth;
 pub mod error;
 pub mod fdpass;
 pub mod limits;
+pub mod panics;
 pub mod placement;
 pub mod processors;
 pub mod registry;

@@ -99,7 +99,11 @@ impl ConnLimiter {
         if let Some(why) = refusal {
             drop(open);
             // One warning per 64 refusals: a flood must not flood the log too.
-            if self.refused.fetch_add(1, Ordering::Relaxed) % 64 == 0 {
+            if self
+                .refused
+                .fetch_add(1, Ordering::Relaxed)
+                .is_multiple_of(64)
+            {
                 warn!(%why, "connection refused");
             }
             return Err(why);

@@ -98,7 +98,22 @@ impl Placer {
         }
         let mut list = lock(&self.allowlist);
         let mut cost = lock(&self.cost);
-        let d = decide(model, &self.delegates, &mut list, &mut cost, &self.cfg)?;
+        // A panic in partitioning or validation is caught while the guards are still
+        // held, so the placement locks are never poisoned for the next load.
+        let decided = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            decide(model, &self.delegates, &mut list, &mut cost, &self.cfg)
+        }));
+        drop(cost);
+        drop(list);
+        let d = match decided {
+            Ok(d) => d?,
+            Err(payload) => {
+                tracing::error!(panic = %crate::panics::message(payload.as_ref()), "placement panicked");
+                return Err(DaemonError::Internal(
+                    "placing the model failed unexpectedly; the daemon log has the details".into(),
+                ));
+            }
+        };
         let subjects = d
             .placed
             .iter()

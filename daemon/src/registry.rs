@@ -46,6 +46,9 @@ pub struct PreparedModel {
     latency_us: std::sync::atomic::AtomicU64,
     /// One permit per interpreter the model may have; waiting here is the queue wait.
     pub slots: Arc<Semaphore>,
+    /// How long verifying, placing and preparing took: a tenant loading a copy someone
+    /// else prepared waits as long, so sharing is not observable through timing.
+    pub prepare_time: std::time::Duration,
 }
 
 impl PreparedModel {
@@ -199,6 +202,7 @@ impl ModelRegistry {
         if let Some(m) = self.lookup(&digest) {
             return Ok((m, true));
         }
+        let started = std::time::Instant::now();
         let model = Arc::new(Model::from_bytes(bytes)?);
         let placement = self.placer.place(model.clone())?;
         let first = Interpreter::with_placement(
@@ -245,6 +249,7 @@ impl ModelRegistry {
             placer: self.placer.clone(),
             latency_us: std::sync::atomic::AtomicU64::new(0),
             slots: Arc::new(Semaphore::new(self.interpreters_per_model)),
+            prepare_time: started.elapsed(),
         });
         let mut map = lock(&self.models);
         map.retain(|_, w| w.strong_count() > 0);

@@ -183,15 +183,15 @@ impl State {
         caller: &Caller,
         name: String,
         model: Arc<PreparedModel>,
-        shared: bool,
+        reload: bool,
     ) -> Result<v1::LoadModelResponse, DaemonError> {
         let id = model.id();
         let handle = Handle { name, model };
         self.tenants.insert(caller, id.clone(), handle.clone())?;
-        info!(tenant = %caller.tenant, model = %id, shared, bytes = handle.model.bytes, "model loaded");
+        info!(tenant = %caller.tenant, model = %id, reload, bytes = handle.model.bytes, "model loaded");
         Ok(v1::LoadModelResponse {
             model: Some(self.model_info(&id, &handle)),
-            shared,
+            shared: reload,
         })
     }
 }
@@ -202,6 +202,11 @@ fn tensor_info(t: &TensorSpec) -> v1::TensorInfo {
         dtype: dtype_to_wire(t.dtype).unwrap_or(v1::DataType::Unspecified) as i32,
         shape: t.shape.iter().map(|&d| d as u64).collect(),
     }
+}
+
+/// The model sha256 an allowlist key (`<sha256>:<nodes>@<delegate>`) is about.
+fn subject_model(key: &str) -> &str {
+    key.split([':', '@']).next().unwrap_or("")
 }
 
 /// The gRPC service over shared state.
@@ -220,21 +225,36 @@ async fn spawn_load(
     if name.len() > 256 {
         return Err(DaemonError::invalid("model name is longer than 256 bytes"));
     }
+    let started = Instant::now();
     let st = state.clone();
     let c = caller.clone();
-    let (model, shared) = tokio::task::spawn_blocking(move || {
-        let digest = ModelRegistry::digest(&bytes);
-        // Quotas are checked before the expensive prepare, except for a model the tenant
-        // already holds, which a reload does not charge again.
-        if !st.tenants.holds(&c, &digest) {
-            st.tenants.precheck_load(&c, bytes.len() as u64)?;
-        }
-        st.registry.load_digest(digest, &bytes)
+    let load_id = state.next_request.fetch_add(1, Ordering::Relaxed);
+    let (model, held_before, reused) = tokio::task::spawn_blocking(move || {
+        crate::panics::contain("load", load_id, || {
+            let digest = ModelRegistry::digest(&bytes);
+            // Quotas are checked before the expensive prepare, except for a model the
+            // tenant already holds, which a reload does not charge again.
+            let held = st.tenants.holds(&c, &digest);
+            if !held {
+                st.tenants.precheck_load(&c, bytes.len() as u64)?;
+            }
+            let (model, reused) = st.registry.load_digest(digest, &bytes)?;
+            Ok((model, held, reused))
+        })
     })
     .await
-    .map_err(|e| DaemonError::Internal(format!("load task: {e}")))??;
-    state.finish_load(caller, name, model, shared)
+    .map_err(|_| crate::panics::generic("load", load_id))??;
+    // Whether another tenant holds the same model must not be observable: a copy
+    // prepared for someone else answers no sooner than preparing it took.
+    if reused && !held_before {
+        let prepared_in = model.prepare_time.min(MAX_SHARING_DELAY);
+        tokio::time::sleep_until((started + prepared_in).into()).await;
+    }
+    state.finish_load(caller, name, model, held_before)
 }
+
+/// Longest a shared load is held back to look like a fresh one.
+const MAX_SHARING_DELAY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Where one input's bytes come from, after checking.
 enum Input {
@@ -529,7 +549,8 @@ impl Switchyard for Service {
                 let work = Box::new(move || {
                     let _permits = (permit, slot);
                     let t = Instant::now();
-                    let res = execute(&m, inputs, outputs);
+                    let res =
+                        crate::panics::contain("run", request_id, || execute(&m, inputs, outputs));
                     let run_us = t.elapsed().as_micros() as u64;
                     m.observe_latency(run_us);
                     let _ = tx.send((res, run_us));
@@ -629,15 +650,34 @@ impl Switchyard for Service {
         req: Request<v1::StatusRequest>,
     ) -> Result<Response<v1::StatusResponse>, Status> {
         let caller = self.state.caller(&req)?;
-        let all = self.state.tenants.snapshot();
+        // A tenant sees figures of its own only: daemon-wide counts would tell it
+        // whether another tenant holds a model or is running requests.
+        let all: Vec<TenantSnapshot> = self
+            .state
+            .tenants
+            .snapshot()
+            .into_iter()
+            .filter(|s| caller.admin || s.id == caller.tenant)
+            .collect();
         let in_flight = all.iter().map(|s| s.in_flight as u32).sum();
         let requests = all.iter().map(|s| s.counters.requests).sum();
+        let (models, regions) = if caller.admin {
+            (
+                self.state.registry.live() as u32,
+                self.state.regions.count() as u32,
+            )
+        } else {
+            (
+                self.state.tenants.handles(&caller).len() as u32,
+                self.state.regions.of(&caller.tenant).len() as u32,
+            )
+        };
         Ok(Response::new(v1::StatusResponse {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             uptime_ms: self.state.started.elapsed().as_millis() as u64,
-            models: self.state.registry.live() as u32,
+            models,
             in_flight,
-            regions: self.state.regions.count() as u32,
+            regions,
             requests,
             tenants: self.state.visible_tenants(&caller),
         }))
@@ -659,11 +699,21 @@ impl Switchyard for Service {
         &self,
         req: Request<v1::ListAllowlistRequest>,
     ) -> Result<Response<v1::ListAllowlistResponse>, Status> {
-        let _caller = self.state.caller(&req)?;
+        let caller = self.state.caller(&req)?;
         let placer = &self.state.registry.placer;
+        // Subjects start with the model's sha256: a tenant sees the decisions about
+        // models it holds, an admin all of them.
+        let held: std::collections::HashSet<String> = self
+            .state
+            .tenants
+            .handles(&caller)
+            .into_iter()
+            .map(|(_, h)| h.model.sha256_hex.clone())
+            .collect();
         let entries = placer
             .entries()
             .into_iter()
+            .filter(|(k, _)| caller.admin || held.contains(subject_model(k)))
             .map(|(k, e)| {
                 let (subject, processor) = k.rsplit_once('@').unwrap_or((k.as_str(), ""));
                 v1::AllowlistEntry {
