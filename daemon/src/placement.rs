@@ -289,4 +289,55 @@ mod tests {
         };
         assert!(e.reason.contains("timed out"), "{}", e.reason);
     }
+
+    /// A delegate whose compile panics: validation runs it while placement holds the
+    /// allowlist and cost-model locks.
+    struct Panicking;
+
+    impl Delegate for Panicking {
+        fn name(&self) -> &str {
+            "panicking"
+        }
+        fn kind(&self) -> ProcessorKind {
+            ProcessorKind::Npu
+        }
+        fn fingerprint(&self) -> String {
+            "panicking 1".into()
+        }
+        fn supports(
+            &self,
+            _: &switchyard_interpreter::NodeSupportCtx<'_>,
+        ) -> switchyard_interpreter::Support {
+            switchyard_interpreter::Support::Supported
+        }
+        fn compile(
+            &self,
+            _: &switchyard_interpreter::PartitionCtx<'_>,
+        ) -> Result<
+            Box<dyn switchyard_interpreter::CompiledPartition>,
+            switchyard_interpreter::DelegateError,
+        > {
+            panic!("driver bug in compile");
+        }
+    }
+
+    /// Issue 10, defect 13: a panic during validation came back as the panic text and
+    /// poisoned the placement locks.
+    #[test]
+    fn a_panic_while_placing_is_internal_and_poisons_nothing() {
+        let cfg = Config::default();
+        let placer = Placer::in_memory(&cfg, vec![Arc::new(Panicking)]);
+        let model = Arc::new(Model::from_bytes(&crate::registry::tests::add_model(1.0)).unwrap());
+        for _ in 0..2 {
+            let e = placer
+                .place(model.clone())
+                .err()
+                .expect("placing must fail");
+            let s = tonic::Status::from(e);
+            assert_eq!(s.code(), tonic::Code::Internal);
+            assert!(!s.message().contains("driver bug"), "{}", s.message());
+            assert!(!placer.allowlist.is_poisoned());
+            assert!(!placer.cost.is_poisoned());
+        }
+    }
 }
