@@ -679,3 +679,89 @@ fn d13_a_panicking_run_is_internal_with_a_generic_message() {
     let out = c.run(&m.id, &[i64s(&[7]), i64s(&[-2])]).unwrap();
     assert_eq!(out.outputs[0].data, (-4i64).to_le_bytes().to_vec());
 }
+
+// ---- crash-safe validation: a driver that crashes or hangs in the worker --------------
+
+/// y = SUB(LOGISTIC(MUL(ADD(x, c) relu, x2)), c): all nodes run on the example plugin.
+fn plugin_model() -> Vec<u8> {
+    use switchyard_interpreter::builder::ModelBuilder;
+    use switchyard_interpreter::{Activation, BuiltinOp, DType, OpKind, OpOptions};
+    let dims = [2, 3, 5];
+    let mut mb = ModelBuilder::new();
+    let sg = mb.main();
+    let x = sg.tensor("x", DType::F32, &dims);
+    let x2 = sg.tensor("x2", DType::F32, &dims);
+    let c = sg.constant_f32("c", &dims, &[0.25; 30]);
+    let a = sg.tensor("a", DType::F32, &dims);
+    let m = sg.tensor("m", DType::F32, &dims);
+    let l = sg.tensor("l", DType::F32, &dims);
+    let y = sg.tensor("y", DType::F32, &dims);
+    let b = OpKind::Builtin;
+    let act = |a| OpOptions::Activation(a);
+    sg.op(
+        b(BuiltinOp::Add),
+        &[Some(x), Some(c)],
+        &[a],
+        act(Activation::Relu),
+    );
+    sg.op(
+        b(BuiltinOp::Mul),
+        &[Some(a), Some(x2)],
+        &[m],
+        act(Activation::None),
+    );
+    sg.op(b(BuiltinOp::Logistic), &[Some(m)], &[l], OpOptions::None);
+    sg.op(
+        b(BuiltinOp::Sub),
+        &[Some(l), Some(c)],
+        &[y],
+        act(Activation::None),
+    );
+    sg.set_inputs(&[x, x2]);
+    sg.set_outputs(&[y]);
+    mb.finish()
+}
+
+fn worker_fault_blocks_the_plugin(fault: &str, expect: &str) {
+    let plugin = switchyard_tests::spawn::example_plugin();
+    let mut d = Daemon::start_with_env(
+        &format!(
+            "plugins = [\"{}\"]\n[daemon.worker]\nvalidation_timeout_ms = 2000\n",
+            plugin.display()
+        ),
+        &[("SWITCHYARD_EXAMPLE_NPU_FAULT", fault)],
+    );
+    let mut c = d.client();
+    let m = c.load_model("chain", plugin_model()).unwrap();
+    d.assert_alive("a plugin fault during validation");
+    let x = Tensor::from_f32(vec![2, 3, 5], &[1.0; 30]);
+    let out = c.run(&m.id, &[x.clone(), x]).unwrap();
+    let expected = 1.0 / (1.0 + (-1.25f32).exp()) - 0.25;
+    for v in out.outputs[0].to_f32().unwrap() {
+        assert!((v - expected).abs() < 1e-5, "{v} != {expected}");
+    }
+    let entries = c.allowlist().unwrap().entries;
+    let mine: Vec<_> = entries
+        .iter()
+        .filter(|e| e.processor == "plugin:example-npu")
+        .collect();
+    assert!(
+        !mine.is_empty(),
+        "the plugin was never validated: {entries:?}"
+    );
+    for e in mine {
+        assert_eq!(e.verdict, "blocked", "{e:?}");
+        assert!(e.reason.contains(expect), "{}", e.reason);
+    }
+    still_serves(&mut d, "a plugin fault during validation");
+}
+
+#[test]
+fn a_plugin_that_crashes_during_validation_is_blocked_and_the_daemon_lives_on() {
+    worker_fault_blocks_the_plugin("segv", "SIGSEGV");
+}
+
+#[test]
+fn a_plugin_that_hangs_during_validation_is_blocked_and_the_daemon_lives_on() {
+    worker_fault_blocks_the_plugin("hang", "did not answer");
+}

@@ -16,6 +16,8 @@
 //! - [`limits`]: connection budgets per listener and per peer, idle connections closed.
 //! - [`auth`]: the caller identified from headers before any body is read; per-tenant
 //!   budgets of open requests and request bytes.
+//! - [`worker`]: the worker processes (`switchyard-worker`) that validate delegates and
+//!   host vendor plugins, so a driver that crashes or hangs cannot take the daemon down.
 //! - [`error`]: [`DaemonError`] and its one mapping to `tonic::Status`.
 //!
 //! ```no_run
@@ -43,6 +45,7 @@ pub mod server;
 pub mod service;
 pub mod shm;
 pub mod tenant;
+pub mod worker;
 
 pub use error::DaemonError;
 pub use server::{Listeners, bind, run};

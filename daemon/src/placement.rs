@@ -8,9 +8,11 @@ use std::sync::{Arc, Mutex};
 
 use switchyard_config::Config;
 use switchyard_interpreter::{Delegate, Model, PartitionReport, PlacedPartition, ProcessorKind};
-use switchyard_scheduler::allowlist::{Allowlist, Entry, Lookup, Verdict, key};
+use switchyard_scheduler::allowlist::{
+    Allowlist, Entry, InProcess, Lookup, Validator, Verdict, key,
+};
 use switchyard_scheduler::cost::{CostModel, partition_key};
-use switchyard_scheduler::decide::decide;
+use switchyard_scheduler::decide::decide_with;
 use tracing::{info, warn};
 
 use crate::error::DaemonError;
@@ -36,6 +38,8 @@ pub struct ModelPlacement {
 /// The scheduler's state shared by all models of one daemon.
 pub struct Placer {
     delegates: Vec<Arc<dyn Delegate>>,
+    /// Runs validation of unknown candidates: the worker process in the daemon.
+    validator: Arc<dyn Validator>,
     cfg: switchyard_config::SchedulerConfig,
     allowlist: Mutex<Allowlist>,
     cost: Mutex<CostModel>,
@@ -43,8 +47,13 @@ pub struct Placer {
 }
 
 impl Placer {
-    /// Opens the allowlist (creating the state directory) and keeps the delegates.
-    pub fn new(cfg: &Config, delegates: Vec<Arc<dyn Delegate>>) -> Result<Placer, DaemonError> {
+    /// Opens the allowlist (creating the state directory) and keeps the delegates;
+    /// `validator` runs validations (the daemon passes its worker pool).
+    pub fn new(
+        cfg: &Config,
+        delegates: Vec<Arc<dyn Delegate>>,
+        validator: Arc<dyn Validator>,
+    ) -> Result<Placer, DaemonError> {
         let path = if !cfg.scheduler.allowlist_path.is_empty() {
             Some(PathBuf::from(&cfg.scheduler.allowlist_path))
         } else {
@@ -60,6 +69,7 @@ impl Placer {
         info!(path = ?path, decisions = allowlist.entries().count(), "allowlist loaded");
         Ok(Placer {
             delegates,
+            validator,
             cost: Mutex::new(CostModel::new(
                 cfg.devices.clone(),
                 cfg.scheduler.ewma_alpha,
@@ -74,6 +84,7 @@ impl Placer {
     pub fn in_memory(cfg: &Config, delegates: Vec<Arc<dyn Delegate>>) -> Placer {
         Placer {
             delegates,
+            validator: Arc::new(InProcess),
             cost: Mutex::new(CostModel::new(
                 cfg.devices.clone(),
                 cfg.scheduler.ewma_alpha,
@@ -101,7 +112,14 @@ impl Placer {
         // A panic in partitioning or validation is caught while the guards are still
         // held, so the placement locks are never poisoned for the next load.
         let decided = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            decide(model, &self.delegates, &mut list, &mut cost, &self.cfg)
+            decide_with(
+                self.validator.as_ref(),
+                model,
+                &self.delegates,
+                &mut list,
+                &mut cost,
+                &self.cfg,
+            )
         }));
         drop(cost);
         drop(list);

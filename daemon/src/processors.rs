@@ -5,15 +5,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use switchyard_config::Config;
-use switchyard_delegates::{EmulatedDelegate, GpuDelegate, PluginDelegate};
+use switchyard_delegates::{EmulatedDelegate, GpuDelegate};
 use switchyard_interpreter::Delegate;
 use tracing::info;
 
 use crate::error::DaemonError;
+use crate::worker::WorkerPool;
 
 /// Every non-CPU delegate the configuration enables. The CPU is not listed: it runs
-/// whatever no delegate takes and is every partition's fallback.
-pub fn build_delegates(cfg: &Config) -> Result<Vec<Arc<dyn Delegate>>, DaemonError> {
+/// whatever no delegate takes and is every partition's fallback. Vendor plugins are
+/// never loaded into the daemon: they run in the plugin worker and appear here as
+/// proxies.
+pub fn build_delegates(
+    cfg: &Config,
+    workers: &Arc<WorkerPool>,
+) -> Result<Vec<Arc<dyn Delegate>>, DaemonError> {
     let mut out: Vec<Arc<dyn Delegate>> = Vec::new();
     // An injected hang must not outlive the partition timeout by much, or a blocked
     // device would hold a blocking-pool thread long after the CPU fallback finished.
@@ -26,11 +32,7 @@ pub fn build_delegates(cfg: &Config) -> Result<Vec<Arc<dyn Delegate>>, DaemonErr
         // reason, so `switchyard placement` says why nothing went to the GPU.
         out.push(Arc::new(GpuDelegate::new()));
     }
-    for path in &cfg.daemon.plugins {
-        let p = PluginDelegate::load(path)
-            .map_err(|e| DaemonError::Internal(format!("plugin {}: {e}", path.display())))?;
-        out.push(Arc::new(p));
-    }
+    out.extend(workers.plugin_delegates());
     for d in &out {
         info!(delegate = d.name(), fingerprint = %d.fingerprint(), "delegate available");
     }

@@ -10,6 +10,7 @@ use switchyard_config::{Config, DaemonConfig};
 use crate::arbitration::{Gate, class_from_wire};
 use crate::placement::Placer;
 use crate::processors::build_delegates;
+use crate::worker::{WorkerPool, WorkerValidator};
 use switchyard_proto::v1::{self, switchyard_server::Switchyard, tensor::Data};
 use tokio_stream::StreamExt;
 use tonic::transport::server::{TcpConnectInfo, UdsConnectInfo};
@@ -38,6 +39,8 @@ pub struct State {
     next_request: AtomicU64,
     /// Load and run handlers currently executing; shutdown drains until this is zero.
     active: Arc<AtomicUsize>,
+    /// Worker processes: validation and vendor plugins run there (crate::worker).
+    pub workers: Arc<WorkerPool>,
 }
 
 /// Counts one executing handler for as long as it lives.
@@ -53,8 +56,13 @@ impl State {
     /// Builds the delegates and opens the allowlist (blocking: plugins load, files are
     /// read).
     pub fn new(full: Config) -> Result<State, DaemonError> {
-        let delegates = build_delegates(&full)?;
-        let placer = Arc::new(Placer::new(&full, delegates)?);
+        let workers = WorkerPool::new(&full);
+        let delegates = build_delegates(&full, &workers)?;
+        let placer = Arc::new(Placer::new(
+            &full,
+            delegates,
+            Arc::new(WorkerValidator(workers.clone())),
+        )?);
         let config = full.daemon.clone();
         Ok(State {
             gate: Gate::new(&full.scheduler, &placer.processors()),
@@ -68,6 +76,7 @@ impl State {
             started: Instant::now(),
             next_request: AtomicU64::new(1),
             active: Arc::new(AtomicUsize::new(0)),
+            workers,
             config,
             full,
         })

@@ -283,9 +283,57 @@ pub fn validate_partition(
     })
 }
 
+/// Runs the validation (and benchmark) of one candidate partition. The daemon runs it
+/// in a worker process, so a driver that crashes or hangs there is blocked instead of
+/// taking the daemon down; tools and tests run it in process ([`InProcess`]). Blocking;
+/// implementations must be callable from any thread, including background tasks.
+pub trait Validator: Send + Sync {
+    fn validate(
+        &self,
+        model: Arc<Model>,
+        placed: PlacedPartition,
+        inputs: &[Tensor],
+        runs: u32,
+        tolerance: Tolerance,
+    ) -> Result<Entry, SchedError>;
+}
+
+/// Validation in this process: [`validate_partition`].
+pub struct InProcess;
+
+impl Validator for InProcess {
+    fn validate(
+        &self,
+        model: Arc<Model>,
+        placed: PlacedPartition,
+        inputs: &[Tensor],
+        runs: u32,
+        tolerance: Tolerance,
+    ) -> Result<Entry, SchedError> {
+        validate_partition(model, placed, inputs, runs, tolerance)
+    }
+}
+
 /// Looks the key up and validates when the decision is unknown or stale; returns the
 /// current decision.
 pub fn check_or_validate(
+    list: &mut Allowlist,
+    subject: &str,
+    model: Arc<Model>,
+    placed: PlacedPartition,
+    inputs: &[Tensor],
+    runs: u32,
+    tolerance: Tolerance,
+) -> Result<Entry, SchedError> {
+    check_or_validate_with(
+        &InProcess, list, subject, model, placed, inputs, runs, tolerance,
+    )
+}
+
+/// [`check_or_validate`] with validation run by `validator`.
+#[allow(clippy::too_many_arguments)]
+pub fn check_or_validate_with(
+    validator: &dyn Validator,
     list: &mut Allowlist,
     subject: &str,
     model: Arc<Model>,
@@ -300,7 +348,7 @@ pub fn check_or_validate(
         Lookup::Allowed(e) | Lookup::Blocked(e) => return Ok(e.clone()),
         Lookup::Unknown | Lookup::Stale(_) => {}
     }
-    let entry = validate_partition(model, placed, inputs, runs, tolerance)?;
+    let entry = validator.validate(model, placed, inputs, runs, tolerance)?;
     list.record(&k, entry.clone())?;
     Ok(entry)
 }

@@ -36,6 +36,11 @@ impl Daemon {
     /// Starts the daemon with `extra` appended to its `[daemon]` section (further
     /// sections may follow) and waits until it listens.
     pub fn start(extra: &str) -> Daemon {
+        Daemon::start_with_env(extra, &[])
+    }
+
+    /// [`Daemon::start`] with extra environment variables (its workers inherit them).
+    pub fn start_with_env(extra: &str, env: &[(&str, &str)]) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
         // Other uids must reach the socket and write their outputs here.
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
@@ -53,6 +58,7 @@ impl Daemon {
         let child = Command::new(daemon_binary())
             .arg("--config")
             .arg(&config)
+            .envs(env.iter().copied())
             .env("SWITCHYARD_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -202,4 +208,19 @@ pub fn raise_fd_limit() -> u64 {
     getrlimit(Resource::RLIMIT_NOFILE)
         .map(|l| l.0)
         .unwrap_or(1024)
+}
+
+/// The example vendor plugin (plugins/example-npu) built next to the test binaries.
+pub fn example_plugin() -> PathBuf {
+    let dir = workspace_binary("switchyardd")
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let p = dir.join("libswitchyard_example_npu.so");
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build --workspace` first",
+        p.display()
+    );
+    p
 }
