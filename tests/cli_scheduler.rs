@@ -72,7 +72,14 @@ fn placement_draws_an_svg() {
         "--json",
         "--no-measure",
     ]);
-    let nodes = v["nodes"].as_array().unwrap().len();
+    // Nodes folded at load (no partition, no processor) are counted in the caption, not
+    // drawn.
+    let nodes = v["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| !(n["partition"].is_null() && n["processor"].is_null()))
+        .count();
     let (ok, svg, err) = switchyard(&[
         "placement",
         model.to_str().unwrap(),
@@ -82,14 +89,31 @@ fn placement_draws_an_svg() {
     assert!(ok, "{err}");
     assert!(svg.starts_with("<svg"));
     assert!(svg.trim_end().ends_with("</svg>"));
-    // One box per node plus five legend swatches.
+    // One box per node that runs, the background and four legend swatches.
     assert_eq!(svg.matches("<rect").count(), nodes + 5);
+    assert!(svg.contains("constant nodes folded at load are not drawn"));
 }
 
+/// The comparison is fair: fixed placements get the same admission control (they
+/// refuse and drop what cannot make its deadline), and migration is a switch. Profile
+/// priors and two cores keep the figures independent of this machine.
 #[test]
 fn policies_beat_fixed_placements_on_the_contended_workload() {
     let w = repo_root().join("workloads/contended.toml");
-    let v = json(&["simulate", "--workload", w.to_str().unwrap(), "--json"]);
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "simulate",
+            "--workload",
+            w.to_str().unwrap(),
+            "--json",
+            "--prior-cpu",
+            "--cores",
+            "2",
+        ];
+        args.extend_from_slice(extra);
+        json(&args)
+    };
+    let v = run(&[]);
     let reports = v["reports"].as_array().unwrap();
     let frames: Vec<u64> = reports
         .iter()
@@ -99,14 +123,22 @@ fn policies_beat_fixed_placements_on_the_contended_workload() {
         frames.windows(2).all(|w| w[0] == w[1]),
         "one trace: {frames:?}"
     );
-    assert!(reports.iter().any(|r| r["fixed"] == true));
+    for r in reports.iter().filter(|r| r["fixed"] == true) {
+        assert!(
+            r["overall"]["rejected"].as_u64().unwrap() > 0,
+            "{} is overloaded and gets admission control: {}",
+            r["strategy"],
+            r["overall"]
+        );
+    }
     let ratio = v["ratio"].as_f64().unwrap();
-    assert!(ratio >= 2.0, "best policy / best fixed = {ratio}");
-    assert!(
-        v["best_policy"][1].as_f64().unwrap() > 90.0,
-        "{}",
-        v["best_policy"]
-    );
+    assert!(ratio >= 1.0, "best policy / best fixed = {ratio}");
+    let best = v["best_policy"][1].as_f64().unwrap();
+    assert!(best > 95.0, "{}", v["best_policy"]);
+    // Without migration each stage stays on its planned processor: the gain shrinks.
+    let pinned = run(&["--no-migration"]);
+    let pinned_best = pinned["best_policy"][1].as_f64().unwrap();
+    assert!(pinned_best < best, "{pinned_best} vs {best}");
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! A camera app: runs a vision model (e.g. face detection) on every frame at 30 fps,
-//! passing frames through a shared-memory region (no copy through the socket), using the
-//! blocking client. Prints its latencies once a second.
+//! passing frames and outputs through a shared-memory pool (no copy through the
+//! socket), as realtime requests with a one-frame deadline, using the blocking client.
+//! Prints its latencies once a second.
 //!
 //! `cargo run --example camera_app -- SOCKET MODEL.tflite [SECONDS]`
 
@@ -10,6 +11,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use switchyard_client::blocking::Client;
+use switchyard_client::{Priority, Run};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
@@ -22,21 +24,38 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let seconds: u64 = args.next().map(|s| s.parse()).transpose()?.unwrap_or(10);
     let frame = Duration::from_secs_f64(1.0 / 30.0);
 
-    let mut client = Client::connect_unix(&socket)?;
-    let model = client.load_model_file(&model_path)?;
+    let client = Client::connect_unix(&socket)?;
+    let model = client.load(&model_path)?;
     println!(
         "[camera] {} loaded as {} (30 fps, shm frames)",
-        model.name, model.id
+        model.name(),
+        model.id()
     );
-    let inputs = common::synthetic_inputs(&model, 7);
-    let bytes: usize = inputs.iter().map(|t| t.data.len().div_ceil(64) * 64).sum();
-    let mut region = client.create_region(bytes.max(64))?;
-    let mut refs = Vec::new();
-    let mut offset = 0u64;
-    for t in &inputs {
-        refs.push(region.write_tensor(offset, t)?);
-        offset += t.data.len().div_ceil(64) as u64 * 64;
-    }
+    let frames = common::synthetic_inputs(model.inputs(), 7);
+    let room: usize = frames
+        .iter()
+        .map(|t| t.data.len().div_ceil(64) * 64)
+        .sum::<usize>()
+        + model
+            .outputs()
+            .iter()
+            .map(|t| t.byte_len().div_ceil(64) * 64)
+            .sum::<usize>();
+    let pool = client.shm_pool(room.max(64))?;
+    let inputs = frames
+        .iter()
+        .map(|t| pool.tensor(t))
+        .collect::<Result<Vec<_>, _>>()?;
+    let outputs = model
+        .outputs()
+        .iter()
+        .map(|t| pool.alloc(t.byte_len()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let frame_run = || {
+        let run = Run::new().priority(Priority::Realtime).deadline(frame);
+        let run = inputs.iter().fold(run, |r, t| r.input_shm(t));
+        outputs.iter().fold(run, |r, s| r.output_shm(s))
+    };
 
     let start = Instant::now();
     let mut next = start;
@@ -45,7 +64,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut last_print = start;
     while start.elapsed() < Duration::from_secs(seconds) {
         let t = Instant::now();
-        client.run_shm(&model.id, &refs, &[])?;
+        model.run(frame_run())?;
         let latency = t.elapsed();
         window.push(latency);
         all.push(latency);

@@ -8,7 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use switchyard_client::Client;
+use switchyard_client::{Client, Run};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -22,11 +22,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let seconds: u64 = args.next().map(|s| s.parse()).transpose()?.unwrap_or(10);
     let hop = Duration::from_millis(80);
 
-    let mut client = Client::connect_unix(&socket).await?;
-    let model = client.load_model_file(&model_path).await?;
+    let client = Client::connect_unix(&socket).await?;
+    let model = client.load(&model_path).await?;
     println!(
         "[wake-word] {} loaded as {} (every 80 ms, inline)",
-        model.name, model.id
+        model.name(),
+        model.id()
     );
 
     let mut ticker = tokio::time::interval(hop);
@@ -39,9 +40,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     while start.elapsed() < Duration::from_secs(seconds) {
         ticker.tick().await;
         seed += 1;
-        let inputs = common::synthetic_inputs(&model, seed);
+        let inputs = common::synthetic_inputs(model.inputs(), seed);
+        let run = inputs.into_iter().fold(Run::new(), Run::input);
         let t = Instant::now();
-        client.run(&model.id, &inputs).await?;
+        model.run(run).await?;
         let latency = t.elapsed();
         window.push(latency);
         all.push(latency);

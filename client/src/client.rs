@@ -3,13 +3,17 @@
 use std::path::{Path, PathBuf};
 
 use hyper_util::rt::TokioIo;
-use switchyard_proto::DataType;
 use switchyard_proto::v1::{self, switchyard_client::SwitchyardClient, tensor::Data};
 use tonic::Request;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint, Uri};
 
-use crate::ClientError;
+use crate::model::{Model, ModelMeta};
+use crate::pool::ShmPool;
 use crate::shm::ShmRegion;
+use crate::{ClientError, DType, Element};
 
 /// Largest message sent or accepted; the daemon enforces its own limit too.
 const MAX_MESSAGE: usize = 256 << 20;
@@ -19,13 +23,13 @@ const CHUNK: usize = 1 << 20;
 /// An owned tensor as the API carries it: little-endian row-major element bytes.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Tensor {
-    pub dtype: DataType,
+    pub dtype: DType,
     pub shape: Vec<u64>,
     pub data: Vec<u8>,
 }
 
 impl Tensor {
-    pub fn new(dtype: DataType, shape: Vec<u64>, data: Vec<u8>) -> Result<Tensor, ClientError> {
+    pub fn new(dtype: DType, shape: Vec<u64>, data: Vec<u8>) -> Result<Tensor, ClientError> {
         let need = dtype
             .byte_len(&shape)
             .ok_or_else(|| ClientError::Invalid(format!("shape {shape:?} overflows")))?;
@@ -39,10 +43,35 @@ impl Tensor {
         Ok(Tensor { dtype, shape, data })
     }
 
+    /// A tensor of `shape` holding `values` (row-major); their count must match.
+    pub fn from_slice<T: Element>(shape: &[u64], values: &[T]) -> Result<Tensor, ClientError> {
+        let mut data = Vec::with_capacity(values.len() * T::DTYPE.size());
+        for &v in values {
+            v.put(&mut data);
+        }
+        Tensor::new(T::DTYPE, shape.to_vec(), data)
+    }
+
+    /// The elements, when `T` is this tensor's element type.
+    pub fn to_vec<T: Element>(&self) -> Result<Vec<T>, ClientError> {
+        if T::DTYPE != self.dtype {
+            return Err(ClientError::Invalid(format!(
+                "the tensor is {}, not {}",
+                self.dtype,
+                T::DTYPE
+            )));
+        }
+        Ok(self
+            .data
+            .chunks_exact(self.dtype.size())
+            .map(T::get)
+            .collect())
+    }
+
     pub fn from_f32(shape: Vec<u64>, values: &[f32]) -> Tensor {
         let data = values.iter().flat_map(|v| v.to_le_bytes()).collect();
         Tensor {
-            dtype: DataType::Float32,
+            dtype: DType::Float32,
             shape,
             data,
         }
@@ -50,17 +79,12 @@ impl Tensor {
 
     /// The elements as f32, if this is a float32 tensor.
     pub fn to_f32(&self) -> Option<Vec<f32>> {
-        (self.dtype == DataType::Float32).then(|| {
-            self.data
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect()
-        })
+        self.to_vec().ok()
     }
 
     fn to_wire(&self) -> v1::Tensor {
         v1::Tensor {
-            dtype: self.dtype as i32,
+            dtype: self.dtype.to_wire() as i32,
             shape: self.shape.clone(),
             data: Some(Data::Inline(self.data.clone())),
         }
@@ -70,7 +94,7 @@ impl Tensor {
 /// How the daemon's arbiter treats one request.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RunOptions {
-    pub priority: v1::Priority,
+    pub priority: crate::Priority,
     /// Relative deadline in milliseconds; 0 means none.
     pub deadline_ms: u64,
 }
@@ -87,8 +111,7 @@ pub struct RunOutput {
 }
 
 fn from_wire(t: v1::Tensor) -> Result<(Tensor, Option<v1::ShmRef>), ClientError> {
-    let dtype = DataType::try_from(t.dtype)
-        .map_err(|_| ClientError::Invalid(format!("daemon sent unknown data type {}", t.dtype)))?;
+    let dtype = DType::try_from(t.dtype)?;
     match t.data {
         Some(Data::Inline(data)) => Ok((
             Tensor {
@@ -115,13 +138,42 @@ fn from_wire(t: v1::Tensor) -> Result<(Tensor, Option<v1::ShmRef>), ClientError>
 #[derive(Clone)]
 enum Target {
     Unix(PathBuf),
-    Tcp { token: String },
+    Tcp,
 }
+
+/// Adds `authorization: Bearer <token>` to every request (TCP); a no-op on the Unix
+/// socket, where the daemon identifies the caller by its uid.
+#[derive(Clone, Debug, Default)]
+pub struct BearerAuth {
+    header: Option<MetadataValue<Ascii>>,
+}
+
+impl BearerAuth {
+    pub fn new(token: &str) -> Result<BearerAuth, ClientError> {
+        let header = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| ClientError::Invalid("the token is not a valid header value".into()))?;
+        Ok(BearerAuth {
+            header: Some(header),
+        })
+    }
+}
+
+impl Interceptor for BearerAuth {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, tonic::Status> {
+        if let Some(h) = &self.header {
+            req.metadata_mut().insert("authorization", h.clone());
+        }
+        Ok(req)
+    }
+}
+
+pub(crate) type Rpc = SwitchyardClient<InterceptedService<Channel, BearerAuth>>;
 
 /// A connection to the daemon. Cheap to clone (one HTTP/2 channel underneath).
 #[derive(Clone)]
 pub struct Client {
-    rpc: SwitchyardClient<Channel>,
+    pub(crate) rpc: Rpc,
     target: Target,
 }
 
@@ -145,13 +197,14 @@ impl Client {
                 why: connect_reason(&e),
             })?;
         Ok(Client {
-            rpc: client(channel),
+            rpc: client(channel, BearerAuth::default()),
             target: Target::Unix(path),
         })
     }
 
     /// Connects over TCP (`host:port`) with a bearer token configured in the daemon.
     pub async fn connect_tcp(addr: &str, token: &str) -> Result<Client, ClientError> {
+        let auth = BearerAuth::new(token)?;
         let uri = format!("http://{addr}");
         let endpoint = Endpoint::from_shared(uri).map_err(|e| ClientError::Connect {
             target: addr.to_owned(),
@@ -162,26 +215,56 @@ impl Client {
             why: connect_reason(&e),
         })?;
         Ok(Client {
-            rpc: client(channel),
-            target: Target::Tcp {
-                token: token.to_owned(),
-            },
+            rpc: client(channel, auth),
+            target: Target::Tcp,
         })
     }
 
     fn request<T>(&self, msg: T) -> Result<Request<T>, ClientError> {
-        let mut req = Request::new(msg);
-        if let Target::Tcp { token } = &self.target {
-            let value = format!("Bearer {token}").parse().map_err(|_| {
-                ClientError::Invalid("the token is not a valid header value".into())
-            })?;
-            req.metadata_mut().insert("authorization", value);
-        }
-        Ok(req)
+        Ok(Request::new(msg))
+    }
+
+    /// Loads a `.tflite` file, named after the file, and returns its handle.
+    pub async fn load(&self, path: impl AsRef<Path>) -> Result<Model, ClientError> {
+        #[allow(deprecated)]
+        let info = self.clone().load_model_file(path).await?;
+        self.model(info)
+    }
+
+    /// Loads a model from bytes (streamed in chunks when large). Bytes another app
+    /// already loaded reuse the daemon's prepared copy.
+    pub async fn load_bytes(&self, name: &str, bytes: Vec<u8>) -> Result<Model, ClientError> {
+        #[allow(deprecated)]
+        let info = self.clone().load_model(name, bytes).await?;
+        self.model(info)
+    }
+
+    /// This tenant's loaded models as handles.
+    pub async fn models(&self) -> Result<Vec<Model>, ClientError> {
+        self.clone()
+            .list_models()
+            .await?
+            .into_iter()
+            .map(|m| self.model(m))
+            .collect()
+    }
+
+    fn model(&self, info: v1::ModelInfo) -> Result<Model, ClientError> {
+        Ok(Model {
+            client: self.clone(),
+            meta: ModelMeta::from_wire(info)?,
+        })
+    }
+
+    /// A shared-memory pool of `size` bytes registered with the daemon, handing out
+    /// slices for inputs and outputs. Only on the Unix socket.
+    pub fn shm_pool(&self, size: usize) -> Result<ShmPool, ClientError> {
+        self.create_region(size).map(ShmPool::new)
     }
 
     /// Loads a model from bytes (streamed in chunks when large). Loading bytes another
     /// app already loaded reuses the daemon's prepared copy.
+    #[deprecated(note = "use `Client::load_bytes`, which returns a `Model` handle")]
     pub async fn load_model(
         &mut self,
         name: &str,
@@ -212,6 +295,8 @@ impl Client {
     }
 
     /// Reads a .tflite file and loads it, named after the file.
+    #[deprecated(note = "use `Client::load`, which returns a `Model` handle")]
+    #[allow(deprecated)]
     pub async fn load_model_file(
         &mut self,
         path: impl AsRef<Path>,
@@ -240,6 +325,7 @@ impl Client {
     }
 
     /// Runs a model with inline inputs; outputs come back inline.
+    #[deprecated(note = "use `Model::run` with a `Run`")]
     pub async fn run(
         &mut self,
         model_id: &str,
@@ -251,6 +337,7 @@ impl Client {
     }
 
     /// Runs a model with a priority class and a deadline for the daemon's arbiter.
+    #[deprecated(note = "use `Model::run` with a `Run`")]
     pub async fn run_with(
         &mut self,
         model_id: &str,
@@ -264,21 +351,35 @@ impl Client {
     /// Runs a model with inputs already written to shared memory (see
     /// [`ShmRegion::write_tensor`]); outputs are written to `outputs` when given (one per
     /// model output), else returned inline.
+    #[deprecated(note = "use `Model::run` with `Run::input_shm` / `Run::output_shm`")]
     pub async fn run_shm(
         &mut self,
         model_id: &str,
-        inputs: &[(DataType, Vec<u64>, v1::ShmRef)],
+        inputs: &[(DType, Vec<u64>, v1::ShmRef)],
         outputs: &[v1::ShmRef],
+    ) -> Result<RunOutput, ClientError> {
+        self.run_shm_with(model_id, inputs, outputs, RunOptions::default())
+            .await
+    }
+
+    /// [`Client::run_shm`] with a priority class and a deadline for the daemon's
+    /// arbiter (a camera app: frames in shared memory, each due within its period).
+    pub async fn run_shm_with(
+        &mut self,
+        model_id: &str,
+        inputs: &[(DType, Vec<u64>, v1::ShmRef)],
+        outputs: &[v1::ShmRef],
+        options: RunOptions,
     ) -> Result<RunOutput, ClientError> {
         let wire = inputs
             .iter()
             .map(|(dtype, shape, r)| v1::Tensor {
-                dtype: *dtype as i32,
+                dtype: dtype.to_wire() as i32,
                 shape: shape.clone(),
                 data: Some(Data::Shm(*r)),
             })
             .collect();
-        self.run_wire(model_id, wire, outputs.to_vec(), RunOptions::default())
+        self.run_wire(model_id, wire, outputs.to_vec(), options)
             .await
     }
 
@@ -293,8 +394,10 @@ impl Client {
             model_id: model_id.to_owned(),
             inputs,
             output_shm,
-            priority: options.priority as i32,
+            priority: options.priority.to_wire() as i32,
             deadline_ms: options.deadline_ms,
+            allow_resize: false,
+            client_request_id: String::new(),
         })?;
         let resp = self.rpc.run(req).await?.into_inner();
         let mut outputs = Vec::with_capacity(resp.outputs.len());
@@ -317,7 +420,7 @@ impl Client {
     pub fn create_region(&self, size: usize) -> Result<ShmRegion, ClientError> {
         match &self.target {
             Target::Unix(path) => ShmRegion::create(path, size),
-            Target::Tcp { .. } => Err(ClientError::Shm(
+            Target::Tcp => Err(ClientError::Shm(
                 "shared memory needs the Unix socket; this client is on TCP".into(),
             )),
         }
@@ -352,6 +455,13 @@ impl Client {
         Ok(self.rpc.get_placement(req).await?.into_inner().plan_json)
     }
 
+    /// The daemon's metrics in the Prometheus text format (this tenant's series; every
+    /// tenant's for an admin).
+    pub async fn metrics(&mut self) -> Result<String, ClientError> {
+        let req = self.request(v1::GetMetricsRequest {})?;
+        Ok(self.rpc.get_metrics(req).await?.into_inner().text)
+    }
+
     /// The daemon's learned allowlist decisions.
     pub async fn allowlist(&mut self) -> Result<v1::ListAllowlistResponse, ClientError> {
         let req = self.request(v1::ListAllowlistRequest {})?;
@@ -359,8 +469,8 @@ impl Client {
     }
 }
 
-fn client(channel: Channel) -> SwitchyardClient<Channel> {
-    SwitchyardClient::new(channel)
+fn client(channel: Channel, auth: BearerAuth) -> Rpc {
+    SwitchyardClient::with_interceptor(channel, auth)
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE)
 }
@@ -383,16 +493,35 @@ mod tests {
 
     #[test]
     fn tensor_length_must_match_dtype_and_shape() {
-        assert!(Tensor::new(DataType::Float32, vec![2, 3], vec![0; 24]).is_ok());
-        assert!(Tensor::new(DataType::Float32, vec![2, 3], vec![0; 23]).is_err());
-        assert!(Tensor::new(DataType::Int8, vec![u64::MAX, 2], vec![]).is_err());
+        assert!(Tensor::new(DType::Float32, vec![2, 3], vec![0; 24]).is_ok());
+        assert!(Tensor::new(DType::Float32, vec![2, 3], vec![0; 23]).is_err());
+        assert!(Tensor::new(DType::Int8, vec![u64::MAX, 2], vec![]).is_err());
         let t = Tensor::from_f32(vec![2], &[1.5, -2.0]);
         assert_eq!(t.to_f32().unwrap(), vec![1.5, -2.0]);
         assert_eq!(
-            Tensor::new(DataType::Int32, vec![1], vec![0; 4])
+            Tensor::new(DType::Int32, vec![1], vec![0; 4])
                 .unwrap()
                 .to_f32(),
             None
         );
+        let t = Tensor::from_slice(&[3], &[1i8, -2, 3]).unwrap();
+        assert_eq!(t.dtype, DType::Int8);
+        assert_eq!(t.to_vec::<i8>().unwrap(), vec![1, -2, 3]);
+        assert!(t.to_vec::<u8>().is_err());
+        assert!(Tensor::from_slice(&[2, 2], &[1.0f32]).is_err());
+    }
+
+    #[test]
+    fn bearer_auth_adds_the_header_only_with_a_token() {
+        let mut none = BearerAuth::default();
+        let r = none.call(Request::new(())).unwrap();
+        assert!(r.metadata().get("authorization").is_none());
+        let mut auth = BearerAuth::new("secret-token").unwrap();
+        let r = auth.call(Request::new(())).unwrap();
+        assert_eq!(
+            r.metadata().get("authorization").unwrap(),
+            "Bearer secret-token"
+        );
+        assert!(BearerAuth::new("bad\ntoken").is_err());
     }
 }

@@ -1,34 +1,53 @@
 //! switchyard-client: the library apps link to run models through `switchyardd`.
 //!
 //! Layout:
-//! - [`Client`]: async API over gRPC (Unix socket, or TCP with a bearer token).
-//! - [`ShmRegion`]: a sealed memfd shared with the daemon, for tensors that should not
-//!   be copied through the socket.
-//! - [`blocking::Client`]: the same API for apps without an async runtime.
+//! - [`Client`]: a connection (Unix socket, or TCP with a bearer token added by the
+//!   [`BearerAuth`] interceptor); `load` returns a [`Model`] handle.
+//! - [`Model`] and [`Run`]: a loaded model and one run built up before it is sent
+//!   (inputs inline or in shared memory, outputs inline or into shared memory,
+//!   priority, deadline, explicit resize, request id). [`Outputs`] is what comes back.
+//! - [`DType`], [`Tensor`], [`TensorSpec`]: the crate's own types; nothing here
+//!   carries wire codes.
+//! - [`ShmPool`]: a sealed memfd registered with the daemon, carved into
+//!   [`ShmSlice`]s; [`ShmRegion`] is the raw region underneath.
+//! - [`blocking`]: the same API for apps without an async runtime.
 //!
 //! ```no_run
 //! # fn demo() -> Result<(), switchyard_client::ClientError> {
-//! use switchyard_client::{DataType, Tensor, blocking::Client};
-//! let mut client = Client::connect_unix("/run/switchyard/switchyard.sock")?;
-//! let model = client.load_model_file("models/tfm_sine_float.tflite")?;
-//! let x = Tensor::from_f32(vec![1, 1], &[0.5]);
-//! let out = client.run(&model.id, &[x])?;
-//! assert_eq!(out.outputs[0].dtype, DataType::Float32);
+//! use switchyard_client::{DType, Priority, Run, Tensor, blocking::Client};
+//! let client = Client::connect_unix("/run/switchyard/switchyard.sock")?;
+//! let model = client.load("models/tfm_sine_float.tflite")?;
+//! let x = Tensor::from_slice(&[1, 1], &[0.5f32])?;
+//! let out = model.run(Run::new().input(x).priority(Priority::Interactive))?;
+//! assert_eq!(out.tensors[0].dtype, DType::Float32);
 //! # Ok(()) }
 //! ```
 #![deny(unsafe_code)]
 
 mod client;
+mod dtype;
+mod model;
+mod pool;
 mod shm;
 
 pub mod blocking;
 
-pub use client::{Client, RunOptions, RunOutput, Tensor};
+pub use client::{BearerAuth, Client, RunOptions, RunOutput, Tensor};
+pub use dtype::{DType, Element};
+pub use model::{Model, ModelMeta, Output, OutputData, Outputs, Priority, Run, TensorSpec, Timing};
+pub use pool::{ShmPool, ShmSlice, ShmTensor};
 pub use shm::ShmRegion;
-pub use switchyard_proto::DataType;
-pub use switchyard_proto::v1::{
-    ModelInfo, Priority, ShmRef, StatusResponse, TenantInfo, TensorInfo, Timing,
-};
+pub use switchyard_proto::v1::{ModelInfo, ShmRef, StatusResponse, TenantInfo, TensorInfo};
+
+/// The wire enum's old name, kept so code written against it compiles; it is
+/// [`DType`] now.
+#[deprecated(note = "use `DType`")]
+pub type DataType = DType;
+
+/// Wire types of the old entry points ([`RunOptions`], [`RunOutput`]).
+pub mod wire {
+    pub use switchyard_proto::v1::{Priority, Timing};
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {

@@ -8,11 +8,11 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 
-use memmap2::MmapMut;
+use crate::DType;
+use memmap2::{MmapOptions, MmapRaw};
 use nix::fcntl::{FcntlArg, SealFlag, fcntl};
 use nix::sys::memfd::{MFdFlags, memfd_create};
 use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
-use switchyard_proto::DataType;
 use switchyard_proto::v1::ShmRef;
 
 use crate::ClientError;
@@ -27,7 +27,7 @@ fn side_socket(grpc: &Path) -> std::path::PathBuf {
 /// A shared-memory region registered with the daemon.
 pub struct ShmRegion {
     id: u64,
-    map: MmapMut,
+    map: MmapRaw,
     _side: UnixStream,
 }
 
@@ -71,11 +71,15 @@ impl ShmRegion {
         )
         .map_err(shm_err("sealing the memfd"))?;
         let file = std::fs::File::from(fd);
-        // SAFETY: the memfd is ours, sealed against shrinking, and sized above.
-        let map = unsafe { MmapMut::map_mut(&file) }.map_err(|source| ClientError::Io {
-            what: "mapping the memfd".into(),
-            source,
-        })?;
+        // Raw: the daemon writes outputs into the same pages, so no Rust reference to
+        // the whole mapping may exist; accesses go through checked ranges below.
+        let map = MmapOptions::new()
+            .len(size)
+            .map_raw(&file)
+            .map_err(|source| ClientError::Io {
+                what: "mapping the memfd".into(),
+                source,
+            })?;
         let path = side_socket(grpc_socket);
         let mut side = UnixStream::connect(&path).map_err(|e| ClientError::Connect {
             target: path.display().to_string(),
@@ -123,7 +127,37 @@ impl ShmRegion {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.map.len() == 0
+    }
+
+    /// Copies `data` to a checked range. `&self`: callers (the pool) guarantee that no
+    /// two writers share a range.
+    pub(crate) fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), ClientError> {
+        let r = self.range(offset, data.len() as u64)?;
+        // SAFETY: the range is inside the mapping (checked), which lives as long as
+        // `self`; the memfd is sealed against shrinking, so the pages stay backed.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                data.as_ptr(),
+                self.map.as_mut_ptr().add(r.start),
+                r.len(),
+            )
+        };
+        Ok(())
+    }
+
+    /// Where `offset` lies in this process (for C callers that write in place); the
+    /// pool checks ranges before handing it out.
+    pub(crate) fn ptr_at(&self, offset: u64) -> *mut u8 {
+        self.map.as_mut_ptr().wrapping_add(offset as usize)
+    }
+
+    /// The bytes of a checked range. The daemon writes outputs here during a run; read
+    /// them after the run's response.
+    pub(crate) fn bytes_at(&self, offset: u64, len: u64) -> Result<&[u8], ClientError> {
+        let r = self.range(offset, len)?;
+        // SAFETY: as in `write_at`.
+        Ok(unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(r.start), r.len()) })
     }
 
     fn range(&self, offset: u64, len: u64) -> Result<std::ops::Range<usize>, ClientError> {
@@ -140,8 +174,7 @@ impl ShmRegion {
 
     /// Copies `data` to `offset` and returns the reference a request names.
     pub fn write(&mut self, offset: u64, data: &[u8]) -> Result<ShmRef, ClientError> {
-        let r = self.range(offset, data.len() as u64)?;
-        self.map[r].copy_from_slice(data);
+        self.write_at(offset, data)?;
         Ok(ShmRef {
             region: self.id,
             offset,
@@ -154,7 +187,7 @@ impl ShmRegion {
         &mut self,
         offset: u64,
         t: &crate::Tensor,
-    ) -> Result<(DataType, Vec<u64>, ShmRef), ClientError> {
+    ) -> Result<(DType, Vec<u64>, ShmRef), ClientError> {
         let r = self.write(offset, &t.data)?;
         Ok((t.dtype, t.shape.clone(), r))
     }
@@ -177,7 +210,6 @@ impl ShmRegion {
                 r.region, self.id
             )));
         }
-        let range = self.range(r.offset, r.length)?;
-        Ok(&self.map[range])
+        self.bytes_at(r.offset, r.length)
     }
 }

@@ -46,7 +46,8 @@ pub struct DaemonConfig {
     pub worker_threads: usize,
     /// Interpreters prepared per model: how many requests for one model run at once.
     pub interpreters_per_model: usize,
-    /// Threads each interpreter's kernels may use.
+    /// Most intra-op threads one request may use; the arbiter gives them only when no
+    /// other request waits for the cores.
     pub kernel_threads: usize,
     /// How long shutdown waits for in-flight requests before exiting anyway.
     pub grace_ms: u64,
@@ -59,6 +60,10 @@ pub struct DaemonConfig {
     /// Vendor delegate plugins (`.so` paths) loaded at start, offered to the scheduler
     /// beside the emulated DSP/NPU.
     pub plugins: Vec<PathBuf>,
+    /// Prometheus text endpoint (`GET /metrics`), off unless set: `host:port` for TCP
+    /// (a bearer token selects the tenant whose figures are shown; an admin token shows
+    /// all) or `unix:/path` (the peer's uid selects them; admin uids see all).
+    pub metrics: Option<String>,
     pub quota: QuotaConfig,
     /// Connection, stream and request-size limits of the listeners.
     pub limits: LimitsConfig,
@@ -198,6 +203,7 @@ impl Default for DaemonConfig {
             max_message_bytes: 64 << 20,
             state_dir: PathBuf::new(),
             plugins: Vec::new(),
+            metrics: None,
             quota: QuotaConfig::default(),
             limits: LimitsConfig::default(),
             worker: WorkerConfig::default(),
@@ -249,6 +255,18 @@ impl DaemonConfig {
             }
             if self.tokens.is_empty() {
                 return bad("tokens", "a TCP listener needs at least one token");
+            }
+        }
+        if let Some(m) = &self.metrics {
+            let ok = match m.strip_prefix("unix:") {
+                Some(path) => !path.is_empty(),
+                None => m.parse::<std::net::SocketAddr>().is_ok(),
+            };
+            if !ok {
+                return bad(
+                    "metrics",
+                    "must be an address such as 127.0.0.1:9464 or unix:/run/switchyard/metrics.sock",
+                );
             }
         }
         let mut seen = HashSet::new();

@@ -11,6 +11,7 @@
 //!   bandwidth, on-chip memory, fault injection — used by the emulated DSP/NPU and as
 //!   the cost model's priors for every processor.
 //! - [`scheduler`]: allowlist tolerances, cost-model smoothing, arbiter queue limits.
+//! - [`gpu`]: the GPU delegate's optional features (subgroups, fp16, pipeline cache).
 //!
 //! ```
 //! let cfg = switchyard_config::Config::from_toml_str("[devices.npu]\nclock_mhz = 600.0\n")?;
@@ -21,6 +22,7 @@
 
 pub mod daemon;
 pub mod device;
+pub mod gpu;
 pub mod scheduler;
 
 use std::path::Path;
@@ -30,6 +32,7 @@ use thiserror::Error;
 
 pub use daemon::DaemonConfig;
 pub use device::{DeviceProfile, DeviceProfiles, FaultInjection};
+pub use gpu::GpuConfig;
 pub use scheduler::SchedulerConfig;
 
 /// Why a configuration was refused.
@@ -65,6 +68,8 @@ pub struct Config {
     pub daemon: DaemonConfig,
     /// Partitioner, allowlist and arbiter settings.
     pub scheduler: SchedulerConfig,
+    /// The GPU delegate's optional features.
+    pub gpu: GpuConfig,
 }
 
 impl Config {
@@ -94,6 +99,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.devices.validate()?;
         self.daemon.validate()?;
+        self.gpu.validate()?;
         self.scheduler.validate()
     }
 

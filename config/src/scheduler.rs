@@ -1,5 +1,5 @@
-//! The scheduler's section: how the allowlist judges a delegate, how fast measurements
-//! replace the profile priors, and how much work the arbiter may queue.
+//! The scheduler's section: how the allowlist judges a delegate, how measurements
+//! replace the profile priors, and how the arbiter shares the processors.
 
 use serde::{Deserialize, Serialize};
 
@@ -19,12 +19,35 @@ pub struct SchedulerConfig {
     pub partition_timeout_ms: u64,
     /// Largest accepted float error, relative to the CPU output's largest magnitude.
     pub float_tolerance: f64,
+    /// Largest accepted float error of a delegate that computes in fp16 (the GPU's
+    /// `gpu-fp16`), relative to the CPU output's largest magnitude.
+    pub half_float_tolerance: f64,
     /// Largest accepted quantized error, in quantization steps.
     pub quantized_tolerance_steps: f64,
-    /// Weight of the newest measurement in the cost model's moving average.
-    pub ewma_alpha: f64,
-    /// Jobs one processor may hold queued; more are refused with a reason.
+    /// Recent served runs the cost model keeps per (model or partition, processor,
+    /// threads); its estimate is their age-weighted median.
+    pub estimate_window: usize,
+    /// Age in seconds at which a measured run weighs half as much as a new one: how
+    /// fast an outlier (a hang, a cold start) or an old figure fades.
+    pub estimate_half_life_s: f64,
+    /// Jobs one tenant may hold queued on one processor; more are refused with a reason.
     pub queue_limit: usize,
+    /// CPU cores the arbiter runs requests on side by side; 0: every core of the
+    /// machine.
+    pub cpu_cores: usize,
+    /// Let a request run where it finishes first (an accelerator or the CPU), given the
+    /// queues.
+    pub migration: bool,
+    /// A request without a deadline is ordered as if due this long after it became
+    /// ready (and priority classes are this far apart): the bound on how long the
+    /// policies let it wait behind others.
+    pub aging_ms: u64,
+    /// Fraction of a processor's servers (CPU cores) background requests may hold at
+    /// once; at least one. Realtime work finds the others free.
+    pub background_share: f64,
+    /// Fraction of a processor's time background requests get when they have work
+    /// queued, however busy the other classes keep it.
+    pub background_reserve: f64,
     /// Policy the arbiter starts with: "priority", "edf", "least-slack" or "fair-share".
     pub policy: String,
     /// Fair-share weight per tenant id (`uid:1000`, or a token's tenant name); tenants
@@ -42,9 +65,16 @@ impl Default for SchedulerConfig {
             validation_runs: 3,
             partition_timeout_ms: 2000,
             float_tolerance: 1e-3,
+            half_float_tolerance: 1e-2,
             quantized_tolerance_steps: 1.0,
-            ewma_alpha: 0.2,
+            estimate_window: 16,
+            estimate_half_life_s: 1.0,
             queue_limit: 64,
+            cpu_cores: 0,
+            migration: true,
+            aging_ms: 500,
+            background_share: 0.5,
+            background_reserve: 0.15,
             policy: "least-slack".into(),
             tenant_weights: Default::default(),
         }
@@ -75,6 +105,7 @@ impl SchedulerConfig {
         }
         for (key, v) in [
             ("float_tolerance", self.float_tolerance),
+            ("half_float_tolerance", self.half_float_tolerance),
             ("quantized_tolerance_steps", self.quantized_tolerance_steps),
         ] {
             if !(v.is_finite() && v >= 0.0) {
@@ -84,10 +115,36 @@ impl SchedulerConfig {
                 ));
             }
         }
-        if !(self.ewma_alpha > 0.0 && self.ewma_alpha <= 1.0) {
+        if self.estimate_window == 0 || self.estimate_window > 1024 {
             return Err(ConfigError::invalid(
-                "scheduler.ewma_alpha",
-                format!("must be in (0, 1], is {}", self.ewma_alpha),
+                "scheduler.estimate_window",
+                format!("must be in [1, 1024], is {}", self.estimate_window),
+            ));
+        }
+        if !(self.estimate_half_life_s.is_finite() && self.estimate_half_life_s > 0.0) {
+            return Err(ConfigError::invalid(
+                "scheduler.estimate_half_life_s",
+                format!(
+                    "must be a positive number, is {}",
+                    self.estimate_half_life_s
+                ),
+            ));
+        }
+        for (key, v) in [
+            ("background_share", self.background_share),
+            ("background_reserve", self.background_reserve),
+        ] {
+            if !(v.is_finite() && (0.0..=1.0).contains(&v)) {
+                return Err(ConfigError::invalid(
+                    format!("scheduler.{key}"),
+                    format!("must be in [0, 1], is {v}"),
+                ));
+            }
+        }
+        if self.cpu_cores > 1024 {
+            return Err(ConfigError::invalid(
+                "scheduler.cpu_cores",
+                format!("must be at most 1024, is {}", self.cpu_cores),
             ));
         }
         if self.queue_limit == 0 {
@@ -127,8 +184,16 @@ mod tests {
     }
 
     #[test]
-    fn alpha_must_be_a_weight() {
-        let err = Config::from_toml_str("[scheduler]\newma_alpha = 0.0\n").unwrap_err();
-        assert!(err.to_string().contains("scheduler.ewma_alpha"), "{err}");
+    fn learning_and_background_settings_are_checked_by_name() {
+        let err = Config::from_toml_str("[scheduler]\nestimate_half_life_s = 0.0\n").unwrap_err();
+        assert!(
+            err.to_string().contains("scheduler.estimate_half_life_s"),
+            "{err}"
+        );
+        let err = Config::from_toml_str("[scheduler]\nbackground_share = 1.5\n").unwrap_err();
+        assert!(
+            err.to_string().contains("scheduler.background_share"),
+            "{err}"
+        );
     }
 }

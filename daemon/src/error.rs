@@ -44,9 +44,10 @@ pub enum DaemonError {
     },
     #[error("server error: {0}")]
     Transport(#[from] tonic::transport::Error),
-    /// Refused by the arbiter's admission control (full queue, hopeless deadline).
-    #[error("refused by the arbiter: {reason}")]
-    Rejected { deadline: bool, reason: String },
+    /// Refused or dropped by the arbiter (full queue, hopeless deadline), or its run
+    /// could not be carried out.
+    #[error("refused by the arbiter: {0}")]
+    Rejected(switchyard_scheduler::arbiter::Refusal),
     #[error("scheduler: {0}")]
     Scheduler(#[from] switchyard_scheduler::SchedError),
     #[error("delegate: {0}")]
@@ -82,10 +83,15 @@ impl From<DaemonError> for tonic::Status {
             DaemonError::Run(RunError::Input { .. }) => Code::InvalidArgument,
             DaemonError::Run(_) => Code::Internal,
             DaemonError::Quota { .. } => Code::ResourceExhausted,
-            DaemonError::Rejected { deadline: true, .. } => Code::DeadlineExceeded,
-            DaemonError::Rejected {
-                deadline: false, ..
-            } => Code::ResourceExhausted,
+            DaemonError::Rejected(r) => {
+                use switchyard_scheduler::arbiter::Refusal;
+                match r {
+                    Refusal::Deadline { .. } | Refusal::Expired { .. } => Code::DeadlineExceeded,
+                    Refusal::QueueFull { .. } => Code::ResourceExhausted,
+                    Refusal::Stopped => Code::Unavailable,
+                    Refusal::NoProcessor { .. } | Refusal::Failed(_) => Code::Internal,
+                }
+            }
             DaemonError::Config(_)
             | DaemonError::Io { .. }
             | DaemonError::Transport(_)

@@ -2,14 +2,19 @@
 //! binary over [`run`].
 //!
 //! Layout:
+//! - [`activation`]: sockets passed by systemd (LISTEN_FDS) or Android init;
+//!   [`notify`]: sd_notify readiness.
 //! - [`server`]: binding the sockets, serving gRPC (Unix socket, optional TCP) and the
 //!   shared-memory side socket, graceful shutdown with a grace timeout.
+//! - [`authority`]: the Unix socket accepts any HTTP/2 `:authority` (C-core clients
+//!   send the socket path, which h2 would refuse).
 //! - [`service`]: the gRPC service: caller identity, request checks, runs.
 //! - [`tenant`]: tenants, their model handles, quotas and counters.
 //! - [`arbitration`]: requests queue per processor in the scheduler's arbiter.
 //! - [`processors`]: the delegates the configuration enables, built in one place.
 //! - [`placement`]: scheduler decisions on first load, run-time failures fed back into
 //!   the persisted allowlist.
+//! - [`metrics`]: request counters and histograms, the Prometheus endpoint.
 //! - [`registry`]: prepared models deduplicated by sha256 with interpreter pools.
 //! - [`shm`]: memfd regions received over SCM_RIGHTS, range checks.
 //! - [`fdpass`]: receiving descriptors so that none can leak, whatever the sender does.
@@ -32,11 +37,15 @@
 //! ```
 #![deny(unsafe_code)]
 
+pub mod activation;
 pub mod arbitration;
 pub mod auth;
+pub mod authority;
 pub mod error;
 pub mod fdpass;
 pub mod limits;
+pub mod metrics;
+pub mod notify;
 pub mod panics;
 pub mod placement;
 pub mod processors;

@@ -335,29 +335,42 @@ impl Accept for TcpListener {
     }
 }
 
-/// The accepted connections of a listener that fit its budget, for
+/// The accepted connections of a listener that fit its budget, each passed through
+/// `wrap` (another I/O layer, e.g. the :authority rewrite) and then limited, for
 /// `serve_with_incoming_shutdown`. Accept errors (out of descriptors, for one) pause
 /// accepting for a moment instead of spinning.
-pub struct Incoming<L: Accept> {
+pub struct Incoming<L: Accept, F> {
     listener: L,
     limiter: Arc<ConnLimiter>,
     timeouts: Timeouts,
+    wrap: F,
     backoff: Option<Pin<Box<Sleep>>>,
 }
 
-impl<L: Accept> Incoming<L> {
-    pub fn new(listener: L, limiter: Arc<ConnLimiter>, timeouts: Timeouts) -> Incoming<L> {
+impl<L: Accept, F> Incoming<L, F> {
+    pub fn new(
+        listener: L,
+        limiter: Arc<ConnLimiter>,
+        timeouts: Timeouts,
+        wrap: F,
+    ) -> Incoming<L, F> {
         Incoming {
             listener,
             limiter,
             timeouts,
+            wrap,
             backoff: None,
         }
     }
 }
 
-impl<L: Accept + Unpin> tokio_stream::Stream for Incoming<L> {
-    type Item = std::io::Result<Limited<L::Io>>;
+impl<L, F, W> tokio_stream::Stream for Incoming<L, F>
+where
+    L: Accept + Unpin,
+    F: FnMut(L::Io) -> W + Unpin,
+    W: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
+{
+    type Item = std::io::Result<Limited<W>>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
@@ -380,6 +393,7 @@ impl<L: Accept + Unpin> tokio_stream::Stream for Incoming<L> {
                     };
                     // Dropping `io` closes a connection over budget right away.
                     if let Ok(permit) = this.limiter.try_admit(key) {
+                        let io = (this.wrap)(io);
                         return Poll::Ready(Some(Ok(Limited::new(io, permit, this.timeouts))));
                     }
                 }

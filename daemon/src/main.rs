@@ -81,14 +81,14 @@ fn main() -> ExitCode {
     let cfg = match load_config(&args) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("switchyardd: invalid config: {e:#}");
+            eprintln!("switchyardd: invalid config: {}", report(&e));
             return ExitCode::from(EXIT_CONFIG);
         }
     };
     match serve(cfg) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("switchyardd: {e:#}");
+            eprintln!("switchyardd: {}", report(&e));
             ExitCode::FAILURE
         }
     }
@@ -121,4 +121,22 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
     });
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     result.map_err(Into::into)
+}
+
+/// The error and its causes, each printed once: library errors often embed their
+/// source in their own message (so that a gRPC status carries it), and `{:#}` would
+/// then print that source a second time.
+fn report(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }

@@ -1,7 +1,9 @@
 //! Placement in the daemon: on the first load of a model the scheduler decides which
 //! partitions run on which delegate, validating unknown (model, delegate, driver)
-//! combinations through the persisted allowlist; failures seen while serving requests
-//! are fed back so a device that keeps failing is blocked for the next load.
+//! combinations through the persisted allowlist against the CPU as it serves; failures
+//! seen while serving requests are fed back so a device that keeps failing is blocked
+//! for the next load. How requests are then offered to the arbiter (the serving plan)
+//! is the scheduler's decision too; this file only wires the daemon's state to it.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -11,8 +13,9 @@ use switchyard_interpreter::{Delegate, Model, PartitionReport, PlacedPartition, 
 use switchyard_scheduler::allowlist::{
     Allowlist, Entry, InProcess, Lookup, Validator, Verdict, key,
 };
-use switchyard_scheduler::cost::{CostModel, partition_key};
+use switchyard_scheduler::cost::{CostModel, Learning, partition_key};
 use switchyard_scheduler::decide::decide_with;
+use switchyard_scheduler::serving::ServingPlan;
 use tracing::{info, warn};
 
 use crate::error::DaemonError;
@@ -29,10 +32,8 @@ pub struct ModelPlacement {
     pub plan_json: String,
     /// Allowlist subject per placed partition, indexed like `placed`.
     subjects: Vec<String>,
-    /// The processor with the most expected time: the arbiter queue requests wait in.
-    pub main_processor: ProcessorKind,
-    /// Expected seconds per request (measured when known), the arbiter's first estimate.
-    pub expected_s: f64,
+    /// How requests are offered to the arbiter (processors, learned times).
+    pub serving: Arc<ServingPlan>,
 }
 
 /// The scheduler's state shared by all models of one daemon.
@@ -42,7 +43,11 @@ pub struct Placer {
     validator: Arc<dyn Validator>,
     cfg: switchyard_config::SchedulerConfig,
     allowlist: Mutex<Allowlist>,
-    cost: Mutex<CostModel>,
+    /// Shared with the arbiter's gate, which records every served run in it.
+    pub cost: Arc<Mutex<CostModel>>,
+    /// Intra-op threads a request may use on the CPU (`daemon.kernel_threads`): the CPU
+    /// is timed with them when delegates are judged.
+    threads: usize,
     pub allowlist_path: Option<PathBuf>,
 }
 
@@ -67,17 +72,11 @@ impl Placer {
             None => Allowlist::in_memory(),
         };
         info!(path = ?path, decisions = allowlist.entries().count(), "allowlist loaded");
-        Ok(Placer {
-            delegates,
-            validator,
-            cost: Mutex::new(CostModel::new(
-                cfg.devices.clone(),
-                cfg.scheduler.ewma_alpha,
-            )),
-            cfg: cfg.scheduler.clone(),
-            allowlist: Mutex::new(allowlist),
-            allowlist_path: path,
-        })
+        let mut placer = Placer::in_memory(cfg, delegates);
+        placer.validator = validator;
+        placer.allowlist = Mutex::new(allowlist);
+        placer.allowlist_path = path;
+        Ok(placer)
     }
 
     /// A placer whose decisions live in memory only (unit tests).
@@ -85,26 +84,32 @@ impl Placer {
         Placer {
             delegates,
             validator: Arc::new(InProcess),
-            cost: Mutex::new(CostModel::new(
+            cost: Arc::new(Mutex::new(CostModel::new(
                 cfg.devices.clone(),
-                cfg.scheduler.ewma_alpha,
-            )),
+                Learning::from_config(&cfg.scheduler),
+            ))),
             cfg: cfg.scheduler.clone(),
             allowlist: Mutex::new(Allowlist::in_memory()),
+            threads: cfg.daemon.kernel_threads.max(1),
             allowlist_path: None,
         }
     }
 
-    /// Decides where `model` runs. Blocking (validation runs the model): call from the
-    /// blocking pool. With no delegates the model runs on the CPU only.
-    pub fn place(&self, model: Arc<Model>) -> Result<ModelPlacement, DaemonError> {
+    /// Decides where `model` (whose sha256 is `sha256_hex`) runs. Blocking (validation
+    /// runs the model): call from the blocking pool. With no delegates the model runs
+    /// on the CPU only, and nothing is timed before its first request.
+    pub fn place(
+        &self,
+        model: Arc<Model>,
+        sha256_hex: &str,
+    ) -> Result<ModelPlacement, DaemonError> {
         if self.delegates.is_empty() {
             return Ok(ModelPlacement {
                 placed: Vec::new(),
                 plan_json: "null".into(),
                 subjects: Vec::new(),
-                main_processor: ProcessorKind::Cpu,
-                expected_s: 1e-3,
+                // A guess the first served runs replace; admission never refuses on it.
+                serving: Arc::new(ServingPlan::cpu_only(sha256_hex, 1e-3, self.threads)),
             });
         }
         let mut list = lock(&self.allowlist);
@@ -119,6 +124,7 @@ impl Placer {
                 &mut list,
                 &mut cost,
                 &self.cfg,
+                self.threads,
             )
         }));
         drop(cost);
@@ -142,25 +148,12 @@ impl Placer {
         for p in &d.plan.partitions {
             info!(processor = %p.processor.name(), delegate = %p.delegate, nodes = p.nodes.len(), "placed");
         }
-        let mut per: Vec<(ProcessorKind, f64)> = Vec::new();
-        for p in &d.plan.partitions {
-            let t = p.measured_s.unwrap_or(p.expected_s);
-            match per.iter_mut().find(|(k, _)| *k == p.processor) {
-                Some((_, s)) => *s += t,
-                None => per.push((p.processor, t)),
-            }
-        }
-        let main_processor = per
-            .iter()
-            .max_by(|a, b| a.1.total_cmp(&b.1))
-            .map_or(ProcessorKind::Cpu, |(k, _)| *k);
-        let expected_s = per.iter().map(|(_, s)| s).sum::<f64>().max(1e-6);
+        let serving = Arc::new(ServingPlan::from_decision(&d, self.threads));
         Ok(ModelPlacement {
             placed: d.placed,
             plan_json,
             subjects,
-            main_processor,
-            expected_s,
+            serving,
         })
     }
 
@@ -280,8 +273,7 @@ mod tests {
             }],
             plan_json: "null".into(),
             subjects: vec![subject],
-            main_processor: ProcessorKind::Npu,
-            expected_s: 1e-3,
+            serving: Arc::new(ServingPlan::cpu_only("abc", 1e-3, 1)),
         };
         let report = |failures: u64| PartitionReport {
             delegate: npu.name().to_string(),
@@ -348,7 +340,7 @@ mod tests {
         let model = Arc::new(Model::from_bytes(&crate::registry::tests::add_model(1.0)).unwrap());
         for _ in 0..2 {
             let e = placer
-                .place(model.clone())
+                .place(model.clone(), "0000")
                 .err()
                 .expect("placing must fail");
             let s = tonic::Status::from(e);

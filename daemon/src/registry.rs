@@ -1,5 +1,7 @@
 //! The model registry: one prepared copy per distinct model (by sha256), shared by every
-//! tenant that loads those bytes, with a small pool of interpreters per model.
+//! tenant that loads those bytes, with a small pool of interpreters per model and per
+//! form the arbiter may choose: with its placement or (for a model placed on an
+//! accelerator) all on the CPU, and with one or several intra-op threads.
 //!
 //! Tenants hold `Arc<PreparedModel>` handles; the registry keeps only `Weak` references,
 //! so the last unload (or the last in-flight request, whichever ends later) frees it.
@@ -14,6 +16,8 @@ use switchyard_interpreter::{DType, Interpreter, InterpreterOptions, Model, OpRe
 use switchyard_proto::v1::DataType;
 use tokio::sync::Semaphore;
 
+use switchyard_scheduler::serving::Variant;
+
 use crate::error::DaemonError;
 use crate::placement::{ModelPlacement, Placer};
 use crate::tenant::lock;
@@ -24,6 +28,8 @@ pub struct TensorSpec {
     pub name: String,
     pub dtype: DType,
     pub shape: Vec<usize>,
+    /// The model's shape signature (-1: dynamic dimension), when it has one.
+    pub signature: Option<Vec<i32>>,
 }
 
 pub struct PreparedModel {
@@ -37,14 +43,15 @@ pub struct PreparedModel {
     model: Arc<Model>,
     resolver: Arc<dyn OpResolver>,
     options: InterpreterOptions,
-    idle: Mutex<Vec<Interpreter>>,
-    /// Where the scheduler placed the model's partitions; every interpreter of the pool
-    /// uses it.
+    /// Idle interpreters per (form, intra-op threads).
+    idle: Mutex<HashMap<(Variant, usize), Vec<Interpreter>>>,
+    /// Idle interpreters kept per form; more are dropped when given back.
+    keep_idle: usize,
+    /// Where the scheduler placed the model's partitions; interpreters of the placed
+    /// form use it.
     pub placement: ModelPlacement,
     placer: Arc<Placer>,
-    /// Moving average of run time in microseconds (0: none measured yet).
-    latency_us: std::sync::atomic::AtomicU64,
-    /// One permit per interpreter the model may have; waiting here is the queue wait.
+    /// One permit per request of this model running or waiting in the arbiter at once.
     pub slots: Arc<Semaphore>,
     /// How long verifying, placing and preparing took: a tenant loading a copy someone
     /// else prepared waits as long, so sharing is not observable through timing.
@@ -52,19 +59,30 @@ pub struct PreparedModel {
 }
 
 impl PreparedModel {
-    /// An idle interpreter, or a new one when all existing ones are busy (the caller
-    /// holds a slot permit, which bounds how many exist).
-    pub fn take_interpreter(&self) -> Result<Interpreter, DaemonError> {
-        if let Some(it) = lock(&self.idle).pop() {
+    /// An idle interpreter of `variant` with `threads` intra-op threads, or a new one
+    /// (the caller holds a slot permit, which bounds how many run at once).
+    pub fn take_interpreter(
+        &self,
+        variant: Variant,
+        threads: usize,
+    ) -> Result<Interpreter, DaemonError> {
+        let threads = threads.clamp(1, self.options.threads.max(1));
+        if let Some(it) = lock(&self.idle)
+            .get_mut(&(variant, threads))
+            .and_then(Vec::pop)
+        {
             return Ok(it);
         }
-        Interpreter::with_placement(
-            self.model.clone(),
-            self.resolver.clone(),
-            self.options.clone(),
-            self.placement.placed.clone(),
-        )
-        .map_err(DaemonError::Prepare)
+        let options = InterpreterOptions {
+            threads,
+            ..self.options.clone()
+        };
+        let placed = match variant {
+            Variant::Placed => self.placement.placed.clone(),
+            Variant::CpuOnly => Vec::new(),
+        };
+        Interpreter::with_placement(self.model.clone(), self.resolver.clone(), options, placed)
+            .map_err(DaemonError::Prepare)
     }
 
     /// Records one request's delegate failures and timings (`before` is the
@@ -76,30 +94,13 @@ impl PreparedModel {
 
     /// Returns an interpreter after a successful run. One that failed is dropped instead,
     /// as a failed invoke may leave it half-resized.
-    pub fn give_back(&self, it: Interpreter) {
-        lock(&self.idle).push(it);
-    }
-
-    /// Expected seconds per request: a moving average of measured runs, starting from
-    /// the placement's estimate (the arbiter's service time).
-    pub fn expected_s(&self) -> f64 {
-        let us = self.latency_us.load(std::sync::atomic::Ordering::Relaxed);
-        if us == 0 {
-            self.placement.expected_s
-        } else {
-            us as f64 / 1e6
+    pub fn give_back(&self, variant: Variant, threads: usize, it: Interpreter) {
+        let threads = threads.clamp(1, self.options.threads.max(1));
+        let mut idle = lock(&self.idle);
+        let pool = idle.entry((variant, threads)).or_default();
+        if pool.len() < self.keep_idle {
+            pool.push(it);
         }
-    }
-
-    pub fn observe_latency(&self, run_us: u64) {
-        use std::sync::atomic::Ordering;
-        let old = self.latency_us.load(Ordering::Relaxed);
-        let new = if old == 0 {
-            run_us.max(1)
-        } else {
-            (old * 4 + run_us) / 5
-        };
-        self.latency_us.store(new.max(1), Ordering::Relaxed);
     }
 
     pub fn id(&self) -> String {
@@ -204,11 +205,16 @@ impl ModelRegistry {
         }
         let started = std::time::Instant::now();
         let model = Arc::new(Model::from_bytes(bytes)?);
-        let placement = self.placer.place(model.clone())?;
+        let placement = self.placer.place(model.clone(), &sha256_hex(&digest))?;
+        // One thread: requests run side by side on the cores unless the arbiter finds
+        // them idle; an interpreter with more threads is made when first asked for.
         let first = Interpreter::with_placement(
             model.clone(),
             self.resolver.clone(),
-            self.options.clone(),
+            InterpreterOptions {
+                threads: 1,
+                ..self.options.clone()
+            },
             placement.placed.clone(),
         )
         .map_err(DaemonError::Prepare)?;
@@ -221,6 +227,7 @@ impl ModelRegistry {
                     name: t.name.clone(),
                     dtype: t.dtype,
                     shape: t.shape.clone(),
+                    signature: t.shape_signature.clone(),
                 })
                 .collect()
         };
@@ -243,11 +250,11 @@ impl ModelRegistry {
             outputs,
             model,
             resolver: self.resolver.clone(),
+            idle: Mutex::new(HashMap::from([((Variant::Placed, 1), vec![first])])),
             options: self.options.clone(),
-            idle: Mutex::new(vec![first]),
+            keep_idle: self.interpreters_per_model,
             placement,
             placer: self.placer.clone(),
-            latency_us: std::sync::atomic::AtomicU64::new(0),
             slots: Arc::new(Semaphore::new(self.interpreters_per_model)),
             prepare_time: started.elapsed(),
         });
@@ -334,14 +341,19 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn interpreters_come_back_to_the_pool() {
-        let reg = ModelRegistry::new(1, 2, cpu_only());
+    fn interpreters_come_back_to_the_pool_of_their_form() {
+        let reg = ModelRegistry::new(2, 2, cpu_only());
         let (m, _) = reg.load(&add_model(1.0)).unwrap();
-        let it = m.take_interpreter().unwrap();
-        let it2 = m.take_interpreter().unwrap();
-        m.give_back(it);
-        m.give_back(it2);
-        assert_eq!(lock(&m.idle).len(), 2);
+        let it = m.take_interpreter(Variant::Placed, 2).unwrap();
+        let it2 = m.take_interpreter(Variant::Placed, 2).unwrap();
+        let one = m.take_interpreter(Variant::Placed, 1).unwrap();
+        m.give_back(Variant::Placed, 2, it);
+        m.give_back(Variant::Placed, 2, it2);
+        m.give_back(Variant::Placed, 1, one);
+        let idle = lock(&m.idle);
+        assert_eq!(idle[&(Variant::Placed, 2)].len(), 2);
+        assert_eq!(idle[&(Variant::Placed, 1)].len(), 1);
+        drop(idle);
         assert_eq!(m.inputs.len(), 1);
         assert_eq!(m.inputs[0].dtype, DType::F32);
     }

@@ -17,8 +17,10 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::auth::AuthLayer;
+use crate::authority::AuthorityFix;
 use crate::error::DaemonError;
 use crate::limits::{ConnLimiter, Incoming, Timeouts};
+use crate::metrics::MetricsListener;
 use crate::service::{Service, State};
 use crate::shm;
 
@@ -32,6 +34,10 @@ pub struct Listeners {
     pub grpc: UnixListener,
     pub shm: UnixListener,
     pub tcp: Option<TcpListener>,
+    /// The Prometheus endpoint, when `daemon.metrics` is set.
+    pub metrics: Option<MetricsListener>,
+    /// Socket files this daemon created (and removes at shutdown); inherited sockets
+    /// belong to the service manager.
     paths: Vec<PathBuf>,
 }
 
@@ -41,7 +47,7 @@ impl Listeners {
     }
 }
 
-fn bind_unix(path: &Path, mode: u32) -> Result<UnixListener, DaemonError> {
+pub(crate) fn bind_unix(path: &Path, mode: u32) -> Result<UnixListener, DaemonError> {
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         use std::os::unix::fs::FileTypeExt;
         if !meta.file_type().is_socket() {
@@ -66,9 +72,83 @@ fn bind_unix(path: &Path, mode: u32) -> Result<UnixListener, DaemonError> {
     Ok(listener)
 }
 
-/// Creates the socket directory if needed and binds every listener of `config`.
+fn unix_from_std(l: std::os::unix::net::UnixListener) -> Result<UnixListener, DaemonError> {
+    l.set_nonblocking(true)
+        .and_then(|()| UnixListener::from_std(l))
+        .map_err(|e| DaemonError::io("taking an inherited socket", e))
+}
+
+async fn bind_metrics(
+    config: &DaemonConfig,
+    paths: &mut Vec<PathBuf>,
+) -> Result<Option<MetricsListener>, DaemonError> {
+    let Some(spec) = &config.metrics else {
+        return Ok(None);
+    };
+    let l = MetricsListener::bind(spec, config.socket_mode).await?;
+    if let MetricsListener::Unix(_, p) = &l {
+        paths.push(p.clone());
+    }
+    Ok(Some(l))
+}
+
+/// Listeners from sockets the service manager passed (activation.rs); whatever was
+/// not passed is bound as configured. `None` when nothing was passed.
+async fn bind_inherited(config: &DaemonConfig) -> Result<Option<Listeners>, DaemonError> {
+    let inherited = crate::activation::inherited()?;
+    let Some(grpc) = inherited.grpc else {
+        if inherited.shm.is_some() || inherited.tcp.is_some() {
+            return Err(DaemonError::invalid(
+                "the service manager passed sockets but no gRPC socket",
+            ));
+        }
+        return Ok(None);
+    };
+    let grpc_path = grpc
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_pathname().map(Path::to_path_buf));
+    let mut paths = Vec::new();
+    let shm = match inherited.shm {
+        Some(s) => unix_from_std(s)?,
+        None => {
+            let p = shm_socket_path(grpc_path.as_deref().unwrap_or(&config.socket));
+            let l = bind_unix(&p, config.socket_mode)?;
+            paths.push(p);
+            l
+        }
+    };
+    let tcp = match (inherited.tcp, &config.tcp) {
+        (Some(t), _) => Some(
+            t.set_nonblocking(true)
+                .and_then(|()| TcpListener::from_std(t))
+                .map_err(|e| DaemonError::io("taking an inherited TCP socket", e))?,
+        ),
+        (None, Some(addr)) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|e| DaemonError::io(format!("binding {addr}"), e))?,
+        ),
+        (None, None) => None,
+    };
+    let metrics = bind_metrics(config, &mut paths).await?;
+    Ok(Some(Listeners {
+        grpc: unix_from_std(grpc)?,
+        shm,
+        tcp,
+        metrics,
+        paths,
+    }))
+}
+
+/// Creates the socket directory if needed and binds every listener of `config`, or
+/// takes the sockets the service manager passed (systemd socket activation, Android
+/// init).
 pub async fn bind(config: &DaemonConfig) -> Result<Listeners, DaemonError> {
     config.validate()?;
+    if let Some(l) = bind_inherited(config).await? {
+        return Ok(l);
+    }
     if let Some(dir) = config.socket.parent().filter(|d| !d.as_os_str().is_empty())
         && !dir.exists()
     {
@@ -88,11 +168,14 @@ pub async fn bind(config: &DaemonConfig) -> Result<Listeners, DaemonError> {
         ),
         None => None,
     };
+    let mut paths = vec![config.socket.clone(), shm_path];
+    let metrics = bind_metrics(config, &mut paths).await?;
     Ok(Listeners {
         grpc,
         shm,
         tcp,
-        paths: vec![config.socket.clone(), shm_path],
+        metrics,
+        paths,
     })
 }
 
@@ -129,8 +212,16 @@ pub async fn run(
 
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(switchyard_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| DaemonError::Internal(format!("reflection: {e}")))?;
+    // grpcurl and older grpcio-reflection clients still ask v1alpha.
+    let reflection_alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(switchyard_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| DaemonError::Internal(format!("reflection: {e}")))?;
+    let (health, health_service) = health_reporter().await;
     let service = || {
         SwitchyardServer::new(Service {
             state: state.clone(),
@@ -146,9 +237,16 @@ pub async fn run(
         grpc,
         shm: shm_listener,
         tcp,
+        metrics,
         paths,
     } = listeners;
-    info!(socket = %paths[0].display(), shm = %paths[1].display(), "switchyardd listening");
+    let name = |l: &UnixListener| {
+        l.local_addr()
+            .ok()
+            .and_then(|a| a.as_pathname().map(|p| p.display().to_string()))
+            .unwrap_or_else(|| "(unnamed)".into())
+    };
+    info!(socket = %name(&grpc), shm = %name(&shm_listener), "switchyardd listening");
 
     // The arbiter dispatches until the process ends: queued requests must still run
     // while shutdown drains.
@@ -165,11 +263,19 @@ pub async fn run(
         ),
         stop_rx.clone(),
     ));
+    if let Some(m) = metrics {
+        info!("metrics endpoint on");
+        tasks.spawn(crate::metrics::serve(m, state.clone(), stop_rx.clone()));
+    }
     {
         let router = builder()
             .add_service(reflection.clone())
+            .add_service(reflection_alpha.clone())
+            .add_service(health_service.clone())
             .add_service(service());
         let signal = stopped(stop_rx.clone());
+        // Every Unix connection goes through the :authority rewrite (authority.rs),
+        // inside the connection budget.
         let incoming = Incoming::new(
             grpc,
             ConnLimiter::new(
@@ -178,6 +284,7 @@ pub async fn run(
                 l.unix_connections_per_uid,
             ),
             timeouts,
+            AuthorityFix::new,
         );
         tasks.spawn(async move {
             if let Err(e) = router.serve_with_incoming_shutdown(incoming, signal).await {
@@ -189,12 +296,17 @@ pub async fn run(
         if let Ok(addr) = tcp.local_addr() {
             info!(%addr, "switchyardd listening on TCP (bearer tokens)");
         }
-        let router = builder().add_service(reflection).add_service(service());
+        let router = builder()
+            .add_service(reflection)
+            .add_service(reflection_alpha)
+            .add_service(health_service)
+            .add_service(service());
         let signal = stopped(stop_rx.clone());
         let incoming = Incoming::new(
             tcp,
             ConnLimiter::new("tcp", l.tcp_connections, l.tcp_connections_per_ip),
             timeouts,
+            |s| s,
         );
         tasks.spawn(async move {
             if let Err(e) = router.serve_with_incoming_shutdown(incoming, signal).await {
@@ -203,6 +315,10 @@ pub async fn run(
         });
     }
 
+    crate::notify::notify(&format!(
+        "READY=1\nSTATUS=serving\nMAINPID={}",
+        std::process::id()
+    ));
     tokio::select! {
         _ = shutdown => {}
         _ = async { while tasks.join_next().await.is_some() {} } => {
@@ -214,6 +330,8 @@ pub async fn run(
         "shutting down: no new connections; draining"
     );
     let _ = stop_tx.send(true);
+    crate::notify::notify("STOPPING=1\nSTATUS=draining");
+    health.set_not_serving::<SwitchyardServer<Service>>().await;
     // Idle client connections can keep hyper's graceful shutdown waiting (they are not
     // closed until the client hangs up), so the drain ends when no load or run is still
     // executing, not when every connection has closed.
@@ -234,6 +352,7 @@ pub async fn run(
     })
     .await;
     tasks.abort_all();
+    while tasks.join_next().await.is_some() {}
     arbiter.abort();
     match drained {
         Ok(()) => info!("drained; exiting"),
@@ -242,8 +361,26 @@ pub async fn run(
             "grace period over; exiting with requests still running"
         ),
     }
+    // The GPU is closed before the process exits, never torn down while it does: new
+    // work is refused, executions in flight finish, the queue drains, and the device is
+    // destroyed idle when its last handle drops (here or when the runtime drops its
+    // tasks, on the daemon's main thread).
+    let processors_state = state.clone();
+    let _ = tokio::task::spawn_blocking(move || processors_state.processors.shutdown(grace)).await;
     for p in &paths {
         let _ = std::fs::remove_file(p);
     }
     Ok(())
+}
+
+/// The grpc.health.v1 service: SERVING for the whole server ("") and for
+/// `switchyard.v1.Switchyard` once the daemon's state is built, NOT_SERVING from the
+/// start of shutdown.
+async fn health_reporter() -> (
+    tonic_health::server::HealthReporter,
+    tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+) {
+    let (reporter, service) = tonic_health::server::health_reporter();
+    reporter.set_serving::<SwitchyardServer<Service>>().await;
+    (reporter, service)
 }

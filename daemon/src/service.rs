@@ -7,9 +7,9 @@ use std::time::Instant;
 
 use switchyard_config::{Config, DaemonConfig};
 
-use crate::arbitration::{Gate, class_from_wire};
+use crate::arbitration::{Assigned, Gate, Work, class_from_wire};
 use crate::placement::Placer;
-use crate::processors::build_delegates;
+use crate::processors::{Processors, build_processors};
 use crate::worker::{WorkerPool, WorkerValidator};
 use switchyard_proto::v1::{self, switchyard_server::Switchyard, tensor::Data};
 use tokio_stream::StreamExt;
@@ -18,6 +18,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::error::DaemonError;
+use crate::metrics::{Metrics, Viewer, refusal_reason};
 use crate::registry::{ModelRegistry, PreparedModel, TensorSpec, dtype_from_wire, dtype_to_wire};
 use crate::shm::{Region, Regions, check_range};
 use crate::tenant::{Caller, Handle, TenantId, TenantSnapshot, Tenants};
@@ -29,13 +30,17 @@ const MAX_RANK: usize = 16;
 pub struct State {
     pub config: DaemonConfig,
     /// The arbiter every run request queues in.
-    pub gate: Gate,
+    pub gate: Gate<RunJob>,
     /// The whole configuration (devices, scheduler) the daemon started with.
     pub full: Config,
     pub started: Instant,
     pub registry: ModelRegistry,
     pub tenants: Tenants,
     pub regions: Arc<Regions>,
+    /// The delegates, with the GPU handles its shutdown needs.
+    pub processors: Processors,
+    /// Request counters and histograms (metrics.rs).
+    pub metrics: Metrics,
     next_request: AtomicU64,
     /// Load and run handlers currently executing; shutdown drains until this is zero.
     active: Arc<AtomicUsize>,
@@ -57,15 +62,15 @@ impl State {
     /// read).
     pub fn new(full: Config) -> Result<State, DaemonError> {
         let workers = WorkerPool::new(&full);
-        let delegates = build_delegates(&full, &workers)?;
+        let processors = build_processors(&full, &workers)?;
         let placer = Arc::new(Placer::new(
             &full,
-            delegates,
+            processors.delegates.clone(),
             Arc::new(WorkerValidator(workers.clone())),
         )?);
         let config = full.daemon.clone();
         Ok(State {
-            gate: Gate::new(&full.scheduler, &placer.processors()),
+            gate: Gate::new(&full.scheduler, &placer.processors(), placer.cost.clone()),
             registry: ModelRegistry::new(
                 config.kernel_threads,
                 config.interpreters_per_model,
@@ -73,6 +78,8 @@ impl State {
             ),
             tenants: Tenants::new(config.quota.clone()),
             regions: Arc::new(Regions::new(config.quota.clone())),
+            processors,
+            metrics: Metrics::default(),
             started: Instant::now(),
             next_request: AtomicU64::new(1),
             active: Arc::new(AtomicUsize::new(0)),
@@ -123,14 +130,20 @@ impl State {
                     "TCP requests need `authorization: Bearer <token>`".into(),
                 )
             })?;
+        self.token_caller(presented)
+            .ok_or_else(|| DaemonError::Unauthenticated("unknown token".into()))
+    }
+
+    /// The tenant a bearer token names (for readers outside gRPC: the metrics
+    /// endpoint on TCP).
+    pub fn token_caller(&self, presented: &str) -> Option<Caller> {
         let mut found = None;
         for t in &self.config.tokens {
             if crate::auth::constant_time_eq(t.token.as_bytes(), presented.as_bytes()) {
                 found = Some(t);
             }
         }
-        let t = found.ok_or_else(|| DaemonError::Unauthenticated("unknown token".into()))?;
-        Ok(Caller {
+        found.map(|t| Caller {
             tenant: TenantId::Token(t.tenant.clone()),
             pid: None,
             admin: t.admin,
@@ -210,12 +223,27 @@ fn tensor_info(t: &TensorSpec) -> v1::TensorInfo {
         name: t.name.clone(),
         dtype: dtype_to_wire(t.dtype).unwrap_or(v1::DataType::Unspecified) as i32,
         shape: t.shape.iter().map(|&d| d as u64).collect(),
+        shape_signature: t
+            .signature
+            .as_ref()
+            .map(|s| s.iter().map(|&d| i64::from(d)).collect())
+            .unwrap_or_default(),
     }
 }
 
 /// The model sha256 an allowlist key (`<sha256>:<nodes>@<delegate>`) is about.
 fn subject_model(key: &str) -> &str {
     key.split([':', '@']).next().unwrap_or("")
+}
+
+/// The client's request id, checked: it ends up in logs, so it stays short and printable.
+fn client_request_id(id: &str) -> Result<&str, DaemonError> {
+    if id.len() > 64 || !id.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(DaemonError::invalid(
+            "client_request_id must be at most 64 printable ASCII bytes",
+        ));
+    }
+    Ok(id)
 }
 
 /// The gRPC service over shared state.
@@ -282,11 +310,40 @@ struct OutputDest {
     length: u64,
 }
 
+/// Why a shape the client sent may not run on the model's input: `None` when it matches,
+/// differs only in dimensions the shape signature marks dynamic, or the client asked
+/// for a resize.
+pub fn shape_refusal(spec: &TensorSpec, shape: &[usize], allow_resize: bool) -> Option<String> {
+    if allow_resize || spec.shape == shape {
+        return None;
+    }
+    let dynamic = |i: usize| {
+        spec.signature
+            .as_ref()
+            .and_then(|s| s.get(i))
+            .is_some_and(|&d| d < 0)
+    };
+    let fits = spec.shape.len() == shape.len()
+        && spec
+            .shape
+            .iter()
+            .zip(shape)
+            .enumerate()
+            .all(|(i, (m, c))| m == c || dynamic(i));
+    (!fits).then(|| {
+        format!(
+            "input `{}`: the model takes shape {:?}, the request has {shape:?}; resize explicitly (RunRequest.allow_resize) to run it anyway",
+            spec.name, spec.shape
+        )
+    })
+}
+
 fn check_inputs(
     state: &State,
     caller: &Caller,
     model: &PreparedModel,
     tensors: Vec<v1::Tensor>,
+    allow_resize: bool,
 ) -> Result<Vec<CheckedInput>, DaemonError> {
     if tensors.len() != model.inputs.len() {
         return Err(DaemonError::invalid(format!(
@@ -324,6 +381,9 @@ fn check_inputs(
             DaemonError::invalid(format!("input {i}: shape {:?} overflows", t.shape))
         })?;
         let shape: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
+        if let Some(why) = shape_refusal(spec, &shape, allow_resize) {
+            return Err(DaemonError::invalid(why));
+        }
         let data = match t.data {
             Some(Data::Inline(bytes)) => {
                 if bytes.len() != expected {
@@ -382,14 +442,46 @@ fn check_outputs(
         .map(Some)
 }
 
-/// Sets inputs, invokes, and returns outputs inline or written to shm. Runs on the
-/// blocking pool.
+/// One run request's work as it travels through the arbiter: its checked inputs and
+/// output destinations, the permits it holds until the run really ends (a client that
+/// disconnects mid-run drops its future, not the work), and then its result.
+pub struct RunJob {
+    request_id: u64,
+    model: Arc<PreparedModel>,
+    inputs: Vec<CheckedInput>,
+    outputs: Option<Vec<OutputDest>>,
+    _permits: (
+        tokio::sync::OwnedSemaphorePermit,
+        tokio::sync::OwnedSemaphorePermit,
+    ),
+    result: Option<Result<Vec<v1::Tensor>, DaemonError>>,
+    run_us: u64,
+}
+
+impl Work for RunJob {
+    fn run(&mut self, at: Assigned) -> bool {
+        let t = Instant::now();
+        let inputs = std::mem::take(&mut self.inputs);
+        let outputs = self.outputs.take();
+        let res = crate::panics::contain("run", self.request_id, || {
+            execute(&self.model, at, inputs, outputs)
+        });
+        self.run_us = t.elapsed().as_micros() as u64;
+        let ok = res.is_ok();
+        self.result = Some(res);
+        ok
+    }
+}
+
+/// Sets inputs, invokes the model's form the arbiter chose (with its thread count), and
+/// returns outputs inline or written to shm. Runs on the blocking pool.
 fn execute(
     model: &PreparedModel,
+    at: Assigned,
     inputs: Vec<CheckedInput>,
     outputs: Option<Vec<OutputDest>>,
 ) -> Result<Vec<v1::Tensor>, DaemonError> {
-    let mut it = model.take_interpreter()?;
+    let mut it = model.take_interpreter(at.variant, at.threads)?;
     let before = it.partition_reports().to_vec();
     let result = (|| {
         for (i, x) in inputs.iter().enumerate() {
@@ -448,7 +540,7 @@ fn execute(
         Ok(out)
     })();
     if result.is_ok() {
-        model.give_back(it);
+        model.give_back(at.variant, at.threads, it);
     }
     result
 }
@@ -534,14 +626,24 @@ impl Switchyard for Service {
         let caller = self.state.caller(&req)?;
         let request_id = self.state.next_request.fetch_add(1, Ordering::Relaxed);
         let r = req.into_inner();
-        let span = info_span!("run", tenant = %caller.tenant, model = %r.model_id, request_id);
+        let client_request_id = client_request_id(&r.client_request_id)?;
+        let span = info_span!(
+            "run",
+            tenant = %caller.tenant,
+            model = %r.model_id,
+            request_id,
+            client_request_id
+        );
         let state = self.state.clone();
+        let tenant = caller.tenant.clone();
         let outcome = async move {
             let handle = state.tenants.handle(&caller, &r.model_id)?;
+            let (model_name, processor) =
+                (handle.name.clone(), handle.model.placement.serving.main);
             let permit = state.tenants.admit(&caller)?;
             let result = async {
                 let model = handle.model.clone();
-                let inputs = check_inputs(&state, &caller, &model, r.inputs)?;
+                let inputs = check_inputs(&state, &caller, &model, r.inputs, r.allow_resize)?;
                 let outputs = check_outputs(&state, &caller, &model, r.output_shm)?;
                 let queued = Instant::now();
                 let slot = model
@@ -550,35 +652,30 @@ impl Switchyard for Service {
                     .acquire_owned()
                     .await
                     .map_err(|_| DaemonError::Internal("model pool closed".into()))?;
-                // The permits move into the work: a client that disconnects mid-run
-                // drops this future, but the in-flight count and the interpreter stay
-                // accounted for until the run really ends.
-                let (tx, rx) = tokio::sync::oneshot::channel();
-                let m = model.clone();
-                let work = Box::new(move || {
-                    let _permits = (permit, slot);
-                    let t = Instant::now();
-                    let res =
-                        crate::panics::contain("run", request_id, || execute(&m, inputs, outputs));
-                    let run_us = t.elapsed().as_micros() as u64;
-                    m.observe_latency(run_us);
-                    let _ = tx.send((res, run_us));
-                });
-                state
+                let job = RunJob {
+                    request_id,
+                    model: model.clone(),
+                    inputs,
+                    outputs,
+                    _permits: (permit, slot),
+                    result: None,
+                    run_us: 0,
+                };
+                let job = state
                     .gate
                     .run(
                         request_id,
                         caller.tenant.to_string(),
                         class_from_wire(r.priority),
                         r.deadline_ms,
-                        model.placement.main_processor,
-                        model.expected_s(),
-                        work,
+                        model.placement.serving.clone(),
+                        job,
                     )
                     .await?;
-                let (tensors, run_us) = rx
-                    .await
-                    .map_err(|_| DaemonError::Internal("the run ended without a result".into()))?;
+                let run_us = job.run_us;
+                let tensors = job.result.ok_or_else(|| {
+                    DaemonError::Internal("the run ended without a result".into())
+                })?;
                 // Waiting for an interpreter and in the arbiter's queue.
                 let queue_us = (queued.elapsed().as_micros() as u64).saturating_sub(run_us);
                 Ok::<_, DaemonError>((tensors, queue_us, run_us))
@@ -587,6 +684,15 @@ impl Switchyard for Service {
             match result {
                 Ok((Ok(outputs), queue_us, run_us)) => {
                     state.tenants.record(&caller, true, queue_us, run_us);
+                    state.metrics.ran(
+                        &caller.tenant,
+                        &r.model_id,
+                        &model_name,
+                        true,
+                        queue_us,
+                        run_us,
+                        processor,
+                    );
                     Ok(v1::RunResponse {
                         outputs,
                         timing: Some(v1::Timing { queue_us, run_us }),
@@ -595,6 +701,19 @@ impl Switchyard for Service {
                 }
                 Ok((Err(e), queue_us, run_us)) => {
                     state.tenants.record(&caller, false, queue_us, run_us);
+                    // A refusal inside the run (e.g. a resize that does not fit) is
+                    // counted below with the others.
+                    if refusal_reason(&e).is_none() {
+                        state.metrics.ran(
+                            &caller.tenant,
+                            &r.model_id,
+                            &model_name,
+                            false,
+                            queue_us,
+                            run_us,
+                            processor,
+                        );
+                    }
                     Err(e)
                 }
                 Err(e) => {
@@ -608,6 +727,9 @@ impl Switchyard for Service {
         match outcome {
             Ok(resp) => Ok(Response::new(resp)),
             Err(e) => {
+                if let Some(reason) = refusal_reason(&e) {
+                    self.state.metrics.refused(&tenant, reason);
+                }
                 span.in_scope(|| warn!(error = %e, "run failed"));
                 Err(e.into())
             }
@@ -701,6 +823,21 @@ impl Switchyard for Service {
         let handle = self.state.tenants.handle(&caller, &id)?;
         Ok(Response::new(v1::GetPlacementResponse {
             plan_json: handle.model.placement.plan_json.clone(),
+        }))
+    }
+
+    async fn get_metrics(
+        &self,
+        req: Request<v1::GetMetricsRequest>,
+    ) -> Result<Response<v1::GetMetricsResponse>, Status> {
+        let caller = self.state.caller(&req)?;
+        let viewer = if caller.admin {
+            Viewer::All
+        } else {
+            Viewer::Tenant(caller.tenant)
+        };
+        Ok(Response::new(v1::GetMetricsResponse {
+            text: crate::metrics::render(&self.state, &viewer),
         }))
     }
 

@@ -18,6 +18,26 @@ pub struct TensorSpec {
     pub data: Option<Vec<u8>>,
     pub quant: Option<Quant>,
     pub is_variable: bool,
+    /// Sparsity parameters: `data` then holds only the stored values.
+    pub sparsity: Option<SparsitySpec>,
+}
+
+/// Sparsity parameters to write (TFLite `SparsityParameters`), indices as int32 vectors.
+#[derive(Clone, Debug, Default)]
+pub struct SparsitySpec {
+    pub traversal_order: Vec<i32>,
+    pub block_map: Vec<i32>,
+    pub dims: Vec<SparseDimSpec>,
+}
+
+/// One traversal level: dense with a size, or CSR with segments and indices.
+#[derive(Clone, Debug)]
+pub enum SparseDimSpec {
+    Dense(i32),
+    Csr {
+        segments: Vec<i32>,
+        indices: Vec<i32>,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -50,6 +70,7 @@ impl SubgraphBuilder {
             data: None,
             quant: None,
             is_variable: false,
+            sparsity: None,
         });
         self.tensors.len() - 1
     }
@@ -87,6 +108,12 @@ impl SubgraphBuilder {
 
     pub fn set_signature(&mut self, t: usize, signature: Vec<i32>) {
         self.tensors[t].shape_signature = Some(signature);
+    }
+
+    /// Makes `t` a sparse constant: `values` are its stored (non-zero) elements.
+    pub fn set_sparsity(&mut self, t: usize, sparsity: SparsitySpec, values: Vec<u8>) {
+        self.tensors[t].sparsity = Some(sparsity);
+        self.tensors[t].data = Some(values);
     }
 
     pub fn set_variable(&mut self, t: usize) {
@@ -304,6 +331,31 @@ impl ModelBuilder {
     }
 }
 
+/// A chain of `nodes` float32 ADD nodes over `elements`-element tensors, each adding the
+/// same constant. With one element the kernels do almost nothing, so its run time per
+/// node is the executor's own overhead (the benchmark of `switchyard make-chain-model`).
+pub fn add_chain(nodes: usize, elements: usize) -> Vec<u8> {
+    let mut mb = ModelBuilder::new();
+    mb.description = format!("chain of {nodes} float32 ADD nodes of {elements} elements");
+    let sg = mb.main();
+    let x = sg.tensor("x", DType::F32, &[elements]);
+    let c = sg.constant_f32("c", &[elements], &vec![1.0; elements]);
+    let mut prev = x;
+    for k in 0..nodes {
+        let t = sg.tensor(&format!("t{k}"), DType::F32, &[elements]);
+        sg.op(
+            OpKind::Builtin(crate::ops::BuiltinOp::Add),
+            &[Some(prev), Some(c)],
+            &[t],
+            OpOptions::Activation(Default::default()),
+        );
+        prev = t;
+    }
+    sg.set_inputs(&[x]);
+    sg.set_outputs(&[prev]);
+    mb.finish()
+}
+
 fn write_tensor<'a>(
     fbb: &mut FlatBufferBuilder<'a>,
     t: &TensorSpec,
@@ -313,6 +365,7 @@ fn write_tensor<'a>(
     let shape = fbb.create_vector(&shape);
     let signature = t.shape_signature.as_ref().map(|s| fbb.create_vector(s));
     let name = fbb.create_string(&t.name);
+    let sparsity = t.sparsity.as_ref().map(|sp| write_sparsity(fbb, sp));
     let quant = t.quant.as_ref().map(|q| {
         let scale = fbb.create_vector(&q.scale);
         let zp = fbb.create_vector(&q.zero_point);
@@ -331,9 +384,58 @@ fn write_tensor<'a>(
         fbb.push_slot_always(slot(4), q);
     }
     fbb.push_slot::<bool>(slot(5), t.is_variable, false);
+    if let Some(sp) = sparsity {
+        fbb.push_slot_always(slot(6), sp);
+    }
     if let Some(s) = signature {
         fbb.push_slot_always(slot(7), s);
     }
+    fbb.end_table(start)
+}
+
+fn write_index_vector<'a>(
+    fbb: &mut FlatBufferBuilder<'a>,
+    values: &[i32],
+) -> WIPOffset<flatbuffers::TableFinishedWIPOffset> {
+    let values = fbb.create_vector(values);
+    let start = fbb.start_table();
+    fbb.push_slot_always(slot(0), values);
+    fbb.end_table(start)
+}
+
+fn write_sparsity<'a>(
+    fbb: &mut FlatBufferBuilder<'a>,
+    sp: &SparsitySpec,
+) -> WIPOffset<flatbuffers::TableFinishedWIPOffset> {
+    let mut dims = Vec::with_capacity(sp.dims.len());
+    for d in &sp.dims {
+        dims.push(match d {
+            SparseDimSpec::Dense(size) => {
+                let start = fbb.start_table();
+                fbb.push_slot::<i8>(slot(0), 0, 0);
+                fbb.push_slot::<i32>(slot(1), *size, 0);
+                fbb.end_table(start)
+            }
+            SparseDimSpec::Csr { segments, indices } => {
+                let segments = write_index_vector(fbb, segments);
+                let indices = write_index_vector(fbb, indices);
+                let start = fbb.start_table();
+                fbb.push_slot::<i8>(slot(0), 1, 0);
+                fbb.push_slot::<u8>(slot(2), 1, 0);
+                fbb.push_slot_always(slot(3), segments);
+                fbb.push_slot::<u8>(slot(4), 1, 0);
+                fbb.push_slot_always(slot(5), indices);
+                fbb.end_table(start)
+            }
+        });
+    }
+    let dims = fbb.create_vector(&dims);
+    let order = fbb.create_vector(&sp.traversal_order);
+    let block_map = fbb.create_vector(&sp.block_map);
+    let start = fbb.start_table();
+    fbb.push_slot_always(slot(0), order);
+    fbb.push_slot_always(slot(1), block_map);
+    fbb.push_slot_always(slot(2), dims);
     fbb.end_table(start)
 }
 

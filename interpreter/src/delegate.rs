@@ -54,6 +54,16 @@ impl fmt::Display for ProcessorKind {
     }
 }
 
+/// The float arithmetic a delegate computes in. Validation holds a reduced-precision
+/// delegate to the scheduler's half-precision tolerance instead of the float one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum FloatPrecision {
+    #[default]
+    F32,
+    /// float16 storage (and possibly arithmetic), e.g. the GPU's fp16 variant.
+    F16,
+}
+
 /// Whether a delegate can run one node.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Support {
@@ -207,6 +217,10 @@ pub trait Delegate: Send + Sync {
     }
     /// Driver/device/version identity; a change re-triggers allowlist validation.
     fn fingerprint(&self) -> String;
+    /// The float precision it computes in (float32 unless it says otherwise).
+    fn float_precision(&self) -> FloatPrecision {
+        FloatPrecision::F32
+    }
     /// Whether the delegate can run this node (op, dtypes, parameters).
     fn supports(&self, ctx: &NodeSupportCtx<'_>) -> Support;
     fn partition_options(&self) -> PartitionOptions {

@@ -3,6 +3,7 @@
 
 use thiserror::Error;
 
+use crate::control::BudgetExceeded;
 use crate::tensor::DType;
 
 /// Why a `.tflite` file was rejected at load time.
@@ -18,6 +19,8 @@ pub enum ModelError {
     Flatbuffer(#[from] flatbuffers::InvalidFlatbuffer),
     #[error("model has no subgraphs")]
     NoSubgraphs,
+    #[error("cannot hold the model: {0}")]
+    Alloc(#[from] crate::tensor::AllocError),
     #[error("subgraph {subgraph}: {what}")]
     Invalid { subgraph: usize, what: String },
     #[error("subgraph {subgraph}, tensor {tensor} ({name}): {what}")]
@@ -91,4 +94,29 @@ pub enum RunError {
     Output { index: usize, what: String },
     #[error("subgraph {subgraph}: {what}")]
     Graph { subgraph: usize, what: String },
+    /// A run's input differs from the input's current shape in a dimension the model's
+    /// shape signature does not mark dynamic. Resizing must be asked for explicitly.
+    #[error(
+        "input {index}: shape {got:?} differs from the model's {expected:?} in a dimension \
+         that is not dynamic; resize the input explicitly to change it"
+    )]
+    InputShape {
+        index: usize,
+        expected: Vec<usize>,
+        got: Vec<usize>,
+    },
+    /// An allocation would take a session past its memory limit, or the system refused it.
+    #[error("memory: {what} needs {requested} bytes with {used} of the {limit}-byte limit in use")]
+    Memory {
+        what: String,
+        requested: usize,
+        used: usize,
+        limit: usize,
+    },
+    /// A run or prepare used up its budget of nodes or time.
+    #[error("{0}")]
+    Budget(#[from] BudgetExceeded),
+    /// The run's cancellation flag was raised (e.g. the client went away).
+    #[error("the run was cancelled")]
+    Cancelled,
 }

@@ -117,6 +117,12 @@ pub trait OpKernel: Send + Sync {
     fn name(&self) -> &str {
         "kernel"
     }
+
+    /// Bytes this kernel holds beyond the model (packed weights, tables). A plan charges
+    /// them once, however many sessions run it; 0 when the kernel keeps nothing.
+    fn memory_bytes(&self) -> usize {
+        0
+    }
 }
 
 /// The result of preparing one node.

@@ -153,7 +153,8 @@ impl Model {
 
     /// Loads a model from bytes in memory (copied once into an aligned buffer).
     pub fn from_bytes(bytes: &[u8]) -> Result<Model, ModelError> {
-        Model::from_storage(ModelBytes::Owned(AlignedBuf::from_bytes(bytes)))
+        let owned = AlignedBuf::try_from_bytes(bytes)?;
+        Model::from_storage(ModelBytes::Owned(owned))
     }
 
     /// The raw bytes of the model file.
@@ -212,6 +213,10 @@ impl Model {
                 }
             }
         }
+        for (si, sg) in subgraphs.iter().enumerate() {
+            crate::verify::check_dataflow(si, sg)?;
+        }
+        crate::verify::check_calls_acyclic(&subgraphs)?;
         let mut signatures = Vec::new();
         if let Some(defs) = root.signature_defs() {
             for def in defs.iter() {
@@ -516,9 +521,9 @@ fn decode_tensor(
                         range,
                     })
                 } else {
-                    Some(ConstData::Owned(Arc::new(AlignedBuf::from_bytes(
-                        &file[range],
-                    ))))
+                    let copy =
+                        AlignedBuf::try_from_bytes(&file[range]).map_err(|e| err(e.to_string()))?;
+                    Some(ConstData::Owned(Arc::new(copy)))
                 }
             }
         }
@@ -545,6 +550,21 @@ fn decode_sparsity(sp: &schema::SparsityParameters<'_>) -> Result<Sparsity, Stri
         })
         .transpose()?
         .unwrap_or_default();
+    // Each block dimension subdivides one original dimension: more block dimensions than
+    // the largest rank cannot be a real tensor, only a way to make densify deep.
+    if sp.block_map().is_some_and(|v| v.len() > MAX_RANK) {
+        return Err(format!(
+            "sparsity block map has more than {MAX_RANK} entries"
+        ));
+    }
+    if sp.traversal_order().is_some_and(|v| v.len() > 2 * MAX_RANK)
+        || sp.dim_metadata().is_some_and(|v| v.len() > 2 * MAX_RANK)
+    {
+        return Err(format!(
+            "sparsity has more than {} traversal levels",
+            2 * MAX_RANK
+        ));
+    }
     let block_map: Vec<usize> = sp
         .block_map()
         .map(|v| {

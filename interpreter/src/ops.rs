@@ -4,6 +4,7 @@
 use std::fmt;
 
 use crate::schema::options::OptionsTable;
+use crate::tensor::DType;
 
 macro_rules! builtin_ops {
     ($($variant:ident = $code:literal $name:literal),* $(,)?) => {
@@ -258,6 +259,10 @@ pub enum OpOptions {
         keep_num_dims: bool,
         /// 0 = default layout; other (shuffled) layouts are rejected by the kernel.
         weights_format: i8,
+        /// Hybrid (float input, int8 weights) only: quantize each input row with its own
+        /// zero point instead of symmetrically. TF's converter sets it on dynamic-range
+        /// models.
+        asymmetric_quantize_inputs: bool,
     },
     /// Binary elementwise ops with a fused activation (ADD, SUB, MUL, DIV).
     Activation(Activation),
@@ -330,6 +335,23 @@ pub enum OpOptions {
     Gelu {
         approximate: bool,
     },
+    /// ARG_MAX / ARG_MIN: the index type. An absent table reads as the schema's default
+    /// (FLOAT32), which LiteRT refuses, as the kernels must.
+    ArgMinMax {
+        output_type: DType,
+    },
+    /// CAST: the declared types (0 = FLOAT32 when absent; LiteRT goes by the tensors).
+    Cast {
+        in_type: DType,
+        out_type: DType,
+    },
+    /// LOCAL_RESPONSE_NORMALIZATION.
+    LocalResponseNorm {
+        radius: i32,
+        bias: f32,
+        alpha: f32,
+        beta: f32,
+    },
     Lstm(LstmOptions),
     /// Raw `custom_options` bytes of a custom op.
     Custom(Vec<u8>),
@@ -388,6 +410,7 @@ pub fn decode_options(op: BuiltinOp, table: Option<OptionsTable<'_>>) -> OpOptio
             activation: act(0),
             weights_format: i8f(1),
             keep_num_dims: b(2),
+            asymmetric_quantize_inputs: b(3),
         },
         B::Add | B::Sub | B::Mul | B::Div => OpOptions::Activation(act(0)),
         B::Concatenation => OpOptions::Concatenation {
@@ -470,6 +493,20 @@ pub fn decode_options(op: BuiltinOp, table: Option<OptionsTable<'_>>) -> OpOptio
             shared_name: table.and_then(|t| t.string(1)).unwrap_or("").to_string(),
         },
         B::Gelu => OpOptions::Gelu { approximate: b(0) },
+        B::ArgMax | B::ArgMin => OpOptions::ArgMinMax {
+            output_type: DType::from_schema(i8f(0)).unwrap_or(DType::F32),
+        },
+        B::Cast => OpOptions::Cast {
+            in_type: DType::from_schema(i8f(0)).unwrap_or(DType::F32),
+            out_type: DType::from_schema(i8f(1)).unwrap_or(DType::F32),
+        },
+        B::LocalResponseNormalization => OpOptions::LocalResponseNorm {
+            radius: t(0, 0),
+            bias: f(1, 0.0),
+            alpha: f(2, 0.0),
+            beta: f(3, 0.0),
+        },
+        B::L2Normalization => OpOptions::Activation(act(0)),
         B::UnidirectionalSequenceLstm => OpOptions::Lstm(LstmOptions {
             activation: act(0),
             cell_clip: f(1, 0.0),
@@ -573,6 +610,7 @@ pub fn encode_options(op: BuiltinOp, options: &OpOptions) -> Option<EncodedOptio
                 activation,
                 keep_num_dims,
                 weights_format,
+                asymmetric_quantize_inputs,
             },
         ) => (
             8,
@@ -580,6 +618,7 @@ pub fn encode_options(op: BuiltinOp, options: &OpOptions) -> Option<EncodedOptio
                 (0, I8(activation.code())),
                 (1, I8(*weights_format)),
                 (2, Bool(*keep_num_dims)),
+                (3, Bool(*asymmetric_quantize_inputs)),
             ],
         ),
         (BuiltinOp::Softmax, OpOptions::Softmax { beta }) => (9, vec![(0, F32(*beta))]),
@@ -698,7 +737,96 @@ pub fn encode_options(op: BuiltinOp, options: &OpOptions) -> Option<EncodedOptio
             vec![(0, Str(container.clone())), (1, Str(shared_name.clone()))],
         ),
         (BuiltinOp::Gelu, OpOptions::Gelu { approximate }) => (116, vec![(0, Bool(*approximate))]),
+        (BuiltinOp::ArgMax, OpOptions::ArgMinMax { output_type }) => {
+            (40, vec![(0, I8(output_type.schema_code()))])
+        }
+        (BuiltinOp::ArgMin, OpOptions::ArgMinMax { output_type }) => {
+            (57, vec![(0, I8(output_type.schema_code()))])
+        }
+        (BuiltinOp::Cast, OpOptions::Cast { in_type, out_type }) => (
+            37,
+            vec![
+                (0, I8(in_type.schema_code())),
+                (1, I8(out_type.schema_code())),
+            ],
+        ),
+        (
+            BuiltinOp::LocalResponseNormalization,
+            OpOptions::LocalResponseNorm {
+                radius,
+                bias,
+                alpha,
+                beta,
+            },
+        ) => (
+            13,
+            vec![
+                (0, I32(*radius)),
+                (1, F32(*bias)),
+                (2, F32(*alpha)),
+                (3, F32(*beta)),
+            ],
+        ),
+        (BuiltinOp::L2Normalization, OpOptions::Activation(a)) => (12, vec![(0, I8(a.code()))]),
         _ => return None,
     };
     Some(EncodedOptions { union_type, fields })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::builder::ModelBuilder;
+    use crate::model::Model;
+
+    /// Options added for the coverage ops (ARG_MAX/ARG_MIN, CAST, LRN, L2_NORMALIZATION)
+    /// survive a write and a read.
+    #[test]
+    fn coverage_op_options_round_trip() {
+        let cases = [
+            (
+                BuiltinOp::ArgMax,
+                OpOptions::ArgMinMax {
+                    output_type: DType::I64,
+                },
+            ),
+            (
+                BuiltinOp::ArgMin,
+                OpOptions::ArgMinMax {
+                    output_type: DType::I32,
+                },
+            ),
+            (
+                BuiltinOp::Cast,
+                OpOptions::Cast {
+                    in_type: DType::I8,
+                    out_type: DType::F32,
+                },
+            ),
+            (
+                BuiltinOp::LocalResponseNormalization,
+                OpOptions::LocalResponseNorm {
+                    radius: 2,
+                    bias: 1.0,
+                    alpha: 0.5,
+                    beta: 0.75,
+                },
+            ),
+            (
+                BuiltinOp::L2Normalization,
+                OpOptions::Activation(Activation::Relu6),
+            ),
+        ];
+        for (op, options) in cases {
+            let mut mb = ModelBuilder::new();
+            let sg = mb.main();
+            let x = sg.tensor("x", DType::F32, &[2]);
+            let y = sg.tensor("y", DType::F32, &[2]);
+            sg.op(OpKind::Builtin(op), &[Some(x)], &[y], options.clone());
+            sg.set_inputs(&[x]);
+            sg.set_outputs(&[y]);
+            let m = Model::from_bytes(&mb.finish()).expect("model reads back");
+            assert_eq!(m.subgraphs[0].nodes[0].options, options, "{op:?}");
+        }
+    }
 }

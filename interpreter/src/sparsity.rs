@@ -25,25 +25,17 @@ pub struct Sparsity {
     pub dims: Vec<SparseDim>,
 }
 
-struct Walk<'a> {
-    sp: &'a Sparsity,
-    shape: &'a [usize],
-    elem: usize,
-    /// For each original dimension: its block size (1 when not blocked).
-    block_size: Vec<usize>,
-    /// Current index per expanded dimension (original dims, then block dims).
-    index: Vec<usize>,
-    src: &'a [u8],
-    next_src: usize,
-    dst: &'a mut [u8],
-}
-
 /// How many times larger than its stored values a densified tensor may be.
 const MAX_EXPANSION: usize = 256;
 /// Dense sizes below this are always accepted.
 const EXPANSION_FLOOR: usize = 16 << 20;
 
 /// Expands sparse `values` into a dense buffer of `shape`.
+///
+/// Every dense level's size is checked against the dimension it stands for, so the walk
+/// visits at most one position per dense element plus one per stored CSR index: the
+/// work is bounded by the (already bounded) dense size, and the walk is a loop, not a
+/// recursion, so no metadata can make it deep.
 pub fn densify(
     sp: &Sparsity,
     shape: &[usize],
@@ -51,6 +43,12 @@ pub fn densify(
     values: &[u8],
 ) -> Result<AlignedBuf, String> {
     let rank = shape.len();
+    if sp.block_map.len() > rank {
+        return Err(format!(
+            "sparsity has {} block dimensions for rank {rank}",
+            sp.block_map.len()
+        ));
+    }
     let levels = sp.traversal_order.len();
     if levels != rank + sp.block_map.len() || sp.dims.len() != levels {
         return Err(format!(
@@ -65,19 +63,55 @@ pub fn densify(
             return Err(format!("bad traversal order {:?}", sp.traversal_order));
         }
     }
+    // Level of each expanded dimension (original dims, then block dims).
+    let mut level_of = vec![0usize; levels];
+    for (level, &d) in sp.traversal_order.iter().enumerate() {
+        level_of[d] = level;
+    }
     let mut block_size = vec![1usize; rank];
     for (j, &orig) in sp.block_map.iter().enumerate() {
         if orig >= rank {
             return Err(format!("block map entry {orig} out of rank {rank}"));
         }
-        let level = sp
-            .traversal_order
-            .iter()
-            .position(|&d| d == rank + j)
-            .unwrap_or(0);
-        match sp.dims[level] {
-            SparseDim::Dense { size } if size > 0 => block_size[orig] = size,
-            _ => return Err("block dimensions must be dense with a positive size".into()),
+        if block_size[orig] != 1 {
+            return Err(format!("dimension {orig} is blocked twice"));
+        }
+        match sp.dims[level_of[rank + j]] {
+            SparseDim::Dense { size } if size > 0 && shape[orig].is_multiple_of(size) => {
+                block_size[orig] = size
+            }
+            _ => {
+                return Err(format!(
+                    "block dimension {j} must be dense with a size dividing {}",
+                    shape[orig]
+                ));
+            }
+        }
+    }
+    // What each expanded dimension spans: blocks along an original dimension, elements
+    // within a block.
+    let extent: Vec<usize> = (0..levels)
+        .map(|d| {
+            if d < rank {
+                shape[d] / block_size[d]
+            } else {
+                block_size[sp.block_map[d - rank]]
+            }
+        })
+        .collect();
+    for (level, dim) in sp.dims.iter().enumerate() {
+        let d = sp.traversal_order[level];
+        match dim {
+            SparseDim::Dense { size } if *size != extent[d] => {
+                return Err(format!(
+                    "dense level {level} has size {size}, but dimension {d} spans {}",
+                    extent[d]
+                ));
+            }
+            SparseDim::Csr { segments, .. } if segments.windows(2).any(|w| w[0] > w[1]) => {
+                return Err(format!("CSR level {level} has decreasing segments"));
+            }
+            _ => {}
         }
     }
     let elem = dtype.size();
@@ -96,46 +130,117 @@ pub fn densify(
             values.len()
         ));
     }
-    let mut out = AlignedBuf::zeroed(total);
+    let mut out = AlignedBuf::try_zeroed(total).map_err(|e| e.to_string())?;
     let mut walk = Walk {
         sp,
         shape,
         elem,
         block_size,
+        extent,
         index: vec![0; levels],
         src: values,
         next_src: 0,
         dst: out.as_mut_slice(),
     };
-    walk.level(0, 0)?;
+    walk.run()?;
     Ok(out)
 }
 
+struct Walk<'a> {
+    sp: &'a Sparsity,
+    shape: &'a [usize],
+    elem: usize,
+    /// For each original dimension: its block size (1 when not blocked).
+    block_size: Vec<usize>,
+    /// For each expanded dimension: how many positions it has.
+    extent: Vec<usize>,
+    /// Current index per expanded dimension (original dims, then block dims).
+    index: Vec<usize>,
+    src: &'a [u8],
+    next_src: usize,
+    dst: &'a mut [u8],
+}
+
+/// Where the walk stands on one traversal level: the next position and the end, plus
+/// the parent position (a dense level's children are numbered `parent * size + i`).
+#[derive(Clone, Copy, Default)]
+struct Cursor {
+    next: usize,
+    end: usize,
+    parent: usize,
+}
+
 impl Walk<'_> {
-    fn level(&mut self, level: usize, parent: usize) -> Result<(), String> {
-        if level == self.sp.dims.len() {
+    /// Positions `[next, end)` of `level` under `parent`.
+    fn enter(&self, level: usize, parent: usize) -> Result<Cursor, String> {
+        match &self.sp.dims[level] {
+            SparseDim::Dense { size } => Ok(Cursor {
+                next: 0,
+                end: *size,
+                parent,
+            }),
+            SparseDim::Csr { segments, indices } => {
+                match (
+                    segments.get(parent),
+                    parent.checked_add(1).and_then(|p| segments.get(p)),
+                ) {
+                    (Some(&lo), Some(&hi)) if lo <= hi && hi <= indices.len() => Ok(Cursor {
+                        next: lo,
+                        end: hi,
+                        parent,
+                    }),
+                    _ => Err("CSR segments out of range".into()),
+                }
+            }
+        }
+    }
+
+    fn run(&mut self) -> Result<(), String> {
+        let levels = self.sp.dims.len();
+        if levels == 0 {
             return self.emit();
         }
-        let dim = self.sp.traversal_order[level];
-        match &self.sp.dims[level] {
-            SparseDim::Dense { size } => {
-                for i in 0..*size {
-                    self.index[dim] = i;
-                    self.level(level + 1, parent * size + i)?;
+        let mut cursors = vec![Cursor::default(); levels];
+        cursors[0] = self.enter(0, 0)?;
+        let mut level = 0;
+        loop {
+            let c = cursors[level];
+            if c.next == c.end {
+                if level == 0 {
+                    return Ok(());
                 }
+                level -= 1;
+                continue;
             }
-            SparseDim::Csr { segments, indices } => {
-                let (lo, hi) = match (segments.get(parent), segments.get(parent + 1)) {
-                    (Some(&lo), Some(&hi)) if lo <= hi && hi <= indices.len() => (lo, hi),
-                    _ => return Err("CSR segments out of range".into()),
-                };
-                for (k, &idx) in indices[lo..hi].iter().enumerate() {
-                    self.index[dim] = idx;
-                    self.level(level + 1, lo + k)?;
-                }
+            cursors[level].next += 1;
+            let dim = self.sp.traversal_order[level];
+            let (index, child) = match &self.sp.dims[level] {
+                SparseDim::Dense { size } => (
+                    c.next,
+                    c.parent
+                        .checked_mul(*size)
+                        .and_then(|p| p.checked_add(c.next))
+                        .ok_or("sparse position overflows")?,
+                ),
+                SparseDim::Csr { indices, .. } => (
+                    *indices.get(c.next).ok_or("CSR index out of range")?,
+                    c.next,
+                ),
+            };
+            if index >= self.extent[dim] {
+                return Err(format!(
+                    "sparse index {index} outside the {} positions of dimension {dim}",
+                    self.extent[dim]
+                ));
+            }
+            self.index[dim] = index;
+            if level + 1 == levels {
+                self.emit()?;
+            } else {
+                level += 1;
+                cursors[level] = self.enter(level, child)?;
             }
         }
-        Ok(())
     }
 
     fn emit(&mut self) -> Result<(), String> {
@@ -159,7 +264,11 @@ impl Walk<'_> {
             .src
             .get(src..src + self.elem)
             .ok_or("sparse tensor has fewer values than its indices need")?;
-        self.dst[flat * self.elem..(flat + 1) * self.elem].copy_from_slice(value);
+        let dst = self
+            .dst
+            .get_mut(flat * self.elem..(flat + 1) * self.elem)
+            .ok_or("sparse element outside the dense tensor")?;
+        dst.copy_from_slice(value);
         self.next_src += 1;
         Ok(())
     }
@@ -224,5 +333,102 @@ mod tests {
             dims: vec![SparseDim::Dense { size: 4 }],
         };
         assert!(densify(&sp, &[4], DType::F32, &[0; 8]).is_err());
+    }
+
+    /// A model with one sparse constant of `shape`, for the loader's checks.
+    fn sparse_model(shape: &[usize], sp: crate::builder::SparsitySpec) -> Vec<u8> {
+        let mut mb = crate::builder::ModelBuilder::new();
+        let sg = mb.main();
+        let w = sg.tensor("w", DType::F32, shape);
+        sg.set_sparsity(w, sp, vec![0; 16]);
+        let x = sg.tensor("x", DType::F32, &[1]);
+        sg.set_inputs(&[x]);
+        sg.set_outputs(&[x]);
+        mb.finish()
+    }
+
+    fn load_error(bytes: &[u8]) -> String {
+        match crate::model::Model::from_bytes(bytes) {
+            Ok(_) => panic!("the sparse tensor was accepted"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn a_long_block_map_is_an_error_not_a_stack_overflow() {
+        // 50,000 block dimensions of one dense element each: before, densify recursed
+        // once per level and overflowed the stack (the whole daemon, or `inspect`, died).
+        use crate::builder::{SparseDimSpec, SparsitySpec};
+        let levels = 50_001;
+        let sp = SparsitySpec {
+            traversal_order: (0..levels as i32).collect(),
+            block_map: vec![0; levels - 1],
+            dims: vec![SparseDimSpec::Dense(1); levels],
+        };
+        let e = load_error(&sparse_model(&[1], sp));
+        assert!(e.contains("block map has more than"), "{e}");
+    }
+
+    #[test]
+    fn dense_sizes_must_match_the_shape() {
+        // Two huge dense levels over an empty last one: before, densify counted to
+        // 2^62 without ever writing an element.
+        use crate::builder::{SparseDimSpec, SparsitySpec};
+        let sp = SparsitySpec {
+            traversal_order: vec![0, 1, 2],
+            block_map: vec![],
+            dims: vec![
+                SparseDimSpec::Dense(i32::MAX),
+                SparseDimSpec::Dense(i32::MAX),
+                SparseDimSpec::Dense(0),
+            ],
+        };
+        let started = std::time::Instant::now();
+        let e = load_error(&sparse_model(&[1, 1, 0], sp));
+        assert!(e.contains("dense level 0 has size 2147483647"), "{e}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        // Block sizes must divide the dimension they block.
+        let sp = SparsitySpec {
+            traversal_order: vec![0, 1],
+            block_map: vec![0],
+            dims: vec![SparseDimSpec::Dense(1), SparseDimSpec::Dense(3)],
+        };
+        let e = load_error(&sparse_model(&[4], sp));
+        assert!(e.contains("block dimension 0"), "{e}");
+    }
+
+    #[test]
+    fn a_written_sparse_model_loads_back_dense() {
+        use crate::builder::{SparseDimSpec, SparsitySpec};
+        // [[1, 0, 2], [0, 0, 3]] as CSR.
+        let mut mb = crate::builder::ModelBuilder::new();
+        let sg = mb.main();
+        let w = sg.tensor("w", DType::F32, &[2, 3]);
+        let values: Vec<u8> = [1.0f32, 2.0, 3.0]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        sg.set_sparsity(
+            w,
+            SparsitySpec {
+                traversal_order: vec![0, 1],
+                block_map: vec![],
+                dims: vec![
+                    SparseDimSpec::Dense(2),
+                    SparseDimSpec::Csr {
+                        segments: vec![0, 2, 3],
+                        indices: vec![0, 2, 2],
+                    },
+                ],
+            },
+            values,
+        );
+        sg.set_inputs(&[]);
+        sg.set_outputs(&[w]);
+        let m = crate::model::Model::from_bytes(&mb.finish()).unwrap();
+        let t = &m.subgraphs[0].tensors[0];
+        assert!(t.was_sparse);
+        let f: &[f32] = bytemuck::cast_slice(t.data.as_ref().unwrap().as_slice());
+        assert_eq!(f, &[1.0, 0.0, 2.0, 0.0, 0.0, 3.0]);
     }
 }

@@ -4,6 +4,7 @@
 use std::fmt;
 
 use bytemuck::{Pod, Zeroable};
+use thiserror::Error;
 
 use crate::error::KernelError;
 
@@ -172,7 +173,17 @@ pub struct AlignedBuf {
     len: usize,
 }
 
+/// An allocation the system refused (or one too large to ask for): returned instead of
+/// aborting the process, so a hostile size costs one request, not the daemon.
+#[derive(Clone, Copy, Debug, Error, PartialEq, Eq)]
+#[error("cannot allocate {bytes} bytes")]
+pub struct AllocError {
+    pub bytes: usize,
+}
+
 impl AlignedBuf {
+    /// Infallible constructor for sizes the caller has already bounded (test data, small
+    /// metadata). Anything sized by a model or a client goes through [`AlignedBuf::try_zeroed`].
     pub fn zeroed(len: usize) -> AlignedBuf {
         AlignedBuf {
             lines: vec![Line([0; 64]); len.div_ceil(64)],
@@ -184,6 +195,35 @@ impl AlignedBuf {
         let mut buf = AlignedBuf::zeroed(bytes.len());
         buf.as_mut_slice().copy_from_slice(bytes);
         buf
+    }
+
+    /// A zeroed buffer, or an error when the memory cannot be had.
+    pub fn try_zeroed(len: usize) -> Result<AlignedBuf, AllocError> {
+        let mut lines = Vec::new();
+        lines
+            .try_reserve_exact(len.div_ceil(64))
+            .map_err(|_| AllocError { bytes: len })?;
+        lines.resize(len.div_ceil(64), Line([0; 64]));
+        Ok(AlignedBuf { lines, len })
+    }
+
+    /// A copy of `bytes`, or an error when the memory cannot be had.
+    pub fn try_from_bytes(bytes: &[u8]) -> Result<AlignedBuf, AllocError> {
+        let mut buf = AlignedBuf::try_zeroed(bytes.len())?;
+        buf.as_mut_slice().copy_from_slice(bytes);
+        Ok(buf)
+    }
+
+    /// [`AlignedBuf::resize`] that reports a refused allocation instead of aborting.
+    pub fn try_resize(&mut self, len: usize) -> Result<(), AllocError> {
+        let lines = len.div_ceil(64);
+        if lines > self.lines.len() {
+            self.lines
+                .try_reserve_exact(lines - self.lines.len())
+                .map_err(|_| AllocError { bytes: len })?;
+        }
+        self.resize(len);
+        Ok(())
     }
 
     /// Typed constructor, e.g. from `&[f32]`.
@@ -386,6 +426,19 @@ mod tests {
         assert_eq!(b.as_slice()[99], 0);
         b.resize(3);
         assert_eq!(b.len(), 3);
+    }
+
+    #[test]
+    fn impossible_allocations_are_errors() {
+        assert_eq!(
+            AlignedBuf::try_zeroed(usize::MAX).unwrap_err(),
+            AllocError { bytes: usize::MAX }
+        );
+        let mut b = AlignedBuf::try_zeroed(10).unwrap();
+        assert!(b.try_resize(usize::MAX / 2).is_err());
+        assert_eq!(b.len(), 10);
+        b.try_resize(200).unwrap();
+        assert_eq!(b.len(), 200);
     }
 
     #[test]

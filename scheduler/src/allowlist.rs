@@ -3,8 +3,10 @@
 //! Vendor drivers differ per device and per version, so nothing is trusted from a
 //! table: on first use the daemon runs the partition on the delegate and on the CPU
 //! reference together (validation mode), and allows the delegate only when its outputs
-//! match (float: relative 1e-3; quantized: 1 step) and it is faster than the CPU. Errors
-//! and timeouts block it. Decisions are stored as JSON (temp file + rename, so a crash
+//! match (float: relative 1e-3; quantized: 1 step) and it is faster than the CPU as the
+//! CPU would serve the same nodes (optimized kernels, the serving thread count, warm;
+//! the reference kernels are the accuracy oracle, never the speed bar). Errors and
+//! timeouts block it. Decisions are stored as JSON (temp file + rename, so a crash
 //! never leaves half a file) and reloaded at start; a changed driver fingerprint makes
 //! the old decision stale, so the partition is validated again.
 
@@ -16,7 +18,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use switchyard_delegates::CpuResolver;
 use switchyard_interpreter::{
-    Interpreter, InterpreterOptions, Model, PlacedPartition, Tensor, TensorView,
+    FloatPrecision, Interpreter, InterpreterOptions, Model, PlacedPartition, Tensor, TensorView,
 };
 
 use crate::SchedError;
@@ -38,8 +40,8 @@ pub struct Entry {
     pub reason: String,
     pub max_error: f64,
     pub tolerance: f64,
-    /// Mean seconds per run on the delegate (device clock when it has one) and on the
-    /// CPU for the same partition.
+    /// Mean seconds per warm run on the delegate (device clock when it has one), and on
+    /// the CPU for the same partition as requests are served there.
     pub delegate_s: f64,
     pub cpu_s: f64,
     pub runs: u64,
@@ -162,6 +164,8 @@ fn tmp_path(path: &Path) -> PathBuf {
 #[derive(Clone, Copy, Debug)]
 pub struct Tolerance {
     pub float_relative: f64,
+    /// For delegates that compute in fp16 (`Delegate::float_precision`).
+    pub half_float_relative: f64,
     pub quantized_steps: f64,
 }
 
@@ -169,19 +173,23 @@ impl Default for Tolerance {
     fn default() -> Self {
         Tolerance {
             float_relative: 1e-3,
+            half_float_relative: 1e-2,
             quantized_steps: 1.0,
         }
     }
 }
 
-/// Benchmarks and validates one placed partition against the CPU reference: `runs`
-/// invokes in validation mode on `inputs`, then judges accuracy, failures and speed.
+/// Benchmarks and validates one placed partition against the CPU reference: one warm-up
+/// and `runs` timed invokes in validation mode on `inputs`, then judges accuracy,
+/// failures (the warm-up's included) and speed against `cpu_s`, the same nodes' time on
+/// the CPU as served (see [`crate::graph::GraphInfo::measure_cpu`]).
 pub fn validate_partition(
     model: Arc<Model>,
     placed: PlacedPartition,
     inputs: &[Tensor],
     runs: u32,
     tolerance: Tolerance,
+    cpu_s: f64,
 ) -> Result<Entry, SchedError> {
     let fingerprint = placed.delegate.fingerprint();
     let sg = &model.subgraphs[0];
@@ -190,8 +198,11 @@ pub fn validate_partition(
             .get(t)
             .is_some_and(|d| d.dtype.is_quantized_int())
     });
+    let half = placed.delegate.float_precision() == FloatPrecision::F16;
     let tol = if quantized {
         tolerance.quantized_steps
+    } else if half {
+        tolerance.half_float_relative
     } else {
         tolerance.float_relative
     };
@@ -203,14 +214,18 @@ pub fn validate_partition(
     )?;
     it.set_validation(true);
     let views: Vec<TensorView<'_>> = inputs.iter().map(Tensor::view).collect();
+    let report = |it: &Interpreter| {
+        it.partition_reports()
+            .first()
+            .cloned()
+            .ok_or_else(|| SchedError::Invalid("no partition report".into()))
+    };
+    it.run(&views)?;
+    let warm = report(&it)?;
     for _ in 0..runs.max(1) {
         it.run(&views)?;
     }
-    let r = it
-        .partition_reports()
-        .first()
-        .cloned()
-        .ok_or_else(|| SchedError::Invalid("no partition report".into()))?;
+    let r = report(&it)?;
     let timeouts = if r
         .last_error
         .as_deref()
@@ -221,8 +236,14 @@ pub fn validate_partition(
         0
     };
     let per = |d: Duration, n: u64| d.as_secs_f64() / n.max(1) as f64;
-    let delegate_s = per(r.device_time, r.runs);
-    let cpu_s = per(r.cpu_wall, r.validations.max(r.failures));
+    let delegate_s = if r.runs > warm.runs {
+        per(
+            r.device_time.saturating_sub(warm.device_time),
+            r.runs - warm.runs,
+        )
+    } else {
+        per(r.device_time, r.runs)
+    };
     let (verdict, reason) = if let Some(e) = &r.compile_error {
         (Verdict::Blocked, format!("compile failed: {e}"))
     } else if timeouts > 0 {
@@ -269,6 +290,12 @@ pub fn validate_partition(
             ),
         )
     };
+    // Which precision was judged is part of the evidence `switchyard allowlist` shows.
+    let reason = if half {
+        format!("fp16: {reason}")
+    } else {
+        reason
+    };
     Ok(Entry {
         fingerprint,
         verdict,
@@ -288,6 +315,7 @@ pub fn validate_partition(
 /// taking the daemon down; tools and tests run it in process ([`InProcess`]). Blocking;
 /// implementations must be callable from any thread, including background tasks.
 pub trait Validator: Send + Sync {
+    /// `cpu_s` is the partition's CPU time as served (see [`validate_partition`]).
     fn validate(
         &self,
         model: Arc<Model>,
@@ -295,6 +323,7 @@ pub trait Validator: Send + Sync {
         inputs: &[Tensor],
         runs: u32,
         tolerance: Tolerance,
+        cpu_s: f64,
     ) -> Result<Entry, SchedError>;
 }
 
@@ -309,13 +338,15 @@ impl Validator for InProcess {
         inputs: &[Tensor],
         runs: u32,
         tolerance: Tolerance,
+        cpu_s: f64,
     ) -> Result<Entry, SchedError> {
-        validate_partition(model, placed, inputs, runs, tolerance)
+        validate_partition(model, placed, inputs, runs, tolerance, cpu_s)
     }
 }
 
 /// Looks the key up and validates when the decision is unknown or stale; returns the
-/// current decision.
+/// current decision. `cpu_s` is the partition's CPU time as served.
+#[allow(clippy::too_many_arguments)]
 pub fn check_or_validate(
     list: &mut Allowlist,
     subject: &str,
@@ -324,9 +355,10 @@ pub fn check_or_validate(
     inputs: &[Tensor],
     runs: u32,
     tolerance: Tolerance,
+    cpu_s: f64,
 ) -> Result<Entry, SchedError> {
     check_or_validate_with(
-        &InProcess, list, subject, model, placed, inputs, runs, tolerance,
+        &InProcess, list, subject, model, placed, inputs, runs, tolerance, cpu_s,
     )
 }
 
@@ -341,6 +373,7 @@ pub fn check_or_validate_with(
     inputs: &[Tensor],
     runs: u32,
     tolerance: Tolerance,
+    cpu_s: f64,
 ) -> Result<Entry, SchedError> {
     let k = key(subject, placed.delegate.name());
     let fp = placed.delegate.fingerprint();
@@ -348,7 +381,7 @@ pub fn check_or_validate_with(
         Lookup::Allowed(e) | Lookup::Blocked(e) => return Ok(e.clone()),
         Lookup::Unknown | Lookup::Stale(_) => {}
     }
-    let entry = validator.validate(model, placed, inputs, runs, tolerance)?;
+    let entry = validator.validate(model, placed, inputs, runs, tolerance, cpu_s)?;
     list.record(&k, entry.clone())?;
     Ok(entry)
 }

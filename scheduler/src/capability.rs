@@ -4,14 +4,15 @@
 //! `switchyard placement` also need an answer for processors that are described only by
 //! a device profile (no delegate built or merged yet, or a what-if profile), so the
 //! question is a small trait with two implementations: any delegate, and
-//! [`ProfileRules`], the documented op/dtype subsets of each processor class (float
-//! GPU, quantized-only DSP, int8-only NPU with static shapes and limited on-chip memory).
+//! [`ProfileRules`]: the op descriptors' rules for each processor class
+//! (`switchyard_kernels::supports`: float GPU, quantized-only DSP, int8-only NPU with
+//! static shapes) plus what the profile adds (the NPU's on-chip memory).
 
 use std::sync::Arc;
 
 use switchyard_config::{DeviceProfile, DeviceProfiles};
 use switchyard_interpreter::{
-    BuiltinOp, DType, Delegate, NodeSupportCtx, OpKind, PartitionOptions, ProcessorKind, Support,
+    Delegate, NodeSupportCtx, OpKind, PartitionOptions, ProcessorKind, Support,
 };
 
 /// What the partitioner needs from a processor.
@@ -95,69 +96,33 @@ pub fn for_device(profiles: &DeviceProfiles) -> (Vec<Arc<dyn Delegate>>, Capabil
     (delegates, caps)
 }
 
-const GPU_OPS: &[BuiltinOp] = &[
-    BuiltinOp::Conv2d,
-    BuiltinOp::DepthwiseConv2d,
-    BuiltinOp::FullyConnected,
-    BuiltinOp::TransposeConv,
-    BuiltinOp::BatchMatmul,
-    BuiltinOp::Add,
-    BuiltinOp::Sub,
-    BuiltinOp::Mul,
-    BuiltinOp::Div,
-    BuiltinOp::Maximum,
-    BuiltinOp::Minimum,
-    BuiltinOp::Relu,
-    BuiltinOp::Relu6,
-    BuiltinOp::LeakyRelu,
-    BuiltinOp::Prelu,
-    BuiltinOp::HardSwish,
-    BuiltinOp::Logistic,
-    BuiltinOp::Tanh,
-    BuiltinOp::MaxPool2d,
-    BuiltinOp::AveragePool2d,
-    BuiltinOp::Pad,
-    BuiltinOp::Concatenation,
-    BuiltinOp::Reshape,
-    BuiltinOp::Softmax,
-    BuiltinOp::Mean,
-    BuiltinOp::ResizeBilinear,
-];
-
-const DSP_OPS: &[BuiltinOp] = &[
-    BuiltinOp::Conv2d,
-    BuiltinOp::DepthwiseConv2d,
-    BuiltinOp::FullyConnected,
-    BuiltinOp::Add,
-    BuiltinOp::Mul,
-    BuiltinOp::Relu,
-    BuiltinOp::Relu6,
-    BuiltinOp::Logistic,
-    BuiltinOp::MaxPool2d,
-    BuiltinOp::AveragePool2d,
-    BuiltinOp::Pad,
-    BuiltinOp::Concatenation,
-    BuiltinOp::Reshape,
-    BuiltinOp::Softmax,
-    BuiltinOp::Mean,
-    BuiltinOp::StridedSlice,
-    BuiltinOp::Quantize,
-];
-
-const NPU_OPS: &[BuiltinOp] = &[
-    BuiltinOp::Conv2d,
-    BuiltinOp::DepthwiseConv2d,
-    BuiltinOp::FullyConnected,
-    BuiltinOp::Add,
-    BuiltinOp::Relu,
-    BuiltinOp::Relu6,
-    BuiltinOp::MaxPool2d,
-    BuiltinOp::AveragePool2d,
-    BuiltinOp::Pad,
-    BuiltinOp::Concatenation,
-    BuiltinOp::Reshape,
-    BuiltinOp::Mean,
-];
+/// The processors `switchyard placement` plans for: the delegates the daemon builds —
+/// the emulated DSP and NPU from the profiles, and the real GPU delegates (fp32 and, where
+/// the adapter has it, fp16) with the `[gpu]` options — and profile rules only for
+/// enabled processors no delegate covers. Offline plans are thus made against the same
+/// GPU as the daemon's, its support answers included.
+pub fn for_config(cfg: &switchyard_config::Config) -> (Vec<Arc<dyn Delegate>>, Capabilities) {
+    let mut delegates: Vec<Arc<dyn Delegate>> =
+        switchyard_delegates::EmulatedDelegate::from_profiles(&cfg.devices)
+            .into_iter()
+            .map(|d| Arc::new(d) as Arc<dyn Delegate>)
+            .collect();
+    delegates.extend(
+        switchyard_delegates::gpu::from_config(cfg, false)
+            .into_iter()
+            .map(|g| g as Arc<dyn Delegate>),
+    );
+    let mut caps: Vec<Box<dyn Capability>> = profile_rules(&cfg.devices)
+        .into_iter()
+        .filter(|c| delegates.iter().all(|d| d.kind() != c.kind()))
+        .collect();
+    caps.extend(
+        delegates
+            .iter()
+            .map(|d| Box::new(d.clone()) as Box<dyn Capability>),
+    );
+    (delegates, caps)
+}
 
 impl ProfileRules {
     pub fn new(kind: ProcessorKind, profile: DeviceProfile) -> ProfileRules {
@@ -171,15 +136,6 @@ impl ProfileRules {
             kind,
             name,
             profile,
-        }
-    }
-
-    fn ops(&self) -> &'static [BuiltinOp] {
-        match self.kind {
-            ProcessorKind::Gpu => GPU_OPS,
-            ProcessorKind::Dsp => DSP_OPS,
-            ProcessorKind::Npu => NPU_OPS,
-            ProcessorKind::Cpu => &[],
         }
     }
 }
@@ -219,62 +175,27 @@ impl Capability for ProfileRules {
     }
 
     fn supports(&self, ctx: &NodeSupportCtx<'_>) -> Support {
-        let op = match &ctx.node.op {
-            OpKind::Builtin(op) => *op,
-            other => return no(format!("{other} is not a builtin op")),
-        };
-        if !self.ops().contains(&op) {
-            return no(format!("{} does not implement {}", self.name, op.name()));
+        if !matches!(ctx.node.op, OpKind::Builtin(_)) {
+            return no(format!("{} is not a builtin op", ctx.node.op));
         }
-        let runtime_inputs = ctx.inputs.iter().flatten().filter(|m| m.data.is_none());
-        let tensors: Vec<_> = runtime_inputs.chain(ctx.outputs.iter()).collect();
-        match self.kind {
-            ProcessorKind::Gpu => {
-                if let Some(m) = tensors.iter().find(|m| m.dtype != DType::F32) {
-                    return no(format!("gpu runs float32 only; {} is {}", m.name, m.dtype));
-                }
+        // Which ops and dtypes a processor class runs: the op descriptors' rules, the same
+        // the emulated devices and the GPU delegate answer with.
+        if let Support::Unsupported(why) = switchyard_kernels::supports(self.kind, ctx) {
+            return no(format!("{}: {why}", self.name));
+        }
+        if self.kind == ProcessorKind::Npu {
+            let weights: usize = ctx
+                .inputs
+                .iter()
+                .flatten()
+                .filter_map(|m| m.data.map(<[u8]>::len))
+                .sum();
+            let limit = self.profile.on_chip_memory_bytes;
+            if limit > 0 && weights as u64 > limit {
+                return no(format!(
+                    "weights of {weights} bytes exceed the npu's {limit} bytes of on-chip memory"
+                ));
             }
-            ProcessorKind::Dsp => {
-                if let Some(m) = tensors.iter().find(|m| !m.dtype.is_quantized_int()) {
-                    return no(format!(
-                        "dsp runs quantized ops only; {} is {}",
-                        m.name, m.dtype
-                    ));
-                }
-            }
-            ProcessorKind::Npu => {
-                if let Some(m) = tensors.iter().find(|m| m.dtype != DType::I8) {
-                    return no(format!("npu runs int8 only; {} is {}", m.name, m.dtype));
-                }
-                let dynamic = ctx
-                    .node
-                    .inputs
-                    .iter()
-                    .flatten()
-                    .chain(&ctx.node.outputs)
-                    .any(|&t| {
-                        ctx.subgraph.tensors[t]
-                            .shape_signature
-                            .as_ref()
-                            .is_some_and(|s| s.iter().any(|&d| d < 0))
-                    });
-                if dynamic {
-                    return no("npu needs static shapes; a tensor has a dynamic dimension");
-                }
-                let weights: usize = ctx
-                    .inputs
-                    .iter()
-                    .flatten()
-                    .filter_map(|m| m.data.map(<[u8]>::len))
-                    .sum();
-                let limit = self.profile.on_chip_memory_bytes;
-                if limit > 0 && weights as u64 > limit {
-                    return no(format!(
-                        "weights of {weights} bytes exceed the npu's {limit} bytes of on-chip memory"
-                    ));
-                }
-            }
-            ProcessorKind::Cpu => {}
         }
         Support::Supported
     }

@@ -138,24 +138,23 @@ impl GraphInfo {
         self.interp.as_ref()
     }
 
-    /// Times the model on the real CPU (zero-filled inputs, `runs` timed runs after one
-    /// warm-up): the cost model's calibration and the "measured" column of
-    /// `switchyard placement`. `None` when some op has no CPU kernel yet.
-    pub fn measure_cpu(&self, runs: u32) -> Option<CpuMeasurement> {
+    /// Times the model on the real CPU the way the daemon serves it: optimized kernels,
+    /// `threads` intra-op threads, warm (one untimed run first), on the model's real
+    /// input shapes with varied values; `runs` timed runs, each node profiled. This is
+    /// what the cost model, admission control and the allowlist's "faster than the
+    /// CPU" compare against. `None` when some op has no CPU kernel yet.
+    pub fn measure_cpu(&self, runs: u32, threads: usize) -> Option<CpuMeasurement> {
         self.interp.as_ref()?;
         let mut it = Interpreter::new(
             self.model.clone(),
             Arc::new(CpuResolver::optimized()),
-            InterpreterOptions::default(),
+            InterpreterOptions {
+                threads: threads.max(1),
+                ..InterpreterOptions::default()
+            },
         )
         .ok()?;
-        let inputs: Vec<Tensor> = (0..it.input_count())
-            .map(|i| {
-                let (dtype, shape) = it.input_info(i).ok()?;
-                let n: usize = shape.iter().product();
-                Tensor::from_bytes(dtype, shape, &vec![0u8; n * dtype.size()]).ok()
-            })
-            .collect::<Option<_>>()?;
+        let inputs = crate::decide::validation_inputs(self)?;
         let views: Vec<TensorView<'_>> = inputs.iter().map(Tensor::view).collect();
         it.run(&views).ok()?;
         it.set_profiling(true);
@@ -294,35 +293,13 @@ impl GraphInfo {
         };
         let elems = |s: &[usize]| s.iter().product::<usize>() as f64;
         let out = elems(shape(node.outputs.first().copied()));
-        let in0 = shape(node.inputs.first().copied().flatten());
-        let w = shape(node.inputs.get(1).copied().flatten());
-        let macs = match node.op {
-            OpKind::Builtin(BuiltinOp::Conv2d) if w.len() == 4 => out * (w[1] * w[2] * w[3]) as f64,
-            OpKind::Builtin(BuiltinOp::DepthwiseConv2d) if w.len() == 4 => {
-                out * (w[1] * w[2]) as f64
-            }
-            OpKind::Builtin(BuiltinOp::FullyConnected) if w.len() == 2 => out * w[1] as f64,
-            OpKind::Builtin(BuiltinOp::BatchMatmul) if in0.len() >= 2 => {
-                out * in0[in0.len() - 1] as f64
-            }
-            OpKind::Builtin(BuiltinOp::TransposeConv) => {
-                // inputs: output_shape, weights [cout, kh, kw, cin], input
-                let wt = shape(node.inputs.get(1).copied().flatten());
-                let x = shape(node.inputs.get(2).copied().flatten());
-                if wt.len() == 4 {
-                    elems(x) * (wt[0] * wt[1] * wt[2]) as f64
-                } else {
-                    0.0
-                }
-            }
-            OpKind::Builtin(BuiltinOp::UnidirectionalSequenceLstm | BuiltinOp::Lstm) => {
-                // Four gates over [input, hidden] per output element.
-                let k = in0.last().copied().unwrap_or(0)
-                    + shape(Some(node.outputs[0])).last().copied().unwrap_or(0);
-                out * 4.0 * k as f64
-            }
-            _ => 0.0,
-        };
+        // MACs (and pooling taps) from the op's descriptor, the estimate the emulated
+        // devices count too.
+        let shapes = |t: usize| self.shapes.get(t).cloned().unwrap_or_default();
+        let op_work = switchyard_kernels::node_work(node, &shapes);
+        let macs = op_work.macs;
+        // Element work: the descriptor's count (output elements, pooling taps), or the
+        // runtime inputs read when those are more (reductions, gathers).
         let elements = if macs > 0.0 {
             out
         } else {
@@ -333,7 +310,7 @@ impl GraphInfo {
                 .filter(|&&t| !self.is_known(t))
                 .map(|&t| elems(shape(Some(t))))
                 .sum();
-            out.max(inputs)
+            op_work.elements.max(inputs)
         };
         Work { macs, elements }
     }

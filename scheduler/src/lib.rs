@@ -8,13 +8,16 @@
 //!   implemented for real delegates and for the profile rules the simulator uses
 //! - [`partition`]: supported nodes grouped into connected partitions per delegate
 //! - [`cost`]: expected latency per (partition, processor): profile priors, then
-//!   measurements (EWMA), plus tensor transfers between processors
+//!   measurements as served (robust, decaying), plus tensor transfers between processors
 //! - [`allowlist`]: learned, persisted decisions on which delegate may run what
 //! - [`placement`]: the cheapest allowed plan and a per-node explanation
 //! - [`decide`]: the whole decision for one model with real delegates (validate
 //!   unknown candidates, measure, plan), as the daemon makes it on first load
-//! - [`arbiter`]: per-processor queues, pure scheduling policies, admission control,
-//!   job migration, and a tokio wrapper for the daemon
+//! - [`arbiter`]: per-processor queues on servers (CPU cores), pure scheduling
+//!   policies, admission control in the policy's order, job migration, background caps,
+//!   and a tokio wrapper for the daemon
+//! - [`serving`]: the serving policy of a loaded model: which processors a request may
+//!   take and what each costs now, learned from every served run
 //! - [`sim`], [`workload`]: a virtual-clock simulator comparing policies with fixed
 //!   placements on a workload of apps with frame rates and deadlines
 //!
@@ -41,6 +44,7 @@ mod error;
 pub mod graph;
 pub mod partition;
 pub mod placement;
+pub mod serving;
 pub mod sim;
 #[cfg(test)]
 pub(crate) mod testing;

@@ -326,7 +326,7 @@ mod tests {
         let profiles = DeviceProfiles::default();
         let caps = profile_rules(&profiles);
         let parts = partition(&info, &caps);
-        let cost = CostModel::new(profiles, 0.2);
+        let cost = CostModel::new(profiles, crate::cost::Learning::default());
         let p = plan(&info, &parts, &caps, &cost, &|_| Permission::Allowed);
         assert!(
             p.partitions
@@ -377,7 +377,7 @@ mod tests {
                 .any(|c| c.kind == ProcessorKind::Dsp),
             "int8 convolutions are dsp candidates"
         );
-        let cost = CostModel::new(profiles, 0.2);
+        let cost = CostModel::new(profiles, crate::cost::Learning::default());
         let p = plan(&info, &parts, &caps, &cost, &|_| Permission::Allowed);
         let conv = p.nodes.iter().find(|n| n.op == "CONV_2D").unwrap();
         assert_eq!(conv.processor, Some(ProcessorKind::Cpu));
@@ -388,7 +388,9 @@ mod tests {
             conv.why
         );
         assert!(
-            conv.why.contains("gpu: unsupported: gpu runs float32 only"),
+            conv.why.contains(
+                "gpu: unsupported: gpu: input 0 is int8; the GPU delegate runs float32 only"
+            ),
             "{}",
             conv.why
         );

@@ -1,5 +1,6 @@
-//! Workload files for the simulator: apps with a model, a frame rate, a deadline, a
-//! priority class and a tenant weight.
+//! Workload files for the simulator and `switchyard loadtest`: apps with a model, a
+//! frame rate (or back-to-back requests), a deadline, a priority class and a tenant
+//! weight.
 //!
 //! ```toml
 //! name = "contended"
@@ -13,6 +14,13 @@
 //! fps = 30.0
 //! deadline_ms = 33.0
 //! priority = "realtime"
+//!
+//! [[apps]]
+//! name = "embedding"
+//! tenant = "indexer"
+//! model = "../models/oww_embedding_model.tflite"
+//! back_to_back = true        # the next request as soon as one returns; no deadline
+//! priority = "background"
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -32,8 +40,16 @@ pub struct App {
     pub weight: f64,
     /// Model path, relative to the workload file.
     pub model: PathBuf,
+    /// Frames per second; unused for back-to-back apps.
+    #[serde(default)]
     pub fps: f64,
-    pub deadline_ms: f64,
+    /// Relative deadline of each frame; none for back-to-back work.
+    #[serde(default)]
+    pub deadline_ms: Option<f64>,
+    /// Sends its next request as soon as the previous one returns (batch work), instead
+    /// of frames at `fps`.
+    #[serde(default)]
+    pub back_to_back: bool,
     #[serde(default)]
     pub priority: PriorityClass,
     /// Seconds the app runs; the workload's duration when absent.
@@ -56,7 +72,15 @@ pub struct Workload {
     /// Seed of the arrival jitter and service-time noise, so runs repeat exactly.
     #[serde(default)]
     pub seed: u64,
+    /// Intra-op threads each app's own interpreter uses in `switchyard loadtest`'s
+    /// per-app baseline, and the most the daemon gives one request.
+    #[serde(default = "one_thread")]
+    pub threads: usize,
     pub apps: Vec<App>,
+}
+
+fn one_thread() -> usize {
+    1
 }
 
 impl Workload {
@@ -89,13 +113,23 @@ impl Workload {
         if self.apps.is_empty() {
             return Err("no apps".into());
         }
+        if self.apps.len() > 64 {
+            return Err(format!("{} apps; at most 64", self.apps.len()));
+        }
+        if self.threads == 0 || self.threads > 64 {
+            return Err(format!("threads must be in [1, 64], is {}", self.threads));
+        }
         for a in &self.apps {
             let bad = |what: &str| Err(format!("app {:?}: {what}", a.name));
-            if !(a.fps.is_finite() && a.fps > 0.0 && a.fps <= 1000.0) {
-                return bad("fps must be in (0, 1000]");
+            let fps_ok = a.fps.is_finite() && a.fps > 0.0 && a.fps <= 1000.0;
+            if !a.back_to_back && !fps_ok {
+                return bad("fps must be in (0, 1000] (or back_to_back = true)");
             }
-            if !(a.deadline_ms.is_finite() && a.deadline_ms > 0.0) {
+            if a.deadline_ms.is_some_and(|d| !(d.is_finite() && d > 0.0)) {
                 return bad("deadline_ms must be positive");
+            }
+            if !a.back_to_back && a.deadline_ms.is_none() {
+                return bad("frames need deadline_ms (only back-to-back apps may omit it)");
             }
             if !(a.weight.is_finite() && a.weight > 0.0) {
                 return bad("weight must be positive");
@@ -134,6 +168,15 @@ priority = "background"
         assert_eq!(w.apps[0].weight, 1.0);
         let bad: Workload = toml::from_str(&ok.replace("fps = 10.0", "fps = 0.0")).unwrap();
         assert!(bad.validate().unwrap_err().contains("app \"a\""));
+        let b2b: Workload = toml::from_str(
+            &ok.replace("fps = 10.0", "back_to_back = true")
+                .replace("deadline_ms = 50.0", ""),
+        )
+        .unwrap();
+        assert!(b2b.validate().is_ok());
+        assert_eq!(b2b.apps[0].deadline_ms, None);
+        let no_deadline: Workload = toml::from_str(&ok.replace("deadline_ms = 50.0", "")).unwrap();
+        assert!(no_deadline.validate().unwrap_err().contains("deadline_ms"));
         assert!(toml::from_str::<Workload>(&ok.replace("fps =", "fsp =")).is_err());
     }
 }

@@ -5,6 +5,8 @@
 //! LiteRT and cannot find it fails with instructions; it never skips silently.
 #![forbid(unsafe_code)]
 
+pub mod single_op;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;

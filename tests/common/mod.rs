@@ -10,6 +10,9 @@ pub mod spawn;
 use switchyard_interpreter::{Tensor, npy};
 pub use switchyard_testkit::{golden_dir, models_dir, repo_root};
 
+pub mod daemon;
+pub mod ops_doc;
+
 /// The anchor models (fetched by scripts/fetch_models.py), by file stem.
 pub const MODELS: &[&str] = &[
     "mp_face_detection_short_range",

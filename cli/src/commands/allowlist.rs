@@ -49,8 +49,8 @@ pub fn run(args: AllowlistArgs) -> anyhow::Result<()> {
     for e in &list.entries {
         let subject = e.subject.get(..24).unwrap_or(&e.subject);
         println!(
-            "{:<8} {:<18} {subject}…  delegate {:.3} ms  cpu {:.3} ms  [{}]\n         {}",
-            e.verdict, e.processor, e.delegate_ms, e.cpu_ms, e.fingerprint, e.reason
+            "{:<8} {:<18} {subject}…  delegate {:.3} ms  cpu {:.3} ms  error {:.2e}  [{}]\n         {}",
+            e.verdict, e.processor, e.delegate_ms, e.cpu_ms, e.max_error, e.fingerprint, e.reason
         );
     }
     Ok(())

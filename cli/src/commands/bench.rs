@@ -1,6 +1,7 @@
 //! `switchyard bench MODEL --local --threads N --runs K [--json]`: latency of a model in
 //! this process (median and p90 over K runs after warm-up), load time, arena bytes, and a
-//! per-operator profile in run order and summed by operator type.
+//! per-operator profile in run order and summed by operator type. With `--device gpu`
+//! the GPU takes every partition it supports (see `bench_gpu`).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -30,6 +31,12 @@ pub struct BenchArgs {
     /// Untimed warm-up runs.
     #[arg(long, default_value_t = 5)]
     pub warmup: usize,
+    /// Invokes per timed sample; the sample is their total time divided by this. For
+    /// tiny models, so that the clock read per sample does not count (the LiteRT side of
+    /// bench/compare_litert.py times the same batches, keeping Python's per-call
+    /// overhead out of its figure too).
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
     /// Input tensors as .npy files (comma separated); random inputs when omitted.
     #[arg(long, value_delimiter = ',')]
     pub inputs: Vec<PathBuf>,
@@ -45,6 +52,19 @@ pub struct BenchArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
+    /// `cpu`, or `gpu`: every partition the GPU supports runs there (the rest on the CPU
+    /// kernels), with a per-dispatch GPU profile.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// GPU precision: `fp32`, or `fp16` (needs the adapter's `shader-f16`).
+    #[arg(long, default_value = "fp32")]
+    pub precision: String,
+    /// GPU: force the subgroup operations off.
+    #[arg(long)]
+    pub no_subgroups: bool,
+    /// GPU: persist compiled pipelines in this directory (run twice to see a reload).
+    #[arg(long)]
+    pub gpu_cache: Option<PathBuf>,
 }
 
 #[derive(Serialize)]
@@ -68,6 +88,7 @@ struct Report {
     model: String,
     threads: usize,
     runs: usize,
+    batch: usize,
     kernels: &'static str,
     load_ms: f64,
     median_ms: f64,
@@ -80,12 +101,15 @@ struct Report {
     rss_before_load_bytes: Option<u64>,
     rss_peak_bytes: Option<u64>,
     steps: usize,
+    /// Median run time over steps: the executor's per-node overhead on a chain of
+    /// trivial nodes (`switchyard make-chain-model`).
+    ns_per_step: f64,
     ops: Vec<OpLine>,
     by_op: Vec<OpSummary>,
 }
 
 /// Deterministic inputs for a model: floats in [-1, 1), integers over their range.
-fn synthetic_input(dtype: DType, shape: &[usize], seed: u64) -> anyhow::Result<Tensor> {
+pub(crate) fn synthetic_input(dtype: DType, shape: &[usize], seed: u64) -> anyhow::Result<Tensor> {
     let n: usize = shape.iter().product();
     let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let mut next = move || {
@@ -115,7 +139,7 @@ fn peak_rss_bytes() -> Option<u64> {
     Some(kib * 1024)
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
+pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[idx.min(sorted.len() - 1)]
 }
@@ -128,8 +152,16 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     if !args.local {
         bail!("pass --local: `bench` measures the in-process interpreter");
     }
+    match args.device.as_str() {
+        "cpu" => {}
+        "gpu" => return super::bench_gpu::run(args),
+        other => bail!("--device must be cpu or gpu, not {other}"),
+    }
     if args.runs == 0 {
         bail!("--runs must be at least 1");
+    }
+    if args.batch == 0 {
+        bail!("--batch must be at least 1");
     }
     let rss_before_load = peak_rss_bytes();
     let load_start = Instant::now();
@@ -167,15 +199,26 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             .map(|p| npy::read(p).with_context(|| format!("reading {}", p.display())))
             .collect::<anyhow::Result<_>>()?
     };
+    // Given inputs define the shapes to measure at (as LiteRT's resize_tensor_input does
+    // in bench/compare_litert.py): resize explicitly, since runs are strict.
+    for (i, t) in inputs.iter().enumerate() {
+        if i < it.input_count() && it.input_info(i)?.1 != t.shape {
+            it.resize_input(i, t.shape.clone())
+                .with_context(|| format!("resizing input {i} to {:?}", t.shape))?;
+        }
+    }
     let views: Vec<_> = inputs.iter().map(|t| t.view()).collect();
     for _ in 0..args.warmup {
         it.run(&views).context("warm-up run")?;
     }
     let mut times = Vec::with_capacity(args.runs);
+    let batch = u32::try_from(args.batch).context("--batch is too large")?;
     for _ in 0..args.runs {
         let t0 = Instant::now();
-        it.run(&views).context("timed run")?;
-        times.push(t0.elapsed());
+        for _ in 0..batch {
+            it.run(&views).context("timed run")?;
+        }
+        times.push(t0.elapsed() / batch);
     }
     times.sort();
 
@@ -221,6 +264,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         model: args.model.display().to_string(),
         threads: args.threads.max(1),
         runs: args.runs,
+        batch: args.batch,
         kernels: if args.reference {
             "reference"
         } else {
@@ -235,6 +279,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         rss_before_load_bytes: rss_before_load,
         rss_peak_bytes: peak_rss_bytes(),
         steps: it.step_count(),
+        ns_per_step: ms(percentile(&times, 0.5)) * 1e6 / it.step_count().max(1) as f64,
         ops,
         by_op,
     };
@@ -251,8 +296,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         report.median_ms, report.p90_ms, report.min_ms
     );
     println!(
-        "  load {:.2} ms, arena {} bytes, folded constants/heap {} bytes, {} steps per run",
-        report.load_ms, report.arena_bytes, report.heap_bytes, report.steps
+        "  load {:.2} ms, arena {} bytes, folded constants/heap {} bytes, {} steps per run \
+         ({:.1} ns per step)",
+        report.load_ms, report.arena_bytes, report.heap_bytes, report.steps, report.ns_per_step
     );
     if let (Some(before), Some(peak)) = (report.rss_before_load_bytes, report.rss_peak_bytes) {
         println!(

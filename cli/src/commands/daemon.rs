@@ -7,7 +7,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use clap::Args;
 use serde_json::{Value, json};
-use switchyard_client::{DataType, ModelInfo, TenantInfo, blocking::Client};
+use switchyard_client::blocking::{Client, Model};
+use switchyard_client::{
+    DType as ClientDType, ModelInfo, OutputData, Run, TenantInfo, Tensor, Timing,
+};
 use switchyard_interpreter::{DType, npy};
 
 #[derive(Args, Clone)]
@@ -44,8 +47,8 @@ pub fn connect(socket: &Path) -> anyhow::Result<Client> {
 }
 
 fn dtype_name(code: i32) -> &'static str {
-    DataType::try_from(code)
-        .map(|d| d.short_name())
+    ClientDType::try_from(code)
+        .map(|d| d.name())
         .unwrap_or("unknown")
 }
 
@@ -152,46 +155,11 @@ pub fn status(args: StatusArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn to_wire(d: DType) -> anyhow::Result<DataType> {
-    Ok(match d {
-        DType::F32 => DataType::Float32,
-        DType::F16 => DataType::Float16,
-        DType::I32 => DataType::Int32,
-        DType::U8 => DataType::Uint8,
-        DType::I64 => DataType::Int64,
-        DType::Bool => DataType::Bool,
-        DType::I16 => DataType::Int16,
-        DType::I8 => DataType::Int8,
-        DType::F64 => DataType::Float64,
-        DType::U64 => DataType::Uint64,
-        DType::U32 => DataType::Uint32,
-        DType::U16 => DataType::Uint16,
-        other => bail!("{other} tensors cannot be sent to the daemon"),
-    })
-}
-
-fn from_wire(d: DataType) -> anyhow::Result<DType> {
-    Ok(match d {
-        DataType::Float32 => DType::F32,
-        DataType::Float16 => DType::F16,
-        DataType::Int32 => DType::I32,
-        DataType::Uint8 => DType::U8,
-        DataType::Int64 => DType::I64,
-        DataType::Bool => DType::Bool,
-        DataType::Int16 => DType::I16,
-        DataType::Int8 => DType::I8,
-        DataType::Float64 => DType::F64,
-        DataType::Uint64 => DType::U64,
-        DataType::Uint32 => DType::U32,
-        DataType::Uint16 => DType::U16,
-        DataType::Unspecified => bail!("the daemon sent an output without a type"),
-    })
-}
-
 /// `switchyard run MODEL --inputs ... --out DIR` through the daemon: loads the model
 /// (reusing the daemon's copy if this tenant or another loaded the same bytes), runs it
-/// with inline tensors or, with `shm`, through a shared-memory region, and writes
-/// `DIR/output_<i>.npy` like `--local`.
+/// with inline tensors or, with `shm`, through a shared-memory pool, and writes
+/// `DIR/output_<i>.npy` like `--local`. An input shape that differs from the model's is
+/// refused unless `resize`.
 pub fn run_model(
     model: &Path,
     inputs: &[PathBuf],
@@ -199,6 +167,7 @@ pub fn run_model(
     daemon: &DaemonArgs,
     shm: bool,
     keep: bool,
+    resize: bool,
 ) -> anyhow::Result<()> {
     let mut client = connect(&daemon.socket)?;
     // A one-shot run leaves the daemon as it found it: the model is unloaded afterwards
@@ -209,33 +178,34 @@ pub fn run_model(
         .into_iter()
         .map(|m| m.id)
         .collect::<Vec<_>>();
-    let info = client
-        .load_model_file(model)
+    let loaded = client
+        .load(model)
         .with_context(|| format!("loading {}", model.display()))?;
-    let result = run_loaded(&mut client, &info, inputs, out, daemon, shm);
+    let result = run_loaded(&client, &loaded, inputs, out, daemon, shm, resize);
     if !keep
-        && !held_before.contains(&info.id)
-        && let Err(e) = client.unload(&info.id)
+        && !held_before.iter().any(|id| id == loaded.id())
+        && let Err(e) = client.unload(loaded.id())
     {
-        tracing::warn!("could not unload {}: {e}", info.id);
+        tracing::warn!("could not unload {}: {e}", loaded.id());
     }
     result
 }
 
 fn run_loaded(
-    client: &mut Client,
-    info: &ModelInfo,
+    client: &Client,
+    model: &Model,
     inputs: &[PathBuf],
     out: &Path,
     daemon: &DaemonArgs,
     shm: bool,
+    resize: bool,
 ) -> anyhow::Result<()> {
     let tensors = inputs
         .iter()
         .map(|p| {
             let t = npy::read(p).with_context(|| format!("reading {}", p.display()))?;
-            switchyard_client::Tensor::new(
-                to_wire(t.dtype)?,
+            Tensor::new(
+                to_client(t.dtype)?,
                 t.shape.iter().map(|&d| d as u64).collect(),
                 t.data.as_slice().to_vec(),
             )
@@ -243,81 +213,120 @@ fn run_loaded(
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let (outputs, timing) = if shm {
-        run_via_shm(client, info, &tensors)?
+        run_via_shm(client, model, tensors, resize)?
     } else {
-        let r = client
-            .run(&info.id, &tensors)
-            .context("running the model")?;
-        (r.outputs, r.timing)
+        let run = tensors
+            .into_iter()
+            .fold(Run::new().resize(resize), |r, t| r.input(t));
+        let r = model.run(run).context("running the model")?;
+        let timing = r.timing;
+        let ts = r
+            .tensors
+            .into_iter()
+            .map(|o| {
+                o.into_tensor()
+                    .context("the daemon sent a shared-memory output")
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        (ts, timing)
     };
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let mut written = Vec::new();
     for (i, t) in outputs.iter().enumerate() {
         let path = out.join(format!("output_{i}.npy"));
         let shape: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
-        npy::write(&path, from_wire(t.dtype)?, &shape, &t.data)
+        npy::write(&path, from_client(t.dtype), &shape, &t.data)
             .with_context(|| format!("writing {}", path.display()))?;
         if !daemon.json {
-            println!("{}: {} {:?}", path.display(), t.dtype.short_name(), shape);
+            println!("{}: {} {:?}", path.display(), t.dtype, shape);
         }
-        written.push(json!({"path": path, "dtype": t.dtype.short_name(), "shape": shape}));
+        written.push(json!({"path": path, "dtype": t.dtype.name(), "shape": shape}));
     }
     if daemon.json {
         let v = json!({
-            "model": info.id, "outputs": written,
-            "queue_us": timing.queue_us, "run_us": timing.run_us, "shm": shm,
+            "model": model.id(), "outputs": written,
+            "queue_us": timing.queue.as_micros() as u64,
+            "run_us": timing.run.as_micros() as u64, "shm": shm,
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
     }
     Ok(())
 }
 
-type Outputs = (Vec<switchyard_client::Tensor>, switchyard_client::Timing);
-
 fn run_via_shm(
-    client: &mut Client,
-    info: &ModelInfo,
-    inputs: &[switchyard_client::Tensor],
-) -> anyhow::Result<Outputs> {
-    const ALIGN: u64 = 64;
-    let align = |n: u64| n.div_ceil(ALIGN) * ALIGN;
+    client: &Client,
+    model: &Model,
+    inputs: Vec<Tensor>,
+    resize: bool,
+) -> anyhow::Result<(Vec<Tensor>, Timing)> {
     // Output slots are sized from the model's stored shapes, with room to spare for
     // outputs whose shape depends on the inputs; the daemon refuses a slot too small.
-    let out_sizes: Vec<u64> = info
-        .outputs
+    let out_sizes: Vec<usize> = model
+        .outputs()
         .iter()
-        .map(|t| {
-            let dt = DataType::try_from(t.dtype).unwrap_or(DataType::Float32);
-            dt.byte_len(&t.shape).unwrap_or(0) as u64 * 2 + 4096
-        })
+        .map(|t| t.byte_len().saturating_mul(2).saturating_add(4096))
         .collect();
-    let total: u64 = inputs
+    let total = inputs
         .iter()
-        .map(|t| align(t.data.len() as u64))
-        .sum::<u64>()
-        + out_sizes.iter().map(|&s| align(s)).sum::<u64>();
-    let mut region = client.create_region(total.max(1) as usize)?;
-    let mut offset = 0u64;
-    let mut refs = Vec::new();
-    for t in inputs {
-        refs.push(region.write_tensor(offset, t)?);
-        offset += align(t.data.len() as u64);
-    }
-    let mut slots = Vec::new();
-    for &s in &out_sizes {
-        slots.push(region.slot(offset, s)?);
-        offset += align(s);
-    }
-    let r = client
-        .run_shm(&info.id, &refs, &slots)
-        .context("running the model")?;
+        .map(|t| t.data.len().div_ceil(64) * 64)
+        .sum::<usize>()
+        + out_sizes.iter().map(|s| s.div_ceil(64) * 64).sum::<usize>();
+    let pool = client.shm_pool(total.max(64))?;
+    let ins = inputs
+        .iter()
+        .map(|t| pool.tensor(t))
+        .collect::<Result<Vec<_>, _>>()?;
+    let slots = out_sizes
+        .iter()
+        .map(|&s| pool.alloc(s))
+        .collect::<Result<Vec<_>, _>>()?;
+    let run = ins
+        .iter()
+        .fold(Run::new().resize(resize), |r, t| r.input_shm(t));
+    let run = slots.iter().fold(run, |r, s| r.output_shm(s));
+    let r = model.run(run).context("running the model")?;
     let mut outputs = Vec::new();
-    for (t, dest) in r.outputs.into_iter().zip(&r.shm) {
-        let data = match dest {
-            Some(d) => region.read(d)?.to_vec(),
-            None => t.data,
+    for (o, slot) in r.tensors.into_iter().zip(&slots) {
+        let data = match &o.data {
+            OutputData::Shm(d) => slot.prefix(d.length)?.to_vec(),
+            OutputData::Inline(b) => b.clone(),
         };
-        outputs.push(switchyard_client::Tensor { data, ..t });
+        outputs.push(Tensor::new(o.dtype, o.shape, data)?);
     }
     Ok((outputs, r.timing))
+}
+
+fn to_client(d: DType) -> anyhow::Result<ClientDType> {
+    Ok(match d {
+        DType::F32 => ClientDType::Float32,
+        DType::F16 => ClientDType::Float16,
+        DType::I32 => ClientDType::Int32,
+        DType::U8 => ClientDType::Uint8,
+        DType::I64 => ClientDType::Int64,
+        DType::Bool => ClientDType::Bool,
+        DType::I16 => ClientDType::Int16,
+        DType::I8 => ClientDType::Int8,
+        DType::F64 => ClientDType::Float64,
+        DType::U64 => ClientDType::Uint64,
+        DType::U32 => ClientDType::Uint32,
+        DType::U16 => ClientDType::Uint16,
+        other => bail!("{other} tensors cannot be sent to the daemon"),
+    })
+}
+
+fn from_client(d: ClientDType) -> DType {
+    match d {
+        ClientDType::Float32 => DType::F32,
+        ClientDType::Float16 => DType::F16,
+        ClientDType::Int32 => DType::I32,
+        ClientDType::Uint8 => DType::U8,
+        ClientDType::Int64 => DType::I64,
+        ClientDType::Bool => DType::Bool,
+        ClientDType::Int16 => DType::I16,
+        ClientDType::Int8 => DType::I8,
+        ClientDType::Float64 => DType::F64,
+        ClientDType::Uint64 => DType::U64,
+        ClientDType::Uint32 => DType::U32,
+        ClientDType::Uint16 => DType::U16,
+    }
 }

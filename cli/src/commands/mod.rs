@@ -1,7 +1,12 @@
 pub mod allowlist;
 pub mod bench;
+pub mod bench_gpu;
 pub mod daemon;
 pub mod inspect;
+pub mod loadtest;
+pub mod loadtest_app;
+pub mod make_chain;
 pub mod placement;
 pub mod run;
 pub mod simulate;
+pub mod top;

@@ -1,6 +1,11 @@
-//! `switchyard run [--local] MODEL --inputs a.npy[,b.npy] --out DIR`: run a model through
-//! the daemon (or, with `--local`, in this process) and write `DIR/output_<i>.npy` in
-//! subgraph-0 output order.
+//! `switchyard run [--local] [--resize] MODEL --inputs a.npy[,b.npy] --out DIR`: run a
+//! model through the daemon (or, with `--local`, in this process) and write
+//! `DIR/output_<i>.npy` in subgraph-0 output order.
+//!
+//! Shapes are strict, locally and in the daemon: an input whose shape differs from the
+//! model's in a dimension its shape signature does not mark dynamic is refused, unless
+//! `--resize` asks for the model to be resized to the inputs first (as LiteRT's
+//! `resize_tensor_input` does).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -8,7 +13,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Args;
 use switchyard_delegates::CpuResolver;
-use switchyard_interpreter::{Interpreter, InterpreterOptions, Model, npy};
+use switchyard_interpreter::{Interpreter, InterpreterOptions, Model, RunError, npy};
 
 #[derive(Args)]
 pub struct RunArgs {
@@ -23,6 +28,11 @@ pub struct RunArgs {
     /// Run in this process instead of through the daemon.
     #[arg(long)]
     pub local: bool,
+    /// Resize the model's inputs to the given tensors' shapes before running (locally,
+    /// or by the daemon). Without it, an input that differs from the model's shape in a
+    /// dimension that is not dynamic is refused.
+    #[arg(long)]
+    pub resize: bool,
     /// Kernel threads.
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
@@ -49,6 +59,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             &args.daemon,
             args.shm,
             args.keep,
+            args.resize,
         );
     }
     let model = Arc::new(
@@ -71,8 +82,22 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         .collect::<anyhow::Result<Vec<_>>>()?;
     let mut interpreter =
         Interpreter::new(model, Arc::new(resolver), options).context("preparing the model")?;
+    if args.resize {
+        for (i, t) in inputs.iter().enumerate() {
+            let (_, current) = interpreter.input_info(i)?;
+            if current != t.shape {
+                interpreter
+                    .resize_input(i, t.shape.clone())
+                    .with_context(|| format!("resizing input {i} to {:?}", t.shape))?;
+            }
+        }
+    }
     let views: Vec<_> = inputs.iter().map(|t| t.view()).collect();
-    let outputs = interpreter.run(&views).context("running the model")?;
+    let outputs = interpreter.run(&views).map_err(|e| match e {
+        e @ RunError::InputShape { .. } => anyhow::Error::new(e)
+            .context("running the model (pass --resize to resize the model to the inputs)"),
+        e => anyhow::Error::new(e).context("running the model"),
+    })?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     for (i, t) in outputs.iter().enumerate() {

@@ -1,7 +1,9 @@
 //! `switchyard simulate --workload FILE.toml [--json] [--config FILE]`: runs a workload
 //! of apps (frame rates, deadlines, priorities, tenants) on the device profiles under
 //! every arbiter policy and every fixed placement, on one arrival trace, and prints
-//! them side by side.
+//! them side by side. Fair by construction: the fixed placements get the same
+//! admission control and CPU cores, migration is a switch, and CPU service times are
+//! measured on this machine as the daemon serves them.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -24,11 +26,19 @@ pub struct SimulateArgs {
     /// Configuration file (device profiles, queue limit); embedded defaults otherwise.
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Time each model once on this machine's CPU and use that instead of the CPU
-    /// profile's prior (the profile describes the target board; this machine and its
-    /// current kernels may be much faster or slower).
+    /// Use the CPU profile's prior instead of timing each model on this machine's CPU
+    /// as the daemon serves it (the default: the profile describes a target board, and
+    /// this machine and its kernels may be much faster or slower).
     #[arg(long)]
-    pub calibrate_cpu: bool,
+    pub prior_cpu: bool,
+    /// Run the policies without migration: each stage stays on its planned processor
+    /// (to see what migration adds).
+    #[arg(long)]
+    pub no_migration: bool,
+    /// CPU cores that serve requests side by side; `scheduler.cpu_cores` (0: this
+    /// machine's) otherwise.
+    #[arg(long)]
+    pub cores: Option<usize>,
     /// Also print per-app lines for every strategy.
     #[arg(long)]
     pub per_app: bool,
@@ -50,13 +60,20 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
         None => Config::embedded_defaults(),
     };
     let workload = Workload::from_path(&args.workload)?;
+    let cores = match args.cores.unwrap_or(cfg.scheduler.cpu_cores) {
+        0 => std::thread::available_parallelism().map_or(1, usize::from),
+        n => n,
+    };
     let setup = sim::setup(
         &workload,
         &cfg.devices,
-        cfg.scheduler.queue_limit,
-        args.calibrate_cpu,
+        sim::SetupOptions {
+            queue_limit: cfg.scheduler.queue_limit,
+            cpu_cores: cores,
+            measure_cpu: !args.prior_cpu,
+        },
     )?;
-    let reports = sim::compare(&setup);
+    let reports = sim::compare(&setup, !args.no_migration);
     let best = sim::best(&reports);
     let ratio = best.map(|((_, p), (_, f))| if f > 0.0 { p / f } else { f64::INFINITY });
     if args.json {
@@ -87,8 +104,8 @@ fn table(s: &sim::Setup, reports: &[Report], per_app: bool) -> String {
     let mut o = String::new();
     let _ = writeln!(
         o,
-        "workload {} ({} s, seed {}); emulated device from the config's profiles",
-        s.name, s.duration_s, s.seed
+        "workload {} ({} s, seed {}); emulated device from the config's profiles, {} cpu cores",
+        s.name, s.duration_s, s.seed, s.cpu_cores
     );
     for a in &s.apps {
         let stages: Vec<String> = a
@@ -102,12 +119,18 @@ fn table(s: &sim::Setup, reports: &[Report], per_app: bool) -> String {
                     .join("|")
             })
             .collect();
+        let rate = if a.back_to_back {
+            "back-to-back".to_string()
+        } else {
+            format!("{:>5.1} fps", a.fps)
+        };
+        let deadline = a
+            .deadline_ms
+            .map_or("none".to_string(), |d| format!("{d:.1} ms"));
         let _ = writeln!(
             o,
-            "  app {:<12} {:>5.1} fps  deadline {:>6.1} ms  all-cpu {:>7.2} ms ({})  stages {}",
+            "  app {:<12} {rate}  deadline {deadline:>8}  all-cpu {:>7.2} ms ({})  stages {}",
             a.name,
-            a.fps,
-            a.deadline_ms,
             a.all_cpu_s * 1e3,
             a.cpu_source,
             stages.join(" -> ")
@@ -117,9 +140,15 @@ fn table(s: &sim::Setup, reports: &[Report], per_app: bool) -> String {
         .first()
         .map(|r| r.utilisation.keys().cloned().collect())
         .unwrap_or_default();
+    let w = reports
+        .iter()
+        .map(|r| r.strategy.len())
+        .max()
+        .unwrap_or(8)
+        .max(8);
     let _ = write!(
         o,
-        "\n{:<16} {:>7} {:>9} {:>9} {:>9} {:>9}",
+        "\n{:<w$} {:>7} {:>9} {:>9} {:>9} {:>9}",
         "strategy", "SLO %", "thr fps", "p50 ms", "p99 ms", "rejected"
     );
     for p in &procs {
@@ -129,7 +158,7 @@ fn table(s: &sim::Setup, reports: &[Report], per_app: bool) -> String {
     for r in reports {
         let _ = write!(
             o,
-            "{:<16} {:>7.1} {:>9.1} {:>9.2} {:>9.2} {:>9}",
+            "{:<w$} {:>7.1} {:>9.1} {:>9.2} {:>9.2} {:>9}",
             r.strategy,
             r.overall.slo_pct,
             r.overall.throughput_fps,
@@ -147,13 +176,13 @@ fn table(s: &sim::Setup, reports: &[Report], per_app: bool) -> String {
         o.push('\n');
     }
     let _ = writeln!(o, "\nSLO % per app");
-    let _ = write!(o, "{:<16}", "strategy");
+    let _ = write!(o, "{:<w$}", "strategy");
     for a in &s.apps {
         let _ = write!(o, " {:>12}", a.name);
     }
     o.push('\n');
     for r in reports {
-        let _ = write!(o, "{:<16}", r.strategy);
+        let _ = write!(o, "{:<w$}", r.strategy);
         for (_, st) in &r.apps {
             let _ = write!(o, " {:>12.1}", st.slo_pct);
         }

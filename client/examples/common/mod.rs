@@ -1,21 +1,18 @@
-//! Shared bits of the example apps: input tensors shaped from the model's info and a
+//! Shared bits of the example apps: input tensors shaped from the model's specs and a
 //! latency summary.
 
 use std::time::Duration;
 
-use switchyard_client::{DataType, ModelInfo, Tensor};
+use switchyard_client::{DType, Tensor, TensorSpec};
 
 /// One input tensor per model input, filled with a deterministic pattern (a stand-in
 /// for camera frames or audio features).
-pub fn synthetic_inputs(model: &ModelInfo, seed: u32) -> Vec<Tensor> {
-    model
-        .inputs
+pub fn synthetic_inputs(inputs: &[TensorSpec], seed: u32) -> Vec<Tensor> {
+    inputs
         .iter()
         .map(|t| {
-            let dtype = DataType::try_from(t.dtype).unwrap_or(DataType::Float32);
-            let len = dtype.byte_len(&t.shape).unwrap_or(0);
-            let mut data = vec![0u8; len];
-            if dtype == DataType::Float32 {
+            let mut data = vec![0u8; t.byte_len()];
+            if t.dtype == DType::Float32 {
                 for (i, c) in data.chunks_exact_mut(4).enumerate() {
                     let v = ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) % 1000) as f32
                         / 1000.0;
@@ -27,7 +24,7 @@ pub fn synthetic_inputs(model: &ModelInfo, seed: u32) -> Vec<Tensor> {
                 }
             }
             Tensor {
-                dtype,
+                dtype: t.dtype,
                 shape: t.shape.clone(),
                 data,
             }

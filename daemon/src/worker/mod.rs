@@ -90,6 +90,8 @@ pub struct ValidationRequest<'a> {
     pub inputs: &'a [Tensor],
     pub runs: u32,
     pub tolerance: Tolerance,
+    /// The partition's CPU time as served, which the delegate must beat.
+    pub cpu_s: f64,
 }
 
 /// A validation's outcome.
@@ -386,7 +388,9 @@ impl WorkerPool {
             inputs,
             runs: req.runs,
             float_relative: req.tolerance.float_relative,
+            half_float_relative: req.tolerance.half_float_relative,
             quantized_steps: req.tolerance.quantized_steps,
+            cpu_s: req.cpu_s,
         }));
         let fds = [model_blob.fd().as_raw_fd(), blob.fd().as_raw_fd()];
         let reply = self.with(&self.validation, |c| c.call(&msg, &fds, timeout))?;
@@ -512,6 +516,7 @@ impl Validator for WorkerValidator {
         inputs: &[Tensor],
         runs: u32,
         tolerance: Tolerance,
+        cpu_s: f64,
     ) -> Result<Entry, SchedError> {
         let req = ValidationRequest {
             model: &model,
@@ -521,6 +526,7 @@ impl Validator for WorkerValidator {
             inputs,
             runs,
             tolerance,
+            cpu_s,
         };
         match self.0.validate(&req) {
             Ok(r) => Ok(r.entry),

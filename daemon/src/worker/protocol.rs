@@ -60,7 +60,10 @@ pub struct ValidateWire {
     pub inputs: Vec<BlobTensor>,
     pub runs: u32,
     pub float_relative: f64,
+    pub half_float_relative: f64,
     pub quantized_steps: f64,
+    /// The partition's CPU time as served, which the delegate must beat.
+    pub cpu_s: f64,
 }
 
 /// A tensor of a plugin graph (the plugin ABI's `SyTensor`); constant data lives in the

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use switchyard_config::Config;
 use switchyard_delegates::plugin::{AbiGraph, AbiNode, AbiPartition, AbiTensor, PluginPartition};
-use switchyard_delegates::{EmulatedDelegate, GpuDelegate, PluginDelegate};
+use switchyard_delegates::{EmulatedDelegate, PluginDelegate, gpu};
 use switchyard_interpreter::{
     DType, Delegate, DelegateError, Model, Partition, PlacedPartition, ProcessorKind, Tensor,
 };
@@ -38,6 +38,7 @@ struct Worker {
     arena: Option<Arena>,
     /// The last model validated, by sha256: one model has several candidates in a row.
     model: Option<(String, Arc<Model>)>,
+    gpu_started: bool,
 }
 
 /// Serves the daemon on `socket` until it closes the connection. Returns why it ended
@@ -274,12 +275,17 @@ impl Worker {
         if let Some(d) = self.delegates.get(name) {
             return Ok(d.clone());
         }
-        let gpu_enabled = self.config.as_ref().is_some_and(|c| c.devices.gpu.enabled);
-        if gpu_enabled {
-            let g: Arc<dyn Delegate> = Arc::new(GpuDelegate::new());
-            self.delegates.insert(g.name().to_string(), g.clone());
-            if g.name() == name {
-                return Ok(g);
+        if !self.gpu_started
+            && let Some(cfg) = &self.config
+        {
+            self.gpu_started = true;
+            // The daemon keeps the pipeline cache; validation compiles afresh.
+            for g in gpu::from_config(cfg, false) {
+                let g: Arc<dyn Delegate> = g;
+                self.delegates.insert(g.name().to_string(), g);
+            }
+            if let Some(d) = self.delegates.get(name) {
+                return Ok(d.clone());
             }
         }
         Err(format!("the worker has no delegate named `{name}`"))
@@ -355,9 +361,10 @@ impl Worker {
         };
         let tolerance = Tolerance {
             float_relative: v.float_relative,
+            half_float_relative: v.half_float_relative,
             quantized_steps: v.quantized_steps,
         };
-        let mut entry = validate_partition(model, placed, &inputs, v.runs, tolerance)
+        let mut entry = validate_partition(model, placed, &inputs, v.runs, tolerance, v.cpu_s)
             .map_err(|e| e.to_string())?;
         let nan_error = entry.max_error.is_nan();
         if nan_error {

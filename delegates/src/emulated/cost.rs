@@ -1,15 +1,14 @@
 //! What one node costs an emulated device, counted from shapes alone so the virtual
 //! clock is deterministic: the same partition always takes the same device time.
 //!
-//! Convolutions and matrix products count multiply-accumulates (one per weight tap per
-//! output element); pooling counts one element operation per window tap; every other
-//! op counts one element operation per output element. These are the numbers
-//! [`DeviceProfile::estimate_seconds`] turns into time.
+//! The counts are the op descriptors' work estimates (`switchyard_kernels::work`), the
+//! same the scheduler's cost model uses; [`DeviceProfile::estimate_seconds`] turns them
+//! into time.
 
 use std::time::Duration;
 
 use switchyard_config::DeviceProfile;
-use switchyard_interpreter::{BuiltinOp, Node, OpOptions};
+use switchyard_interpreter::Node;
 
 /// Work of one node or one whole partition run.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -39,60 +38,22 @@ impl Work {
     }
 }
 
-fn count(shape: &[usize]) -> f64 {
-    shape.iter().map(|&d| d as f64).product()
-}
-
-/// Work of `node`, given the resolved shape of every tensor of its subgraph.
+/// Work of `node`, given the resolved shape of every tensor of its subgraph: the
+/// op descriptor's estimate (`switchyard_kernels::work`).
 pub fn node_work(node: &Node, shape: impl Fn(usize) -> Vec<usize>) -> Work {
-    let out_elems: f64 = node.outputs.iter().map(|&o| count(&shape(o))).sum();
-    let weights = node.inputs.get(1).copied().flatten().map(&shape);
-    let macs = |per_output: f64| Work {
-        macs: out_elems * per_output,
-        ..Work::default()
-    };
-    match (node.builtin(), &node.options) {
-        // Weights [out_c, kh, kw, in_c/groups]: one MAC per tap per output element.
-        (Some(BuiltinOp::Conv2d), _) => match weights.as_deref() {
-            Some([_, kh, kw, ic]) => macs((kh * kw * ic) as f64),
-            _ => macs(1.0),
-        },
-        // Weights [1, kh, kw, out_c]: each output element sees one channel's window.
-        (Some(BuiltinOp::DepthwiseConv2d), _) => match weights.as_deref() {
-            Some([_, kh, kw, _]) => macs((kh * kw) as f64),
-            _ => macs(1.0),
-        },
-        // Weights [units, in]: each output element is one dot product of length `in`.
-        (Some(BuiltinOp::FullyConnected), _) => match weights.as_deref() {
-            Some([.., k]) => macs(*k as f64),
-            _ => macs(1.0),
-        },
-        (Some(BuiltinOp::BatchMatmul), _) => {
-            let a = node.inputs.first().copied().flatten().map(&shape);
-            match a.as_deref() {
-                Some([.., k]) => macs(*k as f64),
-                _ => macs(1.0),
-            }
-        }
-        (
-            Some(BuiltinOp::MaxPool2d | BuiltinOp::AveragePool2d | BuiltinOp::L2Pool2d),
-            OpOptions::Pool(p),
-        ) => Work {
-            elements: out_elems * (p.filter_h * p.filter_w).max(1) as f64,
-            ..Work::default()
-        },
-        _ => Work {
-            elements: out_elems,
-            ..Work::default()
-        },
+    let w = switchyard_kernels::node_work(node, &shape);
+    Work {
+        macs: w.macs,
+        elements: w.elements,
+        bytes: 0.0,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use switchyard_interpreter::OpKind;
     use switchyard_interpreter::ops::{ConvOptions, PoolOptions};
+    use switchyard_interpreter::{BuiltinOp, OpKind, OpOptions};
 
     fn node(op: BuiltinOp, inputs: &[usize], outputs: &[usize], options: OpOptions) -> Node {
         Node {

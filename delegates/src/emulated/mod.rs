@@ -235,8 +235,7 @@ impl Delegate for EmulatedDelegate {
         let mut work = Work::default();
         for n in program.nodes() {
             let node = &ctx.subgraph.nodes[n];
-            work =
-                work + (cost::node_work(node, |t| ctx.shapes.get(t).cloned().unwrap_or_default()));
+            work = work + cost::node_work(node, |t| ctx.shapes.get(t).cloned().unwrap_or_default());
         }
         let moved: usize = program
             .inputs
@@ -300,68 +299,18 @@ fn support_ctx<'a>(
     }
 }
 
-/// Whether a tensor is read or written by the node being checked.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum TensorRole {
-    Input,
-    Output,
-}
+pub(crate) use switchyard_kernels::support::node_tensors;
 
-impl TensorRole {
-    pub fn name(self) -> &'static str {
-        match self {
-            TensorRole::Input => "input",
-            TensorRole::Output => "output",
-        }
+/// What the descriptors say about `kind` running this node; an op without a `kind`
+/// entry is refused in the device's name.
+pub(crate) fn by_descriptor(kind: ProcessorKind, name: &str, ctx: &NodeSupportCtx<'_>) -> Support {
+    let has_rule = switchyard_kernels::descriptor(&ctx.node.op)
+        .and_then(|d| d.rule(kind))
+        .is_some();
+    if !has_rule {
+        return Support::Unsupported(format!("{name} does not run {}", ctx.node.op));
     }
-}
-
-/// One tensor of a node as the capability models see it.
-pub(crate) struct NodeTensor<'a> {
-    pub role: TensorRole,
-    pub dtype: DType,
-    pub name: &'a str,
-    pub constant: bool,
-    pub quantized: bool,
-    pub signature: Option<&'a [i32]>,
-    pub bytes: usize,
-}
-
-pub(crate) fn node_tensors<'a>(ctx: &'a NodeSupportCtx<'a>) -> Vec<NodeTensor<'a>> {
-    let sg = ctx.subgraph;
-    let mut out = Vec::new();
-    let ids = ctx.node.inputs.iter().map(|t| (TensorRole::Input, *t));
-    let ids = ids.chain(
-        ctx.node
-            .outputs
-            .iter()
-            .map(|&t| (TensorRole::Output, Some(t))),
-    );
-    let metas = ctx
-        .inputs
-        .iter()
-        .map(|m| m.as_ref())
-        .chain(ctx.outputs.iter().map(Some));
-    for ((role, t), meta) in ids.zip(metas) {
-        let (Some(t), Some(meta)) = (t, meta) else {
-            continue;
-        };
-        let def = sg.tensors.get(t);
-        out.push(NodeTensor {
-            role,
-            dtype: meta.dtype,
-            name: meta.name,
-            constant: meta.data.is_some() || def.is_some_and(|d| d.is_const()),
-            quantized: meta.quant.is_some_and(|q| !q.scale.is_empty()),
-            signature: def.and_then(|d| d.shape_signature.as_deref()),
-            bytes: meta
-                .shape
-                .iter()
-                .product::<usize>()
-                .saturating_mul(meta.dtype.size()),
-        });
-    }
-    out
+    switchyard_kernels::supports(kind, ctx)
 }
 
 /// A partition compiled for an emulated device.

@@ -792,6 +792,7 @@ fn int8_weighted(op: BuiltinOp) -> (Arc<Model>, f64) {
             activation: Activation::Relu,
             keep_num_dims: false,
             weights_format: 0,
+            asymmetric_quantize_inputs: false,
         },
         _ => OpOptions::Conv(ConvOptions {
             padding: Padding::Same,

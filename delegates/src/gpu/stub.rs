@@ -1,5 +1,7 @@
-//! The GPU delegate of a build without the `gpu` feature: present, so callers need no
-//! `cfg`, but unavailable.
+//! The GPU delegate of a build without the `gpu` feature: present, with the same
+//! methods, so callers need no `cfg`, but unavailable.
+
+use std::time::Duration;
 
 use switchyard_interpreter::{
     CompiledPartition, Delegate, DelegateError, NodeSupportCtx, PartitionCtx, ProcessorKind,
@@ -7,6 +9,7 @@ use switchyard_interpreter::{
 };
 
 use super::DELEGATE_NAME;
+use super::types::{GpuCounters, GpuOptions, PartitionProfile, Precision, ShutdownReport};
 
 const REASON: &str = "switchyard-delegates was built without the `gpu` feature";
 
@@ -19,13 +22,64 @@ impl GpuDelegate {
         GpuDelegate
     }
 
+    pub fn with_options(_options: &GpuOptions) -> GpuDelegate {
+        GpuDelegate
+    }
+
+    pub fn fp16_variant(&self) -> Option<GpuDelegate> {
+        None
+    }
+
     /// Why the delegate cannot run anything.
-    pub fn unavailable_reason(&self) -> Option<&str> {
-        Some(REASON)
+    pub fn unavailable_reason(&self) -> Option<String> {
+        Some(REASON.into())
     }
 
     pub fn is_available(&self) -> bool {
         false
+    }
+
+    pub fn precision(&self) -> Precision {
+        Precision::F32
+    }
+
+    pub fn uses_subgroups(&self) -> bool {
+        false
+    }
+
+    pub fn has_pipeline_cache(&self) -> bool {
+        false
+    }
+
+    pub fn pipeline_cache_loaded_bytes(&self) -> usize {
+        0
+    }
+
+    pub fn pipeline_count(&self) -> usize {
+        0
+    }
+
+    pub fn counters(&self) -> GpuCounters {
+        GpuCounters::default()
+    }
+
+    pub fn set_profiling(&self, _on: bool) {}
+
+    pub fn partition_profiles(&self) -> Vec<PartitionProfile> {
+        Vec::new()
+    }
+
+    pub fn destroy_device(&self) {}
+
+    pub fn shutdown(&self, _timeout: Duration) -> ShutdownReport {
+        ShutdownReport {
+            idle: true,
+            ..Default::default()
+        }
+    }
+
+    pub fn device_handles(&self) -> usize {
+        0
     }
 }
 

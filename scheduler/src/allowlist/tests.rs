@@ -22,10 +22,18 @@ fn input() -> Vec<Tensor> {
     vec![Tensor::from_f32(vec![64], &v).unwrap()]
 }
 
+/// The partition's CPU time as the daemon would serve it (optimized kernels, warm).
+fn cpu_time(model: &Arc<Model>) -> f64 {
+    let info = crate::graph::GraphInfo::analyse(model.clone()).unwrap();
+    let m = info.measure_cpu(3, 1).unwrap();
+    m.per_node_s.iter().flatten().sum()
+}
+
 fn judge(fault: Fault) -> Entry {
     let model = chain();
     let p = placed(&model, FaultDelegate::new(fault, "fault-1"));
-    validate_partition(model, p, &input(), 3, Tolerance::default()).unwrap()
+    let cpu = cpu_time(&model);
+    validate_partition(model, p, &input(), 3, Tolerance::default(), cpu).unwrap()
 }
 
 #[test]
@@ -33,7 +41,8 @@ fn a_good_fast_delegate_is_allowed() {
     let e = judge(Fault::None);
     assert_eq!(e.verdict, Verdict::Allowed, "{}", e.reason);
     assert_eq!(e.max_error, 0.0);
-    assert_eq!(e.runs, 3);
+    assert_eq!(e.runs, 4, "one warm-up and three timed runs");
+    assert!(e.cpu_s > 0.0 && e.delegate_s < e.cpu_s, "{e:?}");
 }
 
 #[test]
@@ -48,7 +57,7 @@ fn wrong_results_are_blocked() {
 fn hangs_are_blocked_as_timeouts() {
     let e = judge(Fault::Hang);
     assert_eq!(e.verdict, Verdict::Blocked);
-    assert_eq!(e.timeouts, 3, "{}", e.reason);
+    assert_eq!(e.timeouts, 4, "{}", e.reason);
     assert!(e.reason.contains("timed out"), "{}", e.reason);
 }
 
@@ -56,7 +65,7 @@ fn hangs_are_blocked_as_timeouts() {
 fn errors_are_blocked() {
     let e = judge(Fault::Error);
     assert_eq!(e.verdict, Verdict::Blocked);
-    assert_eq!(e.failures, 3);
+    assert_eq!(e.failures, 4, "the warm-up's failure counts too");
     assert!(e.reason.contains("injected error"), "{}", e.reason);
 }
 
@@ -83,6 +92,7 @@ fn decisions_persist_and_a_new_fingerprint_revalidates() {
             &input(),
             2,
             Tolerance::default(),
+            cpu_time(&model),
         )
         .unwrap();
         assert_eq!(e.verdict, Verdict::Allowed);
@@ -101,6 +111,7 @@ fn decisions_persist_and_a_new_fingerprint_revalidates() {
         &input(),
         2,
         Tolerance::default(),
+        cpu_time(&model),
     )
     .unwrap();
     assert_eq!(good.compiles.load(Ordering::SeqCst), 1);
@@ -116,6 +127,7 @@ fn decisions_persist_and_a_new_fingerprint_revalidates() {
         &input(),
         2,
         Tolerance::default(),
+        cpu_time(&model),
     )
     .unwrap();
     assert_eq!(broken.compiles.load(Ordering::SeqCst), 1);

@@ -1,16 +1,30 @@
-//! Earliest deadline first: optimal on one processor when the load is feasible.
+//! Earliest deadline first: optimal on one processor when the load is feasible. A job
+//! without a deadline counts as due [`Ctx::aging_s`] after it became ready, and each
+//! class below realtime counts as due one aging step later (jobs are not preempted, so
+//! a realtime frame should not queue behind interactive work that can still wait).
 
-use super::{Assignment, Ctx, Queue, pick_by};
+use super::{Assignment, Ctx, Job, Key, Queue, pick_by};
+
+pub fn key(ctx: &Ctx<'_>, j: &Job) -> Key {
+    Key(
+        [
+            j.effective_deadline(ctx.aging_s) + j.class.rank() * ctx.aging_s,
+            j.effective_deadline(ctx.aging_s),
+            0.0,
+        ],
+        j.request,
+    )
+}
 
 pub fn schedule(ctx: &Ctx<'_>, queue: &mut Queue) -> Vec<Assignment> {
-    pick_by(ctx, queue, |_, j| (j.deadline, j.request))
+    pick_by(ctx, queue, key)
 }
 
 #[cfg(test)]
 mod tests {
     use super::super::testutil::{job, queue};
     use super::*;
-    use std::collections::{BTreeMap, HashMap};
+    use std::collections::HashMap;
     use switchyard_interpreter::ProcessorKind::{Cpu, Gpu};
 
     #[test]
@@ -21,13 +35,8 @@ mod tests {
             job(3, Gpu, 0.01, 0.5),
             job(4, Gpu, 0.01, 0.2),
         ]);
-        let (busy, served) = (BTreeMap::new(), HashMap::new());
-        let ctx = Ctx {
-            now: 0.0,
-            free: vec![Cpu, Gpu],
-            busy_until: &busy,
-            served: &served,
-        };
+        let served = HashMap::new();
+        let ctx = Ctx::idle(0.0, &[(Cpu, 1), (Gpu, 1)], &served);
         let a = schedule(&ctx, &mut q);
         let ids: Vec<u64> = a.iter().map(|a| a.job.request).collect();
         assert_eq!(ids, vec![2, 4]);

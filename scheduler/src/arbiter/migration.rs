@@ -1,9 +1,11 @@
-//! Job migration: a queued job moves to another allowed processor when that one would
-//! finish it sooner (its backlog plus its service time there, transfers included).
+//! Job migration: a job goes to, and a queued job moves to, the allowed processor that
+//! would finish it first: the servers' free times, the jobs the policy serves before
+//! it there, and its own service time there (transfers included).
 
 use switchyard_interpreter::ProcessorKind;
 
-use super::{Ctx, Job, Queue};
+use super::admission::{earliest, occupy, predict_finish};
+use super::{Ctx, Job, Policy, Queue};
 
 /// A job moved between queues.
 #[derive(Clone, Debug, PartialEq)]
@@ -13,38 +15,57 @@ pub struct Move {
     pub to: ProcessorKind,
 }
 
-/// The option that would finish `job` first given `queue`, and when.
-pub fn soonest(ctx: &Ctx<'_>, queue: &Queue, job: &Job) -> (ProcessorKind, f64) {
+/// The option that would finish `job` first given `queue` in `policy`'s order, and when.
+pub fn soonest(ctx: &Ctx<'_>, queue: &Queue, job: &Job, policy: Policy) -> (ProcessorKind, f64) {
     job.options
         .iter()
-        .map(|o| (o.processor, ctx.backlog(queue, o.processor) + o.service_s))
+        .map(|o| {
+            (
+                o.processor,
+                predict_finish(ctx, queue, job, o.processor, policy, false),
+            )
+        })
         .fold((job.processor, f64::INFINITY), |best, x| {
             if x.1 < best.1 { x } else { best }
         })
 }
 
-/// Moves queued jobs, most urgent (earliest deadline) first, to the processor that
-/// finishes them sooner by more than 5% (hysteresis, so jobs do not bounce).
-pub fn migrate(ctx: &Ctx<'_>, queue: &mut Queue) -> Vec<Move> {
+/// Replays the queued jobs in the policy's order on every processor's servers and
+/// moves each to the processor that finishes it more than 5% sooner (hysteresis, so
+/// jobs do not bounce).
+pub fn migrate(ctx: &Ctx<'_>, queue: &mut Queue, policy: Policy) -> Vec<Move> {
     let mut all: Vec<Job> = queue.per.values_mut().flat_map(std::mem::take).collect();
-    all.sort_by(|a, b| {
-        a.deadline
-            .total_cmp(&b.deadline)
-            .then(a.ready_at.total_cmp(&b.ready_at))
-            .then(a.request.cmp(&b.request))
-    });
+    all.sort_by_cached_key(|j| policy.key(ctx, j));
+    let mut servers = ctx.servers.clone();
+    let finish_on = |servers: &std::collections::BTreeMap<ProcessorKind, Vec<f64>>,
+                     job: &Job,
+                     p: ProcessorKind| {
+        match (servers.get(&p), job.service_on(p)) {
+            (Some(s), Some(t)) if !s.is_empty() => earliest(s).max(ctx.now) + t,
+            _ => f64::INFINITY,
+        }
+    };
     let mut moves = Vec::new();
     let mut rebuilt = Queue::default();
     for mut job in all {
-        let here = ctx.backlog(&rebuilt, job.processor) + job.service();
-        let (p, there) = soonest(ctx, &rebuilt, &job);
-        if p != job.processor && there < here * 0.95 {
+        let here = finish_on(&servers, &job, job.processor);
+        let (p, there) = job
+            .options
+            .iter()
+            .map(|o| (o.processor, finish_on(&servers, &job, o.processor)))
+            .fold((job.processor, f64::INFINITY), |best, x| {
+                if x.1 < best.1 { x } else { best }
+            });
+        if p != job.processor && (there < here * 0.95 || !here.is_finite()) {
             moves.push(Move {
                 request: job.request,
                 from: job.processor,
                 to: p,
             });
             job.processor = p;
+        }
+        if let Some(s) = servers.get_mut(&job.processor) {
+            occupy(s, ctx.now, job.service());
         }
         rebuilt.push(job);
     }
@@ -58,25 +79,21 @@ mod tests {
     use super::super::testutil::{job, queue};
     use super::*;
     use ProcessorKind::{Cpu, Gpu};
-    use std::collections::{BTreeMap, HashMap};
+    use std::collections::HashMap;
+
+    fn gpu_or_cpu(id: u64) -> Job {
+        let mut j = job(id, Gpu, 0.005, 1.0);
+        j.options.push(StageOption::measured(Cpu, 0.012));
+        j
+    }
 
     #[test]
     fn a_job_stuck_behind_a_busy_gpu_moves_to_the_idle_cpu() {
-        let mut j = job(1, Gpu, 0.005, 1.0);
-        j.options.push(StageOption {
-            processor: Cpu,
-            service_s: 0.012,
-        });
-        let mut q = queue(vec![j]);
-        let busy = BTreeMap::from([(Gpu, 0.020)]);
         let served = HashMap::new();
-        let ctx = Ctx {
-            now: 0.0,
-            free: vec![Cpu],
-            busy_until: &busy,
-            served: &served,
-        };
-        let m = migrate(&ctx, &mut q);
+        let mut ctx = Ctx::idle(0.0, &[(Cpu, 1), (Gpu, 1)], &served);
+        ctx.servers.insert(Gpu, vec![0.020]);
+        let mut q = queue(vec![gpu_or_cpu(1)]);
+        let m = migrate(&ctx, &mut q, Policy::Edf);
         assert_eq!(
             m,
             vec![Move {
@@ -88,19 +105,24 @@ mod tests {
         assert_eq!(q.len(Cpu), 1);
 
         // With the GPU about to be free, it stays.
-        let mut j = job(2, Gpu, 0.005, 1.0);
-        j.options.push(StageOption {
-            processor: Cpu,
-            service_s: 0.012,
-        });
-        let mut q = queue(vec![j]);
-        let busy = BTreeMap::from([(Gpu, 0.001)]);
-        let ctx = Ctx {
-            now: 0.0,
-            free: vec![Cpu],
-            busy_until: &busy,
-            served: &served,
-        };
-        assert!(migrate(&ctx, &mut q).is_empty());
+        ctx.servers.insert(Gpu, vec![0.001]);
+        let mut q = queue(vec![gpu_or_cpu(2)]);
+        assert!(migrate(&ctx, &mut q, Policy::Edf).is_empty());
+    }
+
+    #[test]
+    fn queued_jobs_spread_over_gpu_and_cpu_cores() {
+        // Five 5 ms GPU jobs (12 ms on a core): the GPU takes the first ones, the two
+        // cores take the ones that would wait longer for the GPU.
+        let served = HashMap::new();
+        let ctx = Ctx::idle(0.0, &[(Cpu, 2), (Gpu, 1)], &served);
+        let mut q = queue((1..=5).map(gpu_or_cpu).collect());
+        migrate(&ctx, &mut q, Policy::Fifo);
+        assert_eq!((q.len(Gpu), q.len(Cpu)), (3, 2));
+        let new = gpu_or_cpu(6);
+        let (p, f) = soonest(&ctx, &q, &new, Policy::Fifo);
+        // GPU frees at 15 ms -> 20 ms; the cores at 12 ms -> 24 ms.
+        assert_eq!(p, Gpu);
+        assert!((f - 0.020).abs() < 1e-9, "{f}");
     }
 }

@@ -3,14 +3,26 @@
 //! A request (one frame of one app) is a chain of stages, one per planned partition;
 //! a stage becomes a job when the previous one finished (its inputs are ready). Each
 //! job lists the processors allowed to run it with the expected service time on each
-//! (the CPU is always among them: every partition keeps its CPU fallback).
+//! (the CPU is always among them: every partition keeps its CPU fallback), and whether
+//! that figure was measured or is only a prior.
+//!
+//! A processor is a set of servers: the CPU has one per core, so independent requests
+//! run side by side; an accelerator usually has one. A CPU job may instead take several
+//! cores as intra-op threads when nothing else waits for them (see [`pick_by`]).
 //!
 //! Policies are pure functions `fn schedule(&Ctx, &mut Queue) -> Vec<Assignment>`, one
-//! per file, testable without async code or hardware (after mrsnu/band). Around them,
-//! [`Arbiter`] keeps the state: admission control on submit, dropping jobs that can no
-//! longer meet their deadline, migration of queued jobs to a processor that would
-//! finish them sooner, and the next stage on completion. [`runtime`] drives it with
-//! tokio for the daemon; [`crate::sim`] drives it on a virtual clock.
+//! per file, testable without async code or hardware (after mrsnu/band). Each is a
+//! *key*: the job with the smallest key goes next. The same key orders the queue when
+//! admission control predicts finish times ([`admission`]) and when migration decides
+//! where a job finishes first ([`migration`]), so the predictions follow the order the
+//! policy really serves. Around the policies, [`Arbiter`] keeps the state: admission
+//! control on submit, dropping jobs that can no longer meet their deadline, migration,
+//! background caps and reserves, and the next stage on completion. [`runtime`] drives it
+//! with tokio for the daemon; [`crate::sim`] drives it on a virtual clock.
+//!
+//! No policy starves anyone: a request without a deadline is ordered as if it were due
+//! [`ArbiterOptions::aging_s`] after it became ready (priority classes age by the same
+//! step), and fair share orders tenants by the time they received.
 
 pub mod admission;
 pub mod edf;
@@ -21,6 +33,7 @@ pub mod migration;
 pub mod priority;
 pub mod runtime;
 
+use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
@@ -40,12 +53,72 @@ pub enum PriorityClass {
     Background,
 }
 
+impl PriorityClass {
+    /// 0 for realtime, 1 interactive, 2 background: how many aging steps apart they are.
+    pub fn rank(self) -> f64 {
+        match self {
+            PriorityClass::Realtime => 0.0,
+            PriorityClass::Interactive => 1.0,
+            PriorityClass::Background => 2.0,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            PriorityClass::Realtime => "realtime",
+            PriorityClass::Interactive => "interactive",
+            PriorityClass::Background => "background",
+        }
+    }
+}
+
+/// A CPU stage run with several intra-op threads, each holding one core.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Wide {
+    pub threads: usize,
+    pub service_s: f64,
+    /// Measured at this thread count; a prior is tried when the cores are idle anyway.
+    pub measured: bool,
+}
+
 /// Where a stage may run and how long it takes there (transfers included).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 pub struct StageOption {
     #[serde(serialize_with = "crate::ser_kind")]
     pub processor: ProcessorKind,
+    /// Expected seconds on one server (one core for the CPU).
     pub service_s: f64,
+    /// The figure comes from runs of this stage there. Admission control never refuses
+    /// a request on a prior.
+    pub measured: bool,
+    /// The same stage with intra-op threads (CPU only), when the model can run so.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wide: Option<Wide>,
+}
+
+impl StageOption {
+    /// A measured option on one server.
+    pub fn measured(processor: ProcessorKind, service_s: f64) -> StageOption {
+        StageOption {
+            processor,
+            service_s,
+            measured: true,
+            wide: None,
+        }
+    }
+
+    /// An option whose time is only a prior (profile, or too few runs yet).
+    pub fn prior(processor: ProcessorKind, service_s: f64) -> StageOption {
+        StageOption {
+            measured: false,
+            ..StageOption::measured(processor, service_s)
+        }
+    }
+
+    /// What admission control may count on: the measurement, else nothing.
+    pub fn known_s(&self) -> f64 {
+        if self.measured { self.service_s } else { 0.0 }
+    }
 }
 
 /// One partition of a request; `options[0]` is the planned processor.
@@ -61,6 +134,14 @@ impl Stage {
             .map(|o| o.service_s)
             .fold(f64::INFINITY, f64::min)
     }
+
+    /// Fastest measured time (zero when some option is still unmeasured).
+    pub fn fastest_known(&self) -> f64 {
+        if self.options.iter().any(|o| !o.measured) {
+            return 0.0;
+        }
+        self.fastest()
+    }
 }
 
 /// One inference request. Times are seconds on the arbiter's clock.
@@ -73,7 +154,7 @@ pub struct Request {
     /// Tenant's share weight for fair share.
     pub weight: f64,
     pub arrival: f64,
-    /// Absolute deadline.
+    /// Absolute deadline; `f64::INFINITY` when the request has none.
     pub deadline: f64,
     pub stages: Vec<Stage>,
 }
@@ -91,16 +172,19 @@ pub struct Job {
     pub options: Vec<StageOption>,
     /// Fastest expected time of the stages after this one (for slack).
     pub rest_s: f64,
+    /// The same counting measured times only (for admission and dropping).
+    pub rest_known_s: f64,
     /// The queue it is in.
     pub processor: ProcessorKind,
 }
 
 impl Job {
+    pub fn option_on(&self, p: ProcessorKind) -> Option<&StageOption> {
+        self.options.iter().find(|o| o.processor == p)
+    }
+
     pub fn service_on(&self, p: ProcessorKind) -> Option<f64> {
-        self.options
-            .iter()
-            .find(|o| o.processor == p)
-            .map(|o| o.service_s)
+        self.option_on(p).map(|o| o.service_s)
     }
 
     /// Expected time on the processor whose queue holds it.
@@ -113,6 +197,29 @@ impl Job {
             .iter()
             .map(|o| o.service_s)
             .fold(f64::INFINITY, f64::min)
+    }
+
+    /// Fastest time admission may count on (zero when some option is unmeasured).
+    pub fn fastest_known(&self) -> f64 {
+        if self.options.iter().any(|o| !o.measured) {
+            return 0.0;
+        }
+        self.fastest()
+    }
+
+    pub fn has_deadline(&self) -> bool {
+        self.deadline.is_finite()
+    }
+
+    /// The deadline the policies order by: the real one, or for a request without one
+    /// `aging_s` after it became ready, so it cannot wait forever behind requests that
+    /// carry far deadlines.
+    pub fn effective_deadline(&self, aging_s: f64) -> f64 {
+        if self.has_deadline() {
+            self.deadline
+        } else {
+            self.ready_at + aging_s
+        }
     }
 }
 
@@ -135,34 +242,67 @@ impl Queue {
         self.per.entry(job.processor).or_default().push(job);
     }
 
-    /// Expected seconds of queued work on `p`.
-    pub fn queued_work(&self, p: ProcessorKind) -> f64 {
-        self.per
-            .get(&p)
-            .map_or(0.0, |q| q.iter().map(Job::service).sum())
+    pub fn jobs(&self, p: ProcessorKind) -> &[Job] {
+        self.per.get(&p).map_or(&[], Vec::as_slice)
     }
+}
+
+/// Background work on one processor, for the cap and the reserve.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct BackgroundState {
+    /// Servers background jobs may hold at once.
+    pub cap: usize,
+    /// Servers they hold now.
+    pub running: usize,
+    /// Background work received less than its reserved share lately: a queued
+    /// background job goes before the policy's choice.
+    pub reserve_due: bool,
 }
 
 /// What a policy may look at.
 #[derive(Clone, Debug)]
 pub struct Ctx<'a> {
     pub now: f64,
-    /// Processors idle now.
-    pub free: Vec<ProcessorKind>,
-    /// When each busy processor is expected to be free again.
-    pub busy_until: &'a BTreeMap<ProcessorKind, f64>,
-    /// Processor seconds each tenant received so far (for fair share).
+    /// Per processor, when each of its servers is expected to be free (at or before
+    /// `now`: free now), sorted.
+    pub servers: BTreeMap<ProcessorKind, Vec<f64>>,
+    /// Processor seconds each tenant received so far, divided by its weight.
     pub served: &'a HashMap<String, f64>,
+    /// See [`ArbiterOptions::aging_s`].
+    pub aging_s: f64,
+    pub background: BTreeMap<ProcessorKind, BackgroundState>,
 }
 
-impl Ctx<'_> {
-    /// Expected seconds until `p` could start a job queued behind `queue`'s work.
-    pub fn backlog(&self, queue: &Queue, p: ProcessorKind) -> f64 {
-        let busy = self
-            .busy_until
+impl<'a> Ctx<'a> {
+    /// Every server of every processor idle (tests, simulations from scratch).
+    pub fn idle(
+        now: f64,
+        servers: &[(ProcessorKind, usize)],
+        served: &'a HashMap<String, f64>,
+    ) -> Ctx<'a> {
+        Ctx {
+            now,
+            servers: servers.iter().map(|&(p, n)| (p, vec![now; n])).collect(),
+            served,
+            aging_s: ArbiterOptions::default().aging_s,
+            background: BTreeMap::new(),
+        }
+    }
+
+    /// Servers of `p` free now.
+    pub fn free(&self, p: ProcessorKind) -> usize {
+        self.servers
             .get(&p)
-            .map_or(0.0, |&t| (t - self.now).max(0.0));
-        busy + queue.queued_work(p)
+            .map_or(0, |s| s.iter().filter(|&&t| t <= self.now).count())
+    }
+
+    /// Free processors, each once (for tests and simple callers).
+    pub fn free_processors(&self) -> Vec<ProcessorKind> {
+        self.servers
+            .keys()
+            .copied()
+            .filter(|&p| self.free(p) > 0)
+            .collect()
     }
 }
 
@@ -171,35 +311,106 @@ impl Ctx<'_> {
 pub struct Assignment {
     pub job: Job,
     pub processor: ProcessorKind,
+    /// Servers it holds: intra-op threads on the CPU, else 1.
+    pub threads: usize,
     pub start: f64,
     pub expected_finish: f64,
 }
 
-/// Takes, for every free processor, the queued job with the smallest `key`.
-pub fn pick_by<K: PartialOrd>(
+/// A policy's ordering key: smallest first, compared lexicographically, ties broken by
+/// request id (older first).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Key(pub [f64; 3], pub u64);
+
+impl Eq for Key {}
+
+impl PartialOrd for Key {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+
+impl Ord for Key {
+    fn cmp(&self, o: &Self) -> Ordering {
+        self.0[0]
+            .total_cmp(&o.0[0])
+            .then(self.0[1].total_cmp(&o.0[1]))
+            .then(self.0[2].total_cmp(&o.0[2]))
+            .then(self.1.cmp(&o.1))
+    }
+}
+
+/// Fills every free server with the queued job of the smallest `key`, under the
+/// background cap (background jobs hold at most `cap` servers of a processor) and the
+/// background reserve (when background work got less than its share lately, a queued
+/// background job goes first). A CPU job takes several cores as intra-op threads only
+/// when no other job waits for them, it is not background work, and its threads are
+/// not known to be slower than one core.
+pub fn pick_by(
     ctx: &Ctx<'_>,
     queue: &mut Queue,
-    key: impl Fn(&Ctx<'_>, &Job) -> K,
+    key: impl Fn(&Ctx<'_>, &Job) -> Key,
 ) -> Vec<Assignment> {
     let mut out = Vec::new();
-    for &p in &ctx.free {
-        let Some(jobs) = queue.per.get_mut(&p) else {
-            continue;
-        };
-        let mut best: Option<(usize, K)> = None;
-        for (i, j) in jobs.iter().enumerate() {
-            let k = key(ctx, j);
-            if best.as_ref().is_none_or(|(_, bk)| k < *bk) {
-                best = Some((i, k));
-            }
-        }
-        if let Some((i, _)) = best {
+    for &p in ctx.servers.keys() {
+        let mut free = ctx.free(p);
+        let bg = ctx.background.get(&p).copied().unwrap_or(BackgroundState {
+            cap: usize::MAX,
+            running: 0,
+            reserve_due: false,
+        });
+        let mut bg_running = bg.running;
+        let mut reserve_due = bg.reserve_due;
+        while free > 0 {
+            let Some(jobs) = queue.per.get_mut(&p) else {
+                break;
+            };
+            let allowed = |j: &Job| j.class != PriorityClass::Background || bg_running < bg.cap;
+            let best_of = |jobs: &[Job], only_bg: bool| {
+                jobs.iter()
+                    .enumerate()
+                    .filter(|(_, j)| {
+                        allowed(j) && (!only_bg || j.class == PriorityClass::Background)
+                    })
+                    .min_by_key(|(_, j)| key(ctx, j))
+                    .map(|(i, _)| i)
+            };
+            let pick = if reserve_due {
+                best_of(jobs, true).or_else(|| best_of(jobs, false))
+            } else {
+                best_of(jobs, false)
+            };
+            let Some(i) = pick else {
+                break;
+            };
             let job = jobs.remove(i);
-            let s = job.service();
+            let others_waiting = jobs.iter().any(allowed);
+            let (threads, service) = match job.option_on(p) {
+                Some(o) => match o.wide {
+                    Some(w)
+                        if p == ProcessorKind::Cpu
+                            && job.class != PriorityClass::Background
+                            && !others_waiting
+                            && w.threads > 1
+                            && w.threads <= free
+                            && (!w.measured || w.service_s < 0.85 * o.service_s) =>
+                    {
+                        (w.threads, w.service_s)
+                    }
+                    _ => (1, o.service_s),
+                },
+                None => (1, f64::INFINITY),
+            };
+            free = free.saturating_sub(threads);
+            if job.class == PriorityClass::Background {
+                bg_running += 1;
+                reserve_due = false;
+            }
             out.push(Assignment {
                 processor: p,
+                threads,
                 start: ctx.now,
-                expected_finish: ctx.now + s,
+                expected_finish: ctx.now + service,
                 job,
             });
         }
@@ -241,14 +452,19 @@ impl Policy {
         Policy::ALL.into_iter().find(|p| p.name() == s)
     }
 
-    pub fn schedule(self, ctx: &Ctx<'_>, queue: &mut Queue) -> Vec<Assignment> {
+    /// The policy's ordering key of `job` (on the processor whose queue holds it).
+    pub fn key(self, ctx: &Ctx<'_>, job: &Job) -> Key {
         match self {
-            Policy::Fifo => fifo::schedule(ctx, queue),
-            Policy::Priority => priority::schedule(ctx, queue),
-            Policy::Edf => edf::schedule(ctx, queue),
-            Policy::LeastSlack => least_slack::schedule(ctx, queue),
-            Policy::FairShare => fair_share::schedule(ctx, queue),
+            Policy::Fifo => fifo::key(ctx, job),
+            Policy::Priority => priority::key(ctx, job),
+            Policy::Edf => edf::key(ctx, job),
+            Policy::LeastSlack => least_slack::key(ctx, job),
+            Policy::FairShare => fair_share::key(ctx, job),
         }
+    }
+
+    pub fn schedule(self, ctx: &Ctx<'_>, queue: &mut Queue) -> Vec<Assignment> {
+        pick_by(ctx, queue, |c, j| self.key(c, j))
     }
 }
 
@@ -256,12 +472,79 @@ impl Policy {
 #[derive(Clone, Copy, Debug)]
 pub struct ArbiterOptions {
     pub policy: Policy,
-    /// Jobs one processor may hold queued.
+    /// Jobs one tenant may hold queued on one processor.
     pub queue_limit: usize,
     /// Refuse requests (and drop queued jobs) that cannot meet their deadline.
     pub admission: bool,
     /// Let jobs choose and change processor among their options.
     pub migration: bool,
+    /// A request without a deadline is ordered as if due this many seconds after it
+    /// became ready, and priority classes are this many seconds apart: the bound on how
+    /// long the policies let such work wait behind others.
+    pub aging_s: f64,
+    /// Fraction of a processor's servers background jobs may hold at once (at least
+    /// one), so realtime work always finds a free core on a multi-core CPU.
+    pub background_share: f64,
+    /// Fraction of a processor's time background work gets when it has work queued,
+    /// however busy the other classes keep it.
+    pub background_reserve: f64,
+}
+
+impl Default for ArbiterOptions {
+    fn default() -> Self {
+        ArbiterOptions {
+            policy: Policy::LeastSlack,
+            queue_limit: 64,
+            admission: true,
+            migration: true,
+            aging_s: 0.5,
+            background_share: 0.5,
+            background_reserve: 0.15,
+        }
+    }
+}
+
+/// Why a request was refused or dropped. Typed, so the daemon maps it to a status code
+/// without reading the message.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum Refusal {
+    #[error("the queue of the {processor} is full ({len} jobs, limit {limit})")]
+    QueueFull {
+        processor: ProcessorKind,
+        len: usize,
+        limit: usize,
+    },
+    /// Admission control: even where it would finish first, in the policy's order
+    /// behind the queued work, it finishes after its deadline.
+    #[error(
+        "cannot meet its deadline: predicted finish in {:.1} ms, deadline in {:.1} ms (on the {processor})",
+        predicted_s * 1e3,
+        deadline_s * 1e3
+    )]
+    Deadline {
+        processor: ProcessorKind,
+        /// Seconds from submission to the predicted finish.
+        predicted_s: f64,
+        /// Seconds from submission to the deadline.
+        deadline_s: f64,
+    },
+    /// Dropped from the queue: it can no longer finish in time.
+    #[error("dropped: would finish {:.1} ms after its deadline", late_s * 1e3)]
+    Expired { late_s: f64 },
+    #[error("no processor of this arbiter can run stage {stage}")]
+    NoProcessor { stage: usize },
+    /// The stage could not be computed at all (its CPU fallback failed too).
+    #[error("{0}")]
+    Failed(String),
+    #[error("the arbiter stopped")]
+    Stopped,
+}
+
+impl Refusal {
+    /// Refused or dropped for time (as opposed to capacity or failure).
+    pub fn is_deadline(&self) -> bool {
+        matches!(self, Refusal::Deadline { .. } | Refusal::Expired { .. })
+    }
 }
 
 /// What happened to a request.
@@ -271,40 +554,82 @@ pub enum Outcome {
         request: u64,
         finish: f64,
     },
-    /// Refused at submit or dropped later, with the reason.
+    /// Refused at submit, dropped later, or failed.
     Rejected {
         request: u64,
-        reason: String,
+        reason: Refusal,
     },
 }
 
-struct Pending {
-    request: Request,
+impl Outcome {
+    pub fn request(&self) -> u64 {
+        match self {
+            Outcome::Completed { request, .. } | Outcome::Rejected { request, .. } => *request,
+        }
+    }
+}
+
+/// A job on a processor now.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Running {
+    pub request: u64,
+    pub stage: usize,
+    pub processor: ProcessorKind,
+    pub threads: usize,
+    pub class: PriorityClass,
+    pub expected_finish: f64,
+}
+
+/// Busy seconds of background work, decayed with time constant [`RESERVE_WINDOW_S`].
+#[derive(Clone, Copy, Debug, Default)]
+struct Decayed {
+    value: f64,
+    at: f64,
+}
+
+/// Time constant over which the background reserve is judged.
+pub const RESERVE_WINDOW_S: f64 = 1.0;
+
+impl Decayed {
+    fn at(&self, now: f64) -> f64 {
+        self.value * (-(now - self.at).max(0.0) / RESERVE_WINDOW_S).exp()
+    }
+
+    fn add(&mut self, now: f64, seconds: f64) {
+        self.value = self.at(now) + seconds;
+        self.at = now;
+    }
 }
 
 /// Queues, running jobs and request progress: the state the policies work on.
 pub struct Arbiter {
     opts: ArbiterOptions,
-    processors: Vec<ProcessorKind>,
+    servers: BTreeMap<ProcessorKind, usize>,
     queue: Queue,
-    /// Running job per processor and its expected finish.
-    running: BTreeMap<ProcessorKind, (u64, usize, f64)>,
-    busy_until: BTreeMap<ProcessorKind, f64>,
-    pending: HashMap<u64, Pending>,
+    running: Vec<Running>,
+    pending: HashMap<u64, Request>,
     served: HashMap<String, f64>,
+    background_busy: BTreeMap<ProcessorKind, Decayed>,
     outcomes: Vec<Outcome>,
 }
 
+/// One server per processor (accelerators; a one-core CPU).
+pub fn one_each(kinds: &[ProcessorKind]) -> Vec<(ProcessorKind, usize)> {
+    kinds.iter().map(|&k| (k, 1)).collect()
+}
+
 impl Arbiter {
-    pub fn new(processors: &[ProcessorKind], opts: ArbiterOptions) -> Arbiter {
+    /// An arbiter over `servers`: each processor and how many jobs it runs at once
+    /// (the CPU: its cores).
+    pub fn new(servers: &[(ProcessorKind, usize)], opts: ArbiterOptions) -> Arbiter {
         Arbiter {
             opts,
-            processors: processors.to_vec(),
+            servers: servers.iter().map(|&(p, n)| (p, n.max(1))).collect(),
             queue: Queue::default(),
-            running: BTreeMap::new(),
-            busy_until: BTreeMap::new(),
+            running: Vec::new(),
             pending: HashMap::new(),
             served: HashMap::new(),
+            background_busy: BTreeMap::new(),
             outcomes: Vec::new(),
         }
     }
@@ -317,17 +642,52 @@ impl Arbiter {
         &self.queue
     }
 
+    pub fn running(&self) -> &[Running] {
+        &self.running
+    }
+
+    pub fn servers(&self, p: ProcessorKind) -> usize {
+        self.servers.get(&p).copied().unwrap_or(0)
+    }
+
     fn ctx(&self, now: f64) -> Ctx<'_> {
+        let mut servers = BTreeMap::new();
+        let mut background = BTreeMap::new();
+        for (&p, &n) in &self.servers {
+            let mut times = Vec::with_capacity(n);
+            let mut bg_running = 0;
+            for r in self.running.iter().filter(|r| r.processor == p) {
+                for _ in 0..r.threads {
+                    times.push(r.expected_finish.max(now + 1e-9));
+                }
+                if r.class == PriorityClass::Background {
+                    bg_running += 1;
+                }
+            }
+            times.truncate(n);
+            times.resize(n, now);
+            times.sort_by(f64::total_cmp);
+            servers.insert(p, times);
+            let cap = ((n as f64 * self.opts.background_share).floor() as usize).clamp(1, n);
+            let share = self
+                .background_busy
+                .get(&p)
+                .map_or(0.0, |d| d.at(now) / (RESERVE_WINDOW_S * n as f64));
+            background.insert(
+                p,
+                BackgroundState {
+                    cap,
+                    running: bg_running,
+                    reserve_due: share < self.opts.background_reserve,
+                },
+            );
+        }
         Ctx {
             now,
-            free: self
-                .processors
-                .iter()
-                .copied()
-                .filter(|p| !self.running.contains_key(p))
-                .collect(),
-            busy_until: &self.busy_until,
+            servers,
             served: &self.served,
+            aging_s: self.opts.aging_s,
+            background,
         }
     }
 
@@ -337,12 +697,13 @@ impl Arbiter {
             .options
             .iter()
             .copied()
-            .filter(|o| self.processors.contains(&o.processor))
+            .filter(|o| self.servers.contains_key(&o.processor))
             .collect();
         if !self.opts.migration {
             options.truncate(1);
         }
         let first = options.first()?.processor;
+        let rest = r.stages.get(stage + 1..).unwrap_or(&[]);
         let mut job = Job {
             request: r.id,
             stage,
@@ -351,35 +712,37 @@ impl Arbiter {
             weight: r.weight,
             deadline: r.deadline,
             ready_at: now,
-            rest_s: r.stages[stage + 1..].iter().map(Stage::fastest).sum(),
+            rest_s: rest.iter().map(Stage::fastest).sum(),
+            rest_known_s: rest.iter().map(Stage::fastest_known).sum(),
             options,
             processor: first,
         };
         if self.opts.migration {
             let ctx = self.ctx(now);
-            job.processor = migration::soonest(&ctx, &self.queue, &job).0;
+            job.processor = migration::soonest(&ctx, &self.queue, &job, self.opts.policy).0;
         }
         Some(job)
     }
 
-    /// Admits a request (its first stage is ready now) or refuses it with a reason.
-    pub fn submit(&mut self, request: Request, now: f64) -> Result<(), String> {
+    /// Admits a request (its first stage is ready now) or refuses it with the reason.
+    pub fn submit(&mut self, request: Request, now: f64) -> Result<(), Refusal> {
         let job = self
             .job_for(&request, 0, now)
-            .ok_or_else(|| "no stage of the request can run on these processors".to_string())?;
+            .ok_or(Refusal::NoProcessor { stage: 0 })?;
         admission::admit(
             &self.ctx(now),
             &self.queue,
             &job,
+            self.opts.policy,
             self.opts.queue_limit,
             self.opts.admission,
         )?;
         self.queue.push(job);
-        self.pending.insert(request.id, Pending { request });
+        self.pending.insert(request.id, request);
         Ok(())
     }
 
-    /// Gives every free processor its next job: drops hopeless jobs (admission on),
+    /// Gives every free server its next job: drops hopeless jobs (admission on),
     /// migrates (migration on), then asks the policy.
     pub fn dispatch(&mut self, now: f64) -> Vec<Assignment> {
         let mut queue = std::mem::take(&mut self.queue);
@@ -390,7 +753,7 @@ impl Arbiter {
             Vec::new()
         };
         if self.opts.migration {
-            migration::migrate(&ctx, &mut queue);
+            migration::migrate(&ctx, &mut queue, self.opts.policy);
         }
         let assigned = self.opts.policy.schedule(&ctx, &mut queue);
         self.queue = queue;
@@ -402,26 +765,44 @@ impl Arbiter {
             });
         }
         for a in &assigned {
-            self.running
-                .insert(a.processor, (a.job.request, a.job.stage, a.expected_finish));
-            self.busy_until.insert(a.processor, a.expected_finish);
+            self.running.push(Running {
+                request: a.job.request,
+                stage: a.job.stage,
+                processor: a.processor,
+                threads: a.threads,
+                class: a.job.class,
+                expected_finish: a.expected_finish,
+            });
         }
         assigned
     }
 
-    /// Records that `processor` finished its job after `took` seconds; readies the
-    /// request's next stage or completes it.
-    pub fn complete(&mut self, processor: ProcessorKind, now: f64, took: f64) {
-        let Some((request, stage, _)) = self.running.remove(&processor) else {
+    fn take_running(&mut self, request: u64, stage: usize) -> Option<Running> {
+        let i = self
+            .running
+            .iter()
+            .position(|r| r.request == request && r.stage == stage)?;
+        Some(self.running.swap_remove(i))
+    }
+
+    /// Records that stage `stage` of `request` finished after `took` seconds; readies
+    /// the request's next stage or completes it.
+    pub fn complete(&mut self, request: u64, stage: usize, now: f64, took: f64) {
+        let Some(run) = self.take_running(request, stage) else {
             return;
         };
-        self.busy_until.remove(&processor);
-        let Some(p) = self.pending.get(&request) else {
+        if run.class == PriorityClass::Background {
+            self.background_busy
+                .entry(run.processor)
+                .or_default()
+                .add(now, took * run.threads as f64);
+        }
+        let Some(r) = self.pending.get(&request) else {
             return;
         };
-        *self.served.entry(p.request.tenant.clone()).or_default() += took / p.request.weight;
+        *self.served.entry(r.tenant.clone()).or_default() += took * run.threads as f64 / r.weight;
         let next = stage + 1;
-        if next >= p.request.stages.len() {
+        if next >= r.stages.len() {
             self.pending.remove(&request);
             self.outcomes.push(Outcome::Completed {
                 request,
@@ -429,25 +810,24 @@ impl Arbiter {
             });
             return;
         }
-        match self.job_for(&p.request, next, now) {
+        match self.job_for(r, next, now) {
             Some(job) => self.queue.push(job),
             None => {
                 self.pending.remove(&request);
                 self.outcomes.push(Outcome::Rejected {
                     request,
-                    reason: "next stage has no processor".into(),
+                    reason: Refusal::NoProcessor { stage: next },
                 });
             }
         }
     }
 
-    /// Records that `processor`'s job failed for good (its CPU fallback failed too):
-    /// the processor is free again and the request is refused with the reason.
-    pub fn fail(&mut self, processor: ProcessorKind, reason: String) {
-        let Some((request, _, _)) = self.running.remove(&processor) else {
+    /// Records that a running stage failed for good (its CPU fallback failed too): its
+    /// servers are free again and the request is refused with the reason.
+    pub fn fail(&mut self, request: u64, stage: usize, reason: Refusal) {
+        if self.take_running(request, stage).is_none() {
             return;
-        };
-        self.busy_until.remove(&processor);
+        }
         self.pending.remove(&request);
         self.outcomes.push(Outcome::Rejected { request, reason });
     }
@@ -475,11 +855,9 @@ pub(crate) mod testutil {
             weight: 1.0,
             deadline,
             ready_at: request as f64 * 1e-3,
-            options: vec![StageOption {
-                processor: p,
-                service_s: service,
-            }],
+            options: vec![StageOption::measured(p, service)],
             rest_s: 0.0,
+            rest_known_s: 0.0,
             processor: p,
         }
     }
@@ -491,14 +869,8 @@ pub(crate) mod testutil {
         }
         q
     }
-}
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use ProcessorKind::{Cpu, Gpu};
-
-    fn req(
+    pub fn request(
         id: u64,
         arrival: f64,
         deadline: f64,
@@ -517,68 +889,13 @@ mod tests {
                 .map(|o| Stage {
                     options: o
                         .into_iter()
-                        .map(|(processor, service_s)| StageOption {
-                            processor,
-                            service_s,
-                        })
+                        .map(|(p, s)| StageOption::measured(p, s))
                         .collect(),
                 })
                 .collect(),
         }
     }
-
-    fn opts(admission: bool, migration: bool) -> ArbiterOptions {
-        ArbiterOptions {
-            policy: Policy::Edf,
-            queue_limit: 8,
-            admission,
-            migration,
-        }
-    }
-
-    #[test]
-    fn stages_run_in_order_and_complete_the_request() {
-        let mut a = Arbiter::new(&[Cpu, Gpu], opts(false, false));
-        a.submit(
-            req(1, 0.0, 1.0, vec![vec![(Gpu, 0.01)], vec![(Cpu, 0.02)]]),
-            0.0,
-        )
-        .unwrap();
-        let d = a.dispatch(0.0);
-        assert_eq!(d.len(), 1);
-        assert_eq!(d[0].processor, Gpu);
-        a.complete(Gpu, 0.01, 0.01);
-        let d = a.dispatch(0.01);
-        assert_eq!((d[0].processor, d[0].job.stage), (Cpu, 1));
-        a.complete(Cpu, 0.03, 0.02);
-        assert_eq!(
-            a.take_outcomes(),
-            vec![Outcome::Completed {
-                request: 1,
-                finish: 0.03
-            }]
-        );
-        assert!(a.is_idle());
-    }
-
-    #[test]
-    fn a_second_job_goes_to_the_processor_that_finishes_it_sooner() {
-        let mut a = Arbiter::new(&[Cpu, Gpu], opts(true, true));
-        let both = vec![vec![(Gpu, 0.010), (Cpu, 0.015)]];
-        a.submit(req(1, 0.0, 1.0, both.clone()), 0.0).unwrap();
-        a.submit(req(2, 0.0, 1.0, both), 0.0).unwrap();
-        let mut d = a.dispatch(0.0);
-        d.sort_by_key(|x| x.job.request);
-        assert_eq!(d[0].processor, Gpu);
-        assert_eq!(d[1].processor, Cpu, "waiting 10 ms for the gpu is slower");
-    }
-
-    #[test]
-    fn hopeless_requests_are_refused_with_a_reason() {
-        let mut a = Arbiter::new(&[Cpu], opts(true, true));
-        let err = a
-            .submit(req(1, 0.0, 0.005, vec![vec![(Cpu, 0.010)]]), 0.0)
-            .unwrap_err();
-        assert!(err.contains("deadline"), "{err}");
-    }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,7 +1,9 @@
-//! The arbiter on tokio, for the daemon: requests are submitted from any task and
-//! awaited; one dispatcher task asks the policy for work whenever something changed
-//! and runs each job on the blocking pool (kernels and device calls block), reporting
-//! back when done. The policy logic stays in the sync [`Arbiter`].
+//! The arbiter on tokio, for the daemon: requests are submitted from any task with the
+//! work they carry and awaited; one dispatcher task asks the policy for work whenever
+//! something changed and runs each stage on the blocking pool (kernels and device calls
+//! block), with the processor and thread count the arbiter chose, reporting back when
+//! done. The policy logic stays in the sync [`Arbiter`]; the work travels with its
+//! request through the queue and comes back to the submitter.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -11,40 +13,56 @@ use std::time::Instant;
 use switchyard_interpreter::ProcessorKind;
 use tokio::sync::{Mutex, Notify, oneshot};
 
-use super::{Arbiter, Job, Outcome, Request};
+use super::{Arbiter, Job, Outcome, Refusal, Request};
 
 /// Runs one stage of a request on a processor, blocking until it is done. The stage's
 /// CPU fallback (delegate error or timeout) happens inside: an error here means the
 /// stage could not be computed at all.
-pub trait StageRunner: Send + Sync + 'static {
-    fn run(&self, job: &Job, processor: ProcessorKind) -> Result<(), String>;
+pub trait StageRunner<W>: Send + Sync + 'static {
+    fn run(
+        &self,
+        work: &mut W,
+        job: &Job,
+        processor: ProcessorKind,
+        threads: usize,
+    ) -> Result<(), String>;
 }
 
-struct State {
+struct State<W> {
     arbiter: Arbiter,
-    waiters: HashMap<u64, oneshot::Sender<Outcome>>,
+    waiters: HashMap<u64, oneshot::Sender<(Outcome, Option<W>)>>,
+    /// The work of every admitted request that is not running a stage right now.
+    works: HashMap<u64, W>,
 }
 
-struct Inner {
-    state: Mutex<State>,
+struct Inner<W> {
+    state: Mutex<State<W>>,
     wake: Notify,
     clock: Instant,
-    runner: Arc<dyn StageRunner>,
+    runner: Arc<dyn StageRunner<W>>,
 }
 
 /// A cloneable handle on the running arbiter.
-#[derive(Clone)]
-pub struct ArbiterService {
-    inner: Arc<Inner>,
+pub struct ArbiterService<W> {
+    inner: Arc<Inner<W>>,
 }
 
-impl ArbiterService {
-    pub fn new(arbiter: Arbiter, runner: Arc<dyn StageRunner>) -> ArbiterService {
+impl<W> Clone for ArbiterService<W> {
+    fn clone(&self) -> Self {
+        ArbiterService {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<W: Send + 'static> ArbiterService<W> {
+    pub fn new(arbiter: Arbiter, runner: Arc<dyn StageRunner<W>>) -> ArbiterService<W> {
         ArbiterService {
             inner: Arc::new(Inner {
                 state: Mutex::new(State {
                     arbiter,
                     waiters: HashMap::new(),
+                    works: HashMap::new(),
                 }),
                 wake: Notify::new(),
                 clock: Instant::now(),
@@ -58,30 +76,38 @@ impl ArbiterService {
         self.inner.clock.elapsed().as_secs_f64()
     }
 
-    /// Submits a request and waits for its outcome: completed, or refused/dropped with
-    /// the reason.
-    pub async fn submit(&self, request: Request) -> Outcome {
+    /// Submits a request with its work and waits for its outcome: completed, or
+    /// refused/dropped/failed with the reason. The work comes back unless it was lost
+    /// with a failed stage.
+    pub async fn submit(&self, request: Request, work: W) -> (Outcome, Option<W>) {
         let id = request.id;
         let (tx, rx) = oneshot::channel();
         {
             let mut st = self.inner.state.lock().await;
             let now = self.now();
             if let Err(reason) = st.arbiter.submit(request, now) {
-                return Outcome::Rejected {
-                    request: id,
-                    reason,
-                };
+                return (
+                    Outcome::Rejected {
+                        request: id,
+                        reason,
+                    },
+                    Some(work),
+                );
             }
+            st.works.insert(id, work);
             st.waiters.insert(id, tx);
         }
         self.inner.wake.notify_one();
-        rx.await.unwrap_or(Outcome::Rejected {
-            request: id,
-            reason: "arbiter stopped".into(),
-        })
+        rx.await.unwrap_or((
+            Outcome::Rejected {
+                request: id,
+                reason: Refusal::Stopped,
+            },
+            None,
+        ))
     }
 
-    /// Dispatches until `shutdown` resolves. Jobs already running finish on the
+    /// Dispatches until `shutdown` resolves. Stages already running finish on the
     /// blocking pool; waiters of unfinished requests learn that the arbiter stopped.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
@@ -90,27 +116,50 @@ impl ArbiterService {
                 let mut st = self.inner.state.lock().await;
                 let now = self.now();
                 let assigned = st.arbiter.dispatch(now);
-                deliver(&mut st);
                 for a in assigned {
+                    let (id, stage, p, threads) =
+                        (a.job.request, a.job.stage, a.processor, a.threads);
+                    let Some(mut work) = st.works.remove(&id) else {
+                        st.arbiter.fail(
+                            id,
+                            stage,
+                            Refusal::Failed("the request's work is gone".into()),
+                        );
+                        continue;
+                    };
                     let me = self.clone();
                     tokio::spawn(async move {
                         let runner = me.inner.runner.clone();
-                        let job = a.job.clone();
-                        let p = a.processor;
+                        let job = a.job;
                         let started = me.now();
-                        let result = tokio::task::spawn_blocking(move || runner.run(&job, p)).await;
+                        let result = tokio::task::spawn_blocking(move || {
+                            let r = runner.run(&mut work, &job, p, threads);
+                            (work, r)
+                        })
+                        .await;
                         let mut st = me.inner.state.lock().await;
                         let now = me.now();
                         match result {
-                            Ok(Ok(())) => st.arbiter.complete(p, now, now - started),
-                            Ok(Err(e)) => st.arbiter.fail(p, e),
-                            Err(e) => st.arbiter.fail(p, format!("stage task failed: {e}")),
+                            Ok((work, Ok(()))) => {
+                                st.works.insert(id, work);
+                                st.arbiter.complete(id, stage, now, now - started);
+                            }
+                            Ok((work, Err(e))) => {
+                                st.works.insert(id, work);
+                                st.arbiter.fail(id, stage, Refusal::Failed(e));
+                            }
+                            Err(e) => st.arbiter.fail(
+                                id,
+                                stage,
+                                Refusal::Failed(format!("stage task failed: {e}")),
+                            ),
                         }
                         deliver(&mut st);
                         drop(st);
                         me.inner.wake.notify_one();
                     });
                 }
+                deliver(&mut st);
             }
             tokio::select! {
                 _ = self.inner.wake.notified() => {}
@@ -122,13 +171,12 @@ impl ArbiterService {
     }
 }
 
-fn deliver(st: &mut State) {
+fn deliver<W>(st: &mut State<W>) {
     for o in st.arbiter.take_outcomes() {
-        let id = match &o {
-            Outcome::Completed { request, .. } | Outcome::Rejected { request, .. } => *request,
-        };
+        let id = o.request();
+        let work = st.works.remove(&id);
         if let Some(tx) = st.waiters.remove(&id) {
-            let _ = tx.send(o);
+            let _ = tx.send((o, work));
         }
     }
 }
@@ -144,11 +192,21 @@ mod tests {
     #[derive(Default)]
     struct Recorder(StdMutex<Vec<(u64, usize, ProcessorKind)>>);
 
-    impl StageRunner for Recorder {
-        fn run(&self, job: &Job, p: ProcessorKind) -> Result<(), String> {
+    /// The work a request carries: the stages it saw.
+    type Seen = Vec<usize>;
+
+    impl StageRunner<Seen> for Recorder {
+        fn run(
+            &self,
+            work: &mut Seen,
+            job: &Job,
+            p: ProcessorKind,
+            _threads: usize,
+        ) -> Result<(), String> {
             if job.request == 99 {
                 return Err("device and cpu fallback both failed".into());
             }
+            work.push(job.stage);
             if let Ok(mut v) = self.0.lock() {
                 v.push((job.request, job.stage, p));
             }
@@ -156,7 +214,7 @@ mod tests {
         }
     }
 
-    fn request(svc: &ArbiterService, id: u64, deadline_s: f64) -> Request {
+    fn request(svc: &ArbiterService<Seen>, id: u64, deadline_s: f64) -> Request {
         let now = svc.now();
         Request {
             id,
@@ -168,16 +226,10 @@ mod tests {
             deadline: now + deadline_s,
             stages: vec![
                 Stage {
-                    options: vec![StageOption {
-                        processor: Gpu,
-                        service_s: 0.001,
-                    }],
+                    options: vec![StageOption::measured(Gpu, 0.001)],
                 },
                 Stage {
-                    options: vec![StageOption {
-                        processor: Cpu,
-                        service_s: 0.001,
-                    }],
+                    options: vec![StageOption::measured(Cpu, 0.001)],
                 },
             ],
         }
@@ -187,12 +239,12 @@ mod tests {
     async fn requests_complete_stage_by_stage_and_failures_are_reported() {
         let rec = Arc::new(Recorder::default());
         let arb = Arbiter::new(
-            &[Cpu, Gpu],
+            &[(Cpu, 2), (Gpu, 1)],
             ArbiterOptions {
                 policy: Policy::Edf,
                 queue_limit: 16,
-                admission: true,
-                migration: true,
+                migration: false,
+                ..ArbiterOptions::default()
             },
         );
         let svc = ArbiterService::new(arb, rec.clone());
@@ -201,23 +253,34 @@ mod tests {
             let _ = stop_rx.await;
         }));
         let (a, b, c, d) = tokio::join!(
-            svc.submit(request(&svc, 1, 60.0)),
-            svc.submit(request(&svc, 2, 60.0)),
-            svc.submit(request(&svc, 99, 60.0)),
+            svc.submit(request(&svc, 1, 60.0), Vec::new()),
+            svc.submit(request(&svc, 2, 60.0), Vec::new()),
+            svc.submit(request(&svc, 99, 60.0), Vec::new()),
             // Cannot finish 2 ms of work in 1 µs: refused at once.
-            svc.submit(request(&svc, 3, 1e-6)),
+            svc.submit(request(&svc, 3, 1e-6), Vec::new()),
         );
-        assert!(matches!(a, Outcome::Completed { request: 1, .. }), "{a:?}");
-        assert!(matches!(b, Outcome::Completed { request: 2, .. }), "{b:?}");
-        match c {
+        assert!(
+            matches!(a.0, Outcome::Completed { request: 1, .. }),
+            "{a:?}"
+        );
+        assert_eq!(
+            a.1,
+            Some(vec![0, 1]),
+            "the work comes back with both stages"
+        );
+        assert!(
+            matches!(b.0, Outcome::Completed { request: 2, .. }),
+            "{b:?}"
+        );
+        match c.0 {
             Outcome::Rejected {
                 request: 99,
-                reason,
+                reason: Refusal::Failed(reason),
             } => assert!(reason.contains("fallback")),
             other => panic!("{other:?}"),
         }
-        match d {
-            Outcome::Rejected { request: 3, reason } => assert!(reason.contains("deadline")),
+        match d.0 {
+            Outcome::Rejected { request: 3, reason } => assert!(reason.is_deadline()),
             other => panic!("{other:?}"),
         }
         let ran = rec.0.lock().unwrap().clone();

@@ -1,12 +1,15 @@
 //! RELU, RELU6, RELU_N1_TO_1, TANH, LOGISTIC, HARD_SWISH and LEAKY_RELU on float32.
+//! Fusion usually moves them into their producer's epilogue; the dispatch lowered here
+//! runs only when it cannot (the input is a partition input, or is read elsewhere).
 
 use switchyard_interpreter::{BuiltinOp as B, OpOptions};
 
 use super::{NodeView, count_u32};
-use crate::gpu::compile::{Dispatch, Lowering};
+use crate::gpu::ir::{Dispatch, Elementwise, Grid, Lowering};
 use crate::gpu::pipelines::UNARY;
 
-fn op_code(op: B) -> Result<u32, String> {
+/// `unary_op`'s code in the prelude.
+pub fn op_code(op: B) -> Result<u32, String> {
     Ok(match op {
         B::Relu => 0,
         B::Relu6 => 1,
@@ -19,7 +22,7 @@ fn op_code(op: B) -> Result<u32, String> {
     })
 }
 
-fn plan(v: &NodeView<'_>) -> Result<(u32, Vec<u32>), String> {
+fn plan(v: &NodeView<'_>) -> Result<(u32, f32, u32), String> {
     v.expect_arity(1, 1, 1)?;
     let op = v.node.builtin().ok_or("not a builtin")?;
     let x = v.f32_input(0)?;
@@ -34,7 +37,7 @@ fn plan(v: &NodeView<'_>) -> Result<(u32, Vec<u32>), String> {
         OpOptions::LeakyRelu { alpha } => *alpha,
         _ => 0.0,
     };
-    Ok((op_code(op)?, vec![count_u32(x.shape)?, alpha.to_bits()]))
+    Ok((op_code(op)?, alpha, count_u32(x.shape)?))
 }
 
 pub fn check(v: &NodeView<'_>) -> Result<(), String> {
@@ -42,17 +45,18 @@ pub fn check(v: &NodeView<'_>) -> Result<(), String> {
 }
 
 pub fn lower(v: &NodeView<'_>, l: &mut Lowering<'_, '_>) -> Result<(), String> {
-    let (op, params) = plan(v)?;
+    let (op, alpha, count) = plan(v)?;
     let x = l.input(0)?;
     let out = l.output(0)?;
-    let invocations = params[0];
-    l.dispatch(Dispatch {
-        shader: &UNARY,
-        constants: vec![("OP", op)],
-        inputs: vec![x],
-        output: out,
-        params,
-        invocations,
-    });
+    let mut d = Dispatch::new(
+        &UNARY,
+        vec![x],
+        out,
+        vec![count, alpha.to_bits()],
+        Grid::Threads(count),
+    )
+    .constant("OP", op);
+    d.fusable = Some(Elementwise::Unary { op, alpha, x });
+    l.dispatch(d);
     Ok(())
 }

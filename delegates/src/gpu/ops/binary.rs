@@ -1,13 +1,15 @@
 //! ADD, SUB, MUL, DIV, MAXIMUM, MINIMUM, SQUARED_DIFFERENCE and PRELU: one shader with
-//! NumPy broadcasting and a fused activation.
+//! NumPy broadcasting and a fused activation. Fusion moves the op into the producer of
+//! an operand when the other lines up element by element, per channel or as a scalar.
 
 use switchyard_interpreter::{BuiltinOp as B, OpOptions};
 
 use super::{MAX_RANK, NodeView, activation_code, count_u32, pad_shape, u32_of};
 use crate::cpu::util::{broadcast_shapes, broadcast_strides};
-use crate::gpu::compile::{Dispatch, Lowering};
+use crate::gpu::ir::{Dispatch, Elementwise, Grid, Lowering};
 use crate::gpu::pipelines::BINARY;
 
+/// `binary_op`'s code in the prelude.
 fn op_code(op: B) -> Result<u32, String> {
     Ok(match op {
         B::Add => 0,
@@ -23,7 +25,8 @@ fn op_code(op: B) -> Result<u32, String> {
 }
 
 struct Plan {
-    constants: Vec<(&'static str, u32)>,
+    op: u32,
+    activation: u32,
     params: Vec<u32>,
     count: u32,
 }
@@ -62,7 +65,8 @@ fn plan(v: &NodeView<'_>) -> Result<Plan, String> {
     }
     debug_assert_eq!(params.len(), 2 + 3 * MAX_RANK);
     Ok(Plan {
-        constants: vec![("OP", op_code(op)?), ("ACTIVATION", activation)],
+        op: op_code(op)?,
+        activation,
         params,
         count,
     })
@@ -77,13 +81,10 @@ pub fn lower(v: &NodeView<'_>, l: &mut Lowering<'_, '_>) -> Result<(), String> {
     let a = l.input(0)?;
     let b = l.input(1)?;
     let out = l.output(0)?;
-    l.dispatch(Dispatch {
-        shader: &BINARY,
-        constants: p.constants,
-        inputs: vec![a, b],
-        output: out,
-        params: p.params,
-        invocations: p.count,
-    });
+    let mut d = Dispatch::new(&BINARY, vec![a, b], out, p.params, Grid::Threads(p.count))
+        .constant("OP", p.op)
+        .clamp(p.activation);
+    d.fusable = Some(Elementwise::Binary { op: p.op, a, b });
+    l.dispatch(d);
     Ok(())
 }

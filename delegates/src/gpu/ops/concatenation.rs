@@ -1,10 +1,11 @@
-//! CONCATENATION on float32: one copy dispatch per input into its slice of the output.
+//! CONCATENATION on float32: one copy dispatch per input into its slice of the output;
+//! each writes its own elements through the node's epilogue.
 
 use switchyard_interpreter::OpOptions;
 
 use super::{NodeView, activation_code, count_u32, u32_of};
 use crate::cpu::util::normalize_axis;
-use crate::gpu::compile::{Dispatch, Lowering};
+use crate::gpu::ir::{Dispatch, Grid, Lowering};
 use crate::gpu::pipelines::CONCAT;
 
 /// Per input: the parameter words of its copy.
@@ -59,18 +60,13 @@ pub fn lower(v: &NodeView<'_>, l: &mut Lowering<'_, '_>) -> Result<(), String> {
     let out = l.output(0)?;
     for (i, params) in copies.into_iter().enumerate() {
         let x = l.input(i)?;
-        let invocations = params[0];
-        if invocations == 0 {
+        let count = params[0];
+        if count == 0 {
             continue;
         }
-        l.dispatch(Dispatch {
-            shader: &CONCAT,
-            constants: vec![("ACTIVATION", activation)],
-            inputs: vec![x],
-            output: out,
-            params,
-            invocations,
-        });
+        l.dispatch(
+            Dispatch::new(&CONCAT, vec![x], out, params, Grid::Threads(count)).clamp(activation),
+        );
     }
     Ok(())
 }

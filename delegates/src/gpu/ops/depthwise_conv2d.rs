@@ -1,15 +1,21 @@
 //! DEPTHWISE_CONV_2D on float32: NHWC input, [1, kh, kw, ic * multiplier] filter.
+//! Tiled (input patch in workgroup memory) when the patch fits, else one invocation per
+//! output element.
 
 use switchyard_interpreter::OpOptions;
 
 use super::{NodeView, activation_code, count_u32, u32_of};
 use crate::cpu::util::conv_output_size;
-use crate::gpu::compile::{Dispatch, Lowering};
-use crate::gpu::pipelines::DEPTHWISE_CONV2D;
+use crate::gpu::ir::{Dispatch, Grid, Lowering};
+use crate::gpu::pipelines::{DEPTHWISE_DIRECT, DEPTHWISE_TILED};
+
+/// Floats of the tiled shader's workgroup patch.
+const PATCH_MAX: usize = 2048;
 
 struct Plan {
     activation: u32,
-    params: Vec<u32>,
+    /// The direct shader's parameters (the tiled one's are derived from them).
+    dims: [usize; 16],
     out_channels: usize,
 }
 
@@ -60,31 +66,32 @@ fn plan(v: &NodeView<'_>) -> Result<Plan, String> {
             [n, oh, ow, oc]
         ));
     }
-    let count = count_u32(out.shape)?;
-    let mut params = vec![count];
-    for (value, what) in [
-        (n, "batch"),
-        (ih, "height"),
-        (iw, "width"),
-        (ic, "channels"),
-        (oh, "height"),
-        (ow, "width"),
-        (oc, "channels"),
-        (kh, "filter height"),
-        (kw, "filter width"),
-        (o.stride_h, "stride"),
-        (o.stride_w, "stride"),
-        (o.dilation_h, "dilation"),
-        (o.dilation_w, "dilation"),
-        (pad_top, "padding"),
-        (pad_left, "padding"),
-        (multiplier, "depth multiplier"),
-    ] {
-        params.push(u32_of(value, what)?);
+    count_u32(out.shape)?;
+    count_u32(x.shape)?;
+    let dims = [
+        n,
+        ih,
+        iw,
+        ic,
+        oh,
+        ow,
+        oc,
+        kh,
+        kw,
+        o.stride_h,
+        o.stride_w,
+        o.dilation_h,
+        o.dilation_w,
+        pad_top,
+        pad_left,
+        multiplier,
+    ];
+    for d in dims {
+        u32_of(d, "dimension")?;
     }
     Ok(Plan {
         activation: activation_code(o.activation)?,
-        params,
+        dims,
         out_channels: oc,
     })
 }
@@ -93,23 +100,68 @@ pub fn check(v: &NodeView<'_>) -> Result<(), String> {
     plan(v).map(|_| ())
 }
 
+/// The tiled shader's channels per tile and its parameters, when its patch fits.
+fn tiled(dims: &[usize; 16]) -> Option<(u32, Vec<u32>, [u32; 3])> {
+    let [n, _, _, _, oh, ow, oc, kh, kw, sh, sw, dh, dw, ..] = *dims;
+    let ct = match oc {
+        0..=4 => 4usize,
+        5..=8 => 8,
+        _ => 16,
+    };
+    let rt = 64 / ct;
+    let patch_h = (rt - 1) * sh + (kh - 1) * dh + 1;
+    let patch_w = 3 * sw + (kw - 1) * dw + 1;
+    if patch_h.checked_mul(patch_w)?.checked_mul(ct)? > PATCH_MAX {
+        return None;
+    }
+    let tiles_x = ow.div_ceil(4);
+    let tiles_y = oh.div_ceil(rt);
+    let groups_x = u32::try_from(tiles_x * tiles_y * n).ok()?;
+    let groups_y = u32::try_from(oc.div_ceil(ct)).ok()?;
+    if groups_x > 65_535 || groups_y > 65_535 {
+        return None;
+    }
+    let mut params: Vec<u32> = dims.iter().map(|&d| d as u32).collect();
+    params.extend([
+        tiles_x as u32,
+        tiles_y as u32,
+        patch_h as u32,
+        patch_w as u32,
+    ]);
+    Some((ct as u32, params, [groups_x, groups_y, 1]))
+}
+
 pub fn lower(v: &NodeView<'_>, l: &mut Lowering<'_, '_>) -> Result<(), String> {
     let p = plan(v)?;
     let x = l.input(0)?;
     let w = l.input(1)?;
     let bias = match v.optional_input(2) {
         Some(_) => l.input(2)?,
-        None => l.constant_f32(&vec![0.0; p.out_channels]),
+        None => l.constant(vec![0.0; p.out_channels]),
     };
     let out = l.output(0)?;
-    let invocations = p.params[0];
-    l.dispatch(Dispatch {
-        shader: &DEPTHWISE_CONV2D,
-        constants: vec![("ACTIVATION", p.activation)],
-        inputs: vec![x, w, bias],
-        output: out,
-        params: p.params,
-        invocations,
-    });
+    let d = match tiled(&p.dims) {
+        Some((ct, params, groups)) => Dispatch::new(
+            &DEPTHWISE_TILED,
+            vec![x, w, bias],
+            out,
+            params,
+            Grid::Groups(groups),
+        )
+        .constant("CT", ct),
+        None => {
+            let count = count_u32(&[p.dims[0], p.dims[4], p.dims[5], p.dims[6]])?;
+            let mut params = vec![count];
+            params.extend(p.dims.iter().map(|&d| d as u32));
+            Dispatch::new(
+                &DEPTHWISE_DIRECT,
+                vec![x, w, bias],
+                out,
+                params,
+                Grid::Threads(count),
+            )
+        }
+    };
+    l.dispatch(d.clamp(p.activation));
     Ok(())
 }

@@ -1,15 +1,17 @@
-//! FULLY_CONNECTED on float32: [..., k] input, [o, k] weights, optional bias.
+//! FULLY_CONNECTED on float32: [..., k] input, [o, k] weights, optional bias; one
+//! workgroup per output element with a workgroup (or subgroup) reduction over k.
 
 use switchyard_interpreter::OpOptions;
 
-use super::{NodeView, activation_code, count_u32, u32_of};
-use crate::gpu::compile::{Dispatch, Lowering};
+use super::{NodeView, activation_code, count_u32, groups_2d, u32_of};
+use crate::gpu::ir::{Dispatch, Grid, Lowering};
 use crate::gpu::pipelines::FULLY_CONNECTED;
 
 struct Plan {
     activation: u32,
     params: Vec<u32>,
     units: usize,
+    groups: [u32; 3],
 }
 
 fn plan(v: &NodeView<'_>) -> Result<Plan, String> {
@@ -53,14 +55,17 @@ fn plan(v: &NodeView<'_>) -> Result<Plan, String> {
             ));
         }
     }
+    let outputs = count_u32(out.shape)?;
     Ok(Plan {
         activation: activation_code(*activation)?,
         params: vec![
-            count_u32(out.shape)?,
+            u32_of(rows, "rows")?,
             u32_of(depth, "depth")?,
             u32_of(units, "units")?,
+            outputs,
         ],
         units,
+        groups: groups_2d(outputs)?,
     })
 }
 
@@ -74,17 +79,18 @@ pub fn lower(v: &NodeView<'_>, l: &mut Lowering<'_, '_>) -> Result<(), String> {
     let w = l.input(1)?;
     let bias = match v.optional_input(2) {
         Some(_) => l.input(2)?,
-        None => l.constant_f32(&vec![0.0; p.units]),
+        None => l.constant(vec![0.0; p.units]),
     };
     let out = l.output(0)?;
-    let invocations = p.params[0];
-    l.dispatch(Dispatch {
-        shader: &FULLY_CONNECTED,
-        constants: vec![("ACTIVATION", p.activation)],
-        inputs: vec![x, w, bias],
-        output: out,
-        params: p.params,
-        invocations,
-    });
+    l.dispatch(
+        Dispatch::new(
+            &FULLY_CONNECTED,
+            vec![x, w, bias],
+            out,
+            p.params,
+            Grid::Groups(p.groups),
+        )
+        .clamp(p.activation),
+    );
     Ok(())
 }

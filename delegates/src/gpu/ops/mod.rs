@@ -6,16 +6,21 @@ pub mod activations;
 pub mod binary;
 pub mod concatenation;
 pub mod conv2d;
+pub mod depth_to_space;
 pub mod depthwise_conv2d;
 pub mod fully_connected;
 pub mod pad;
 pub mod pool;
 pub mod reduce;
 pub mod reshape;
+pub mod resize;
+pub mod softmax;
+pub mod transpose_conv;
 
-use switchyard_interpreter::{Activation, BuiltinOp as B, DType, Node, TensorMeta};
+use switchyard_interpreter::{Activation, BuiltinOp as B, DType, Node, OpKind, TensorMeta};
 
-use super::compile::Lowering;
+use super::ir::Lowering;
+use crate::cpu::ops::CONV2D_TRANSPOSE_BIAS;
 
 /// Most dimensions any shader indexes (NumPy broadcasting, PAD, reductions).
 pub const MAX_RANK: usize = 6;
@@ -100,7 +105,29 @@ pub fn u32_of(v: usize, what: &str) -> Result<u32, String> {
     u32::try_from(v).map_err(|_| format!("{what} {v} does not fit in 32 bits"))
 }
 
-/// The fused activation as the prelude's `ACTIVATION` constant. Only the clamps: LiteRT's
+/// Workgroups along one dimension, within the per-dimension limit.
+pub fn groups_1d(n: usize, what: &str) -> Result<u32, String> {
+    u32::try_from(n.max(1))
+        .ok()
+        .filter(|&g| g <= super::pipelines::MAX_WORKGROUPS_PER_DIMENSION)
+        .ok_or_else(|| format!("{n} {what} exceed one dispatch"))
+}
+
+/// One workgroup per item, numbered over x then y (`wid.x + wid.y * nwg.x`).
+pub fn groups_2d(items: u32) -> Result<[u32; 3], String> {
+    let max = super::pipelines::MAX_WORKGROUPS_PER_DIMENSION;
+    let items = items.max(1);
+    if items <= max {
+        return Ok([items, 1, 1]);
+    }
+    let y = items.div_ceil(max);
+    if y > max {
+        return Err(format!("{items} workgroups exceed one dispatch"));
+    }
+    Ok([max, y, 1])
+}
+
+/// The fused activation as the prelude's `clamp_act` code. Only the clamps: LiteRT's
 /// kernels turn a fused activation into a (min, max) range and so ignore TANH and
 /// SIGN_BIT; such a node stays on the CPU rather than risk a second interpretation.
 pub fn activation_code(a: Activation) -> Result<u32, String> {
@@ -168,22 +195,33 @@ fn route(op: B) -> Option<(CheckFn, LowerFn)> {
         B::Reshape | B::Squeeze | B::ExpandDims => (reshape::check, reshape::lower),
         B::Concatenation => (concatenation::check, concatenation::lower),
         B::Mean | B::Sum => (reduce::check, reduce::lower),
+        B::Softmax => (softmax::check, softmax::lower),
+        B::ResizeBilinear | B::ResizeNearestNeighbor => (resize::check, resize::lower),
+        B::TransposeConv => (transpose_conv::check, transpose_conv::lower),
+        B::DepthToSpace => (depth_to_space::check, depth_to_space::lower),
         _ => return None,
     })
 }
 
+/// The op's check and lower, builtin or custom.
+fn route_node(node: &Node) -> Result<(CheckFn, LowerFn), String> {
+    match &node.op {
+        OpKind::Builtin(op) => route(*op).ok_or_else(|| format!("{} has no GPU kernel", op.name())),
+        OpKind::Custom(name) if name == CONV2D_TRANSPOSE_BIAS => {
+            Ok((transpose_conv::check, transpose_conv::lower))
+        }
+        other => Err(format!("{other} has no GPU kernel")),
+    }
+}
+
 /// Whether the GPU can run this node, or why not.
 pub fn check(v: &NodeView<'_>) -> Result<(), String> {
-    let op = v
-        .node
-        .builtin()
-        .ok_or_else(|| format!("{} has no GPU kernel", v.node.op))?;
     // Values the interpreter folds at prepare (fp16 weight DEQUANTIZE, DENSIFY of sparse
     // weights, shape arithmetic) cost the GPU nothing: consumers read them as constants.
     if !v.outputs.is_empty() && v.outputs.iter().all(|o| o.data.is_some()) {
         return Ok(());
     }
-    if matches!(op, B::Dequantize | B::Densify) {
+    if let Some(op @ (B::Dequantize | B::Densify)) = v.node.builtin() {
         return match v.input(0)?.data {
             Some(_) => Ok(()),
             None => Err(format!(
@@ -192,17 +230,13 @@ pub fn check(v: &NodeView<'_>) -> Result<(), String> {
             )),
         };
     }
-    let (check, _) = route(op).ok_or_else(|| format!("{} has no GPU kernel", op.name()))?;
+    let (check, _) = route_node(v.node)?;
     check(v)
 }
 
 /// Appends the dispatches of one node.
 pub fn lower(v: &NodeView<'_>, l: &mut Lowering<'_, '_>) -> Result<(), String> {
-    let op = v
-        .node
-        .builtin()
-        .ok_or_else(|| format!("{} has no GPU kernel", v.node.op))?;
-    let (check, lower) = route(op).ok_or_else(|| format!("{} has no GPU kernel", op.name()))?;
+    let (check, lower) = route_node(v.node)?;
     check(v)?;
     lower(v, l)
 }

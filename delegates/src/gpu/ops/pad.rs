@@ -3,7 +3,7 @@
 use switchyard_interpreter::{BuiltinOp as B, DType};
 
 use super::{MAX_RANK, NodeView, const_ints, count_u32, pad_shape, u32_of};
-use crate::gpu::compile::{Dispatch, Lowering};
+use crate::gpu::ir::{Dispatch, Grid, Lowering};
 use crate::gpu::pipelines::PAD;
 
 fn plan(v: &NodeView<'_>) -> Result<Vec<u32>, String> {
@@ -70,14 +70,13 @@ pub fn lower(v: &NodeView<'_>, l: &mut Lowering<'_, '_>) -> Result<(), String> {
     let params = plan(v)?;
     let x = l.input(0)?;
     let out = l.output(0)?;
-    let invocations = params[0];
-    l.dispatch(Dispatch {
-        shader: &PAD,
-        constants: Vec::new(),
-        inputs: vec![x],
-        output: out,
+    let count = params[0];
+    l.dispatch(Dispatch::new(
+        &PAD,
+        vec![x],
+        out,
         params,
-        invocations,
-    });
+        Grid::Threads(count),
+    ));
     Ok(())
 }

@@ -1,13 +1,22 @@
-//! MAX_POOL_2D and AVERAGE_POOL_2D on float32 NHWC.
+//! MAX_POOL_2D and AVERAGE_POOL_2D on float32 NHWC. An average over the whole plane
+//! (global pooling) runs as a row reduction with one workgroup per output.
 
-use switchyard_interpreter::{BuiltinOp as B, OpOptions};
+use switchyard_interpreter::{BuiltinOp as B, OpOptions, Padding};
 
-use super::{NodeView, activation_code, count_u32, u32_of};
+use super::{NodeView, activation_code, count_u32, groups_2d, u32_of};
 use crate::cpu::util::conv_output_size;
-use crate::gpu::compile::{Dispatch, Lowering};
-use crate::gpu::pipelines::{Constants, POOL2D};
+use crate::gpu::ir::{Dispatch, Grid, Lowering};
+use crate::gpu::pipelines::{POOL2D, REDUCE_ROWS};
 
-fn plan(v: &NodeView<'_>) -> Result<(Constants, Vec<u32>), String> {
+struct Plan {
+    op: u32,
+    activation: u32,
+    params: Vec<u32>,
+    /// (batch, plane, channels) of a global average.
+    global: Option<(usize, usize, usize)>,
+}
+
+fn plan(v: &NodeView<'_>) -> Result<Plan, String> {
     v.expect_arity(1, 1, 1)?;
     let OpOptions::Pool(o) = &v.node.options else {
         return Err("pooling without its options".into());
@@ -50,10 +59,16 @@ fn plan(v: &NodeView<'_>) -> Result<(Constants, Vec<u32>), String> {
     ] {
         params.push(u32_of(value, what)?);
     }
-    Ok((
-        vec![("OP", op), ("ACTIVATION", activation_code(o.activation)?)],
+    let covers_plane = (oh, ow) == (1, 1)
+        && o.filter_h >= ih
+        && o.filter_w >= iw
+        && (o.padding == Padding::Valid || (o.filter_h == ih && o.filter_w == iw));
+    Ok(Plan {
+        op,
+        activation: activation_code(o.activation)?,
         params,
-    ))
+        global: (op == 1 && covers_plane).then_some((n, ih * iw, c)),
+    })
 }
 
 pub fn check(v: &NodeView<'_>) -> Result<(), String> {
@@ -61,17 +76,26 @@ pub fn check(v: &NodeView<'_>) -> Result<(), String> {
 }
 
 pub fn lower(v: &NodeView<'_>, l: &mut Lowering<'_, '_>) -> Result<(), String> {
-    let (constants, params) = plan(v)?;
+    let p = plan(v)?;
     let x = l.input(0)?;
     let out = l.output(0)?;
-    let invocations = params[0];
-    l.dispatch(Dispatch {
-        shader: &POOL2D,
-        constants,
-        inputs: vec![x],
-        output: out,
-        params,
-        invocations,
-    });
+    let d = match p.global {
+        Some((n, plane, c)) => {
+            let outputs = u32_of(n * c, "outputs")?;
+            Dispatch::new(
+                &REDUCE_ROWS,
+                vec![x],
+                out,
+                vec![outputs, u32_of(plane, "plane")?, u32_of(c, "channels")?, 1],
+                Grid::Groups(groups_2d(outputs)?),
+            )
+        }
+        None => {
+            let count = p.params[0];
+            Dispatch::new(&POOL2D, vec![x], out, p.params, Grid::Threads(count))
+                .constant("OP", p.op)
+        }
+    };
+    l.dispatch(d.clamp(p.activation));
     Ok(())
 }

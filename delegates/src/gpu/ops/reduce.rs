@@ -1,13 +1,29 @@
-//! MEAN and SUM on float32 over constant axes.
+//! MEAN and SUM on float32 over constant axes. Axes that form one contiguous block
+//! (a spatial MEAN, a reduction over the last axis) run as a row reduction with one
+//! workgroup per output; any other set of axes walks them per output element.
 
 use switchyard_interpreter::BuiltinOp as B;
 
-use super::{MAX_RANK, NodeView, const_ints, count_u32, pad_shape, u32_of};
+use super::{MAX_RANK, NodeView, const_ints, count_u32, groups_2d, pad_shape, u32_of};
 use crate::cpu::util::normalize_axis;
-use crate::gpu::compile::{Dispatch, Lowering};
-use crate::gpu::pipelines::REDUCE;
+use crate::gpu::ir::{Dispatch, Grid, Lowering};
+use crate::gpu::pipelines::{REDUCE, REDUCE_ROWS};
 
-fn plan(v: &NodeView<'_>) -> Result<(u32, Vec<u32>), String> {
+enum Plan {
+    /// [outer, rows, inner] → [outer, inner].
+    Rows {
+        mean: bool,
+        outputs: u32,
+        rows: u32,
+        inner: u32,
+    },
+    General {
+        op: u32,
+        params: Vec<u32>,
+    },
+}
+
+fn plan(v: &NodeView<'_>) -> Result<Plan, String> {
     v.expect_arity(2, 2, 1)?;
     let op = match v.node.builtin() {
         Some(B::Mean) => 0,
@@ -28,10 +44,25 @@ fn plan(v: &NodeView<'_>) -> Result<(u32, Vec<u32>), String> {
     if out.element_count() != kept {
         return Err(format!("output {:?} should hold {kept} values", out.shape));
     }
+    count_u32(x.shape)?;
     let total: usize = (0..rank)
         .filter(|&d| reduced[d])
         .map(|d| x.shape[d])
         .product();
+    let first = reduced.iter().position(|&r| r);
+    let last = reduced.iter().rposition(|&r| r);
+    if let (Some(f), Some(l)) = (first, last)
+        && reduced[f..=l].iter().all(|&r| r)
+    {
+        let inner: usize = x.shape[l + 1..].iter().product();
+        let outputs = count_u32(out.shape)?;
+        return Ok(Plan::Rows {
+            mean: op == 0,
+            outputs,
+            rows: u32_of(total, "reduced count")?,
+            inner: u32_of(inner.max(1), "inner")?,
+        });
+    }
     let shape = pad_shape(x.shape)?;
     let mut strides = [0usize; MAX_RANK];
     let mut s = 1usize;
@@ -48,7 +79,7 @@ fn plan(v: &NodeView<'_>) -> Result<(u32, Vec<u32>), String> {
         params.push(u32_of(*d, "dimension")?);
     }
     params.extend(flags);
-    Ok((op, params))
+    Ok(Plan::General { op, params })
 }
 
 pub fn check(v: &NodeView<'_>) -> Result<(), String> {
@@ -56,17 +87,27 @@ pub fn check(v: &NodeView<'_>) -> Result<(), String> {
 }
 
 pub fn lower(v: &NodeView<'_>, l: &mut Lowering<'_, '_>) -> Result<(), String> {
-    let (op, params) = plan(v)?;
+    let p = plan(v)?;
     let x = l.input(0)?;
     let out = l.output(0)?;
-    let invocations = params[0];
-    l.dispatch(Dispatch {
-        shader: &REDUCE,
-        constants: vec![("OP", op)],
-        inputs: vec![x],
-        output: out,
-        params,
-        invocations,
-    });
+    let d = match p {
+        Plan::Rows {
+            mean,
+            outputs,
+            rows,
+            inner,
+        } => Dispatch::new(
+            &REDUCE_ROWS,
+            vec![x],
+            out,
+            vec![outputs, rows, inner, u32::from(mean)],
+            Grid::Groups(groups_2d(outputs)?),
+        ),
+        Plan::General { op, params } => {
+            let count = params[0];
+            Dispatch::new(&REDUCE, vec![x], out, params, Grid::Threads(count)).constant("OP", op)
+        }
+    };
+    l.dispatch(d);
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! RESHAPE, SQUEEZE and EXPAND_DIMS: no dispatch, the output is the input's buffer.
 
 use super::NodeView;
-use crate::gpu::compile::Lowering;
+use crate::gpu::ir::Lowering;
 
 pub fn check(v: &NodeView<'_>) -> Result<(), String> {
     v.expect_arity(1, 2, 1)?;

@@ -1,10 +1,11 @@
 // One input of CONCATENATION: copies x, seen as [outer, x_row], into rows of length
-// out_row of the output, starting at `offset` within each row.
+// out_row of the output, starting at `offset` within each row. Every output element is
+// written by exactly one input's dispatch, so each applies the node's epilogue.
 //
 // p: [count, x_row, out_row, offset]
 
-@group(0) @binding(0) var<storage, read> x: array<f32>;
-@group(0) @binding(1) var<storage, read_write> out: array<f32>;
+@group(0) @binding(0) var<storage, read> x: array<S>;
+@group(0) @binding(1) var<storage, read_write> out: array<S>;
 @group(0) @binding(2) var<storage, read> p: array<u32>;
 
 @compute @workgroup_size(WORKGROUP_SIZE)
@@ -15,5 +16,6 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     }
     let row = i / p[1];
     let col = i % p[1];
-    out[row * p[2] + p[3] + col] = activate(x[i]);
+    let o = row * p[2] + p[3] + col;
+    out[o] = S(epilogue(o, f32(x[i])));
 }

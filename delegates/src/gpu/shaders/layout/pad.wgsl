@@ -5,8 +5,8 @@
 
 const MAX_RANK: u32 = 6u;
 
-@group(0) @binding(0) var<storage, read> x: array<f32>;
-@group(0) @binding(1) var<storage, read_write> out: array<f32>;
+@group(0) @binding(0) var<storage, read> x: array<S>;
+@group(0) @binding(1) var<storage, read_write> out: array<S>;
 @group(0) @binding(2) var<storage, read> p: array<u32>;
 
 @compute @workgroup_size(WORKGROUP_SIZE)
@@ -32,5 +32,9 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
         }
         stride *= dim;
     }
-    out[i] = select(pf(1u), x[src], inside);
+    var v = pf(1u);
+    if (inside) {
+        v = f32(x[src]);
+    }
+    out[i] = S(epilogue(i, v));
 }

@@ -6,8 +6,8 @@
 // 0 max, 1 average.
 override OP: u32 = 0u;
 
-@group(0) @binding(0) var<storage, read> x: array<f32>;
-@group(0) @binding(1) var<storage, read_write> out: array<f32>;
+@group(0) @binding(0) var<storage, read> x: array<S>;
+@group(0) @binding(1) var<storage, read_write> out: array<S>;
 @group(0) @binding(2) var<storage, read> p: array<u32>;
 
 @compute @workgroup_size(WORKGROUP_SIZE)
@@ -42,15 +42,15 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
             if (ix < 0 || ix >= iw) {
                 continue;
             }
-            let v = x[((n * u32(ih) + u32(iy)) * u32(iw) + u32(ix)) * c + ch];
+            let v = f32(x[((n * u32(ih) + u32(iy)) * u32(iw) + u32(ix)) * c + ch]);
             best = max(best, v);
             sum += v;
             count += 1u;
         }
     }
+    var v = best;
     if (OP == 1u) {
-        out[i] = activate(sum / f32(max(count, 1u)));
-    } else {
-        out[i] = activate(best);
+        v = sum / f32(max(count, 1u));
     }
+    out[i] = S(epilogue(i, v));
 }

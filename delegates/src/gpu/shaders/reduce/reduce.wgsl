@@ -1,4 +1,6 @@
-// MEAN and SUM over any set of axes of a tensor of up to MAX_RANK dimensions.
+// MEAN and SUM over any set of axes of a tensor of up to MAX_RANK dimensions, one
+// invocation per output element (the general case; reductions over one contiguous
+// block of axes use reduce_rows).
 //
 // p: [count, reduced_count, shape[MAX_RANK], strides[MAX_RANK], reduced[MAX_RANK]],
 // right-aligned with leading 1s; reduced[d] is 1 for a reduced axis. Output element i
@@ -9,8 +11,8 @@ override OP: u32 = 0u;
 
 const MAX_RANK: u32 = 6u;
 
-@group(0) @binding(0) var<storage, read> x: array<f32>;
-@group(0) @binding(1) var<storage, read_write> out: array<f32>;
+@group(0) @binding(0) var<storage, read> x: array<S>;
+@group(0) @binding(1) var<storage, read_write> out: array<S>;
 @group(0) @binding(2) var<storage, read> p: array<u32>;
 
 @compute @workgroup_size(WORKGROUP_SIZE)
@@ -42,11 +44,11 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
                 r = r / dim;
             }
         }
-        sum += x[off];
+        sum += f32(x[off]);
     }
+    var v = sum;
     if (OP == 0u) {
-        out[i] = sum / f32(max(total, 1u));
-    } else {
-        out[i] = sum;
+        v = sum / f32(max(total, 1u));
     }
+    out[i] = S(epilogue(i, v));
 }

@@ -1,0 +1,206 @@
+//! A session's memory: every buffer it owns is counted against its limit when it is
+//! allocated or grown, and released when it shrinks or drops. Growth past the limit, or
+//! an allocation the system refuses, is `RunError::Memory` with the figures.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::error::RunError;
+use crate::tensor::AlignedBuf;
+
+/// Bytes a session holds and may hold.
+#[derive(Debug)]
+pub(crate) struct Meter {
+    used: AtomicUsize,
+    limit: AtomicUsize,
+}
+
+impl Meter {
+    pub fn new(limit: usize) -> Arc<Meter> {
+        Arc::new(Meter {
+            used: AtomicUsize::new(0),
+            limit: AtomicUsize::new(limit),
+        })
+    }
+
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    pub fn limit(&self) -> usize {
+        self.limit.load(Ordering::Relaxed)
+    }
+
+    pub fn set_limit(&self, limit: usize) {
+        self.limit.store(limit, Ordering::Relaxed);
+    }
+
+    /// Counts `bytes` more, or refuses them.
+    pub fn charge(&self, bytes: usize, what: &dyn Fn() -> String) -> Result<(), RunError> {
+        let limit = self.limit();
+        let refused = |used: usize| RunError::Memory {
+            what: what(),
+            requested: bytes,
+            used,
+            limit,
+        };
+        self.used
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
+                used.checked_add(bytes).filter(|&total| total <= limit)
+            })
+            .map(|_| ())
+            .map_err(refused)
+    }
+
+    pub fn release(&self, bytes: usize) {
+        let _ = self
+            .used
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
+                Some(used.saturating_sub(bytes))
+            });
+    }
+}
+
+/// A buffer counted against a session's meter. The default value is empty and
+/// uncounted (what `std::mem::take` leaves behind while a buffer is lent to a kernel).
+#[derive(Default)]
+pub(crate) struct MBuf {
+    buf: AlignedBuf,
+    meter: Option<Arc<Meter>>,
+}
+
+impl MBuf {
+    /// An empty buffer that counts what it grows to.
+    pub fn empty(meter: &Arc<Meter>) -> MBuf {
+        MBuf {
+            buf: AlignedBuf::default(),
+            meter: Some(meter.clone()),
+        }
+    }
+
+    /// `len` zero bytes, counted.
+    pub fn zeroed(
+        meter: &Arc<Meter>,
+        len: usize,
+        what: &dyn Fn() -> String,
+    ) -> Result<MBuf, RunError> {
+        let mut b = MBuf::empty(meter);
+        b.resize(len, what)?;
+        Ok(b)
+    }
+
+    /// A counted copy of `bytes`.
+    pub fn copy_of(
+        meter: &Arc<Meter>,
+        bytes: &[u8],
+        what: &dyn Fn() -> String,
+    ) -> Result<MBuf, RunError> {
+        let mut b = MBuf::empty(meter);
+        b.set(bytes, what)?;
+        Ok(b)
+    }
+
+    /// Resizes to `len` bytes (new bytes zero), counting the difference.
+    pub fn resize(&mut self, len: usize, what: &dyn Fn() -> String) -> Result<(), RunError> {
+        let old = self.buf.len();
+        if len > old {
+            if let Some(m) = &self.meter {
+                m.charge(len - old, what)?;
+            }
+            if let Err(e) = self.buf.try_resize(len) {
+                let (used, limit) = match &self.meter {
+                    Some(m) => {
+                        m.release(len - old);
+                        (m.used(), m.limit())
+                    }
+                    None => (0, 0),
+                };
+                return Err(RunError::Memory {
+                    what: what(),
+                    requested: e.bytes,
+                    used,
+                    limit,
+                });
+            }
+        } else if len < old {
+            self.buf.resize(len);
+            if let Some(m) = &self.meter {
+                m.release(old - len);
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes this buffer a copy of `bytes`.
+    pub fn set(&mut self, bytes: &[u8], what: &dyn Fn() -> String) -> Result<(), RunError> {
+        self.resize(bytes.len(), what)?;
+        self.buf.as_mut_slice().copy_from_slice(bytes);
+        Ok(())
+    }
+
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        self.buf.as_slice()
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        self.buf.as_mut_slice()
+    }
+}
+
+impl std::fmt::Debug for MBuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MBuf({} bytes)", self.buf.len())
+    }
+}
+
+impl Drop for MBuf {
+    fn drop(&mut self) {
+        if let Some(m) = &self.meter {
+            m.release(self.buf.len());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn what() -> String {
+        "test".into()
+    }
+
+    #[test]
+    fn buffers_are_counted_until_dropped_and_refused_past_the_limit() {
+        let m = Meter::new(1000);
+        let mut a = MBuf::zeroed(&m, 600, &what).unwrap();
+        assert_eq!(m.used(), 600);
+        let e = MBuf::zeroed(&m, 500, &what).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                RunError::Memory {
+                    requested: 500,
+                    used: 600,
+                    limit: 1000,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        a.resize(100, &what).unwrap();
+        assert_eq!(m.used(), 100);
+        let b = MBuf::copy_of(&m, &[1; 900], &what).unwrap();
+        assert_eq!(m.used(), 1000);
+        drop(b);
+        drop(a);
+        assert_eq!(m.used(), 0);
+        // An impossible size is an error, not an abort, even under a huge limit.
+        let big = Meter::new(usize::MAX);
+        assert!(MBuf::zeroed(&big, usize::MAX / 2, &what).is_err());
+        assert_eq!(big.used(), 0);
+    }
+}
