@@ -1,7 +1,8 @@
 //! The C client: builds `client-c/examples/face_detect.c` against `switchyard.h` and
 //! `libswitchyard.so` with the system C compiler and runs it against a real daemon:
 //! face detection inline and through shared memory (same bytes), outputs against
-//! LiteRT's, and a wrong shape refused with a code and a message.
+//! LiteRT's, and a wrong shape refused with a code and a message; and
+//! `wake_word.c`, a session streaming the wake-word model.
 
 use std::process::Command;
 
@@ -78,5 +79,64 @@ fn c_example_runs_face_detection_against_the_daemon() {
             );
         }
     }
+    assert!(d.stop().success());
+}
+
+/// Sessions from C: `client-c/examples/wake_word.c` streams the wake-word model's 64
+/// golden steps through one session (each output within one step of LiteRT's), resets
+/// it (step 0 answers as at first), and closes it (then NOT_FOUND).
+#[test]
+fn c_example_streams_a_session_like_litert() {
+    let lib = workspace_binary("libswitchyard.so");
+    let lib_dir = lib.parent().expect("target dir");
+    let d = Daemon::start("");
+    let scratch = d.dir.path();
+    let exe = scratch.join("wake_word");
+    let built = Command::new("cc")
+        .args(["-std=c11", "-Wall", "-Werror", "-I"])
+        .arg(repo_root().join("client-c/include"))
+        .arg(repo_root().join("client-c/examples/wake_word.c"))
+        .arg("-L")
+        .arg(lib_dir)
+        .arg(format!("-Wl,-rpath,{}", lib_dir.display()))
+        .args(["-lswitchyard", "-o"])
+        .arg(&exe)
+        .output()
+        .expect("run cc");
+    assert!(
+        built.status.success(),
+        "cc failed: {}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let stem = "mww_okay_nabu";
+    let seq = golden(stem, "seq_input_0.npy").expect("golden sequence");
+    let want = golden(stem, "seq_output_0.ref.npy").expect("golden outputs");
+    let steps = seq.shape[0];
+    let raw = scratch.join("steps.i8");
+    std::fs::write(&raw, seq.data.as_slice()).unwrap();
+    let out = scratch.join("out.bin");
+    let run = Command::new(&exe)
+        .arg(&d.socket)
+        .arg(model_path(stem))
+        .arg(&raw)
+        .arg(steps.to_string())
+        .arg(&out)
+        .output()
+        .expect("run wake_word");
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "wake_word failed: {stdout}{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(stdout.contains("after reset fresh"), "{stdout}");
+    assert!(stdout.contains("after close: NOT_FOUND"), "{stdout}");
+    let got = std::fs::read(&out).unwrap();
+    let want = want.data.as_slice();
+    assert_eq!(got.len(), want.len());
+    for (t, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(g.abs_diff(*w) <= 1, "step {t}: C session {g}, LiteRT {w}");
+    }
+    assert!(want.iter().any(|&w| w != 0), "the sequence never fires");
     assert!(d.stop().success());
 }

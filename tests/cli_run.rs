@@ -56,3 +56,42 @@ fn run_local_rejects_a_wrong_input_with_a_message() {
     assert!(stderr.contains("error:"), "stderr: {stderr}");
     assert!(!stderr.contains("panicked"), "stderr: {stderr}");
 }
+
+/// Shapes are strict as in LiteRT: a face-detection frame (1x128x128x3) given to the
+/// iris model (1x64x64x3, no dynamic dimensions) is refused naming both shapes, unless
+/// `--resize` asks for the model to be resized.
+#[test]
+fn run_local_refuses_a_differing_shape_unless_resized() {
+    let out = tempfile::tempdir().expect("tempdir");
+    let frame = golden_dir()
+        .join("mp_face_detection_short_range")
+        .join("input_0.npy");
+    let run = |extra: &[&str]| {
+        Command::new(workspace_binary("switchyard"))
+            .args(["run", "--local"])
+            .args(extra)
+            .arg(model_path("mp_iris_landmark"))
+            .arg("--inputs")
+            .arg(&frame)
+            .arg("--out")
+            .arg(out.path())
+            .output()
+            .expect("start switchyard")
+    };
+    let refused = run(&[]);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("[1, 128, 128, 3]") && stderr.contains("[1, 64, 64, 3]"),
+        "stderr: {stderr}"
+    );
+    assert!(stderr.contains("--resize"), "stderr: {stderr}");
+    assert!(!out.path().join("output_0.npy").exists());
+    let resized = run(&["--resize"]);
+    assert!(
+        resized.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&resized.stderr)
+    );
+    assert!(out.path().join("output_0.npy").exists());
+}

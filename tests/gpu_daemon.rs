@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use switchyard_client::{DataType, Tensor, blocking::Client};
+use switchyard_client::{Run, Tensor, blocking::Client};
 use switchyard_delegates::GpuDelegate;
 use switchyard_tests::{golden, model_path, workspace_binary};
 
@@ -113,20 +113,20 @@ impl Drop for Daemon {
 /// Loads the model, runs LiteRT's golden input, and checks the output within 1e-3 of
 /// the output's largest magnitude (the GPU's float sums round differently).
 fn load_and_check(d: &Daemon) {
-    let mut c = Client::connect_unix(&d.socket).unwrap();
-    let m = c.load_model_file(model_path(STEM)).unwrap();
+    let c = Client::connect_unix(&d.socket).unwrap();
+    let m = c.load(model_path(STEM)).unwrap();
     let x = golden(STEM, "input_0.npy").expect("golden input");
     let want = golden(STEM, "output_0.ref.npy").expect("golden output");
     let xv = x.view();
     let input = Tensor::new(
-        DataType::try_from(m.inputs[0].dtype).unwrap(),
+        m.inputs()[0].dtype,
         xv.shape.iter().map(|&s| s as u64).collect(),
         xv.bytes.to_vec(),
     )
     .unwrap();
     for _ in 0..3 {
-        let out = c.run(&m.id, std::slice::from_ref(&input)).unwrap();
-        let got = out.outputs[0].to_f32().unwrap();
+        let out = m.run(Run::new().input(input.clone())).unwrap();
+        let got: Vec<f32> = out.tensors[0].to_vec().unwrap();
         let want: &[f32] = want.view().f32s().unwrap();
         assert_eq!(got.len(), want.len());
         let scale = want.iter().fold(0f32, |a, v| a.max(v.abs())).max(1e-30);

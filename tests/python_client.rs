@@ -2,7 +2,8 @@
 //! real `switchyardd`: grpcio with default channel options over the Unix socket (the
 //! socket path as :authority) and over TCP with a token, grpc.health.v1, reflection v1
 //! and v1alpha, face detection against LiteRT's outputs, shared memory over memfd and
-//! SCM_RIGHTS, strict shapes, priority and deadline.
+//! SCM_RIGHTS, strict shapes, priority and deadline, a session streaming the wake-word
+//! model against LiteRT's series.
 //!
 //! The Python tests are `client-python/tests/test_client.py` (unittest); the package
 //! is installed into the project venv by scripts/setup.sh.
@@ -50,6 +51,6 @@ fn python_client_and_grpcio_against_the_daemon() {
     let log = String::from_utf8_lossy(&out.stderr);
     println!("{log}");
     assert!(out.status.success(), "Python tests failed:\n{log}");
-    assert!(log.contains("Ran 8 tests"), "{log}");
+    assert!(log.contains("Ran 9 tests"), "{log}");
     assert!(d.stop().success());
 }

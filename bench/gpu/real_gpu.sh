@@ -19,9 +19,10 @@
 # file, refreshed after each stage so a timeout still returns what finished).
 #
 # Dry run on a machine without the NVIDIA driver (lavapipe):
-#   REAL_GPU_DRY_RUN=1 PYTHON=.venv/bin/python OUT=/tmp/real_gpu_out bash bench/gpu/real_gpu.sh
-# (no .deb unpacking into /, LiteRT from the given Python; LiteRT's GPU accelerator
-# refuses lavapipe and is recorded as failing.)
+#   REAL_GPU_DRY_RUN=1 RUNS=3 PYTHON=.venv/bin/python OUT=/tmp/real_gpu_out \
+#       bash bench/gpu/real_gpu.sh
+# (no .deb unpacking into /, LiteRT from the given Python, 3 timed runs instead of 50;
+# LiteRT's GPU accelerator refuses lavapipe and is recorded as failing.)
 set -u
 T0=$SECONDS
 OUT=${OUT:-/tmp/real_gpu_out}
@@ -35,6 +36,9 @@ LOG=$OUT/log.txt
 say() { echo "== [$((SECONDS - T0))s] $*" | tee -a "$LOG"; }
 pack() { tar -C "$W" -czf "$OUT/results.tgz" raw 2>/dev/null; }
 DRY=${REAL_GPU_DRY_RUN:-0}
+# Timed runs per bench (50 on the GPU machine; a few for a dry run on lavapipe).
+RUNS=${RUNS:-50}
+CPU_RUNS=$(( RUNS < 30 ? RUNS : 30 ))
 REPO=$PWD
 
 say "setup (dry run: $DRY)"
@@ -60,12 +64,11 @@ tar -C "$BIN" -xJf .gpucarry/bin.tar.xz
 SY=$BIN/switchyard
 SYD=$BIN/switchyardd
 # The test binary finds models/ and golden/ under the repository root it was built in.
+# (The tree arrives without its ignored models/ and golden/, wherever it lands.)
 BUILT_ROOT=$(cat .gpucarry/repo_root)
-if [ "$BUILT_ROOT" != "$REPO" ]; then
-    mkdir -p "$BUILT_ROOT"
-    [ -e "$BUILT_ROOT/models" ] || ln -sfn "$REPO/.gpucarry/models" "$BUILT_ROOT/models"
-    [ -e "$BUILT_ROOT/golden" ] || ln -sfn "$REPO/.gpucarry/golden" "$BUILT_ROOT/golden"
-fi
+mkdir -p "$BUILT_ROOT"
+[ -e "$BUILT_ROOT/models" ] || ln -sfn "$REPO/.gpucarry/models" "$BUILT_ROOT/models"
+[ -e "$BUILT_ROOT/golden" ] || ln -sfn "$REPO/.gpucarry/golden" "$BUILT_ROOT/golden"
 MODELS=$W/models
 mkdir -p "$MODELS"
 cp .gpucarry/models/*.tflite "$MODELS/"
@@ -75,7 +78,7 @@ FLOAT="mp_pose_detection mp_selfie_segmentation mp_hand_landmark_lite mp_iris_la
 inputs_of() { ls "$INPUTS/$1"/input_*.npy | sort -V | paste -sd, -; }
 "$SY" bench "$MODELS/oww_embedding_model.tflite" --local --device gpu --runs 1 --warmup 0 --no-profile \
     >"$RAW/adapter.txt" 2>&1
-say "adapter: $(head -1 "$RAW/adapter.txt")"
+say "adapter: $(grep -v XDG_RUNTIME_DIR "$RAW/adapter.txt" | head -1)"
 pack
 
 say "1. GPU tests"
@@ -89,14 +92,14 @@ mkdir -p "$RAW/bench"
 for m in $FLOAT; do
     M=$MODELS/$m.tflite
     IN=$(inputs_of "$m")
-    timeout 60 "$SY" bench "$M" --local --threads "$NPROC" --runs 30 --warmup 5 --no-profile --json \
+    timeout 60 "$SY" bench "$M" --local --threads "$NPROC" --runs "$CPU_RUNS" --warmup 5 --no-profile --json \
         --inputs "$IN" >"$RAW/bench/cpu_$m.json" 2>"$RAW/bench/cpu_$m.err"
     rm -rf "$W/cache_$m" "$W/cache16_$m"
-    timeout 90 "$SY" bench "$M" --local --device gpu --threads "$NPROC" --runs 50 --json \
+    timeout 90 "$SY" bench "$M" --local --device gpu --threads "$NPROC" --runs "$RUNS" --json \
         --inputs "$IN" --gpu-cache "$W/cache_$m" >"$RAW/bench/gpu32_cold_$m.json" 2>"$RAW/bench/gpu32_cold_$m.err"
-    timeout 90 "$SY" bench "$M" --local --device gpu --threads "$NPROC" --runs 50 --json \
+    timeout 90 "$SY" bench "$M" --local --device gpu --threads "$NPROC" --runs "$RUNS" --json \
         --inputs "$IN" --gpu-cache "$W/cache_$m" >"$RAW/bench/gpu32_cached_$m.json" 2>"$RAW/bench/gpu32_cached_$m.err"
-    timeout 90 "$SY" bench "$M" --local --device gpu --precision fp16 --threads "$NPROC" --runs 50 --json \
+    timeout 90 "$SY" bench "$M" --local --device gpu --precision fp16 --threads "$NPROC" --runs "$RUNS" --json \
         --inputs "$IN" --gpu-cache "$W/cache16_$m" >"$RAW/bench/gpu16_cold_$m.json" 2>"$RAW/bench/gpu16_cold_$m.err"
     say "bench $m: $("$PYTHON" - "$RAW/bench" "$m" <<'EOF'
 import json, sys, pathlib
@@ -117,7 +120,7 @@ pack
 say "3. LiteRT: XNNPACK and its GPU accelerator"
 MLIST=$(for m in $FLOAT; do printf '%s,' "$MODELS/$m.tflite"; done)
 timeout 150 "$PYTHON" bench/gpu/litert_gpu.py --models "${MLIST%,}" --inputs "$INPUTS" \
-    --threads "$NPROC" --runs 50 --accel gpu --out "$RAW/litert.json" >"$RAW/litert.txt" 2>&1
+    --threads "$NPROC" --runs "$RUNS" --accel gpu --out "$RAW/litert.json" >"$RAW/litert.txt" 2>&1
 say "LiteRT done (exit $?)"
 pack
 
@@ -166,7 +169,7 @@ for m in $FLOAT; do
     timeout 90 "$SY" run "$M" --inputs "$IN" --out "$W/ours/$m" --keep --json --socket "$SOCK" \
         >"$RAW/daemon/${m}_first.json" 2>"$RAW/daemon/${m}_first.err"
     echo "{\"first_request_s\": $(awk "BEGIN { print $EPOCHREALTIME - $t }")}" >"$RAW/daemon/${m}_load.json"
-    for i in $(seq 1 10); do
+    for i in $(seq 1 $(( RUNS < 10 ? RUNS : 10 ))); do
         timeout 20 "$SY" run "$M" --inputs "$IN" --out "$W/ours/$m" --keep --json --socket "$SOCK" \
             >"$RAW/daemon/${m}_run$i.json" 2>>"$RAW/daemon/${m}_runs.err"
     done

@@ -32,6 +32,8 @@ enum Command {
     Tenants(commands::daemon::TenantsArgs),
     /// Daemon status: uptime, models, requests in flight, per-tenant counters.
     Status(commands::daemon::StatusArgs),
+    /// Sessions in the daemon: stream a sequence through one, list, reset, close.
+    Session(commands::session::SessionArgs),
     /// Show where each node of a model runs (processor, partition, latency) and why.
     Placement(commands::placement::PlacementArgs),
     /// The daemon's learned allowlist: processor, driver, verdict, latency, reason.
@@ -65,6 +67,7 @@ fn main() -> std::process::ExitCode {
         Command::Models(args) => commands::daemon::models(args),
         Command::Tenants(args) => commands::daemon::tenants(args),
         Command::Status(args) => commands::daemon::status(args),
+        Command::Session(args) => commands::session::run(args),
         Command::Placement(args) => commands::placement::run(args),
         Command::Allowlist(args) => commands::allowlist::run(args),
         Command::Simulate(args) => commands::simulate::run(args),

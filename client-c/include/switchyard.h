@@ -77,6 +77,7 @@ typedef struct sy_model sy_model;
 typedef struct sy_outputs sy_outputs;
 typedef struct sy_pool sy_pool;
 typedef struct sy_slice sy_slice;
+typedef struct sy_session sy_session;
 
 /* A tensor passed in or out. For an input, set either `data` (sent inline) or `slice`
  * (bytes already written into a pool slice; `data` is ignored). For an output, `data`
@@ -142,6 +143,21 @@ sy_status sy_model_output(const sy_model *model, size_t index, sy_tensor_info *o
 /* Runs the model once on `n_inputs` inputs; `options` may be NULL. */
 sy_status sy_run(sy_model *model, const sy_tensor *inputs, size_t n_inputs,
                  const sy_run_options *options, sy_outputs **out);
+/* Sessions (docs/daemon.md, "Sessions"): one stream's state over a model, which no other
+ * session or tenant sees. Runs on a session continue its stream (a streaming model's
+ * variables), one at a time. The daemon closes it on sy_session_close, when the model is
+ * unloaded, or when this process exits; sy_session_free only frees the handle. */
+sy_status sy_session_open(sy_model *model, sy_session **out);
+/* The tenant's id for the session (0 for NULL). */
+uint64_t sy_session_id(const sy_session *session);
+/* As sy_run, on the session's stream. */
+sy_status sy_session_run(sy_session *session, const sy_tensor *inputs, size_t n_inputs,
+                         const sy_run_options *options, sy_outputs **out);
+/* Starts the stream afresh. */
+sy_status sy_session_reset(sy_session *session);
+sy_status sy_session_close(sy_session *session);
+void sy_session_free(sy_session *session);
+
 size_t sy_outputs_count(const sy_outputs *outputs);
 /* Output `index`; its pointers are valid until sy_outputs_free (and, for outputs in
  * shared memory, while their slice lives). */

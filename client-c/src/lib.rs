@@ -17,7 +17,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::ptr;
 use std::time::Duration;
 
-use switchyard_client::blocking::{Client, Model};
+use switchyard_client::blocking::{Client, Model, Session};
 use switchyard_client::{
     ClientError, DType, OutputData, Outputs, Priority, Run, ShmPool, ShmSlice, TensorSpec,
 };
@@ -453,6 +453,74 @@ pub unsafe extern "C" fn sy_run(
         let r = m.inner.run(run).map_err(client_error)?;
         put(out, wrap_outputs(r, &slices)?)
     })
+}
+
+/// A session on a model: one stream's state in the daemon.
+pub struct sy_session {
+    inner: Session,
+    /// The model's output count, for output slices.
+    outputs: usize,
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn sy_session_open(model: *mut sy_model, out: *mut *mut sy_session) -> i32 {
+    guard(|| {
+        let m = arg(model, "model")?;
+        let inner = m.inner.open_session().map_err(client_error)?;
+        put(
+            out,
+            sy_session {
+                inner,
+                outputs: m.outputs.len(),
+            },
+        )
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn sy_session_id(session: *const sy_session) -> u64 {
+    // SAFETY: NULL or a session from this library.
+    unsafe { session.as_ref() }.map_or(0, |s| s.inner.id())
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn sy_session_run(
+    session: *mut sy_session,
+    inputs: *const sy_tensor,
+    n_inputs: usize,
+    options: *const sy_run_options,
+    out: *mut *mut sy_outputs,
+) -> i32 {
+    guard(|| {
+        let s = arg(session, "session")?;
+        let inputs = slice_of(inputs, n_inputs, "inputs")?;
+        // SAFETY: NULL or options C owns for the call.
+        let options = unsafe { options.as_ref() };
+        let (run, slices) = build_run(inputs, options, s.outputs)?;
+        let r = s.inner.run(run).map_err(client_error)?;
+        put(out, wrap_outputs(r, &slices)?)
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn sy_session_reset(session: *mut sy_session) -> i32 {
+    guard(|| arg(session, "session")?.inner.reset().map_err(client_error))
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn sy_session_close(session: *mut sy_session) -> i32 {
+    guard(|| {
+        arg(session, "session")?
+            .inner
+            .clone()
+            .close()
+            .map_err(client_error)
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn sy_session_free(session: *mut sy_session) {
+    free(session)
 }
 
 #[unsafe(no_mangle)]

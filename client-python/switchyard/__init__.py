@@ -11,7 +11,16 @@ over the side socket with SCM_RIGHTS, carved into numpy arrays). The gRPC stubs 
 generated from the repository's proto/ when the package is built.
 """
 
-from .client import Client, Error, Model, Priority, RunResult, TensorSpec, default_socket
+from .client import (
+    Client,
+    Error,
+    Model,
+    Priority,
+    RunResult,
+    Session,
+    TensorSpec,
+    default_socket,
+)
 from .shm import ShmArray, ShmPool
 
 __all__ = [
@@ -20,6 +29,7 @@ __all__ = [
     "Model",
     "Priority",
     "RunResult",
+    "Session",
     "ShmArray",
     "ShmPool",
     "TensorSpec",

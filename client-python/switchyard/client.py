@@ -129,6 +129,10 @@ class Model:
         self.bytes = info.bytes
         self.inputs = [TensorSpec._from_wire(t) for t in info.inputs]
         self.outputs = [TensorSpec._from_wire(t) for t in info.outputs]
+        # A stateful model (a streaming detector) keeps state between runs: open a
+        # Session to stream; a run without one starts from a fresh state.
+        self.stateful = info.stateful
+        self.plan_bytes = info.plan_bytes
 
     def __repr__(self):
         return f"Model({self.name!r}, id={self.id})"
@@ -148,8 +152,50 @@ class Model:
         """
         return self._client._run(self.id, inputs, outputs, priority, deadline, resize, request_id)
 
+    def open_session(self) -> "Session":
+        """Opens a session: the state of one stream, which no other session or tenant
+        ever sees. The daemon closes it on `close()`, when the model is unloaded, or when
+        this process exits."""
+        resp = _call(self._client._stub.OpenSession,
+                     pb.OpenSessionRequest(model_id=self.id), metadata=self._client._metadata)
+        return Session(self, resp.session.id)
+
     def unload(self):
+        """Drops this tenant's handle (and closes its sessions on the model)."""
         self._client._unload(self.id)
+
+
+class Session:
+    """A session on a model (`Model.open_session`): runs on it continue one stream, one
+    at a time in the order sent. Usable as a context manager (closes on exit)."""
+
+    def __init__(self, model: Model, session_id: int):
+        self.model = model
+        self.id = session_id
+
+    def __repr__(self):
+        return f"Session({self.id}, model={self.model.id})"
+
+    def run(self, inputs, *, outputs=None, priority=None, deadline=None, resize=False,
+            request_id=None) -> RunResult:
+        """Runs the model once on this session's stream (arguments as `Model.run`)."""
+        return self.model._client._run(self.model.id, inputs, outputs, priority, deadline,
+                                        resize, request_id, session_id=self.id)
+
+    def reset(self):
+        """Starts the stream afresh."""
+        _call(self.model._client._stub.ResetSession,
+              pb.ResetSessionRequest(session_id=self.id), metadata=self.model._client._metadata)
+
+    def close(self):
+        _call(self.model._client._stub.CloseSession,
+              pb.CloseSessionRequest(session_id=self.id), metadata=self.model._client._metadata)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
 class Client:
@@ -221,12 +267,14 @@ class Client:
         _call(self._stub.UnloadModel, pb.UnloadModelRequest(id=model_id),
               metadata=self._metadata)
 
-    def _run(self, model_id, inputs, outputs, priority, deadline, resize, request_id):
+    def _run(self, model_id, inputs, outputs, priority, deadline, resize, request_id,
+             session_id=0):
         req = pb.RunRequest(
             model_id=model_id,
             inputs=[_tensor(a) for a in inputs],
             allow_resize=bool(resize),
             client_request_id=request_id or "",
+            session_id=session_id,
         )
         if priority is not None:
             req.priority = int(priority)

@@ -152,6 +152,25 @@ class PythonClient(unittest.TestCase):
         self.assertIn("deadline", e.exception.message)
         model.run([x], priority=switchyard.Priority.REALTIME, deadline=600.0)
 
+    def test_a_session_streams_the_wake_word_model_like_litert(self):
+        model = self.client.load(model_file("mww_okay_nabu"))
+        self.assertTrue(model.stateful)
+        steps = golden("mww_okay_nabu", "seq_input_0")
+        want = golden("mww_okay_nabu", "seq_output_0.ref")
+        with model.open_session() as session:
+            got = [session.run([x])[0] for x in steps]
+            for t, (g, w) in enumerate(zip(got, want)):
+                diff = np.abs(g.astype(np.int32) - w.astype(np.int32)).max()
+                self.assertLessEqual(diff, 1, f"step {t}")
+            self.assertTrue(any(w.any() for w in want), "the sequence never fires")
+            # A reset starts a fresh stream: step 0 again answers as at first.
+            session.reset()
+            np.testing.assert_array_equal(session.run([steps[0]])[0], got[0])
+        # Closed: the id is unknown now.
+        with self.assertRaises(switchyard.Error) as e:
+            session.run([steps[0]])
+        self.assertEqual(e.exception.code, "NOT_FOUND")
+
 
 if __name__ == "__main__":
     unittest.main()

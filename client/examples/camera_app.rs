@@ -57,6 +57,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         outputs.iter().fold(run, |r, s| r.output_shm(s))
     };
 
+    let mut dropped = 0u64;
     let start = Instant::now();
     let mut next = start;
     let mut window = Vec::new();
@@ -64,10 +65,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut last_print = start;
     while start.elapsed() < Duration::from_secs(seconds) {
         let t = Instant::now();
-        model.run(frame_run())?;
-        let latency = t.elapsed();
-        window.push(latency);
-        all.push(latency);
+        // A frame the daemon cannot finish within its period is refused up front
+        // (DEADLINE_EXCEEDED with the reason); the app drops it, as a camera would.
+        match model.run(frame_run()) {
+            Ok(_) => {
+                let latency = t.elapsed();
+                window.push(latency);
+                all.push(latency);
+            }
+            Err(e) if e.code() == Some(tonic::Code::DeadlineExceeded) => dropped += 1,
+            Err(e) => return Err(e.into()),
+        }
         if last_print.elapsed() >= Duration::from_secs(1) {
             println!("[camera] {}", common::summary(&mut window, frame));
             window.clear();
@@ -80,6 +88,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             next = Instant::now();
         }
     }
-    println!("[camera] total: {}", common::summary(&mut all, frame));
+    println!(
+        "[camera] total: {} dropped(refused)={dropped}",
+        common::summary(&mut all, frame)
+    );
     Ok(())
 }

@@ -1,5 +1,7 @@
 //! A wake-word app: runs an audio model on a new feature window every 80 ms with inline
-//! tensors, using the async client. Prints its latencies once a second.
+//! tensors, using the async client. A streaming model (one that keeps state between
+//! runs) runs on a session of its own, so its stream continues from window to window.
+//! Prints its latencies once a second.
 //!
 //! `cargo run --example wake_word -- SOCKET MODEL.tflite [SECONDS]`
 
@@ -30,6 +32,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         model.id()
     );
 
+    // A streaming detector's state lives in the daemon, in this app's session.
+    let session = if model.meta().stateful {
+        Some(model.open_session().await?)
+    } else {
+        None
+    };
     let mut ticker = tokio::time::interval(hop);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let start = Instant::now();
@@ -43,7 +51,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let inputs = common::synthetic_inputs(model.inputs(), seed);
         let run = inputs.into_iter().fold(Run::new(), Run::input);
         let t = Instant::now();
-        model.run(run).await?;
+        match &session {
+            Some(s) => s.run(run).await?,
+            None => model.run(run).await?,
+        };
         let latency = t.elapsed();
         window.push(latency);
         all.push(latency);
@@ -54,5 +65,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     println!("[wake-word] total: {}", common::summary(&mut all, hop));
+    if let Some(s) = session {
+        s.close().await?;
+    }
     Ok(())
 }

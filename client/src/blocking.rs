@@ -59,6 +59,40 @@ impl Model {
     pub fn as_async(&self) -> &crate::Model {
         &self.inner
     }
+
+    /// See [`crate::Model::open_session`].
+    pub fn open_session(&self) -> Result<Session, ClientError> {
+        let inner = self.rt.block_on(self.inner.open_session())?;
+        Ok(Session {
+            rt: self.rt.clone(),
+            inner,
+        })
+    }
+}
+
+/// A session on a model (see [`crate::Session`]); calls block the calling thread.
+#[derive(Clone, Debug)]
+pub struct Session {
+    rt: Arc<tokio::runtime::Runtime>,
+    inner: crate::Session,
+}
+
+impl Session {
+    pub fn id(&self) -> u64 {
+        self.inner.id()
+    }
+
+    pub fn run(&self, run: Run) -> Result<Outputs, ClientError> {
+        self.rt.block_on(self.inner.run(run))
+    }
+
+    pub fn reset(&self) -> Result<(), ClientError> {
+        self.rt.block_on(self.inner.reset())
+    }
+
+    pub fn close(self) -> Result<(), ClientError> {
+        self.rt.block_on(self.inner.close())
+    }
 }
 
 fn runtime() -> Result<Arc<tokio::runtime::Runtime>, ClientError> {
@@ -151,6 +185,23 @@ impl Client {
     ) -> Result<RunOutput, ClientError> {
         self.rt
             .block_on(self.inner.run_with(model_id, inputs, options))
+    }
+
+    /// See [`crate::Client::open_session`].
+    pub fn open_session(&mut self, model_id: &str) -> Result<v1::SessionInfo, ClientError> {
+        self.rt.block_on(self.inner.open_session(model_id))
+    }
+
+    pub fn reset_session(&mut self, session_id: u64) -> Result<(), ClientError> {
+        self.rt.block_on(self.inner.reset_session(session_id))
+    }
+
+    pub fn close_session(&mut self, session_id: u64) -> Result<(), ClientError> {
+        self.rt.block_on(self.inner.close_session(session_id))
+    }
+
+    pub fn list_sessions(&mut self) -> Result<Vec<v1::SessionInfo>, ClientError> {
+        self.rt.block_on(self.inner.list_sessions())
     }
 
     #[deprecated(note = "use `Model::run` with `Run::input_shm` / `Run::output_shm`")]

@@ -348,6 +348,40 @@ impl Client {
         self.run_wire(model_id, wire, Vec::new(), options).await
     }
 
+    /// Opens a session on one of this tenant's models: the state of one stream, which
+    /// no other session or tenant ever sees. It is closed by [`Client::close_session`],
+    /// by unloading the model, or when this process exits.
+    pub async fn open_session(&mut self, model_id: &str) -> Result<v1::SessionInfo, ClientError> {
+        let req = self.request(v1::OpenSessionRequest {
+            model_id: model_id.to_owned(),
+        })?;
+        self.rpc
+            .open_session(req)
+            .await?
+            .into_inner()
+            .session
+            .ok_or_else(|| ClientError::Invalid("daemon sent no session".into()))
+    }
+
+    /// Starts the session's stream afresh.
+    pub async fn reset_session(&mut self, session_id: u64) -> Result<(), ClientError> {
+        let req = self.request(v1::ResetSessionRequest { session_id })?;
+        self.rpc.reset_session(req).await?;
+        Ok(())
+    }
+
+    pub async fn close_session(&mut self, session_id: u64) -> Result<(), ClientError> {
+        let req = self.request(v1::CloseSessionRequest { session_id })?;
+        self.rpc.close_session(req).await?;
+        Ok(())
+    }
+
+    /// This tenant's open sessions.
+    pub async fn list_sessions(&mut self) -> Result<Vec<v1::SessionInfo>, ClientError> {
+        let req = self.request(v1::ListSessionsRequest {})?;
+        Ok(self.rpc.list_sessions(req).await?.into_inner().sessions)
+    }
+
     /// Runs a model with inputs already written to shared memory (see
     /// [`ShmRegion::write_tensor`]); outputs are written to `outputs` when given (one per
     /// model output), else returned inline.
@@ -398,6 +432,7 @@ impl Client {
             deadline_ms: options.deadline_ms,
             allow_resize: false,
             client_request_id: String::new(),
+            session_id: 0,
         })?;
         let resp = self.rpc.run(req).await?.into_inner();
         let mut outputs = Vec::with_capacity(resp.outputs.len());

@@ -6,6 +6,8 @@
 //! - [`Model`] and [`Run`]: a loaded model and one run built up before it is sent
 //!   (inputs inline or in shared memory, outputs inline or into shared memory,
 //!   priority, deadline, explicit resize, request id). [`Outputs`] is what comes back.
+//! - [`Session`]: one stream's state over a model in the daemon (`Model::open_session`);
+//!   runs on it continue the stream, `reset` starts afresh.
 //! - [`DType`], [`Tensor`], [`TensorSpec`]: the crate's own types; nothing here
 //!   carries wire codes.
 //! - [`ShmPool`]: a sealed memfd registered with the daemon, carved into
@@ -34,10 +36,14 @@ pub mod blocking;
 
 pub use client::{BearerAuth, Client, RunOptions, RunOutput, Tensor};
 pub use dtype::{DType, Element};
-pub use model::{Model, ModelMeta, Output, OutputData, Outputs, Priority, Run, TensorSpec, Timing};
+pub use model::{
+    Model, ModelMeta, Output, OutputData, Outputs, Priority, Run, Session, TensorSpec, Timing,
+};
 pub use pool::{ShmPool, ShmSlice, ShmTensor};
 pub use shm::ShmRegion;
-pub use switchyard_proto::v1::{ModelInfo, ShmRef, StatusResponse, TenantInfo, TensorInfo};
+pub use switchyard_proto::v1::{
+    MemoryInfo, ModelInfo, SessionInfo, ShmRef, StatusResponse, TenantInfo, TensorInfo,
+};
 
 /// The wire enum's old name, kept so code written against it compiles; it is
 /// [`DType`] now.

@@ -47,6 +47,11 @@ pub struct ModelMeta {
     pub arena_bytes: u64,
     pub inputs: Vec<TensorSpec>,
     pub outputs: Vec<TensorSpec>,
+    /// The model keeps state between runs (a streaming model): open a [`Session`] to
+    /// stream; a run without one starts from a fresh state.
+    pub stateful: bool,
+    /// Bytes of the daemon's prepared plan this tenant is charged for.
+    pub plan_bytes: u64,
 }
 
 impl ModelMeta {
@@ -67,6 +72,8 @@ impl ModelMeta {
             sha256: m.sha256,
             bytes: m.bytes,
             arena_bytes: m.arena_bytes,
+            stateful: m.stateful,
+            plan_bytes: m.plan_bytes,
         })
     }
 }
@@ -115,6 +122,7 @@ pub struct Run {
     pub(crate) deadline: Option<Duration>,
     pub(crate) resize: bool,
     pub(crate) request_id: String,
+    pub(crate) session: u64,
 }
 
 impl Run {
@@ -199,6 +207,7 @@ impl Run {
                 .unwrap_or(0),
             allow_resize: self.resize,
             client_request_id: self.request_id,
+            session_id: self.session,
         }
     }
 }
@@ -344,12 +353,81 @@ impl Model {
         Outputs::from_wire(resp.into_inner())
     }
 
-    /// Drops this tenant's handle in the daemon.
+    /// Opens a session on this model: the state of one stream, which no other
+    /// session or tenant ever sees. The daemon closes it on [`Session::close`], when the
+    /// model is unloaded, or when this process exits.
+    pub async fn open_session(&self) -> Result<Session, ClientError> {
+        let mut c = self.client.clone();
+        let info = c
+            .rpc
+            .open_session(v1::OpenSessionRequest {
+                model_id: self.meta.id.clone(),
+            })
+            .await?
+            .into_inner()
+            .session
+            .ok_or_else(|| ClientError::Invalid("the daemon sent no session".into()))?;
+        Ok(Session {
+            model: self.clone(),
+            id: info.id,
+        })
+    }
+
+    /// Drops this tenant's handle in the daemon (and closes its sessions on it).
     pub async fn unload(self) -> Result<(), ClientError> {
         let mut c = self.client.clone();
         c.rpc
             .unload_model(v1::UnloadModelRequest {
                 id: self.meta.id.clone(),
+            })
+            .await?;
+        Ok(())
+    }
+}
+
+/// A session on a model in the daemon: one stream's state (resource variables,
+/// CALL_ONCE flags, variable tensors, the arena at its shapes). Runs on it continue the
+/// stream, one at a time in the order sent. Cheap to clone; dropping it does not close
+/// it (the daemon does when this process exits): call [`Session::close`].
+#[derive(Clone, Debug)]
+pub struct Session {
+    model: Model,
+    id: u64,
+}
+
+impl Session {
+    /// The tenant's id for the session.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    /// Sends one run on this session and waits for its outputs.
+    pub async fn run(&self, mut run: Run) -> Result<Outputs, ClientError> {
+        run.session = self.id;
+        self.model.run(run).await
+    }
+
+    /// Starts the stream afresh.
+    pub async fn reset(&self) -> Result<(), ClientError> {
+        let mut c = self.model.client.clone();
+        c.rpc
+            .reset_session(v1::ResetSessionRequest {
+                session_id: self.id,
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Closes the session and frees its memory in the daemon.
+    pub async fn close(self) -> Result<(), ClientError> {
+        let mut c = self.model.client.clone();
+        c.rpc
+            .close_session(v1::CloseSessionRequest {
+                session_id: self.id,
             })
             .await?;
         Ok(())

@@ -86,10 +86,14 @@ pub struct TokenConfig {
 pub struct QuotaConfig {
     /// Models a tenant may hold at once.
     pub models: usize,
-    /// Sum of the byte sizes of a tenant's models.
+    /// Sum of the byte sizes of a tenant's models plus their prepared plans (packed
+    /// weights, folded constants), each counted in full as if the tenant were alone.
     pub model_bytes: u64,
-    /// Sum of the planned arena bytes of a tenant's models (one interpreter each).
+    /// Memory all of a tenant's sessions hold together (arenas at their current shapes,
+    /// heap tensors, variables), including pooled sessions while it runs on them.
     pub arena_bytes: u64,
+    /// Sessions a tenant may have open at once.
+    pub sessions: usize,
     /// Requests a tenant may have running or queued at once.
     pub in_flight: usize,
     /// Shared-memory regions a tenant may register.
@@ -104,6 +108,7 @@ impl Default for QuotaConfig {
             models: 8,
             model_bytes: 64 << 20,
             arena_bytes: 256 << 20,
+            sessions: 32,
             in_flight: 8,
             regions: 16,
             region_bytes: 256 << 20,

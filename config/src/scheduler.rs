@@ -48,6 +48,10 @@ pub struct SchedulerConfig {
     /// Fraction of a processor's time background requests get when they have work
     /// queued, however busy the other classes keep it.
     pub background_reserve: f64,
+    /// Requests expected to take at most this many milliseconds may run on one extra
+    /// thread beside the busy CPU cores (the OS time-slices it), so a wake-word frame
+    /// never waits behind a long inference; 0 disables it.
+    pub express_ms: f64,
     /// Policy the arbiter starts with: "priority", "edf", "least-slack" or "fair-share".
     pub policy: String,
     /// Fair-share weight per tenant id (`uid:1000`, or a token's tenant name); tenants
@@ -75,6 +79,7 @@ impl Default for SchedulerConfig {
             aging_ms: 500,
             background_share: 0.5,
             background_reserve: 0.15,
+            express_ms: 2.0,
             policy: "least-slack".into(),
             tenant_weights: Default::default(),
         }
@@ -140,6 +145,12 @@ impl SchedulerConfig {
                     format!("must be in [0, 1], is {v}"),
                 ));
             }
+        }
+        if !(self.express_ms.is_finite() && (0.0..=1000.0).contains(&self.express_ms)) {
+            return Err(ConfigError::invalid(
+                "scheduler.express_ms",
+                format!("must be in [0, 1000], is {}", self.express_ms),
+            ));
         }
         if self.cpu_cores > 1024 {
             return Err(ConfigError::invalid(

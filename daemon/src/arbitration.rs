@@ -104,6 +104,7 @@ pub fn arbiter_options(cfg: &SchedulerConfig) -> ArbiterOptions {
         aging_s: cfg.aging_ms as f64 / 1e3,
         background_share: cfg.background_share,
         background_reserve: cfg.background_reserve,
+        express_s: cfg.express_ms / 1e3,
     }
 }
 
@@ -255,7 +256,7 @@ mod tests {
         );
         let l = {
             let c = lock(&cost);
-            c.learned(&plan.key(Variant::Placed), ProcessorKind::Cpu, 1, c.now())
+            c.learned(plan.key(Variant::Placed), ProcessorKind::Cpu, 1, c.now())
                 .unwrap()
         };
         assert_eq!(l.samples, 4);

@@ -1,6 +1,6 @@
 //! The daemon's one error type and its single mapping to gRPC status codes.
 
-use switchyard_interpreter::{ModelError, RunError};
+use switchyard_interpreter::{BudgetExceeded, ModelError, RunError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -67,6 +67,27 @@ impl DaemonError {
     pub fn invalid(what: impl Into<String>) -> DaemonError {
         DaemonError::InvalidArgument(what.into())
     }
+
+    /// A run error; running out of session memory is the tenant's `arena_bytes` quota
+    /// (every session's limit is set from it), reported with the figures.
+    pub fn from_run(e: RunError) -> DaemonError {
+        match e {
+            RunError::Memory { .. } => DaemonError::from_memory(e),
+            e => DaemonError::Run(e),
+        }
+    }
+
+    /// [`RunError::Memory`] as the `arena_bytes` quota; other errors as run errors.
+    pub fn from_memory(e: RunError) -> DaemonError {
+        match e {
+            RunError::Memory { limit, .. } => DaemonError::Quota {
+                quota: "arena_bytes",
+                limit: limit as u64,
+                detail: format!("session memory: {e}"),
+            },
+            e => DaemonError::Run(e),
+        }
+    }
 }
 
 impl From<DaemonError> for tonic::Status {
@@ -80,7 +101,16 @@ impl From<DaemonError> for tonic::Status {
             | DaemonError::Model(_)
             | DaemonError::Prepare(_)
             | DaemonError::Shm(_) => Code::InvalidArgument,
-            DaemonError::Run(RunError::Input { .. }) => Code::InvalidArgument,
+            DaemonError::Run(RunError::Input { .. } | RunError::InputShape { .. }) => {
+                Code::InvalidArgument
+            }
+            DaemonError::Run(RunError::Budget(BudgetExceeded::Deadline { .. })) => {
+                Code::DeadlineExceeded
+            }
+            DaemonError::Run(RunError::Memory { .. } | RunError::Budget(_)) => {
+                Code::ResourceExhausted
+            }
+            DaemonError::Run(RunError::Cancelled) => Code::Cancelled,
             DaemonError::Run(_) => Code::Internal,
             DaemonError::Quota { .. } => Code::ResourceExhausted,
             DaemonError::Rejected(r) => {

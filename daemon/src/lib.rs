@@ -15,7 +15,10 @@
 //! - [`placement`]: scheduler decisions on first load, run-time failures fed back into
 //!   the persisted allowlist.
 //! - [`metrics`]: request counters and histograms, the Prometheus endpoint.
-//! - [`registry`]: prepared models deduplicated by sha256 with interpreter pools.
+//! - [`registry`]: one shared plan per model (by sha256) in a sharded concurrent map
+//!   with per-model once-slots, and a bounded pool of sessions per model.
+//! - [`sessions`]: tenants' sessions (one stream's state each) and who opened them.
+//! - [`debug_hooks`]: test-only hooks, compiled into debug builds only.
 //! - [`shm`]: memfd regions received over SCM_RIGHTS, range checks.
 //! - [`fdpass`]: receiving descriptors so that none can leak, whatever the sender does.
 //! - [`limits`]: connection budgets per listener and per peer, idle connections closed.
@@ -41,6 +44,7 @@ pub mod activation;
 pub mod arbitration;
 pub mod auth;
 pub mod authority;
+pub mod debug_hooks;
 pub mod error;
 pub mod fdpass;
 pub mod limits;
@@ -52,6 +56,7 @@ pub mod processors;
 pub mod registry;
 pub mod server;
 pub mod service;
+pub mod sessions;
 pub mod shm;
 pub mod tenant;
 pub mod worker;

@@ -98,12 +98,17 @@ impl Placer {
     /// Decides where `model` (whose sha256 is `sha256_hex`) runs. Blocking (validation
     /// runs the model): call from the blocking pool. With no delegates the model runs
     /// on the CPU only, and nothing is timed before its first request.
+    ///
+    /// The shared allowlist and cost model are locked only to copy what this model needs
+    /// and to merge back what was learned: validation runs on the copies, so placing one
+    /// model never waits for another model's validation.
     pub fn place(
         &self,
         model: Arc<Model>,
         sha256_hex: &str,
     ) -> Result<ModelPlacement, DaemonError> {
         if self.delegates.is_empty() {
+            crate::debug_hooks::hold_prepare(sha256_hex);
             return Ok(ModelPlacement {
                 placed: Vec::new(),
                 plan_json: "null".into(),
@@ -112,10 +117,17 @@ impl Placer {
                 serving: Arc::new(ServingPlan::cpu_only(sha256_hex, 1e-3, self.threads)),
             });
         }
-        let mut list = lock(&self.allowlist);
-        let mut cost = lock(&self.cost);
-        // A panic in partitioning or validation is caught while the guards are still
-        // held, so the placement locks are never poisoned for the next load.
+        let mut list = Allowlist::in_memory();
+        for (k, e) in lock(&self.allowlist).entries() {
+            if k.starts_with(sha256_hex) {
+                list.record(k, e.clone())?;
+            }
+        }
+        let mut cost = lock(&self.cost).clone();
+        // Where validation runs: no lock of the placer is held from here to the merge.
+        crate::debug_hooks::hold_prepare(sha256_hex);
+        // Validation runs in the worker process; a panic in partitioning or planning
+        // here is INTERNAL with a generic message, its text in the log.
         let decided = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             decide_with(
                 self.validator.as_ref(),
@@ -127,8 +139,6 @@ impl Placer {
                 self.threads,
             )
         }));
-        drop(cost);
-        drop(list);
         let d = match decided {
             Ok(d) => d?,
             Err(payload) => {
@@ -138,6 +148,7 @@ impl Placer {
                 ));
             }
         };
+        self.merge(&d.verdicts);
         let subjects = d
             .placed
             .iter()
@@ -155,6 +166,33 @@ impl Placer {
             subjects,
             serving,
         })
+    }
+
+    /// Records what one placement learned in the shared allowlist and cost model. A
+    /// decision made meanwhile by another load (for the same subject and driver) wins.
+    fn merge(&self, verdicts: &[(String, String, Entry)]) {
+        {
+            let mut list = lock(&self.allowlist);
+            for (subject, delegate, entry) in verdicts {
+                let k = key(subject, delegate);
+                if matches!(
+                    list.lookup(&k, &entry.fingerprint),
+                    Lookup::Unknown | Lookup::Stale(_)
+                ) && let Err(e) = list.record(&k, entry.clone())
+                {
+                    warn!(error = %e, "cannot persist the allowlist");
+                }
+            }
+        }
+        let mut cost = lock(&self.cost);
+        for (subject, delegate, entry) in verdicts {
+            let Some(d) = self.delegates.iter().find(|d| d.name() == delegate) else {
+                continue;
+            };
+            if cost.measured(subject, d.kind()).is_none() && entry.runs > 0 {
+                cost.observe(subject, d.kind(), entry.delegate_s);
+            }
+        }
     }
 
     /// The processors requests may queue on: the CPU and every delegate's kind.

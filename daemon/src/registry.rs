@@ -1,26 +1,44 @@
-//! The model registry: one prepared copy per distinct model (by sha256), shared by every
-//! tenant that loads those bytes, with a small pool of interpreters per model and per
-//! form the arbiter may choose: with its placement or (for a model placed on an
-//! accelerator) all on the CPU, and with one or several intra-op threads.
+//! The model registry: one prepared [`Plan`] per distinct model (by sha256) per device,
+//! shared by every tenant that loads those bytes, with a small bounded pool of idle
+//! sessions for runs that bring no session of their own.
 //!
-//! Tenants hold `Arc<PreparedModel>` handles; the registry keeps only `Weak` references,
-//! so the last unload (or the last in-flight request, whichever ends later) frees it.
+//! Besides its main plan (with its placement, one intra-op thread), a model may get a
+//! plan per other form the arbiter chooses for a request: all on the CPU (for a model
+//! placed on an accelerator) and with several intra-op threads. Those are prepared when
+//! first asked for, once each, and shared like the main one.
+//!
+//! The registry is a sharded concurrent map from digest to a per-model slot. A load
+//! takes a map shard only long enough to find or insert its slot, then waits on that
+//! slot alone: loading model A never waits for the verification, placement, validation
+//! or prepare of model B, and two tenants loading the same bytes at once prepare them
+//! once (the second waits for the first and shares its plan).
+//!
+//! Tenants hold `Arc<PreparedModel>` handles; slots keep only `Weak` references, so the
+//! last unload (or the last in-flight request, whichever ends later) frees the plan.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
+use dashmap::DashMap;
 use sha2::{Digest, Sha256};
 use switchyard_delegates::CpuResolver;
-use switchyard_interpreter::{DType, Interpreter, InterpreterOptions, Model, OpResolver};
+use switchyard_interpreter::{
+    DType, MemoryPool, Model, OpResolver, Plan, PlanOptions, PrepareLimits, Session, SessionLimits,
+};
 use switchyard_proto::v1::DataType;
-use tokio::sync::Semaphore;
-
 use switchyard_scheduler::serving::Variant;
+use tokio::sync::Semaphore;
 
 use crate::error::DaemonError;
 use crate::placement::{ModelPlacement, Placer};
 use crate::tenant::lock;
+
+/// Input shape sets one plan keeps prepared: each resize to a new shape prepares the
+/// model again for it (kernels, folded constants), shared memory that no session is
+/// charged for, so it is kept small.
+pub const MAX_SHAPE_SETS: usize = 8;
 
 /// Name, type and shape of one model input or output.
 #[derive(Clone, Debug)]
@@ -32,79 +50,223 @@ pub struct TensorSpec {
     pub signature: Option<Vec<i32>>,
 }
 
+/// A form of the model the arbiter may run a request in: placement and threads.
+pub type Form = (Variant, usize);
+
+/// The form every model is prepared in at load.
+pub const MAIN_FORM: Form = (Variant::Placed, 1);
+
+/// One form's plan: empty until its first user prepared it; others wait on the lock.
+#[derive(Default)]
+struct PlanSlot {
+    ready: Mutex<Option<Arc<Plan>>>,
+}
+
 pub struct PreparedModel {
     pub sha256: [u8; 32],
     pub sha256_hex: String,
     pub bytes: u64,
-    /// Planned arena bytes of one interpreter.
+    /// Bytes one session needs at the stored shapes (arenas, variable tensors).
     pub arena_bytes: u64,
     pub inputs: Vec<TensorSpec>,
     pub outputs: Vec<TensorSpec>,
-    model: Arc<Model>,
+    /// The immutable prepared model every session of every tenant runs on (its main
+    /// form; other forms in `plans`).
+    pub plan: Arc<Plan>,
+    plans: Mutex<HashMap<Form, Arc<PlanSlot>>>,
     resolver: Arc<dyn OpResolver>,
-    options: InterpreterOptions,
-    /// Idle interpreters per (form, intra-op threads).
-    idle: Mutex<HashMap<(Variant, usize), Vec<Interpreter>>>,
-    /// Idle interpreters kept per form; more are dropped when given back.
-    keep_idle: usize,
-    /// Where the scheduler placed the model's partitions; interpreters of the placed
-    /// form use it.
+    options: PlanOptions,
+    /// Whether a session keeps state between runs (see [`Plan::is_stateful`]).
+    pub stateful: bool,
+    /// Idle sessions for runs that bring none, per form; at most `pool_size` are kept
+    /// per form.
+    idle: Mutex<HashMap<Form, Vec<Session>>>,
+    pool_size: usize,
+    /// Where the scheduler placed the model's partitions; the plan uses it.
     pub placement: ModelPlacement,
     placer: Arc<Placer>,
-    /// One permit per request of this model running or waiting in the arbiter at once.
+    /// One permit per run without a session of this model at once (the pool's bound);
+    /// waiting here is queue wait.
     pub slots: Arc<Semaphore>,
     /// How long verifying, placing and preparing took: a tenant loading a copy someone
     /// else prepared waits as long, so sharing is not observable through timing.
-    pub prepare_time: std::time::Duration,
+    pub prepare_time: Duration,
+}
+
+/// A pooled session lent to one run; it goes back to the pool (or is dropped) through
+/// [`PreparedModel::give_back`].
+pub struct Lent {
+    pub session: Session,
+    form: Form,
 }
 
 impl PreparedModel {
-    /// An idle interpreter of `variant` with `threads` intra-op threads, or a new one
-    /// (the caller holds a slot permit, which bounds how many run at once).
-    pub fn take_interpreter(
-        &self,
-        variant: Variant,
-        threads: usize,
-    ) -> Result<Interpreter, DaemonError> {
-        let threads = threads.clamp(1, self.options.threads.max(1));
-        if let Some(it) = lock(&self.idle)
-            .get_mut(&(variant, threads))
-            .and_then(Vec::pop)
-        {
-            return Ok(it);
-        }
-        let options = InterpreterOptions {
-            threads,
-            ..self.options.clone()
+    /// Bytes the plans hold for every session (packed weights, folded constants).
+    pub fn plan_bytes(&self) -> u64 {
+        let others: usize = lock(&self.plans)
+            .values()
+            .filter_map(|s| s.ready.try_lock().ok().and_then(|p| p.clone()))
+            .map(|p| p.shared_bytes())
+            .sum();
+        (self.plan.shared_bytes() + others) as u64
+    }
+
+    /// The plan of `form` (threads clamped to what the daemon allows), prepared now if
+    /// nobody has asked for it before (once, however many ask at the same time).
+    pub fn plan_for(&self, form: Form) -> Result<Arc<Plan>, DaemonError> {
+        let form = (form.0, form.1.clamp(1, self.options.threads.max(1)));
+        // A model placed on nothing has one form on the CPU.
+        let form = if self.placement.placed.is_empty() {
+            (Variant::Placed, form.1)
+        } else {
+            form
         };
-        let placed = match variant {
+        if form == MAIN_FORM {
+            return Ok(self.plan.clone());
+        }
+        let slot = lock(&self.plans).entry(form).or_default().clone();
+        let mut ready = lock(&slot.ready);
+        if let Some(p) = ready.as_ref() {
+            return Ok(p.clone());
+        }
+        let placed = match form.0 {
             Variant::Placed => self.placement.placed.clone(),
             Variant::CpuOnly => Vec::new(),
         };
-        Interpreter::with_placement(self.model.clone(), self.resolver.clone(), options, placed)
-            .map_err(DaemonError::Prepare)
+        let options = PlanOptions {
+            threads: form.1,
+            ..self.options.clone()
+        };
+        let plan = Plan::with_placement(
+            self.plan.model().clone(),
+            self.resolver.clone(),
+            options,
+            placed,
+        )
+        .map_err(DaemonError::Prepare)?;
+        *ready = Some(plan.clone());
+        Ok(plan)
     }
 
-    /// Records one request's delegate failures and timings (`before` is the
-    /// interpreter's partition reports from before the request).
-    pub fn observe(&self, before: &[switchyard_interpreter::PartitionReport], it: &Interpreter) {
-        self.placer
-            .observe(&self.placement, before, it.partition_reports());
-    }
-
-    /// Returns an interpreter after a successful run. One that failed is dropped instead,
-    /// as a failed invoke may leave it half-resized.
-    pub fn give_back(&self, variant: Variant, threads: usize, it: Interpreter) {
-        let threads = threads.clamp(1, self.options.threads.max(1));
-        let mut idle = lock(&self.idle);
-        let pool = idle.entry((variant, threads)).or_default();
-        if pool.len() < self.keep_idle {
-            pool.push(it);
+    /// Moves `session` onto the plan of `form` (keeping its stream's state) unless it is
+    /// there already.
+    pub fn bind(&self, session: &mut Session, form: Form) -> Result<(), DaemonError> {
+        let plan = self.plan_for(form)?;
+        if Arc::ptr_eq(session.plan(), &plan) {
+            return Ok(());
         }
+        session.rebind(plan).map_err(memory_or_prepare)
+    }
+
+    /// An idle pooled session of `form`, or a new one (the caller holds a slot permit,
+    /// which bounds how many exist), counted in `pool` while lent. A stateful model's
+    /// session is reset first, so a run without a session always starts a fresh stream.
+    pub fn lend(&self, pool: &MemoryPool, form: Form) -> Result<Lent, DaemonError> {
+        let plan = self.plan_for(form)?;
+        let form = (form.0, plan.options().threads);
+        let idle = lock(&self.idle).get_mut(&form).and_then(Vec::pop);
+        let mut session = match idle {
+            Some(s) => s,
+            None => {
+                let limit = pool.limit().saturating_sub(pool.used());
+                plan.session(SessionLimits { max_bytes: limit })
+                    .map_err(|e| in_pool(e, pool))?
+            }
+        };
+        if self.stateful {
+            session.reset();
+        }
+        // The tenant's pool bounds what the session may grow to during the run, and
+        // refuses with the tenant's figures.
+        session.set_limits(SessionLimits {
+            max_bytes: pool.limit(),
+        });
+        session
+            .set_memory_pool(Some(pool))
+            .map_err(memory_or_prepare)?;
+        Ok(Lent { session, form })
+    }
+
+    /// Returns a lent session to the pool. One that failed, or that grew past what a
+    /// session needs at the stored shapes (a resize: that memory would stay with nobody
+    /// charged for it), is dropped instead.
+    pub fn give_back(&self, mut lent: Lent, ok: bool) {
+        if self.stateful {
+            lent.session.reset();
+        }
+        if lent.session.set_memory_pool(None).is_err() {
+            return;
+        }
+        if !ok || lent.session.memory_bytes() as u64 > self.arena_bytes {
+            return;
+        }
+        let mut idle = lock(&self.idle);
+        let pool = idle.entry(lent.form).or_default();
+        if pool.len() < self.pool_size {
+            pool.push(lent.session);
+        }
+    }
+
+    /// A new session of the caller's own, counted in `pool` (the tenant's).
+    pub fn open_session(&self, pool: &MemoryPool) -> Result<Session, DaemonError> {
+        let limit = pool.limit().saturating_sub(pool.used());
+        let mut s = self
+            .plan
+            .session(SessionLimits { max_bytes: limit })
+            .map_err(|e| in_pool(e, pool))?;
+        s.set_memory_pool(Some(pool)).map_err(memory_or_prepare)?;
+        s.set_limits(SessionLimits {
+            max_bytes: pool.limit(),
+        });
+        Ok(s)
+    }
+
+    /// Idle pooled sessions and the bytes they hold.
+    pub fn pooled(&self) -> (usize, u64) {
+        let idle = lock(&self.idle);
+        (
+            idle.values().map(Vec::len).sum(),
+            idle.values()
+                .flatten()
+                .map(|s| s.memory_bytes() as u64)
+                .sum(),
+        )
+    }
+
+    /// Records one request's delegate failures and timings (`before` is the session's
+    /// partition reports from before the request).
+    pub fn observe(&self, before: &[switchyard_interpreter::PartitionReport], s: &Session) {
+        self.placer
+            .observe(&self.placement, before, s.partition_reports());
     }
 
     pub fn id(&self) -> String {
         self.sha256_hex[..16].to_owned()
+    }
+}
+
+/// A new session's memory refused under a limit of what the tenant had left, told with
+/// the tenant's figures (in use, quota).
+fn in_pool(e: switchyard_interpreter::RunError, pool: &MemoryPool) -> DaemonError {
+    match e {
+        switchyard_interpreter::RunError::Memory {
+            what, requested, ..
+        } => memory_or_prepare(switchyard_interpreter::RunError::Memory {
+            what,
+            requested,
+            used: pool.used(),
+            limit: pool.limit(),
+        }),
+        e => memory_or_prepare(e),
+    }
+}
+
+/// A session that cannot get its memory is the tenant's quota speaking; anything else
+/// while opening one is the model.
+fn memory_or_prepare(e: switchyard_interpreter::RunError) -> DaemonError {
+    match e {
+        switchyard_interpreter::RunError::Memory { .. } => DaemonError::from_memory(e),
+        e => DaemonError::Prepare(e),
     }
 }
 
@@ -152,29 +314,46 @@ pub fn dtype_from_wire(d: DataType) -> Option<DType> {
     })
 }
 
+/// One model's place in the registry: empty until its first loader has prepared it;
+/// later loaders of the same bytes wait on this lock alone.
+#[derive(Default)]
+struct Slot {
+    ready: Mutex<Weak<PreparedModel>>,
+}
+
+/// What the registry holds, counted once (the admin's view).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Physical {
+    pub models: usize,
+    pub model_bytes: u64,
+    pub plan_bytes: u64,
+    pub pooled_sessions: usize,
+    pub pooled_bytes: u64,
+}
+
 pub struct ModelRegistry {
     pub placer: Arc<Placer>,
     resolver: Arc<dyn OpResolver>,
-    options: InterpreterOptions,
-    interpreters_per_model: usize,
-    models: Mutex<HashMap<[u8; 32], Weak<PreparedModel>>>,
+    options: PlanOptions,
+    pool_size: usize,
+    models: DashMap<[u8; 32], Arc<Slot>>,
 }
 
 impl ModelRegistry {
-    pub fn new(
-        kernel_threads: usize,
-        interpreters_per_model: usize,
-        placer: Arc<Placer>,
-    ) -> ModelRegistry {
+    pub fn new(kernel_threads: usize, pool_size: usize, placer: Arc<Placer>) -> ModelRegistry {
         ModelRegistry {
             placer,
             resolver: Arc::new(CpuResolver::optimized()),
-            options: InterpreterOptions {
+            options: PlanOptions {
                 threads: kernel_threads.max(1),
-                ..Default::default()
+                prepare: PrepareLimits {
+                    max_shape_sets: MAX_SHAPE_SETS,
+                    ..PrepareLimits::default()
+                },
+                ..PlanOptions::default()
             },
-            interpreters_per_model: interpreters_per_model.max(1),
-            models: Mutex::new(HashMap::new()),
+            pool_size: pool_size.max(1),
+            models: DashMap::new(),
         }
     }
 
@@ -182,14 +361,9 @@ impl ModelRegistry {
         Sha256::digest(bytes).into()
     }
 
-    /// The prepared model for these bytes if one is alive.
-    pub fn lookup(&self, digest: &[u8; 32]) -> Option<Arc<PreparedModel>> {
-        lock(&self.models).get(digest).and_then(Weak::upgrade)
-    }
-
-    /// Returns the shared prepared model for `bytes`, preparing it (verify, plan, one
-    /// interpreter) if no tenant holds it. Blocking: call from the blocking pool. The
-    /// flag tells whether an existing copy was reused.
+    /// Returns the shared prepared model for `bytes`, preparing it (verify, place,
+    /// plan) if no tenant holds it. Blocking: call from the blocking pool. The flag
+    /// tells whether an existing copy was reused.
     pub fn load(&self, bytes: &[u8]) -> Result<(Arc<PreparedModel>, bool), DaemonError> {
         self.load_digest(Self::digest(bytes), bytes)
     }
@@ -200,18 +374,33 @@ impl ModelRegistry {
         digest: [u8; 32],
         bytes: &[u8],
     ) -> Result<(Arc<PreparedModel>, bool), DaemonError> {
-        if let Some(m) = self.lookup(&digest) {
+        self.sweep();
+        // The shard lock is held only to find or insert the slot.
+        let slot = self.models.entry(digest).or_default().clone();
+        // Only loaders of these same bytes wait here.
+        let mut ready = lock(&slot.ready);
+        if let Some(m) = ready.upgrade() {
             return Ok((m, true));
         }
-        let started = std::time::Instant::now();
+        let prepared = self.prepare(digest, bytes)?;
+        *ready = Arc::downgrade(&prepared);
+        Ok((prepared, false))
+    }
+
+    /// Verify, place (validating unknown partitions), plan: the expensive part of a
+    /// first load, run with no lock but this model's slot.
+    fn prepare(&self, digest: [u8; 32], bytes: &[u8]) -> Result<Arc<PreparedModel>, DaemonError> {
+        let started = Instant::now();
+        let sha256_hex = sha256_hex(&digest);
+        let _span = tracing::info_span!("prepare", model = &sha256_hex[..16]).entered();
         let model = Arc::new(Model::from_bytes(bytes)?);
-        let placement = self.placer.place(model.clone(), &sha256_hex(&digest))?;
+        let placement = self.placer.place(model.clone(), &sha256_hex)?;
         // One thread: requests run side by side on the cores unless the arbiter finds
-        // them idle; an interpreter with more threads is made when first asked for.
-        let first = Interpreter::with_placement(
+        // them idle; a plan with more threads is made when first asked for.
+        let plan = Plan::with_placement(
             model.clone(),
             self.resolver.clone(),
-            InterpreterOptions {
+            PlanOptions {
                 threads: 1,
                 ..self.options.clone()
             },
@@ -243,36 +432,70 @@ impl ModelRegistry {
         }
         let prepared = Arc::new(PreparedModel {
             sha256: digest,
-            sha256_hex: sha256_hex(&digest),
+            sha256_hex,
             bytes: bytes.len() as u64,
-            arena_bytes: first.arena_bytes() as u64,
+            arena_bytes: plan.session_bytes_estimate() as u64,
+            stateful: plan.is_stateful(),
             inputs,
             outputs,
-            model,
+            plan,
+            plans: Mutex::new(HashMap::new()),
             resolver: self.resolver.clone(),
-            idle: Mutex::new(HashMap::from([((Variant::Placed, 1), vec![first])])),
             options: self.options.clone(),
-            keep_idle: self.interpreters_per_model,
+            idle: Mutex::new(HashMap::new()),
+            pool_size: self.pool_size,
             placement,
             placer: self.placer.clone(),
-            slots: Arc::new(Semaphore::new(self.interpreters_per_model)),
+            slots: Arc::new(Semaphore::new(self.pool_size)),
             prepare_time: started.elapsed(),
         });
-        let mut map = lock(&self.models);
-        map.retain(|_, w| w.strong_count() > 0);
-        // Another load of the same bytes may have finished while this one prepared.
-        if let Some(existing) = map.get(&digest).and_then(Weak::upgrade) {
-            return Ok((existing, true));
-        }
-        map.insert(digest, Arc::downgrade(&prepared));
-        Ok((prepared, false))
+        tracing::info!(
+            stateful = prepared.stateful,
+            plan_bytes = prepared.plan_bytes(),
+            session_bytes = prepared.arena_bytes,
+            ms = prepared.prepare_time.as_millis() as u64,
+            "prepared"
+        );
+        Ok(prepared)
+    }
+
+    /// Forgets slots whose model nobody holds and nobody is loading. A slot is only
+    /// removed while the map is its sole owner (checked under the shard's write lock,
+    /// where nobody can take a new reference), so a loader never prepares into a slot
+    /// that is no longer in the map.
+    fn sweep(&self) {
+        self.models.retain(|_, slot| {
+            Arc::strong_count(slot) > 1
+                || slot.ready.try_lock().map_or(true, |w| w.strong_count() > 0)
+        });
     }
 
     /// Prepared models still held by some tenant or request.
     pub fn live(&self) -> usize {
-        let mut map = lock(&self.models);
-        map.retain(|_, w| w.strong_count() > 0);
-        map.len()
+        self.alive().len()
+    }
+
+    fn alive(&self) -> Vec<Arc<PreparedModel>> {
+        self.sweep();
+        let slots: Vec<Arc<Slot>> = self.models.iter().map(|e| e.value().clone()).collect();
+        slots
+            .iter()
+            .filter_map(|s| s.ready.try_lock().ok().and_then(|w| w.upgrade()))
+            .collect()
+    }
+
+    /// Physical figures, each prepared model counted once.
+    pub fn physical(&self) -> Physical {
+        let mut p = Physical::default();
+        for m in self.alive() {
+            p.models += 1;
+            p.model_bytes += m.bytes;
+            p.plan_bytes += m.plan_bytes();
+            let (n, b) = m.pooled();
+            p.pooled_sessions += n;
+            p.pooled_bytes += b;
+        }
+        p
     }
 }
 
@@ -281,7 +504,7 @@ pub(crate) mod tests {
     use super::*;
 
     use switchyard_interpreter::builder::ModelBuilder;
-    use switchyard_interpreter::{Activation, BuiltinOp, OpKind, OpOptions};
+    use switchyard_interpreter::{Activation, Budget, BuiltinOp, OpKind, OpOptions, Tensor};
 
     pub(crate) fn cpu_only() -> Arc<Placer> {
         let mut cfg = switchyard_config::Config::default();
@@ -307,6 +530,24 @@ pub(crate) mod tests {
         mb.finish()
     }
 
+    /// `y = x + 1` over [1, 4] with a broadcast constant, so any [1, n] resize is valid.
+    fn resizable_model() -> Vec<u8> {
+        let mut mb = ModelBuilder::new();
+        let sg = mb.main();
+        let x = sg.tensor("x", DType::F32, &[1, 4]);
+        let k = sg.constant_f32("one", &[1], &[1.0]);
+        let y = sg.tensor("y", DType::F32, &[1, 4]);
+        sg.op(
+            OpKind::Builtin(BuiltinOp::Add),
+            &[Some(x), Some(k)],
+            &[y],
+            OpOptions::Activation(Activation::None),
+        );
+        sg.set_inputs(&[x]);
+        sg.set_outputs(&[y]);
+        mb.finish()
+    }
+
     #[test]
     fn same_bytes_share_one_prepared_copy_until_last_handle_drops() {
         let reg = ModelRegistry::new(1, 2, cpu_only());
@@ -316,6 +557,7 @@ pub(crate) mod tests {
         assert!(!shared_a);
         assert!(shared_b);
         assert!(Arc::ptr_eq(&a, &b));
+        assert!(Arc::ptr_eq(&a.plan, &b.plan));
         assert_eq!(reg.live(), 1);
         let other = reg.load(&add_model(2.0)).unwrap().0;
         assert_eq!(reg.live(), 2);
@@ -325,6 +567,24 @@ pub(crate) mod tests {
         assert_eq!(reg.live(), 1);
         drop(other);
         assert_eq!(reg.live(), 0);
+        assert!(reg.models.is_empty(), "dead slots are swept");
+    }
+
+    #[test]
+    fn concurrent_loads_of_the_same_bytes_prepare_once() {
+        let reg = Arc::new(ModelRegistry::new(1, 2, cpu_only()));
+        let bytes = Arc::new(add_model(7.0));
+        let results: Vec<(Arc<PreparedModel>, bool)> = (0..8)
+            .map(|_| {
+                let (reg, bytes) = (reg.clone(), bytes.clone());
+                std::thread::spawn(move || reg.load(&bytes).unwrap())
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .collect();
+        assert_eq!(results.iter().filter(|(_, shared)| !shared).count(), 1);
+        assert!(results.iter().all(|(m, _)| Arc::ptr_eq(m, &results[0].0)));
     }
 
     #[test]
@@ -341,20 +601,58 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn interpreters_come_back_to_the_pool_of_their_form() {
-        let reg = ModelRegistry::new(2, 2, cpu_only());
-        let (m, _) = reg.load(&add_model(1.0)).unwrap();
-        let it = m.take_interpreter(Variant::Placed, 2).unwrap();
-        let it2 = m.take_interpreter(Variant::Placed, 2).unwrap();
-        let one = m.take_interpreter(Variant::Placed, 1).unwrap();
-        m.give_back(Variant::Placed, 2, it);
-        m.give_back(Variant::Placed, 2, it2);
-        m.give_back(Variant::Placed, 1, one);
-        let idle = lock(&m.idle);
-        assert_eq!(idle[&(Variant::Placed, 2)].len(), 2);
-        assert_eq!(idle[&(Variant::Placed, 1)].len(), 1);
-        drop(idle);
+    fn pooled_sessions_come_back_bounded_and_count_in_the_tenant_pool_while_lent() {
+        let reg = ModelRegistry::new(1, 2, cpu_only());
+        let (m, _) = reg.load(&resizable_model()).unwrap();
+        assert!(!m.stateful);
+        let pool = MemoryPool::new(1 << 20);
+        let a = m.lend(&pool, MAIN_FORM).unwrap();
+        let b = m.lend(&pool, MAIN_FORM).unwrap();
+        let c = m.lend(&pool, MAIN_FORM).unwrap();
+        assert_eq!(pool.used() as u64, 3 * m.arena_bytes);
+        m.give_back(a, true);
+        m.give_back(b, true);
+        m.give_back(c, true);
+        assert_eq!(pool.used(), 0);
+        assert_eq!(m.pooled().0, 2, "at most pool_size idle sessions");
         assert_eq!(m.inputs.len(), 1);
         assert_eq!(m.inputs[0].dtype, DType::F32);
+        // A pooled session grown by a resize is not kept.
+        let mut grown = m.lend(&pool, MAIN_FORM).unwrap();
+        grown.session.resize_input(0, &[1, 64]).unwrap();
+        let x = Tensor::from_f32(vec![1, 64], &[1.0; 64]).unwrap();
+        grown
+            .session
+            .run(&[x.view()], &mut Budget::nodes(100))
+            .unwrap();
+        assert!(grown.session.memory_bytes() as u64 > m.arena_bytes);
+        m.give_back(grown, true);
+        assert_eq!(m.pooled().0, 1);
+        assert_eq!(pool.used(), 0);
+        // Another form (more threads) gets its own plan, prepared once, and its own pool.
+        let reg2 = ModelRegistry::new(2, 2, cpu_only());
+        let (m2, _) = reg2.load(&resizable_model()).unwrap();
+        let two = m2.plan_for((Variant::Placed, 2)).unwrap();
+        assert!(!Arc::ptr_eq(&two, &m2.plan));
+        assert!(Arc::ptr_eq(&two, &m2.plan_for((Variant::Placed, 7)).unwrap()));
+        let mut s = m2.open_session(&pool).unwrap();
+        m2.bind(&mut s, (Variant::Placed, 2)).unwrap();
+        assert!(Arc::ptr_eq(s.plan(), &two));
+        let lent = m2.lend(&pool, (Variant::Placed, 2)).unwrap();
+        m2.give_back(lent, true);
+        assert_eq!(m2.pooled().0, 1);
+    }
+
+    #[test]
+    fn a_session_past_the_tenant_pool_is_refused_with_the_figures() {
+        let reg = ModelRegistry::new(1, 2, cpu_only());
+        let (m, _) = reg.load(&add_model(1.0)).unwrap();
+        let pool = MemoryPool::new(m.arena_bytes as usize);
+        let s = m.open_session(&pool).unwrap();
+        let e = m.open_session(&pool).err().expect("the pool is full");
+        assert!(matches!(e, DaemonError::Quota { .. }), "{e}");
+        drop(s);
+        assert_eq!(pool.used(), 0);
+        m.open_session(&pool).unwrap();
     }
 }

@@ -251,6 +251,7 @@ pub async fn run(
     // The arbiter dispatches until the process ends: queued requests must still run
     // while shutdown drains.
     let arbiter = tokio::spawn(state.gate.service.clone().run(std::future::pending()));
+    let reaper = tokio::spawn(crate::service::reap_sessions(state.clone()));
     let mut tasks = tokio::task::JoinSet::new();
     let l = &config_limits;
     tasks.spawn(shm::serve(
@@ -354,6 +355,7 @@ pub async fn run(
     tasks.abort_all();
     while tasks.join_next().await.is_some() {}
     arbiter.abort();
+    reaper.abort();
     match drained {
         Ok(()) => info!("drained; exiting"),
         Err(_) => warn!(

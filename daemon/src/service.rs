@@ -20,8 +20,10 @@ use tracing::{Instrument, info, info_span, warn};
 use crate::error::DaemonError;
 use crate::metrics::{Metrics, Viewer, refusal_reason};
 use crate::registry::{ModelRegistry, PreparedModel, TensorSpec, dtype_from_wire, dtype_to_wire};
+use crate::sessions::{Opener, SessionEntry};
 use crate::shm::{Region, Regions, check_range};
 use crate::tenant::{Caller, Handle, TenantId, TenantSnapshot, Tenants};
+use switchyard_interpreter::{Budget, DEFAULT_MAX_NODES, MemoryPool, Session};
 
 /// Longest tensor rank accepted from a client.
 const MAX_RANK: usize = 16;
@@ -160,6 +162,8 @@ impl State {
             arena_bytes: m.arena_bytes,
             inputs: m.inputs.iter().map(tensor_info).collect(),
             outputs: m.outputs.iter().map(tensor_info).collect(),
+            stateful: m.stateful,
+            plan_bytes: m.plan_bytes(),
         }
     }
 
@@ -187,6 +191,9 @@ impl State {
                 last_queue_us: s.counters.last_queue_us,
                 last_run_us: s.counters.last_run_us,
             }),
+            sessions: s.sessions as u32,
+            session_bytes: s.session_bytes,
+            plan_bytes: s.plan_bytes,
         }
     }
 
@@ -205,16 +212,36 @@ impl State {
         caller: &Caller,
         name: String,
         model: Arc<PreparedModel>,
-        reload: bool,
-    ) -> Result<v1::LoadModelResponse, DaemonError> {
+        // Whether this tenant already held the model (never whether anyone else does).
+        shared: bool,
+    ) -> Result<(v1::LoadModelResponse, Vec<Arc<SessionEntry>>), DaemonError> {
         let id = model.id();
         let handle = Handle { name, model };
-        self.tenants.insert(caller, id.clone(), handle.clone())?;
-        info!(tenant = %caller.tenant, model = %id, reload, bytes = handle.model.bytes, "model loaded");
-        Ok(v1::LoadModelResponse {
-            model: Some(self.model_info(&id, &handle)),
-            shared: reload,
-        })
+        let reloaded = self.tenants.insert(caller, id.clone(), handle.clone())?;
+        info!(tenant = %caller.tenant, model = %id, shared, bytes = handle.model.bytes, "model loaded");
+        Ok((
+            v1::LoadModelResponse {
+                model: Some(self.model_info(&id, &handle)),
+                shared,
+            },
+            reloaded,
+        ))
+    }
+
+    /// The physical memory figures, each prepared model once (admins only).
+    fn memory_info(&self) -> v1::MemoryInfo {
+        let p = self.registry.physical();
+        let tenants = self.tenants.snapshot();
+        v1::MemoryInfo {
+            models: p.models as u32,
+            model_bytes: p.model_bytes,
+            plan_bytes: p.plan_bytes,
+            sessions: tenants.iter().map(|t| t.sessions as u32).sum(),
+            session_bytes: tenants.iter().map(|t| t.session_bytes).sum(),
+            pooled_sessions: p.pooled_sessions as u32,
+            pooled_bytes: p.pooled_bytes,
+            charged_bytes: tenants.iter().map(|t| t.plan_bytes + t.session_bytes).sum(),
+        }
     }
 }
 
@@ -287,7 +314,14 @@ async fn spawn_load(
         let prepared_in = model.prepare_time.min(MAX_SHARING_DELAY);
         tokio::time::sleep_until((started + prepared_in).into()).await;
     }
-    state.finish_load(caller, name, model, held_before)
+    let (resp, reloaded) = state.finish_load(caller, name, model, held_before)?;
+    // Reloading a model starts fresh streams on the tenant's sessions of it.
+    for entry in reloaded {
+        let mut s = entry.state.lock().await;
+        s.reset();
+        entry.ran(&s, false);
+    }
+    Ok(resp)
 }
 
 /// Longest a shared load is held back to look like a fresh one.
@@ -442,18 +476,26 @@ fn check_outputs(
         .map(Some)
 }
 
+/// The session one run executes on.
+enum Lease {
+    /// The caller's own session (locked for the run: runs on one session take turns).
+    Own(tokio::sync::OwnedMutexGuard<Session>, Arc<SessionEntry>),
+    /// A pooled session borrowed inside the run and counted in the tenant's memory;
+    /// the permit bounds how many exist.
+    Pooled(tokio::sync::OwnedSemaphorePermit, MemoryPool),
+}
+
 /// One run request's work as it travels through the arbiter: its checked inputs and
-/// output destinations, the permits it holds until the run really ends (a client that
-/// disconnects mid-run drops its future, not the work), and then its result.
+/// output destinations, its session lease and the in-flight permit it holds until the
+/// run really ends (a client that disconnects mid-run drops its future, not the work),
+/// and then its result.
 pub struct RunJob {
     request_id: u64,
     model: Arc<PreparedModel>,
+    lease: Option<Lease>,
     inputs: Vec<CheckedInput>,
     outputs: Option<Vec<OutputDest>>,
-    _permits: (
-        tokio::sync::OwnedSemaphorePermit,
-        tokio::sync::OwnedSemaphorePermit,
-    ),
+    _permit: tokio::sync::OwnedSemaphorePermit,
     result: Option<Result<Vec<v1::Tensor>, DaemonError>>,
     run_us: u64,
 }
@@ -461,10 +503,13 @@ pub struct RunJob {
 impl Work for RunJob {
     fn run(&mut self, at: Assigned) -> bool {
         let t = Instant::now();
+        let lease = self.lease.take();
         let inputs = std::mem::take(&mut self.inputs);
         let outputs = self.outputs.take();
-        let res = crate::panics::contain("run", self.request_id, || {
-            execute(&self.model, at, inputs, outputs)
+        let model = &self.model;
+        let res = crate::panics::contain("run", self.request_id, || match lease {
+            Some(lease) => execute_on(model, lease, at, inputs, outputs),
+            None => Err(DaemonError::Internal("the run was started twice".into())),
         });
         self.run_us = t.elapsed().as_micros() as u64;
         let ok = res.is_ok();
@@ -473,76 +518,127 @@ impl Work for RunJob {
     }
 }
 
-/// Sets inputs, invokes the model's form the arbiter chose (with its thread count), and
-/// returns outputs inline or written to shm. Runs on the blocking pool.
-fn execute(
+/// Runs one request on its session, in the model's form the arbiter chose (placement,
+/// threads): the whole execution of a run, in one place.
+fn execute_on(
     model: &PreparedModel,
+    lease: Lease,
     at: Assigned,
     inputs: Vec<CheckedInput>,
     outputs: Option<Vec<OutputDest>>,
 ) -> Result<Vec<v1::Tensor>, DaemonError> {
-    let mut it = model.take_interpreter(at.variant, at.threads)?;
-    let before = it.partition_reports().to_vec();
-    let result = (|| {
-        for (i, x) in inputs.iter().enumerate() {
-            let (_, current) = it.input_info(i).map_err(DaemonError::Run)?;
-            if current != x.shape {
-                it.resize_input(i, x.shape.clone()).map_err(|e| {
-                    DaemonError::invalid(format!(
-                        "input {i}: shape {:?} does not fit the model: {e}",
-                        x.shape
-                    ))
-                })?;
-            }
-            let bytes = match &x.data {
-                Input::Inline(b) => b.as_slice(),
-                Input::Shm(region, range) => region.bytes(range.clone())?,
-            };
-            it.set_input(i, bytes).map_err(DaemonError::Run)?;
+    let form = (at.variant, at.threads);
+    match lease {
+        Lease::Own(mut session, entry) => {
+            // The stream's state stays in the session whichever plan runs it.
+            let result = model
+                .bind(&mut session, form)
+                .and_then(|()| execute(model, &mut session, inputs, outputs));
+            entry.ran(&session, true);
+            result
         }
-        let invoked = it.invoke().map_err(DaemonError::Run);
-        model.observe(&before, &it);
-        invoked?;
-        let mut out = Vec::with_capacity(it.output_count());
-        for i in 0..it.output_count() {
-            let view = it.output(i).map_err(DaemonError::Run)?;
-            let dtype = dtype_to_wire(view.dtype).ok_or_else(|| {
-                DaemonError::Internal(format!(
-                    "output {i} has type {}, which the API cannot carry",
-                    view.dtype
-                ))
-            })?;
-            let shape = view.shape.iter().map(|&d| d as u64).collect();
-            let data = match outputs.as_ref().and_then(|d| d.get(i)) {
-                Some(dest) => {
-                    let len = view.bytes.len() as u64;
-                    if len > dest.length {
-                        return Err(DaemonError::invalid(format!(
-                            "output {i} has {len} bytes; its shm destination holds {}",
-                            dest.length
-                        )));
-                    }
-                    dest.region.write(dest.offset, view.bytes)?;
-                    Data::Shm(v1::ShmRef {
-                        region: dest.region.id,
-                        offset: dest.offset,
-                        length: len,
-                    })
-                }
-                None => Data::Inline(view.bytes.to_vec()),
-            };
-            out.push(v1::Tensor {
-                dtype: dtype as i32,
-                shape,
-                data: Some(data),
-            });
+        Lease::Pooled(_permit, memory) => {
+            let mut lent = model.lend(&memory, form)?;
+            let result = execute(model, &mut lent.session, inputs, outputs);
+            model.give_back(lent, result.is_ok());
+            result
         }
-        Ok(out)
-    })();
-    if result.is_ok() {
-        model.give_back(at.variant, at.threads, it);
     }
-    result
+}
+
+/// Sets inputs (resizing the session when a shape differs), invokes, and returns
+/// outputs inline or written to shm. Runs on the blocking pool.
+fn execute(
+    model: &PreparedModel,
+    s: &mut Session,
+    inputs: Vec<CheckedInput>,
+    outputs: Option<Vec<OutputDest>>,
+) -> Result<Vec<v1::Tensor>, DaemonError> {
+    let before = s.partition_reports().to_vec();
+    for (i, x) in inputs.iter().enumerate() {
+        let current = s.input_shape(i).map_err(DaemonError::Run)?;
+        if current != x.shape.as_slice() {
+            s.resize_input(i, &x.shape).map_err(|e| match e {
+                switchyard_interpreter::RunError::Memory { .. } => DaemonError::from_memory(e),
+                e => DaemonError::invalid(format!(
+                    "input {i}: shape {:?} does not fit the model: {e}",
+                    x.shape
+                )),
+            })?;
+        }
+        let bytes = match &x.data {
+            Input::Inline(b) => b.as_slice(),
+            Input::Shm(region, range) => region.bytes(range.clone())?,
+        };
+        s.set_input(i, bytes).map_err(DaemonError::from_run)?;
+    }
+    let invoked = s
+        .invoke(&mut Budget::nodes(DEFAULT_MAX_NODES))
+        .map_err(DaemonError::from_run);
+    model.observe(&before, s);
+    invoked?;
+    let mut out = Vec::with_capacity(s.output_count());
+    for i in 0..s.output_count() {
+        let view = s.output(i).map_err(DaemonError::Run)?;
+        let dtype = dtype_to_wire(view.dtype).ok_or_else(|| {
+            DaemonError::Internal(format!(
+                "output {i} has type {}, which the API cannot carry",
+                view.dtype
+            ))
+        })?;
+        let shape = view.shape.iter().map(|&d| d as u64).collect();
+        let data = match outputs.as_ref().and_then(|d| d.get(i)) {
+            Some(dest) => {
+                let len = view.bytes.len() as u64;
+                if len > dest.length {
+                    return Err(DaemonError::invalid(format!(
+                        "output {i} has {len} bytes; its shm destination holds {}",
+                        dest.length
+                    )));
+                }
+                dest.region.write(dest.offset, view.bytes)?;
+                Data::Shm(v1::ShmRef {
+                    region: dest.region.id,
+                    offset: dest.offset,
+                    length: len,
+                })
+            }
+            None => {
+                let mut v = Vec::new();
+                v.try_reserve_exact(view.bytes.len()).map_err(|_| {
+                    DaemonError::from_memory(switchyard_interpreter::RunError::Memory {
+                        what: format!("a copy of output {i}"),
+                        requested: view.bytes.len(),
+                        used: 0,
+                        limit: 0,
+                    })
+                })?;
+                v.extend_from_slice(view.bytes);
+                Data::Inline(v)
+            }
+        };
+        out.push(v1::Tensor {
+            dtype: dtype as i32,
+            shape,
+            data: Some(data),
+        });
+    }
+    Ok(out)
+}
+
+/// How often sessions whose opening process has exited are closed.
+const REAP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Closes sessions of exited processes until the daemon stops.
+pub async fn reap_sessions(state: Arc<State>) {
+    let mut tick = tokio::time::interval(REAP_INTERVAL);
+    loop {
+        tick.tick().await;
+        let closed = state.tenants.reap_sessions();
+        if closed > 0 {
+            info!(closed, "closed the sessions of exited processes");
+        }
+    }
 }
 
 type ChunkStream = Streaming<v1::LoadModelChunk>;
@@ -639,25 +735,41 @@ impl Switchyard for Service {
         let outcome = async move {
             let handle = state.tenants.handle(&caller, &r.model_id)?;
             let (model_name, processor) =
-                (handle.name.clone(), handle.model.placement.serving.main);
+                (handle.name.clone(), handle.model.placement.serving.main());
             let permit = state.tenants.admit(&caller)?;
             let result = async {
                 let model = handle.model.clone();
                 let inputs = check_inputs(&state, &caller, &model, r.inputs, r.allow_resize)?;
                 let outputs = check_outputs(&state, &caller, &model, r.output_shm)?;
                 let queued = Instant::now();
-                let slot = model
-                    .slots
-                    .clone()
-                    .acquire_owned()
-                    .await
-                    .map_err(|_| DaemonError::Internal("model pool closed".into()))?;
+                // The lease and the permit move into the work: a client that
+                // disconnects mid-run drops this future, but the in-flight count and
+                // the session stay accounted for until the run really ends.
+                let lease = if r.session_id != 0 {
+                    let entry = state.tenants.session(&caller, r.session_id)?;
+                    if entry.model_id != r.model_id {
+                        return Err(DaemonError::invalid(format!(
+                            "session {} is on model `{}`, not `{}`",
+                            r.session_id, entry.model_id, r.model_id
+                        )));
+                    }
+                    Lease::Own(entry.state.clone().lock_owned().await, entry)
+                } else {
+                    let slot = model
+                        .slots
+                        .clone()
+                        .acquire_owned()
+                        .await
+                        .map_err(|_| DaemonError::Internal("model pool closed".into()))?;
+                    Lease::Pooled(slot, state.tenants.memory(&caller))
+                };
                 let job = RunJob {
                     request_id,
                     model: model.clone(),
+                    lease: Some(lease),
                     inputs,
                     outputs,
-                    _permits: (permit, slot),
+                    _permit: permit,
                     result: None,
                     run_us: 0,
                 };
@@ -811,7 +923,87 @@ impl Switchyard for Service {
             regions,
             requests,
             tenants: self.state.visible_tenants(&caller),
+            memory: caller.admin.then(|| self.state.memory_info()),
         }))
+    }
+
+    async fn open_session(
+        &self,
+        req: Request<v1::OpenSessionRequest>,
+    ) -> Result<Response<v1::OpenSessionResponse>, Status> {
+        let _active = self.state.enter();
+        let caller = self.state.caller(&req)?;
+        let model_id = req.into_inner().model_id;
+        let span = info_span!("open_session", tenant = %caller.tenant, model = %model_id);
+        let state = self.state.clone();
+        let entry = async move {
+            let handle = state.tenants.handle(&caller, &model_id)?;
+            state.tenants.reap_sessions();
+            state.tenants.precheck_session(&caller)?;
+            let memory = state.tenants.memory(&caller);
+            let opener = caller.pid.and_then(Opener::of);
+            let model = handle.model.clone();
+            // A few allocations (the arena, variable slots): never a prepare.
+            let session = tokio::task::spawn_blocking(move || model.open_session(&memory))
+                .await
+                .map_err(|e| DaemonError::Internal(format!("open task: {e}")))??;
+            let entry = state
+                .tenants
+                .add_session(&caller, &model_id, opener, session)?;
+            info!(
+                session = entry.id,
+                bytes = entry.memory_bytes(),
+                "session opened"
+            );
+            Ok::<_, DaemonError>(entry)
+        }
+        .instrument(span)
+        .await?;
+        Ok(Response::new(v1::OpenSessionResponse {
+            session: Some(entry.info()),
+        }))
+    }
+
+    async fn reset_session(
+        &self,
+        req: Request<v1::ResetSessionRequest>,
+    ) -> Result<Response<v1::ResetSessionResponse>, Status> {
+        let caller = self.state.caller(&req)?;
+        let entry = self
+            .state
+            .tenants
+            .session(&caller, req.into_inner().session_id)?;
+        let mut s = entry.state.lock().await;
+        s.reset();
+        entry.ran(&s, false);
+        Ok(Response::new(v1::ResetSessionResponse {}))
+    }
+
+    async fn close_session(
+        &self,
+        req: Request<v1::CloseSessionRequest>,
+    ) -> Result<Response<v1::CloseSessionResponse>, Status> {
+        let caller = self.state.caller(&req)?;
+        let id = req.into_inner().session_id;
+        self.state.tenants.close_session(&caller, id)?;
+        info!(tenant = %caller.tenant, session = id, "session closed");
+        Ok(Response::new(v1::CloseSessionResponse {}))
+    }
+
+    async fn list_sessions(
+        &self,
+        req: Request<v1::ListSessionsRequest>,
+    ) -> Result<Response<v1::ListSessionsResponse>, Status> {
+        let caller = self.state.caller(&req)?;
+        self.state.tenants.reap_sessions();
+        let sessions = self
+            .state
+            .tenants
+            .sessions(&caller)
+            .iter()
+            .map(|e| e.info())
+            .collect();
+        Ok(Response::new(v1::ListSessionsResponse { sessions }))
     }
 
     async fn get_placement(

@@ -1,18 +1,27 @@
 //! Tenants: who is calling, what they hold, and the quotas that bound them.
 //!
 //! A tenant is a uid on the Unix socket (from SO_PEERCRED) or the owner of a bearer token
-//! on TCP. Model handles live inside the tenant, so looking a model up through another
-//! tenant is impossible by construction rather than by a check that could be forgotten.
+//! on TCP. Model handles and sessions live inside the tenant, so looking one up through
+//! another tenant is impossible by construction rather than by a check that could be
+//! forgotten.
+//!
+//! Memory a tenant is charged: every model it holds in full, as if it were alone (model
+//! bytes plus the plan's packed weights and folded constants, quota `model_bytes`), and
+//! every byte its sessions hold (arenas at their current shapes, heap tensors, variables,
+//! quota `arena_bytes`), counted in one [`MemoryPool`] per tenant that every session it
+//! opens or borrows counts into; growth past it is refused with the figures.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use switchyard_config::daemon::QuotaConfig;
+use switchyard_interpreter::MemoryPool;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
 use crate::error::DaemonError;
 use crate::registry::PreparedModel;
+use crate::sessions::{Opener, SessionEntry};
 
 /// Recovers the data of a poisoned lock: every critical section here leaves the maps
 /// consistent before anything that could panic, so the data is still valid.
@@ -66,6 +75,12 @@ struct TenantState {
     in_flight: Arc<Semaphore>,
     counters: Counters,
     pids: VecDeque<u32>,
+    /// Open sessions by the tenant's own ids.
+    sessions: BTreeMap<u64, Arc<SessionEntry>>,
+    next_session: u64,
+    /// What every session of this tenant (its own, and pooled ones while it runs on
+    /// them) holds, limited by `arena_bytes`.
+    memory: MemoryPool,
 }
 
 /// What `tenants`/`status` report about one tenant (region figures are added by the
@@ -77,6 +92,11 @@ pub struct TenantSnapshot {
     pub models: usize,
     pub model_bytes: u64,
     pub arena_bytes: u64,
+    /// Model bytes plus plan bytes of every model held, each as if alone.
+    pub plan_bytes: u64,
+    pub sessions: usize,
+    /// Bytes the tenant's sessions hold now (its open ones and pooled ones it runs on).
+    pub session_bytes: u64,
     pub in_flight: usize,
     pub counters: Counters,
 }
@@ -109,6 +129,11 @@ impl Tenants {
                 in_flight: Arc::new(Semaphore::new(self.quota.in_flight)),
                 counters: Counters::default(),
                 pids: VecDeque::new(),
+                sessions: BTreeMap::new(),
+                next_session: 1,
+                memory: MemoryPool::new(
+                    usize::try_from(self.quota.arena_bytes).unwrap_or(usize::MAX),
+                ),
             });
         if let Some(pid) = caller.pid
             && state.pids.back() != Some(&pid)
@@ -172,12 +197,23 @@ impl Tenants {
     }
 
     /// Gives `caller` a handle on `model`; loading the same model twice returns the
-    /// existing handle without charging the quota again.
-    pub fn insert(&self, caller: &Caller, id: String, handle: Handle) -> Result<(), DaemonError> {
+    /// existing handle without charging the quota again, and the tenant's sessions on it
+    /// (which the caller resets: a reload starts fresh streams).
+    pub fn insert(
+        &self,
+        caller: &Caller,
+        id: String,
+        handle: Handle,
+    ) -> Result<Vec<Arc<SessionEntry>>, DaemonError> {
         self.with(caller, |s| {
             if let Some(existing) = s.handles.get(&id) {
                 if existing.model.sha256 == handle.model.sha256 {
-                    return Ok(());
+                    return Ok(s
+                        .sessions
+                        .values()
+                        .filter(|e| e.model_id == id)
+                        .cloned()
+                        .collect());
                 }
                 return Err(DaemonError::Internal(format!(
                     "model id `{id}` collides with another model of this tenant"
@@ -186,21 +222,101 @@ impl Tenants {
             check_model_quota(
                 &self.quota,
                 s,
-                handle.model.bytes,
+                handle.model.bytes + handle.model.plan_bytes(),
                 handle.model.arena_bytes,
                 Some(&id),
             )?;
             s.handles.insert(id, handle);
-            Ok(())
+            Ok(Vec::new())
         })
     }
 
+    /// Drops the caller's handle on a model and closes its sessions on it.
     pub fn remove(&self, caller: &Caller, id: &str) -> Result<Handle, DaemonError> {
-        self.with(caller, |s| s.handles.remove(id))
-            .ok_or_else(|| DaemonError::NotFound {
-                kind: "model",
-                id: id.to_owned(),
-            })
+        self.with(caller, |s| {
+            let h = s.handles.remove(id)?;
+            s.sessions.retain(|_, e| e.model_id != id);
+            Some(h)
+        })
+        .ok_or_else(|| DaemonError::NotFound {
+            kind: "model",
+            id: id.to_owned(),
+        })
+    }
+
+    /// The pool every session `caller` uses counts into.
+    pub fn memory(&self, caller: &Caller) -> MemoryPool {
+        self.with(caller, |s| s.memory.clone())
+    }
+
+    /// Whether `caller` may open one more session (checked before the session's memory
+    /// is allocated, and again when it is added).
+    pub fn precheck_session(&self, caller: &Caller) -> Result<(), DaemonError> {
+        self.with(caller, |s| check_session_quota(&self.quota, s))
+    }
+
+    /// Adds a session opened on the caller's model `model_id`; the model must still be
+    /// held (an unload meanwhile makes it `NotFound`).
+    pub fn add_session(
+        &self,
+        caller: &Caller,
+        model_id: &str,
+        opener: Option<Opener>,
+        session: switchyard_interpreter::Session,
+    ) -> Result<Arc<SessionEntry>, DaemonError> {
+        self.with(caller, |s| {
+            let model = s
+                .handles
+                .get(model_id)
+                .ok_or_else(|| DaemonError::NotFound {
+                    kind: "model",
+                    id: model_id.to_owned(),
+                })?
+                .model
+                .clone();
+            check_session_quota(&self.quota, s)?;
+            let id = s.next_session;
+            s.next_session += 1;
+            let entry = Arc::new(SessionEntry::new(
+                id,
+                model_id.to_owned(),
+                model,
+                opener,
+                session,
+            ));
+            s.sessions.insert(id, entry.clone());
+            Ok(entry)
+        })
+    }
+
+    /// One of the caller's sessions; another tenant's id is as unknown as a made-up one.
+    pub fn session(&self, caller: &Caller, id: u64) -> Result<Arc<SessionEntry>, DaemonError> {
+        self.with(caller, |s| s.sessions.get(&id).cloned())
+            .ok_or_else(|| session_not_found(id))
+    }
+
+    pub fn sessions(&self, caller: &Caller) -> Vec<Arc<SessionEntry>> {
+        self.with(caller, |s| s.sessions.values().cloned().collect())
+    }
+
+    /// Closes one of the caller's sessions (its memory is freed once a run still using
+    /// it ends).
+    pub fn close_session(&self, caller: &Caller, id: u64) -> Result<(), DaemonError> {
+        self.with(caller, |s| s.sessions.remove(&id))
+            .map(drop)
+            .ok_or_else(|| session_not_found(id))
+    }
+
+    /// Closes every session whose opening process has exited; returns how many.
+    pub fn reap_sessions(&self) -> usize {
+        let mut map = lock(&self.inner);
+        let mut closed = 0;
+        for s in map.values_mut() {
+            let before = s.sessions.len();
+            s.sessions.retain(|_, e| e.opener.is_none_or(|o| o.alive()));
+            closed += before - s.sessions.len();
+        }
+        closed
     }
 
     /// Records a finished request's outcome and timings.
@@ -232,6 +348,13 @@ impl Tenants {
                 models: s.handles.len(),
                 model_bytes: s.handles.values().map(|h| h.model.bytes).sum(),
                 arena_bytes: s.handles.values().map(|h| h.model.arena_bytes).sum(),
+                plan_bytes: s
+                    .handles
+                    .values()
+                    .map(|h| h.model.bytes + h.model.plan_bytes())
+                    .sum(),
+                sessions: s.sessions.len(),
+                session_bytes: s.memory.used() as u64,
                 in_flight: self
                     .quota
                     .in_flight
@@ -244,6 +367,27 @@ impl Tenants {
     }
 }
 
+fn session_not_found(id: u64) -> DaemonError {
+    DaemonError::NotFound {
+        kind: "session",
+        id: id.to_string(),
+    }
+}
+
+fn check_session_quota(q: &QuotaConfig, s: &TenantState) -> Result<(), DaemonError> {
+    if s.sessions.len() >= q.sessions {
+        return Err(DaemonError::Quota {
+            quota: "sessions",
+            limit: q.sessions as u64,
+            detail: format!("the tenant already has {} sessions open", s.sessions.len()),
+        });
+    }
+    Ok(())
+}
+
+/// `bytes` is what the new model is charged for: its model bytes, plus its plan's
+/// bytes once it is prepared; `arena` is what one session of it needs at the stored
+/// shapes, which must fit in the tenant's session memory at all.
 fn check_model_quota(
     q: &QuotaConfig,
     s: &TenantState,
@@ -260,24 +404,26 @@ fn check_model_quota(
             detail: format!("the tenant already holds {held} models"),
         });
     }
-    let model_bytes: u64 = s.handles.values().map(|h| h.model.bytes).sum();
+    let model_bytes: u64 = s
+        .handles
+        .values()
+        .map(|h| h.model.bytes + h.model.plan_bytes())
+        .sum();
     if model_bytes.saturating_add(bytes) > q.model_bytes {
         return Err(DaemonError::Quota {
             quota: "model_bytes",
             limit: q.model_bytes,
             detail: format!(
-                "the tenant holds {model_bytes} bytes of models and this one has {bytes}"
+                "the tenant holds {model_bytes} bytes of models and plans and this one has \
+                 {bytes}"
             ),
         });
     }
-    let arena_bytes: u64 = s.handles.values().map(|h| h.model.arena_bytes).sum();
-    if arena_bytes.saturating_add(arena) > q.arena_bytes {
+    if arena > q.arena_bytes {
         return Err(DaemonError::Quota {
             quota: "arena_bytes",
             limit: q.arena_bytes,
-            detail: format!(
-                "the tenant's models use {arena_bytes} arena bytes and this one needs {arena}"
-            ),
+            detail: format!("one session of this model needs {arena} bytes"),
         });
     }
     Ok(())
@@ -332,6 +478,24 @@ mod tests {
         t.insert(&a, one.id(), handle(&one)).unwrap();
         // Loading the same model again is not a second model.
         t.insert(&a, one.id(), handle(&one)).unwrap();
+        // Sessions: per tenant, counted, closed with the model's handle.
+        let pool = t.memory(&a);
+        let sess = t
+            .add_session(&a, &one.id(), None, one.open_session(&pool).unwrap())
+            .unwrap();
+        assert_eq!(pool.used() as u64, one.arena_bytes);
+        let b = caller(2);
+        let e = t.session(&b, sess.id).err().unwrap();
+        assert_eq!(
+            e.to_string(),
+            t.session(&a, 999)
+                .err()
+                .unwrap()
+                .to_string()
+                .replace("999", &sess.id.to_string())
+        );
+        assert_eq!(t.insert(&a, one.id(), handle(&one)).unwrap().len(), 1);
+        assert_eq!(t.snapshot()[0].sessions, 1);
         let e = t.insert(&a, two.id(), handle(&two)).unwrap_err();
         assert!(e.to_string().contains("`models`"), "{e}");
         assert!(t.precheck_load(&a, 10).is_err());
@@ -347,6 +511,12 @@ mod tests {
             unknown.map(|s| s.replace("0000000000000000", "X"))
         );
         t.remove(&a, &one.id()).unwrap();
+        assert!(
+            t.session(&a, sess.id).is_err(),
+            "unload closes the sessions"
+        );
+        drop(sess);
+        assert_eq!(pool.used(), 0);
         t.insert(&a, two.id(), handle(&two)).unwrap();
 
         let tight = Tenants::new(QuotaConfig {

@@ -156,6 +156,15 @@ pub fn store_q(bytes: &mut [u8], dtype: DType, i: usize, v: i32) {
     }
 }
 
+/// Little-endian int32 values of a constant's bytes (a trailing partial value is
+/// ignored; callers have checked the length).
+pub fn le_i32s(bytes: &[u8]) -> Vec<i32> {
+    bytes
+        .chunks_exact(4)
+        .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -197,13 +206,4 @@ mod tests {
             (0, 60)
         );
     }
-}
-
-/// Little-endian int32 values of a constant's bytes (a trailing partial value is
-/// ignored; callers have checked the length).
-pub fn le_i32s(bytes: &[u8]) -> Vec<i32> {
-    bytes
-        .chunks_exact(4)
-        .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
 }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use switchyard_config::{DeviceProfile, DeviceProfiles};
 use switchyard_interpreter::{
-    Delegate, NodeSupportCtx, OpKind, PartitionOptions, ProcessorKind, Support,
+    Delegate, NodeSupportCtx, PartitionOptions, ProcessorKind, Support,
 };
 
 /// What the partitioner needs from a processor.
@@ -175,11 +175,9 @@ impl Capability for ProfileRules {
     }
 
     fn supports(&self, ctx: &NodeSupportCtx<'_>) -> Support {
-        if !matches!(ctx.node.op, OpKind::Builtin(_)) {
-            return no(format!("{} is not a builtin op", ctx.node.op));
-        }
-        // Which ops and dtypes a processor class runs: the op descriptors' rules, the same
-        // the emulated devices and the GPU delegate answer with.
+        // Which ops and dtypes a processor class runs: the op descriptors' rules (custom
+        // ops by name, such as MediaPipe's Convolution2DTransposeBias on the GPU), the
+        // same the emulated devices and the GPU delegate answer with.
         if let Support::Unsupported(why) = switchyard_kernels::supports(self.kind, ctx) {
             return no(format!("{}: {why}", self.name));
         }

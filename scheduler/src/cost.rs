@@ -143,8 +143,9 @@ pub struct CostModel {
     epoch: Instant,
     /// Per processor: measured/prior ratio learned from whole-model runs (calibration).
     scale: HashMap<ProcessorKind, f64>,
-    /// Per (key, processor, threads): recent served times.
-    measured: HashMap<(String, ProcessorKind, usize), Samples>,
+    /// Per key, per (processor, threads): recent served times. Nested so a lookup by
+    /// `&str` allocates nothing (it runs on every request).
+    measured: HashMap<String, HashMap<(ProcessorKind, usize), Samples>>,
     /// Per model sha256: each node's CPU time as served (None: folded or not profiled).
     cpu_nodes: HashMap<String, Vec<Option<f64>>>,
 }
@@ -287,8 +288,11 @@ impl CostModel {
             return;
         }
         let window = self.learning.window;
-        self.measured
-            .entry((key.to_string(), kind, threads.max(1)))
+        let per = match self.measured.get_mut(key) {
+            Some(per) => per,
+            None => self.measured.entry(key.to_string()).or_default(),
+        };
+        per.entry((kind, threads.max(1)))
             .or_default()
             .push(seconds, now, window);
     }
@@ -302,7 +306,8 @@ impl CostModel {
         now: f64,
     ) -> Option<Learned> {
         self.measured
-            .get(&(key.to_string(), kind, threads.max(1)))?
+            .get(key)?
+            .get(&(kind, threads.max(1)))?
             .learned(now, &self.learning)
     }
 

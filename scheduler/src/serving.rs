@@ -35,29 +35,51 @@ pub enum Variant {
 #[derive(Clone, Debug, PartialEq)]
 pub struct ServingPlan {
     /// Hex sha256 of the model: the prefix of its learning keys.
-    pub model: String,
+    model: String,
     /// The processor with the most of the placed plan's expected time.
-    pub main: ProcessorKind,
+    main: ProcessorKind,
     /// The placement put some partition on an accelerator.
-    pub placed: bool,
+    placed: bool,
     /// Expected seconds with the placement, and all on the CPU (one thread): the
     /// figures until served runs replace them.
-    pub placed_prior_s: f64,
-    pub cpu_prior_s: f64,
+    placed_prior_s: f64,
+    cpu_prior_s: f64,
     /// Most intra-op threads one request may use on the CPU.
-    pub max_threads: usize,
+    max_threads: usize,
+    /// The learning keys of the two forms, made once (every request looks them up).
+    keys: [String; 2],
 }
 
 impl ServingPlan {
     /// A model that runs on the CPU only.
     pub fn cpu_only(model: &str, cpu_prior_s: f64, max_threads: usize) -> ServingPlan {
+        ServingPlan::new(
+            model,
+            ProcessorKind::Cpu,
+            false,
+            cpu_prior_s,
+            cpu_prior_s,
+            max_threads,
+        )
+    }
+
+    /// A serving plan from its parts (see the fields).
+    pub fn new(
+        model: &str,
+        main: ProcessorKind,
+        placed: bool,
+        placed_prior_s: f64,
+        cpu_prior_s: f64,
+        max_threads: usize,
+    ) -> ServingPlan {
         ServingPlan {
             model: model.to_string(),
-            main: ProcessorKind::Cpu,
-            placed: false,
-            placed_prior_s: cpu_prior_s,
+            main,
+            placed,
+            placed_prior_s,
             cpu_prior_s,
             max_threads: max_threads.max(1),
+            keys: [format!("{model}:placed"), format!("{model}:cpu")],
         }
     }
 
@@ -82,22 +104,32 @@ impl ServingPlan {
             .as_ref()
             .map_or(d.plan.all_cpu_s, |m| m.total_s)
             .max(1e-6);
-        ServingPlan {
-            model: d.info.sha256.clone(),
+        ServingPlan::new(
+            &d.info.sha256,
             main,
-            placed: !d.placed.is_empty(),
-            placed_prior_s: per.iter().map(|(_, s)| s).sum::<f64>().max(1e-6),
+            !d.placed.is_empty(),
+            per.iter().map(|(_, s)| s).sum::<f64>().max(1e-6),
             cpu_prior_s,
-            max_threads: max_threads.max(1),
-        }
+            max_threads,
+        )
     }
 
     /// The learning key of a variant.
-    pub fn key(&self, variant: Variant) -> String {
+    pub fn key(&self, variant: Variant) -> &str {
         match variant {
-            Variant::Placed => format!("{}:placed", self.model),
-            Variant::CpuOnly => format!("{}:cpu", self.model),
+            Variant::Placed => &self.keys[0],
+            Variant::CpuOnly => &self.keys[1],
         }
+    }
+
+    /// The processor holding most of the placed plan's expected time.
+    pub fn main(&self) -> ProcessorKind {
+        self.main
+    }
+
+    /// The placement put some partition on an accelerator.
+    pub fn is_placed(&self) -> bool {
+        self.placed
     }
 
     /// What running on `processor` means for this model.
@@ -118,7 +150,7 @@ impl ServingPlan {
         now: f64,
     ) -> StageOption {
         let key = self.key(v);
-        let mut o = match cost.learned(&key, p, 1, now) {
+        let mut o = match cost.learned(key, p, 1, now) {
             Some(l) => StageOption {
                 processor: p,
                 service_s: l.seconds,
@@ -129,7 +161,7 @@ impl ServingPlan {
         };
         if p == ProcessorKind::Cpu && self.max_threads > 1 && o.service_s >= WIDE_MIN_S {
             let t = self.max_threads;
-            o.wide = Some(match cost.learned(&key, p, t, now) {
+            o.wide = Some(match cost.learned(key, p, t, now) {
                 Some(l) => Wide {
                     threads: t,
                     service_s: l.seconds,
@@ -173,8 +205,13 @@ impl ServingPlan {
         seconds: f64,
         now: f64,
     ) {
-        let key = self.key(self.variant(processor));
-        cost.observe_at(&key, processor, threads, seconds, now);
+        cost.observe_at(
+            self.key(self.variant(processor)),
+            processor,
+            threads,
+            seconds,
+            now,
+        );
     }
 }
 
@@ -186,14 +223,7 @@ mod tests {
     use switchyard_config::DeviceProfiles;
 
     fn gpu_plan() -> ServingPlan {
-        ServingPlan {
-            model: "abc".into(),
-            main: Gpu,
-            placed: true,
-            placed_prior_s: 0.004,
-            cpu_prior_s: 0.010,
-            max_threads: 2,
-        }
+        ServingPlan::new("abc", Gpu, true, 0.004, 0.010, 2)
     }
 
     #[test]

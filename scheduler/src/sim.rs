@@ -344,6 +344,7 @@ pub fn simulate(s: &Setup, strategy: Strategy) -> Report {
             migration: false,
             background_share: 1.0,
             background_reserve: 0.0,
+            express_s: 0.0,
             ..defaults
         },
     };

@@ -5,9 +5,9 @@
 //! node the GPU delegate refuses.
 //!
 //! The models: the real ones in models/ (float, and int8 mww_okay_nabu) and single-op
-//! models built here for the ops the scheduler's old GPU list claimed but the GPU never
-//! ran (SOFTMAX, BATCH_MATMUL, RESIZE_BILINEAR), and elementwise ops at float32, int8 and
-//! uint8.
+//! models built here for the ops the scheduler's old GPU list claimed before the GPU ran
+//! them (SOFTMAX, BATCH_MATMUL, RESIZE_BILINEAR; the first and the last have GPU kernels
+//! now), and elementwise ops at float32, int8 and uint8.
 
 use std::sync::Arc;
 
@@ -264,13 +264,27 @@ fn descriptors_delegates_and_profile_rules_agree() {
 }
 
 /// The processors' op sets come from the descriptors; the old copies disagreed (the
-/// scheduler's DSP list had 17 ops where the emulated DSP ran 27).
+/// scheduler's DSP list had 17 ops where the emulated DSP ran 27, and its GPU list
+/// claimed BATCH_MATMUL, which the GPU never lowered). SOFTMAX, TRANSPOSE_CONV and
+/// RESIZE_BILINEAR have GPU kernels now, and so GPU rules in their descriptors.
 #[test]
 fn op_sets_per_processor_come_from_the_descriptors() {
     use switchyard_kernels::registry::ops_on;
     let names = |k| ops_on(k).map(|o| o.name()).collect::<Vec<_>>();
     let dsp = names(ProcessorKind::Dsp);
     assert_eq!(dsp.len(), 27, "{dsp:?}");
+    let gpu = names(ProcessorKind::Gpu);
+    assert!(!gpu.contains(&"BATCH_MATMUL"), "BATCH_MATMUL on the GPU: {gpu:?}");
+    for op in [
+        "SOFTMAX",
+        "TRANSPOSE_CONV",
+        "Convolution2DTransposeBias",
+        "RESIZE_BILINEAR",
+        "RESIZE_NEAREST_NEIGHBOR",
+        "DEPTH_TO_SPACE",
+    ] {
+        assert!(gpu.contains(&op), "{op} not on the GPU: {gpu:?}");
+    }
     let npu = names(ProcessorKind::Npu);
     assert!(
         npu.iter().all(|op| dsp.contains(op)),

@@ -76,6 +76,8 @@ struct GpuReport {
     threads: usize,
     runs: usize,
     nodes: usize,
+    /// Nodes that run per request (the others are folded at load, e.g. fp16 weights).
+    runnable_nodes: usize,
     gpu_nodes: usize,
     load_ms: f64,
     gpu_compile_ms: f64,
@@ -277,6 +279,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         threads: args.threads.max(1),
         runs: args.runs,
         nodes: model.subgraphs[0].nodes.len(),
+        runnable_nodes: info.run_nodes.len(),
         gpu_nodes,
         load_ms: ms(load),
         gpu_compile_ms: partitions.iter().map(|p| p.compile_ms).sum(),
@@ -302,8 +305,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         report.adapter
     );
     println!(
-        "  {} of {} nodes in {} GPU partition(s), {} dispatches per run after fusion; CPU nodes on {} thread(s)",
+        "  {} of {} runnable nodes ({} in the model, the rest folded at load) in {} GPU partition(s), {} dispatches per run after fusion; CPU nodes on {} thread(s)",
         report.gpu_nodes,
+        report.runnable_nodes,
         report.nodes,
         report.partitions.len(),
         report.dispatches,

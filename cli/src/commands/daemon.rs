@@ -60,7 +60,8 @@ fn model_json(m: &ModelInfo) -> Value {
     };
     json!({
         "id": m.id, "name": m.name, "sha256": m.sha256, "bytes": m.bytes,
-        "arena_bytes": m.arena_bytes, "inputs": tensors(&m.inputs), "outputs": tensors(&m.outputs),
+        "arena_bytes": m.arena_bytes, "plan_bytes": m.plan_bytes, "stateful": m.stateful,
+        "inputs": tensors(&m.inputs), "outputs": tensors(&m.outputs),
     })
 }
 
@@ -68,7 +69,8 @@ fn tenant_json(t: &TenantInfo) -> Value {
     let c = t.counters.unwrap_or_default();
     json!({
         "id": t.id, "uid": t.uid, "pids": t.pids, "models": t.models,
-        "model_bytes": t.model_bytes, "arena_bytes": t.arena_bytes,
+        "model_bytes": t.model_bytes, "arena_bytes": t.arena_bytes, "plan_bytes": t.plan_bytes,
+        "sessions": t.sessions, "session_bytes": t.session_bytes,
         "regions": t.regions, "region_bytes": t.region_bytes,
         "requests": c.requests, "failed": c.failed, "rejected": c.rejected,
         "in_flight": c.in_flight, "queue_us_total": c.queue_us_total,
@@ -79,8 +81,17 @@ fn tenant_json(t: &TenantInfo) -> Value {
 
 fn print_tenants(ts: &[TenantInfo]) {
     println!(
-        "{:<20} {:>6} {:>12} {:>7} {:>9} {:>7} {:>9} {:>10}",
-        "TENANT", "MODELS", "MODEL BYTES", "REGIONS", "REQUESTS", "FAILED", "IN FLIGHT", "AVG RUN"
+        "{:<20} {:>6} {:>12} {:>8} {:>13} {:>7} {:>9} {:>7} {:>9} {:>10}",
+        "TENANT",
+        "MODELS",
+        "MODEL BYTES",
+        "SESSIONS",
+        "SESSION BYTES",
+        "REGIONS",
+        "REQUESTS",
+        "FAILED",
+        "IN FLIGHT",
+        "AVG RUN"
     );
     for t in ts {
         let c = t.counters.unwrap_or_default();
@@ -93,8 +104,17 @@ fn print_tenants(ts: &[TenantInfo]) {
             "-".into()
         };
         println!(
-            "{:<20} {:>6} {:>12} {:>7} {:>9} {:>7} {:>9} {:>10}",
-            t.id, t.models, t.model_bytes, t.regions, c.requests, c.failed, c.in_flight, avg
+            "{:<20} {:>6} {:>12} {:>8} {:>13} {:>7} {:>9} {:>7} {:>9} {:>10}",
+            t.id,
+            t.models,
+            t.plan_bytes,
+            t.sessions,
+            t.session_bytes,
+            t.regions,
+            c.requests,
+            c.failed,
+            c.in_flight,
+            avg
         );
     }
 }
@@ -108,13 +128,18 @@ pub fn models(args: ModelsArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "{:<18} {:<32} {:>10} {:>12}",
-        "ID", "NAME", "BYTES", "ARENA BYTES"
+        "{:<18} {:<32} {:>10} {:>12} {:>13} {:>8}",
+        "ID", "NAME", "BYTES", "PLAN BYTES", "SESSION BYTES", "STATEFUL"
     );
     for m in &models {
         println!(
-            "{:<18} {:<32} {:>10} {:>12}",
-            m.id, m.name, m.bytes, m.arena_bytes
+            "{:<18} {:<32} {:>10} {:>12} {:>13} {:>8}",
+            m.id,
+            m.name,
+            m.bytes,
+            m.plan_bytes,
+            m.arena_bytes,
+            if m.stateful { "yes" } else { "no" }
         );
     }
     Ok(())
@@ -140,6 +165,12 @@ pub fn status(args: StatusArgs) -> anyhow::Result<()> {
             "version": s.version, "uptime_ms": s.uptime_ms, "models": s.models,
             "in_flight": s.in_flight, "regions": s.regions, "requests": s.requests,
             "tenants": s.tenants.iter().map(tenant_json).collect::<Vec<_>>(),
+            "memory": s.memory.map(|m| json!({
+                "models": m.models, "model_bytes": m.model_bytes, "plan_bytes": m.plan_bytes,
+                "sessions": m.sessions, "session_bytes": m.session_bytes,
+                "pooled_sessions": m.pooled_sessions, "pooled_bytes": m.pooled_bytes,
+                "charged_bytes": m.charged_bytes,
+            })),
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
@@ -150,6 +181,20 @@ pub fn status(args: StatusArgs) -> anyhow::Result<()> {
     println!("in flight  {}", s.in_flight);
     println!("regions    {}", s.regions);
     println!("requests   {}", s.requests);
+    if let Some(m) = s.memory {
+        println!(
+            "memory     {} models: {} model + {} plan bytes; {} sessions: {} bytes; \
+             {} pooled: {} bytes (tenants are charged {} bytes together)",
+            m.models,
+            m.model_bytes,
+            m.plan_bytes,
+            m.sessions,
+            m.session_bytes,
+            m.pooled_sessions,
+            m.pooled_bytes,
+            m.charged_bytes
+        );
+    }
     println!();
     print_tenants(&s.tenants);
     Ok(())
@@ -296,7 +341,7 @@ fn run_via_shm(
     Ok((outputs, r.timing))
 }
 
-fn to_client(d: DType) -> anyhow::Result<ClientDType> {
+pub(crate) fn to_client(d: DType) -> anyhow::Result<ClientDType> {
     Ok(match d {
         DType::F32 => ClientDType::Float32,
         DType::F16 => ClientDType::Float16,
@@ -314,7 +359,7 @@ fn to_client(d: DType) -> anyhow::Result<ClientDType> {
     })
 }
 
-fn from_client(d: ClientDType) -> DType {
+pub(crate) fn from_client(d: ClientDType) -> DType {
     match d {
         ClientDType::Float32 => DType::F32,
         ClientDType::Float16 => DType::F16,

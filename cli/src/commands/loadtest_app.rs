@@ -19,7 +19,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 use serde::Serialize;
 use switchyard_client::blocking::Client;
-use switchyard_client::{DataType, Priority, RunOptions, ShmRef};
+use switchyard_client::{DType, Priority, RunOptions, ShmRef};
 use switchyard_interpreter::npy;
 
 #[derive(Args, Debug)]
@@ -106,12 +106,12 @@ fn priority(name: &str) -> anyhow::Result<Priority> {
 /// writing its buffer, and output slots in the same region.
 struct Frames {
     region: switchyard_client::ShmRegion,
-    inputs: Vec<(DataType, Vec<u64>, Vec<u8>, u64)>,
+    inputs: Vec<(DType, Vec<u64>, Vec<u8>, u64)>,
     outputs: Vec<ShmRef>,
 }
 
 impl Frames {
-    fn refs(&mut self) -> anyhow::Result<Vec<(DataType, Vec<u64>, ShmRef)>> {
+    fn refs(&mut self) -> anyhow::Result<Vec<(DType, Vec<u64>, ShmRef)>> {
         let mut out = Vec::with_capacity(self.inputs.len());
         for (dt, shape, bytes, offset) in &self.inputs {
             let r = self.region.write(*offset, bytes)?;
@@ -122,15 +122,15 @@ impl Frames {
 }
 
 fn prepare(client: &mut Client, args: &LoadtestAppArgs) -> anyhow::Result<(String, Frames)> {
-    let info = client
-        .load_model_file(&args.model)
+    let model = client
+        .load(&args.model)
         .with_context(|| format!("loading {}", args.model.display()))?;
     const ALIGN: u64 = 64;
     let align = |n: u64| n.div_ceil(ALIGN) * ALIGN;
     let mut inputs = Vec::new();
     let mut offset = 0u64;
-    for (i, t) in info.inputs.iter().enumerate() {
-        let dt = DataType::try_from(t.dtype).context("input data type")?;
+    for (i, t) in model.inputs().iter().enumerate() {
+        let dt = t.dtype;
         let bytes = match args.inputs.get(i) {
             Some(p) => npy::read(p)
                 .with_context(|| format!("reading {}", p.display()))?
@@ -144,8 +144,8 @@ fn prepare(client: &mut Client, args: &LoadtestAppArgs) -> anyhow::Result<(Strin
         offset += align(len);
     }
     let mut out_sizes = Vec::new();
-    for t in &info.outputs {
-        let dt = DataType::try_from(t.dtype).unwrap_or(DataType::Float32);
+    for t in model.outputs() {
+        let dt = t.dtype;
         // Room for outputs whose shape depends on the inputs.
         out_sizes.push(dt.byte_len(&t.shape).unwrap_or(0) as u64 * 2 + 4096);
     }
@@ -157,7 +157,7 @@ fn prepare(client: &mut Client, args: &LoadtestAppArgs) -> anyhow::Result<(Strin
         offset += align(s);
     }
     Ok((
-        info.id,
+        model.id().to_string(),
         Frames {
             region,
             inputs,

@@ -8,5 +8,6 @@ pub mod loadtest_app;
 pub mod make_chain;
 pub mod placement;
 pub mod run;
+pub mod session;
 pub mod simulate;
 pub mod top;

@@ -467,7 +467,7 @@ pub(crate) fn compile(
             PlannedOutput::Const(data) => output_io.push(OutputIo::Const(data)),
         }
     }
-    let core = PartitionCore::new(
+    let core = PartitionCore::build(
         gpu.clone(),
         delegate.to_string(),
         precision,

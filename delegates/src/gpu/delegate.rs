@@ -236,14 +236,23 @@ impl Delegate for GpuDelegate {
         if let Some(why) = self.unavailable_reason() {
             return Support::Unsupported(format!("GPU unavailable: {why}"));
         }
-        let view = NodeView {
-            node: ctx.node,
-            inputs: &ctx.inputs,
-            outputs: &ctx.outputs,
-        };
-        match ops::check(&view) {
-            Ok(()) => Support::Supported,
-            Err(reason) => Support::Unsupported(reason),
+        // The op descriptors' GPU rules (switchyard-kernels, one home per operator) answer;
+        // `compile` lowers with its own checks, which stay as a backstop so a
+        // disagreement never reaches compile (and a test holds the two to the same
+        // answers).
+        match switchyard_kernels::supports(ProcessorKind::Gpu, ctx) {
+            Support::Supported => {
+                let view = NodeView {
+                    node: ctx.node,
+                    inputs: &ctx.inputs,
+                    outputs: &ctx.outputs,
+                };
+                match ops::check(&view) {
+                    Ok(()) => Support::Supported,
+                    Err(reason) => Support::Unsupported(reason),
+                }
+            }
+            unsupported => unsupported,
         }
     }
 

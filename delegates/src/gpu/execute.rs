@@ -178,7 +178,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl PartitionCore {
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn new(
+    pub(crate) fn build(
         ctx: Arc<GpuContext>,
         delegate: String,
         precision: Precision,

@@ -393,6 +393,28 @@ impl Plan {
         })
     }
 
+    /// Whether a session carries state from one run to the next: resource variables,
+    /// CALL_ONCE initialisation or old-style variable tensors (LSTM cells). Such a model
+    /// must never share a session between streams, let alone tenants; a stateless one
+    /// may run any request on any free session.
+    pub fn is_stateful(&self) -> bool {
+        self.var_count() > 0
+            || self.var_tensors.iter().any(|v| !v.is_empty())
+            || self.model.subgraphs.iter().any(|sg| {
+                sg.nodes.iter().any(|n| {
+                    matches!(
+                        n.op,
+                        OpKind::Builtin(
+                            BuiltinOp::CallOnce
+                                | BuiltinOp::VarHandle
+                                | BuiltinOp::ReadVariable
+                                | BuiltinOp::AssignVariable
+                        )
+                    )
+                })
+            })
+    }
+
     /// A new session: its arena and variable slots, never a re-prepare.
     pub fn session(self: &Arc<Self>, limits: SessionLimits) -> Result<Session, RunError> {
         Session::new(self.clone(), limits)

@@ -1,9 +1,13 @@
 //! A session's memory: every buffer it owns is counted against its limit when it is
 //! allocated or grown, and released when it shrinks or drops. Growth past the limit, or
 //! an allocation the system refuses, is `RunError::Memory` with the figures.
+//!
+//! A session's meter may also count into a [`MemoryPool`] shared by several sessions
+//! (the daemon gives each tenant one, limited by its quota), so that many sessions
+//! together cannot grow past one limit either.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use crate::error::RunError;
 use crate::tensor::AlignedBuf;
@@ -13,6 +17,8 @@ use crate::tensor::AlignedBuf;
 pub(crate) struct Meter {
     used: AtomicUsize,
     limit: AtomicUsize,
+    /// Where these bytes are counted as well (a pool several sessions share).
+    parent: Mutex<Option<Arc<Meter>>>,
 }
 
 impl Meter {
@@ -20,7 +26,33 @@ impl Meter {
         Arc::new(Meter {
             used: AtomicUsize::new(0),
             limit: AtomicUsize::new(limit),
+            parent: Mutex::new(None),
         })
+    }
+
+    fn parent(&self) -> Option<Arc<Meter>> {
+        self.parent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Counts everything this meter holds in `parent` from now on (and nowhere else),
+    /// or refuses when `parent` cannot take it.
+    pub fn set_parent(
+        &self,
+        parent: Option<Arc<Meter>>,
+        what: &dyn Fn() -> String,
+    ) -> Result<(), RunError> {
+        let mut slot = self.parent.lock().unwrap_or_else(|e| e.into_inner());
+        let used = self.used();
+        if let Some(p) = &parent {
+            p.charge(used, what)?;
+        }
+        if let Some(old) = std::mem::replace(&mut *slot, parent) {
+            old.release(used);
+        }
+        Ok(())
     }
 
     pub fn used(&self) -> usize {
@@ -48,16 +80,59 @@ impl Meter {
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
                 used.checked_add(bytes).filter(|&total| total <= limit)
             })
-            .map(|_| ())
-            .map_err(refused)
+            .map_err(refused)?;
+        if let Some(p) = self.parent()
+            && let Err(e) = p.charge(bytes, what)
+        {
+            self.release_own(bytes);
+            return Err(e);
+        }
+        Ok(())
     }
 
-    pub fn release(&self, bytes: usize) {
+    fn release_own(&self, bytes: usize) {
         let _ = self
             .used
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
                 Some(used.saturating_sub(bytes))
             });
+    }
+
+    pub fn release(&self, bytes: usize) {
+        self.release_own(bytes);
+        if let Some(p) = self.parent() {
+            p.release(bytes);
+        }
+    }
+}
+
+/// A limit shared by several sessions: each session's bytes count against its own
+/// [`crate::SessionLimits`] and against the pool it is in (the daemon gives every tenant
+/// one, sized by its quota, so all of the tenant's sessions together stay within it).
+#[derive(Clone, Debug)]
+pub struct MemoryPool {
+    pub(crate) meter: Arc<Meter>,
+}
+
+impl MemoryPool {
+    pub fn new(limit: usize) -> MemoryPool {
+        MemoryPool {
+            meter: Meter::new(limit),
+        }
+    }
+
+    /// Bytes the sessions in the pool hold together.
+    pub fn used(&self) -> usize {
+        self.meter.used()
+    }
+
+    pub fn limit(&self) -> usize {
+        self.meter.limit()
+    }
+
+    /// Memory already held stays; growth is checked against the new limit.
+    pub fn set_limit(&self, limit: usize) {
+        self.meter.set_limit(limit);
     }
 }
 
@@ -202,5 +277,39 @@ mod tests {
         let big = Meter::new(usize::MAX);
         assert!(MBuf::zeroed(&big, usize::MAX / 2, &what).is_err());
         assert_eq!(big.used(), 0);
+    }
+
+    #[test]
+    fn sessions_in_a_pool_share_its_limit_and_move_between_pools_with_their_bytes() {
+        let pool = MemoryPool::new(1000);
+        let (a, b) = (Meter::new(800), Meter::new(800));
+        a.set_parent(Some(pool.meter.clone()), &what).unwrap();
+        b.set_parent(Some(pool.meter.clone()), &what).unwrap();
+        let x = MBuf::zeroed(&a, 700, &what).unwrap();
+        // B is within its own limit but the pool is not.
+        let e = MBuf::zeroed(&b, 400, &what).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                RunError::Memory {
+                    used: 700,
+                    limit: 1000,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert_eq!((b.used(), pool.used()), (0, 700));
+        let y = MBuf::zeroed(&b, 300, &what).unwrap();
+        assert_eq!(pool.used(), 1000);
+        // Leaving the pool takes the bytes along; a pool too small refuses them.
+        b.set_parent(None, &what).unwrap();
+        assert_eq!(pool.used(), 700);
+        let small = MemoryPool::new(100);
+        assert!(b.set_parent(Some(small.meter.clone()), &what).is_err());
+        assert_eq!((small.used(), b.used()), (0, 300));
+        drop(x);
+        drop(y);
+        assert_eq!((pool.used(), a.used(), b.used()), (0, 0, 0));
     }
 }

@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use io::{HeapTensor, SgState, tensor_shape, tensor_view};
+pub use memory::MemoryPool;
 use memory::{MBuf, Meter};
 
 use crate::control::RunControl;
@@ -191,6 +192,14 @@ impl Session {
     /// Arena + heap tensors + variables, at the current shapes.
     pub fn memory_bytes(&self) -> usize {
         self.meter.used()
+    }
+
+    /// Counts this session's bytes in `pool` as well from now on (None: in no pool), or
+    /// refuses with the figures when the pool cannot take what the session holds.
+    pub fn set_memory_pool(&mut self, pool: Option<&MemoryPool>) -> Result<(), RunError> {
+        self.meter.set_parent(pool.map(|p| p.meter.clone()), &|| {
+            "the memory this session holds".into()
+        })
     }
 
     /// In validation mode every delegate execution is followed by the CPU fallback on

@@ -421,6 +421,12 @@ fn budget() -> Budget {
 #[test]
 fn sessions_of_one_plan_keep_separate_state() {
     let plan = Plan::new(accumulator_model(), resolver(), PlanOptions::default()).unwrap();
+    assert!(plan.is_stateful());
+    assert!(
+        !Plan::new(chain_model(), resolver(), PlanOptions::default())
+            .unwrap()
+            .is_stateful()
+    );
     let mut a = plan.session(SessionLimits::default()).unwrap();
     let mut b = plan.session(SessionLimits::default()).unwrap();
     for k in 1..=3 {

@@ -124,6 +124,9 @@ pub(crate) fn prepare_params(ctx: &PrepareCtx<'_>) -> Result<BatchMatmulParams, 
 
 /// Both registries use this kernel until `optimized/` covers the op.
 pub fn prepare(ctx: &PrepareCtx<'_>) -> Result<PreparedKernel, KernelError> {
+    if let Some(hybrid) = super::hybrid::route(ctx)? {
+        return Ok(hybrid);
+    }
     let params = prepare_params(ctx)?;
     let shape = params.output_shape();
     Ok(PreparedKernel::new(

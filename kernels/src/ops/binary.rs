@@ -190,6 +190,12 @@ fn build(ctx: &PrepareCtx<'_>, optimized: bool) -> Result<PreparedKernel, Kernel
             None
         }
         DType::I8 | DType::U8 | DType::I16 => {
+            if dtype == DType::I16 && matches!(op, Kind::Add | Kind::Sub) {
+                // The 8-bit left shift of 20 overflows 16-bit inputs, and LiteRT's int16
+                // ADD/SUB take other paths (power-of-two scales, a shift of 15): refuse
+                // rather than compute something else.
+                return Err(KernelError::unsupported(format!("{} on int16", ctx.op())));
+            }
             let (s1, zp1) = per_tensor(a.quant, "input 0")?;
             let (s2, zp2) = per_tensor(b.quant, "input 1")?;
             let (so, zpo) = per_tensor(out.quant, "output")?;

@@ -1,4 +1,5 @@
-//! Hybrid (dynamic-range) kernels for FULLY_CONNECTED, CONV_2D and DEPTHWISE_CONV_2D:
+//! Hybrid (dynamic-range) kernels for FULLY_CONNECTED, CONV_2D, DEPTHWISE_CONV_2D and
+//! BATCH_MATMUL (constant right-hand side):
 //! float activations, constant int8 weights with per-channel (or per-tensor) scales.
 //!
 //! A dynamic-range model (TFLite's default post-training quantization) stores weights as
@@ -42,6 +43,7 @@ pub fn route(ctx: &PrepareCtx<'_>) -> Result<Option<PreparedKernel>, KernelError
         }
         Some(BuiltinOp::Conv2d) => prepare_conv(ctx, false).map(Some),
         Some(BuiltinOp::DepthwiseConv2d) => prepare_conv(ctx, true).map(Some),
+        Some(BuiltinOp::BatchMatmul) => prepare_batch_matmul(ctx).map(Some),
         _ => Ok(None),
     }
 }
@@ -443,7 +445,7 @@ pub fn prepare_fully_connected(
         return Err(KernelError::shape("FULLY_CONNECTED weights must be 2-D"));
     };
     let total: usize = x.shape.iter().product();
-    if cols == 0 || total % cols != 0 {
+    if cols == 0 || !total.is_multiple_of(cols) {
         return Err(KernelError::shape(
             "input size is not a multiple of the weights' depth",
         ));
@@ -669,5 +671,91 @@ impl OpKernel for Conv {
         } else {
             "conv2d/hybrid"
         }
+    }
+}
+
+// --- BATCH_MATMUL -------------------------------------------------------------------------
+
+/// Hybrid BATCH_MATMUL: float left-hand side, a constant 2-D int8 right-hand side
+/// (`k` × `n`, one scale) shared by every batch.
+struct BatchMatmul {
+    rhs: Vec<i8>,
+    scale: f32,
+    k: usize,
+    n: usize,
+}
+
+/// Each left-hand row is quantized symmetrically (LiteRT's default; the node's
+/// `asymmetric_quantize_inputs` is not decoded yet, so such nodes would differ) and
+/// `float(dot) * (row_scale * rhs_scale)` is the output, as LiteRT computes it.
+pub fn prepare_batch_matmul(ctx: &PrepareCtx<'_>) -> Result<PreparedKernel, KernelError> {
+    ctx.expect_arity(2, 2, 1)?;
+    let x = ctx.input(0)?;
+    let w = ctx.input(1)?;
+    if let OpOptions::BatchMatmul { adj_x, adj_y } = ctx.node.options
+        && (adj_x || adj_y)
+    {
+        return Err(KernelError::unsupported(
+            "hybrid BATCH_MATMUL with adjoint inputs",
+        ));
+    }
+    let [k, n] = *w.shape else {
+        return Err(KernelError::unsupported(
+            "hybrid BATCH_MATMUL with a right-hand side of rank other than 2",
+        ));
+    };
+    let Some((&kx, rows)) = x.shape.split_last() else {
+        return Err(KernelError::shape("BATCH_MATMUL of a scalar"));
+    };
+    if kx != k || rows.is_empty() {
+        return Err(KernelError::shape(format!(
+            "left-hand side {:?} does not match right-hand side {:?}",
+            x.shape, w.shape
+        )));
+    }
+    let wt = weights(&w, 1, 0, k * n)?;
+    let mut shape = rows.to_vec();
+    shape.push(n);
+    Ok(PreparedKernel::new(
+        vec![shape],
+        BatchMatmul {
+            rhs: wt.data,
+            scale: wt.scales[0],
+            k,
+            n,
+        },
+    ))
+}
+
+impl OpKernel for BatchMatmul {
+    fn eval(
+        &self,
+        inputs: &[Option<TensorView<'_>>],
+        outputs: &mut [TensorViewMut<'_>],
+    ) -> Result<(), KernelError> {
+        let x = input(inputs, 0)?.f32s()?;
+        let out = out_f32(outputs)?;
+        let rows = x.len() / self.k.max(1);
+        if x.len() != rows * self.k || out.len() != rows * self.n {
+            return Err(KernelError::shape(
+                "tensor sizes differ from the prepared shapes",
+            ));
+        }
+        with_scratch(self.k, |q| {
+            for r in 0..rows {
+                let sf = quantize_row_symmetric(&x[r * self.k..(r + 1) * self.k], q);
+                let s = sf * self.scale;
+                for j in 0..self.n {
+                    let dot: i32 = (0..self.k)
+                        .map(|i| i32::from(q[i]) * i32::from(self.rhs[i * self.n + j]))
+                        .sum();
+                    out[r * self.n + j] = dot as f32 * s;
+                }
+            }
+        })
+    }
+
+    fn name(&self) -> &str {
+        "batch_matmul/hybrid"
     }
 }

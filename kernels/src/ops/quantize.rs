@@ -188,6 +188,42 @@ fn read_f64(bytes: &[u8], d: DType, i: usize) -> f64 {
     }
 }
 
+fn is_int(d: DType) -> bool {
+    matches!(
+        d,
+        DType::I8 | DType::U8 | DType::I16 | DType::I32 | DType::I64
+    )
+}
+
+fn read_i64(bytes: &[u8], d: DType, i: usize) -> i64 {
+    let at = |w: usize| {
+        let mut b = [0u8; 8];
+        b[..w].copy_from_slice(&bytes[w * i..w * i + w]);
+        b
+    };
+    match d {
+        DType::I8 => i64::from(bytes[i] as i8),
+        DType::I16 => i64::from(i16::from_le_bytes([bytes[2 * i], bytes[2 * i + 1]])),
+        DType::I32 => {
+            let b = at(4);
+            i64::from(i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        }
+        DType::I64 => i64::from_le_bytes(at(8)),
+        _ => i64::from(bytes[i]),
+    }
+}
+
+/// Stores `v` as `d`, keeping its low bits (Rust's integer `as` wraps like static_cast).
+fn write_wrapping(bytes: &mut [u8], d: DType, i: usize, v: i64) {
+    match d {
+        DType::I8 => bytes[i] = v as i8 as u8,
+        DType::I16 => bytes[2 * i..2 * i + 2].copy_from_slice(&(v as i16).to_le_bytes()),
+        DType::I32 => bytes[4 * i..4 * i + 4].copy_from_slice(&(v as i32).to_le_bytes()),
+        DType::I64 => bytes[8 * i..8 * i + 8].copy_from_slice(&v.to_le_bytes()),
+        _ => bytes[i] = v as u8,
+    }
+}
+
 fn write_f64(bytes: &mut [u8], d: DType, i: usize, v: f64) {
     match d {
         DType::F32 => bytes[4 * i..4 * i + 4].copy_from_slice(&(v as f32).to_le_bytes()),
@@ -267,6 +303,13 @@ impl OpKernel for Quantize {
             Kernel::DequantizeF16 => {
                 for (o, v) in out.f32s_mut()?.iter_mut().zip(x.f16s()?) {
                     *o = v.to_f32();
+                }
+            }
+            Kernel::Cast { from, to } if is_int(*from) && is_int(*to) => {
+                // Between integer types LiteRT's kernel is C++'s static_cast: modulo the
+                // target's width, not saturating (and exact for int64, which f64 is not).
+                for i in 0..n {
+                    write_wrapping(out.bytes, *to, i, read_i64(x.bytes, *from, i));
                 }
             }
             Kernel::Cast { from, to } => {

@@ -5,6 +5,9 @@
 //! it; FULLY_CONNECTED's rows are the input rows as they lie. Blocks are split across
 //! the worker pool like the float kernels.
 
+// Lane and row loops index several fixed-size arrays in step; iterators would hide that.
+#![allow(clippy::needless_range_loop)]
+
 use std::cell::RefCell;
 
 use switchyard_interpreter::KernelError;
@@ -34,6 +37,13 @@ struct OutPtr(*mut i8);
 // SAFETY: tasks write disjoint output rows (see `QConv::run`).
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// The pointer; a method so closures capture the whole (Sync) wrapper.
+    fn get(self) -> *mut i8 {
+        self.0
+    }
+}
 
 impl QConv {
     /// Output pixels, and bytes of one input/output pixel.
@@ -96,7 +106,6 @@ impl QConv {
         let tasks = blocks.div_ceil(per_task);
         let out = OutPtr(output.as_mut_ptr());
         let run_task = |t: usize| {
-            let out = out;
             QTILE.with(|tile| {
                 let mut tile = tile.borrow_mut();
                 if tile.len() < mr * kp {
@@ -109,11 +118,11 @@ impl QConv {
                         self.gather(input, r0 + i, &mut tile[i * kp..(i + 1) * kp]);
                     }
                     let mut ap = [tile.as_ptr(); QMR];
-                    let mut op = [out.0; QMR];
+                    let mut op = [out.get(); QMR];
                     for i in 0..rows {
                         ap[i] = tile[i * kp..].as_ptr();
                         // SAFETY: row r0 + i < m lies inside the output (checked above).
-                        op[i] = unsafe { out.0.add((r0 + i) * n) };
+                        op[i] = unsafe { out.get().add((r0 + i) * n) };
                     }
                     for p in 0..self.packed.panels() {
                         // SAFETY: each row pointer holds `kp` values, each output row `n`

@@ -43,6 +43,13 @@ struct OutPtr(*mut i8);
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
+impl OutPtr {
+    /// The pointer; a method so closures capture the whole (Sync) wrapper.
+    fn get(self) -> *mut i8 {
+        self.0
+    }
+}
+
 /// Doubling high multiply and rounding shift of one lane; `half_up` picks LiteRT's
 /// SIMD rounding, else gemmlowp's RoundingDivideByPOT.
 #[inline(always)]
@@ -165,7 +172,7 @@ impl QDepthwise {
         for pix in p0..p1 {
             // SAFETY: pixel rows p0..p1 belong to this task alone and lie inside the
             // output, whose length `run` checked.
-            let o = unsafe { std::slice::from_raw_parts_mut(out.0.add(pix * c), c) };
+            let o = unsafe { std::slice::from_raw_parts_mut(out.get().add(pix * c), c) };
             self.pixel(input, pix, acc, o);
         }
     }
@@ -204,7 +211,6 @@ impl QDepthwise {
         let tasks = pixels.div_ceil(per_task);
         let out = OutPtr(output.as_mut_ptr());
         let task = |t: usize| {
-            let out = out;
             ROW.with(|row| {
                 let mut row = row.borrow_mut();
                 if row.len() < c {

@@ -20,6 +20,9 @@
 //! LiteRT's int8 CONV_2D/FULLY_CONNECTED) runs per 16-lane block on 64-bit lanes, which
 //! LLVM vectorises under each path's target features.
 
+// Lane and row loops index several fixed-size arrays in step; iterators would hide that.
+#![allow(clippy::needless_range_loop)]
+
 use switchyard_interpreter::KernelError;
 
 /// Columns per packed panel: two AVX2 or one AVX-512 int32 vector.
@@ -463,6 +466,7 @@ mod tests {
     use proptest::prelude::*;
 
     /// TFLite's arithmetic, written plainly.
+    #[allow(clippy::too_many_arguments)]
     fn reference(
         a: &[i8],
         w: &[i8],

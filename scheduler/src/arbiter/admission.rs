@@ -50,7 +50,14 @@ pub fn predict_finish(
     for (_, s) in ahead {
         occupy(&mut servers, ctx.now, s);
     }
-    earliest(&servers).max(ctx.now) + mine
+    let regular = earliest(&servers).max(ctx.now) + mine;
+    let measured = job.option_on(p).is_some_and(|o| o.measured);
+    match ctx.express.get(&p) {
+        Some(lane) if measured && mine <= lane.max_s => {
+            regular.min(lane.free_at.max(ctx.now) + mine)
+        }
+        _ => regular,
+    }
 }
 
 /// The time the first server of a processor frees up.

@@ -271,6 +271,20 @@ pub struct Ctx<'a> {
     /// See [`ArbiterOptions::aging_s`].
     pub aging_s: f64,
     pub background: BTreeMap<ProcessorKind, BackgroundState>,
+    /// The express lane of each multi-server processor (see
+    /// [`ArbiterOptions::express_s`]).
+    pub express: BTreeMap<ProcessorKind, Express>,
+}
+
+/// One extra server of a multi-server processor for jobs measured short, used when every
+/// regular one is busy: the OS time-slices it with them, so a short frame (a wake word)
+/// never waits behind a long job. Jobs are not preempted; this is what stands in for it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Express {
+    /// When the lane is expected to be free (at or before now: free).
+    pub free_at: f64,
+    /// Longest expected service a job may have to use it.
+    pub max_s: f64,
 }
 
 impl<'a> Ctx<'a> {
@@ -286,6 +300,7 @@ impl<'a> Ctx<'a> {
             served,
             aging_s: ArbiterOptions::default().aging_s,
             background: BTreeMap::new(),
+            express: BTreeMap::new(),
         }
     }
 
@@ -313,6 +328,8 @@ pub struct Assignment {
     pub processor: ProcessorKind,
     /// Servers it holds: intra-op threads on the CPU, else 1.
     pub threads: usize,
+    /// It runs on the express lane, beside the processor's busy servers.
+    pub express: bool,
     pub start: f64,
     pub expected_finish: f64,
 }
@@ -343,9 +360,10 @@ impl Ord for Key {
 /// Fills every free server with the queued job of the smallest `key`, under the
 /// background cap (background jobs hold at most `cap` servers of a processor) and the
 /// background reserve (when background work got less than its share lately, a queued
-/// background job goes first). A CPU job takes several cores as intra-op threads only
-/// when no other job waits for them, it is not background work, and its threads are
-/// not known to be slower than one core.
+/// background job goes first); then, when every server is busy, gives the express lane
+/// (see [`Express`]) to the most urgent short job. A CPU job takes several cores as
+/// intra-op threads only when no other job waits for them, it is not background work,
+/// and its threads are not known to be slower than one core.
 pub fn pick_by(
     ctx: &Ctx<'_>,
     queue: &mut Queue,
@@ -361,10 +379,10 @@ pub fn pick_by(
         });
         let mut bg_running = bg.running;
         let mut reserve_due = bg.reserve_due;
+        let Some(jobs) = queue.per.get_mut(&p) else {
+            continue;
+        };
         while free > 0 {
-            let Some(jobs) = queue.per.get_mut(&p) else {
-                break;
-            };
             let allowed = |j: &Job| j.class != PriorityClass::Background || bg_running < bg.cap;
             let best_of = |jobs: &[Job], only_bg: bool| {
                 jobs.iter()
@@ -409,6 +427,35 @@ pub fn pick_by(
             out.push(Assignment {
                 processor: p,
                 threads,
+                express: false,
+                start: ctx.now,
+                expected_finish: ctx.now + service,
+                job,
+            });
+        }
+        if free > 0 {
+            continue;
+        }
+        let Some(lane) = ctx.express.get(&p).filter(|l| l.free_at <= ctx.now) else {
+            continue;
+        };
+        let short = jobs
+            .iter()
+            .enumerate()
+            .filter(|(_, j)| {
+                j.option_on(p)
+                    .is_some_and(|o| o.measured && o.service_s <= lane.max_s)
+                    && (j.class != PriorityClass::Background || bg_running < bg.cap)
+            })
+            .min_by_key(|(_, j)| key(ctx, j))
+            .map(|(i, _)| i);
+        if let Some(i) = short {
+            let job = jobs.remove(i);
+            let service = job.service_on(p).unwrap_or(f64::INFINITY);
+            out.push(Assignment {
+                processor: p,
+                threads: 1,
+                express: true,
                 start: ctx.now,
                 expected_finish: ctx.now + service,
                 job,
@@ -488,6 +535,9 @@ pub struct ArbiterOptions {
     /// Fraction of a processor's time background work gets when it has work queued,
     /// however busy the other classes keep it.
     pub background_reserve: f64,
+    /// Jobs expected to take at most this many seconds may use the express lane of a
+    /// multi-server processor when every server is busy (see [`Express`]); 0: none.
+    pub express_s: f64,
 }
 
 impl Default for ArbiterOptions {
@@ -500,6 +550,7 @@ impl Default for ArbiterOptions {
             aging_s: 0.5,
             background_share: 0.5,
             background_reserve: 0.15,
+            express_s: 0.002,
         }
     }
 }
@@ -576,6 +627,7 @@ pub struct Running {
     pub stage: usize,
     pub processor: ProcessorKind,
     pub threads: usize,
+    pub express: bool,
     pub class: PriorityClass,
     pub expected_finish: f64,
 }
@@ -653,16 +705,34 @@ impl Arbiter {
     fn ctx(&self, now: f64) -> Ctx<'_> {
         let mut servers = BTreeMap::new();
         let mut background = BTreeMap::new();
+        let mut express = BTreeMap::new();
         for (&p, &n) in &self.servers {
             let mut times = Vec::with_capacity(n);
             let mut bg_running = 0;
             for r in self.running.iter().filter(|r| r.processor == p) {
-                for _ in 0..r.threads {
-                    times.push(r.expected_finish.max(now + 1e-9));
-                }
                 if r.class == PriorityClass::Background {
                     bg_running += 1;
                 }
+                if r.express {
+                    continue;
+                }
+                for _ in 0..r.threads {
+                    times.push(r.expected_finish.max(now + 1e-9));
+                }
+            }
+            if n > 1 && self.opts.express_s > 0.0 {
+                let free_at = self
+                    .running
+                    .iter()
+                    .find(|r| r.processor == p && r.express)
+                    .map_or(now, |r| r.expected_finish.max(now + 1e-9));
+                express.insert(
+                    p,
+                    Express {
+                        free_at,
+                        max_s: self.opts.express_s,
+                    },
+                );
             }
             times.truncate(n);
             times.resize(n, now);
@@ -688,6 +758,8 @@ impl Arbiter {
             served: &self.served,
             aging_s: self.opts.aging_s,
             background,
+            // Leave a quarter of the budget for the frame itself.
+            express,
         }
     }
 
@@ -770,6 +842,7 @@ impl Arbiter {
                 stage: a.job.stage,
                 processor: a.processor,
                 threads: a.threads,
+                express: a.express,
                 class: a.job.class,
                 expected_finish: a.expected_finish,
             });

@@ -268,3 +268,42 @@ fn no_policy_starves_requests_without_a_deadline() {
         assert!(worst <= bound, "{}: waited {worst:.3} s", policy.name());
     }
 }
+
+#[test]
+fn short_frames_take_the_express_lane_when_every_core_is_busy() {
+    // Two 50 ms jobs hold both cores. A wake-word frame (0.2 ms, 20 ms deadline) is
+    // admitted and starts at once beside them; a 10 ms job waits for a core.
+    let mut a = Arbiter::new(&[(Cpu, 2)], opts(true, false));
+    for id in [1, 2] {
+        a.submit(request(id, 0.0, 1.0, vec![vec![(Cpu, 0.050)]]), 0.0)
+            .unwrap();
+    }
+    assert_eq!(a.dispatch(0.0).len(), 2);
+    let mut wake = request(3, 0.001, 0.021, vec![vec![(Cpu, 0.0002)]]);
+    wake.class = PriorityClass::Realtime;
+    a.submit(wake, 0.001).expect("the lane makes the deadline");
+    a.submit(request(4, 0.001, 1.0, vec![vec![(Cpu, 0.010)]]), 0.001)
+        .unwrap();
+    let d = a.dispatch(0.001);
+    assert_eq!(d.len(), 1);
+    assert_eq!((d[0].job.request, d[0].express), (3, true));
+    // The lane is one server: a second short job waits for it.
+    a.submit(request(5, 0.001, 1.0, vec![vec![(Cpu, 0.001)]]), 0.001)
+        .unwrap();
+    assert!(a.dispatch(0.001).is_empty());
+    a.complete(3, 0, 0.0012, 0.0002);
+    let d = a.dispatch(0.0012);
+    assert_eq!((d[0].job.request, d[0].express), (5, true));
+    // Without the lane the frame would have to wait 49 ms for a core: refused.
+    let mut o = opts(true, false);
+    o.express_s = 0.0;
+    let mut b = Arbiter::new(&[(Cpu, 2)], o);
+    for id in [1, 2] {
+        b.submit(request(id, 0.0, 1.0, vec![vec![(Cpu, 0.050)]]), 0.0)
+            .unwrap();
+    }
+    b.dispatch(0.0);
+    let mut wake = request(3, 0.001, 0.021, vec![vec![(Cpu, 0.0002)]]);
+    wake.class = PriorityClass::Realtime;
+    assert!(b.submit(wake, 0.001).unwrap_err().is_deadline());
+}

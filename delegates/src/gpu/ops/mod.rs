@@ -1,6 +1,7 @@
 //! One file per operator (or tight family sharing one shader), each with `check` (what
-//! `supports` answers, and what `lower` re-checks: compile never trusts that `supports`
-//! was asked) and `lower` (the compute dispatches that run the node).
+//! `lower` checks before lowering: compile never trusts that `supports` was asked) and
+//! `lower` (the compute dispatches that run the node). What `supports` answers is the
+//! op descriptors' GPU rule in `switchyard-kernels`; a test holds the two together.
 
 pub mod activations;
 pub mod binary;

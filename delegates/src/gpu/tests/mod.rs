@@ -335,7 +335,7 @@ fn binary_ops_match_cpu_with_broadcast() {
                 };
                 assert_parity(
                     &format!("{op:?} {a:?} {b:?}"),
-                    &d,
+                    d,
                     &model,
                     &[xa, xb],
                     f32_tol(),
@@ -359,7 +359,7 @@ fn binary_ops_fuse_activations_and_take_constants() {
             );
             assert_parity(
                 &format!("ADD {act:?}"),
-                &d,
+                d,
                 &model,
                 &[input(&[1, 3, 8], 3)],
                 f32_tol(),
@@ -379,7 +379,7 @@ fn prelu_broadcasts_alpha() {
             &[1, 4, 4, 3],
             OpOptions::None,
         );
-        assert_parity("PRELU", &d, &model, &[input(&[1, 4, 4, 3], 5)], f32_tol());
+        assert_parity("PRELU", d, &model, &[input(&[1, 4, 4, 3], 5)], f32_tol());
     }
 }
 
@@ -400,7 +400,7 @@ fn activations_match_cpu() {
             let shape = [2, 5, 7, 3];
             let model = single_op(op, &[(&shape, None)], &shape, options);
             let x = random_tensor(DType::F32, &shape, 6, -8.0, 8.0);
-            assert_parity(&format!("{op:?}"), &d, &model, &[x], f32_tol());
+            assert_parity(&format!("{op:?}"), d, &model, &[x], f32_tol());
         }
     }
 }
@@ -557,7 +557,7 @@ fn conv2d_matches_cpu() {
             );
             assert_parity(
                 &format!("CONV_2D case {k}"),
-                &d,
+                d,
                 &model,
                 &[input(x, 30 + k as u64)],
                 f32_tol(),
@@ -666,7 +666,7 @@ fn depthwise_conv2d_matches_cpu() {
             );
             assert_parity(
                 &format!("DEPTHWISE_CONV_2D case {k}"),
-                &d,
+                d,
                 &model,
                 &[input(x, 60 + k as u64)],
                 f32_tol(),
@@ -721,7 +721,7 @@ fn fully_connected_matches_cpu() {
             );
             assert_parity(
                 &format!("FULLY_CONNECTED case {k}"),
-                &d,
+                d,
                 &model,
                 &[input(x, 90 + k as u64)],
                 f32_tol(),
@@ -807,7 +807,7 @@ fn pooling_matches_cpu() {
             );
             assert_parity(
                 &format!("{op:?} case {k}"),
-                &d,
+                d,
                 &model,
                 &[input(x, 100 + k as u64)],
                 f32_tol(),
@@ -851,7 +851,7 @@ fn pad_matches_cpu() {
             let model = pad_model(BuiltinOp::Pad, x, p, None);
             assert_parity(
                 &format!("PAD case {k}"),
-                &d,
+                d,
                 &model,
                 &[input(x, 110 + k as u64)],
                 f32_tol(),
@@ -863,7 +863,7 @@ fn pad_matches_cpu() {
             &[0, 0, 1, 1, 2, 0, 0, 1],
             Some(-7.5),
         );
-        assert_parity("PADV2", &d, &model, &[input(&[1, 3, 3, 2], 120)], f32_tol());
+        assert_parity("PADV2", d, &model, &[input(&[1, 3, 3, 2], 120)], f32_tol());
     }
 }
 
@@ -899,7 +899,7 @@ fn concatenation_matches_cpu() {
                 .collect();
             assert_parity(
                 &format!("CONCATENATION case {k}"),
-                &d,
+                d,
                 &model,
                 &inputs,
                 f32_tol(),
@@ -952,7 +952,7 @@ fn mean_and_sum_match_cpu() {
             let model = reduce_model(op, x, axes, keep);
             assert_parity(
                 &format!("{op:?} case {k}"),
-                &d,
+                d,
                 &model,
                 &[input(x, 140 + k as u64)],
                 f32_tol(),
@@ -1023,7 +1023,7 @@ fn reshape_aliases_its_input_inside_a_partition() {
         let d = &v.d;
         assert_parity(
             "ADD-RESHAPE-MUL",
-            &d,
+            d,
             &reshape_chain(),
             &[input(&[1, 4, 6], 151)],
             f32_tol(),
@@ -1283,19 +1283,28 @@ fn split_model_crosses_cpu_gpu_boundaries() {
 }
 
 /// Maximal runs of consecutive nodes the GPU supports: connected partitions in
-/// execution order, as a partitioner would make for a single delegate. Runs of weight
-/// decoding alone (folded at prepare, so nothing to run) are left out.
+/// execution order, as a partitioner would make for a single delegate. Weight decoding
+/// of constants (folded at prepare, so nothing to run) belongs to no partition, as the
+/// partitioner leaves it, and does not break a run.
 pub(crate) fn supported_runs(d: &GpuDelegate, model: &Model) -> Vec<Vec<usize>> {
     let sg = &model.subgraphs[0];
-    let folded = |n: &usize| {
+    let folded = |n: usize| {
+        let node = &sg.nodes[n];
         matches!(
-            sg.nodes[*n].builtin(),
+            node.builtin(),
             Some(BuiltinOp::Dequantize | BuiltinOp::Densify)
-        )
+        ) && node
+            .inputs
+            .iter()
+            .flatten()
+            .all(|&t| sg.tensors[t].data.is_some())
     };
     let mut runs: Vec<Vec<usize>> = Vec::new();
     let mut current = Vec::new();
     for n in 0..model.subgraphs[0].nodes.len() {
+        if folded(n) {
+            continue;
+        }
         if support_of(d, model, n).is_supported() {
             current.push(n);
         } else if !current.is_empty() {
@@ -1305,7 +1314,6 @@ pub(crate) fn supported_runs(d: &GpuDelegate, model: &Model) -> Vec<Vec<usize>> 
     if !current.is_empty() {
         runs.push(current);
     }
-    runs.retain(|r| !r.iter().all(folded));
     runs
 }
 

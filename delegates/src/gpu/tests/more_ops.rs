@@ -61,7 +61,8 @@ pub(crate) fn resize_model(
 fn resizes_match_cpu() {
     use BuiltinOp::{ResizeBilinear as Bi, ResizeNearestNeighbor as Ne};
     // (op, input, output size, align_corners, half_pixel_centers)
-    let cases: [(BuiltinOp, &[usize], [usize; 2], bool, bool); 6] = [
+    type Case = (BuiltinOp, &'static [usize], [usize; 2], bool, bool);
+    let cases: [Case; 6] = [
         (Bi, &[1, 16, 16, 8], [32, 32], false, true),
         (Bi, &[2, 5, 7, 3], [9, 13], true, false),
         (Bi, &[1, 6, 6, 5], [12, 12], false, false),
