@@ -142,6 +142,11 @@ pub struct LimitsConfig {
     pub handshake_ms: u64,
     /// A connection with no request open for this long is closed.
     pub idle_ms: u64,
+    /// Nodes one run may execute, loop iterations and nested subgraphs included: a
+    /// model that loops for ever is an error for that request, not a core taken.
+    pub run_max_nodes: u64,
+    /// Wall time one run may execute once it started (checked between nodes); 0: none.
+    pub run_max_ms: u64,
 }
 
 impl Default for LimitsConfig {
@@ -160,6 +165,10 @@ impl Default for LimitsConfig {
             request_bytes_per_tenant: 160 << 20,
             handshake_ms: 10_000,
             idle_ms: 300_000,
+            // Far above any real model (a few thousand nodes and loop iterations, well
+            // under a second), far below a hostile one.
+            run_max_nodes: 50_000_000,
+            run_max_ms: 30_000,
         }
     }
 }
@@ -344,6 +353,9 @@ impl DaemonConfig {
         }
         if l.handshake_ms == 0 || l.idle_ms == 0 {
             return bad("limits", "handshake_ms and idle_ms must be at least 1");
+        }
+        if l.run_max_nodes == 0 {
+            return bad("limits.run_max_nodes", "must be at least 1");
         }
         let w = &self.worker;
         if w.validation_timeout_ms == 0 || w.start_timeout_ms == 0 {

@@ -47,6 +47,7 @@ pub mod authority;
 pub mod debug_hooks;
 pub mod error;
 pub mod fdpass;
+pub mod fuzzing;
 pub mod limits;
 pub mod metrics;
 pub mod notify;

@@ -634,7 +634,10 @@ pub(crate) mod tests {
         let (m2, _) = reg2.load(&resizable_model()).unwrap();
         let two = m2.plan_for((Variant::Placed, 2)).unwrap();
         assert!(!Arc::ptr_eq(&two, &m2.plan));
-        assert!(Arc::ptr_eq(&two, &m2.plan_for((Variant::Placed, 7)).unwrap()));
+        assert!(Arc::ptr_eq(
+            &two,
+            &m2.plan_for((Variant::Placed, 7)).unwrap()
+        ));
         let mut s = m2.open_session(&pool).unwrap();
         m2.bind(&mut s, (Variant::Placed, 2)).unwrap();
         assert!(Arc::ptr_eq(s.plan(), &two));

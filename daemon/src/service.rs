@@ -23,7 +23,7 @@ use crate::registry::{ModelRegistry, PreparedModel, TensorSpec, dtype_from_wire,
 use crate::sessions::{Opener, SessionEntry};
 use crate::shm::{Region, Regions, check_range};
 use crate::tenant::{Caller, Handle, TenantId, TenantSnapshot, Tenants};
-use switchyard_interpreter::{Budget, DEFAULT_MAX_NODES, MemoryPool, Session};
+use switchyard_interpreter::{Budget, DType, MemoryPool, Session};
 
 /// Longest tensor rank accepted from a client.
 const MAX_RANK: usize = 16;
@@ -264,7 +264,7 @@ fn subject_model(key: &str) -> &str {
 }
 
 /// The client's request id, checked: it ends up in logs, so it stays short and printable.
-fn client_request_id(id: &str) -> Result<&str, DaemonError> {
+pub(crate) fn client_request_id(id: &str) -> Result<&str, DaemonError> {
     if id.len() > 64 || !id.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(DaemonError::invalid(
             "client_request_id must be at most 64 printable ASCII bytes",
@@ -372,6 +372,48 @@ pub fn shape_refusal(spec: &TensorSpec, shape: &[usize], allow_resize: bool) -> 
     })
 }
 
+/// One input tensor as the client sent it, checked against the model's input without
+/// touching its data: data type, rank, dimensions, byte length, shape. Pure, so the
+/// request-decoding fuzz target (crate::fuzzing) reaches exactly what a request does.
+/// Returns the data type, the shape and the byte length the data must have.
+pub fn check_tensor(
+    i: usize,
+    t: &v1::Tensor,
+    spec: &TensorSpec,
+    allow_resize: bool,
+) -> Result<(DType, Vec<usize>, usize), DaemonError> {
+    let wire = v1::DataType::try_from(t.dtype)
+        .map_err(|_| DaemonError::invalid(format!("input {i}: unknown data type {}", t.dtype)))?;
+    let dtype = dtype_from_wire(wire)
+        .ok_or_else(|| DaemonError::invalid(format!("input {i}: data type is unspecified")))?;
+    if dtype != spec.dtype {
+        return Err(DaemonError::invalid(format!(
+            "input {i} (`{}`): expected {}, got {dtype}",
+            spec.name, spec.dtype
+        )));
+    }
+    if t.shape.len() > MAX_RANK {
+        return Err(DaemonError::invalid(format!(
+            "input {i}: rank {} is above {MAX_RANK}",
+            t.shape.len()
+        )));
+    }
+    // TFLite dimensions are int32; larger ones can only be hostile.
+    if let Some(d) = t.shape.iter().find(|&&d| d > i32::MAX as u64) {
+        return Err(DaemonError::invalid(format!(
+            "input {i}: dimension {d} is too large"
+        )));
+    }
+    let expected = wire
+        .byte_len(&t.shape)
+        .ok_or_else(|| DaemonError::invalid(format!("input {i}: shape {:?} overflows", t.shape)))?;
+    let shape: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
+    if let Some(why) = shape_refusal(spec, &shape, allow_resize) {
+        return Err(DaemonError::invalid(why));
+    }
+    Ok((dtype, shape, expected))
+}
+
 fn check_inputs(
     state: &State,
     caller: &Caller,
@@ -388,36 +430,7 @@ fn check_inputs(
     }
     let mut out = Vec::with_capacity(tensors.len());
     for (i, (t, spec)) in tensors.into_iter().zip(&model.inputs).enumerate() {
-        let wire = v1::DataType::try_from(t.dtype).map_err(|_| {
-            DaemonError::invalid(format!("input {i}: unknown data type {}", t.dtype))
-        })?;
-        let dtype = dtype_from_wire(wire)
-            .ok_or_else(|| DaemonError::invalid(format!("input {i}: data type is unspecified")))?;
-        if dtype != spec.dtype {
-            return Err(DaemonError::invalid(format!(
-                "input {i} (`{}`): expected {}, got {dtype}",
-                spec.name, spec.dtype
-            )));
-        }
-        if t.shape.len() > MAX_RANK {
-            return Err(DaemonError::invalid(format!(
-                "input {i}: rank {} is above {MAX_RANK}",
-                t.shape.len()
-            )));
-        }
-        // TFLite dimensions are int32; larger ones can only be hostile.
-        if let Some(d) = t.shape.iter().find(|&&d| d > i32::MAX as u64) {
-            return Err(DaemonError::invalid(format!(
-                "input {i}: dimension {d} is too large"
-            )));
-        }
-        let expected = wire.byte_len(&t.shape).ok_or_else(|| {
-            DaemonError::invalid(format!("input {i}: shape {:?} overflows", t.shape))
-        })?;
-        let shape: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
-        if let Some(why) = shape_refusal(spec, &shape, allow_resize) {
-            return Err(DaemonError::invalid(why));
-        }
+        let (dtype, shape, expected) = check_tensor(i, &t, spec, allow_resize)?;
         let data = match t.data {
             Some(Data::Inline(bytes)) => {
                 if bytes.len() != expected {
@@ -476,6 +489,16 @@ fn check_outputs(
         .map(Some)
 }
 
+/// Raises its flag when dropped: held by a run's handler, whose future tonic drops when
+/// the client disconnects, so the run it queued stops at its next node.
+struct CancelOnDrop(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 /// The session one run executes on.
 enum Lease {
     /// The caller's own session (locked for the run: runs on one session take turns).
@@ -491,6 +514,12 @@ enum Lease {
 /// and then its result.
 pub struct RunJob {
     request_id: u64,
+    /// The run's work budget ([daemon.limits]); its clock starts when the run does.
+    max_nodes: u64,
+    max_time: Option<std::time::Duration>,
+    /// Raised when the client goes away (its handler future is dropped): the run stops
+    /// at the next node instead of finishing for nobody.
+    cancel: Arc<std::sync::atomic::AtomicBool>,
     model: Arc<PreparedModel>,
     lease: Option<Lease>,
     inputs: Vec<CheckedInput>,
@@ -507,8 +536,12 @@ impl Work for RunJob {
         let inputs = std::mem::take(&mut self.inputs);
         let outputs = self.outputs.take();
         let model = &self.model;
+        let mut budget = Budget::nodes(self.max_nodes).with_cancel(self.cancel.clone());
+        if let Some(t) = self.max_time {
+            budget = budget.with_timeout(t);
+        }
         let res = crate::panics::contain("run", self.request_id, || match lease {
-            Some(lease) => execute_on(model, lease, at, inputs, outputs),
+            Some(lease) => execute_on(model, lease, at, inputs, outputs, &mut budget),
             None => Err(DaemonError::Internal("the run was started twice".into())),
         });
         self.run_us = t.elapsed().as_micros() as u64;
@@ -526,6 +559,7 @@ fn execute_on(
     at: Assigned,
     inputs: Vec<CheckedInput>,
     outputs: Option<Vec<OutputDest>>,
+    budget: &mut Budget,
 ) -> Result<Vec<v1::Tensor>, DaemonError> {
     let form = (at.variant, at.threads);
     match lease {
@@ -533,13 +567,13 @@ fn execute_on(
             // The stream's state stays in the session whichever plan runs it.
             let result = model
                 .bind(&mut session, form)
-                .and_then(|()| execute(model, &mut session, inputs, outputs));
+                .and_then(|()| execute(model, &mut session, inputs, outputs, budget));
             entry.ran(&session, true);
             result
         }
         Lease::Pooled(_permit, memory) => {
             let mut lent = model.lend(&memory, form)?;
-            let result = execute(model, &mut lent.session, inputs, outputs);
+            let result = execute(model, &mut lent.session, inputs, outputs, budget);
             model.give_back(lent, result.is_ok());
             result
         }
@@ -553,6 +587,7 @@ fn execute(
     s: &mut Session,
     inputs: Vec<CheckedInput>,
     outputs: Option<Vec<OutputDest>>,
+    budget: &mut Budget,
 ) -> Result<Vec<v1::Tensor>, DaemonError> {
     let before = s.partition_reports().to_vec();
     for (i, x) in inputs.iter().enumerate() {
@@ -572,9 +607,7 @@ fn execute(
         };
         s.set_input(i, bytes).map_err(DaemonError::from_run)?;
     }
-    let invoked = s
-        .invoke(&mut Budget::nodes(DEFAULT_MAX_NODES))
-        .map_err(DaemonError::from_run);
+    let invoked = s.invoke(budget).map_err(DaemonError::from_run);
     model.observe(&before, s);
     invoked?;
     let mut out = Vec::with_capacity(s.output_count());
@@ -763,8 +796,15 @@ impl Switchyard for Service {
                         .map_err(|_| DaemonError::Internal("model pool closed".into()))?;
                     Lease::Pooled(slot, state.tenants.memory(&caller))
                 };
+                let limits = &state.config.limits;
+                let cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let _cancel_on_drop = CancelOnDrop(cancel.clone());
                 let job = RunJob {
                     request_id,
+                    max_nodes: limits.run_max_nodes,
+                    max_time: (limits.run_max_ms > 0)
+                        .then(|| std::time::Duration::from_millis(limits.run_max_ms)),
+                    cancel,
                     model: model.clone(),
                     lease: Some(lease),
                     inputs,
