@@ -4,8 +4,8 @@
 //! and the daemon keeps serving.
 //!
 //! Defects 1-5, 7 and 11 are fixed in the interpreter and 12 in the kernels; the rest
-//! in the daemon. docs/robustness.md lists each fix beside its test. The one test still
-//! `#[ignore]`d says why; run it with `--run-ignored all`.
+//! in the daemon. docs/robustness.md lists each fix beside its test. The `#[ignore]`d
+//! tests are helper processes the tests start as other uids.
 //! `SWITCHYARD_DAEMON_BIN=/path/to/old/switchyardd` runs the suite against another
 //! build (to see a test fail before its fix).
 
@@ -216,7 +216,6 @@ fn d03_a_run_whose_client_left_is_cancelled() {
 }
 
 #[test]
-#[ignore = "issue 10 defect 4: the hostile prepare still runs past 30 s (other loads are no longer blocked)"]
 fn d04_exponential_prepare_is_bounded_and_blocks_no_other_load() {
     let mut d = Daemon::start("");
     let socket = d.socket.clone();

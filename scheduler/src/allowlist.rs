@@ -209,7 +209,10 @@ pub fn validate_partition(
     let mut it = Interpreter::with_placement(
         model.clone(),
         Arc::new(CpuResolver::reference()),
-        InterpreterOptions::default(),
+        InterpreterOptions {
+            max_nodes_per_run: crate::graph::LOAD_RUN_MAX_NODES,
+            ..InterpreterOptions::default()
+        },
         vec![placed],
     )?;
     it.set_validation(true);
