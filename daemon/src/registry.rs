@@ -88,7 +88,8 @@ pub struct PreparedModel {
     /// One permit per run without a session of this model at once (the pool's bound);
     /// waiting here is queue wait.
     pub slots: Arc<Semaphore>,
-    /// How long verifying, placing and preparing took.
+    /// How long verifying, placing and preparing took: a tenant loading a copy someone
+    /// else prepared waits as long, so sharing is not observable through timing.
     pub prepare_time: Duration,
 }
 
