@@ -1054,6 +1054,49 @@ mod tests {
         );
     }
 
+    /// Prepares the only node of `model` and returns what its kernel says it holds.
+    fn kernel_bytes(model: &[u8]) -> usize {
+        use switchyard_interpreter::Model;
+        let m = Model::from_bytes(model).expect("test model loads");
+        let sg = &m.subgraphs[0];
+        let node = &sg.nodes[0];
+        let meta = |t: usize| {
+            let d = &sg.tensors[t];
+            TensorMeta {
+                dtype: d.dtype,
+                shape: &d.shape,
+                quant: d.quant.as_ref(),
+                data: d.data.as_ref().map(|c| c.as_slice()),
+                name: &d.name,
+            }
+        };
+        let ctx = PrepareCtx {
+            node,
+            inputs: node.inputs.iter().map(|t| t.map(meta)).collect(),
+            outputs: node.outputs.iter().map(|&t| meta(t)).collect(),
+            intermediates: switchyard_interpreter::kernel::intermediate_metas(sg, node),
+            threads: 1,
+        };
+        prepare(&ctx).expect("prepares").kernel.memory_bytes()
+    }
+
+    #[test]
+    fn integer_and_hybrid_kernels_charge_their_weight_copies() {
+        // Default integer spec: 4 gates of 4x6 input and 4x4 recurrent int8 weights,
+        // each with two folded int32 bias vectors of 4.
+        let (integer, _) = integer_lstm(&IntegerLstm::default(), &[1]);
+        assert_eq!(kernel_bytes(&integer), 4 * (24 + 16 + 4 * 8));
+        // Hybrid base case: 4 gates of 5x4 and 5x5 int8 weights with int32 row sums,
+        // and four float biases of 5.
+        let hybrid = Case {
+            hybrid: Some(false),
+            ..base()
+        };
+        let (nc, ni) = (hybrid.n_cell, hybrid.n_input);
+        let want = 4 * (nc * ni + nc * nc + 2 * 4 * nc) + 4 * 4 * nc;
+        assert_eq!(kernel_bytes(&model(&hybrid)), want);
+    }
+
     #[test]
     fn bad_lstms_are_rejected_at_prepare() {
         let e = prepare_error(&model(&Case {

@@ -364,4 +364,28 @@ impl OpKernel for HybridLstm {
     fn name(&self) -> &str {
         "lstm/hybrid"
     }
+
+    fn memory_bytes(&self) -> usize {
+        // The weight copies, row sums and float constants made at prepare.
+        let q = |m: &QMatrix| m.data.len() + 4 * m.row_sums.len();
+        let f = |v: &Vec<f32>| 4 * v.len();
+        let matrices: usize = self
+            .w
+            .iter()
+            .chain(&self.r)
+            .chain(std::iter::once(&self.projection))
+            .flatten()
+            .map(q)
+            .sum();
+        let floats: usize = self
+            .peephole
+            .iter()
+            .chain(&self.bias)
+            .chain(&self.layer_norm)
+            .chain(std::iter::once(&self.projection_bias))
+            .flatten()
+            .map(f)
+            .sum();
+        matrices + floats
+    }
 }

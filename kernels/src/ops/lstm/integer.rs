@@ -516,4 +516,27 @@ impl OpKernel for IntegerLstm {
     fn name(&self) -> &str {
         "lstm/int8x8_16"
     }
+
+    fn memory_bytes(&self) -> usize {
+        // The weight copies and folded biases made at prepare.
+        let gates: usize = self
+            .gates
+            .iter()
+            .flatten()
+            .map(|g| {
+                g.w.len()
+                    + g.r.len()
+                    + 4 * (g.w_bias.len() + g.r_bias.len())
+                    + g.peephole.as_ref().map_or(0, |(p, _)| 2 * p.len())
+                    + g.layer_norm
+                        .as_ref()
+                        .map_or(0, |l| 2 * l.weights.len() + 4 * l.bias.len())
+            })
+            .sum();
+        gates
+            + self
+                .projection
+                .as_ref()
+                .map_or(0, |p| p.w.len() + 4 * p.bias.len())
+    }
 }
