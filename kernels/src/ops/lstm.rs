@@ -404,6 +404,43 @@ impl Lstm {
     }
 }
 
+/// `n` default values, or an error where the allocator refuses (a model's sizes are not
+/// trusted to fit).
+pub(crate) fn zeroed<T: Clone + Default>(n: usize, what: &str) -> Result<Vec<T>, KernelError> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).map_err(|_| {
+        KernelError::invalid(format!("cannot allocate the LSTM's {what} ({n} values)"))
+    })?;
+    v.resize(n, T::default());
+    Ok(v)
+}
+
+/// Per-eval scratch made once at prepare, so an invoke allocates nothing. A second
+/// session evaluating the same plan at the same moment finds it taken and makes its own
+/// rather than waiting.
+pub(crate) struct Reusable<S>(std::sync::Mutex<S>);
+
+impl<S> Reusable<S> {
+    pub(crate) fn new(s: S) -> Self {
+        Reusable(std::sync::Mutex::new(s))
+    }
+
+    pub(crate) fn with<R>(
+        &self,
+        make: impl FnOnce() -> Result<S, KernelError>,
+        f: impl FnOnce(&mut S) -> R,
+    ) -> Result<R, KernelError> {
+        use std::sync::TryLockError;
+        match self.0.try_lock() {
+            Ok(mut s) => Ok(f(&mut s)),
+            // Every step overwrites the scratch before reading it: a panic mid-eval left
+            // nothing that matters.
+            Err(TryLockError::Poisoned(p)) => Ok(f(&mut p.into_inner())),
+            Err(TryLockError::WouldBlock) => Ok(f(&mut make()?)),
+        }
+    }
+}
+
 pub(crate) fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())
 }
@@ -1083,18 +1120,41 @@ mod tests {
     #[test]
     fn integer_and_hybrid_kernels_charge_their_weight_copies() {
         // Default integer spec: 4 gates of 4x6 input and 4x4 recurrent int8 weights,
-        // each with two folded int32 bias vectors of 4.
+        // each with two folded int32 bias vectors of 4; scratch of 4 int16 gates, an
+        // int16 and an int8 hidden vector.
         let (integer, _) = integer_lstm(&IntegerLstm::default(), &[1]);
-        assert_eq!(kernel_bytes(&integer), 4 * (24 + 16 + 4 * 8));
+        assert_eq!(
+            kernel_bytes(&integer),
+            4 * (24 + 16 + 4 * 8) + 4 * (8 + 2 + 1)
+        );
         // Hybrid base case: 4 gates of 5x4 and 5x5 int8 weights with int32 row sums,
-        // and four float biases of 5.
+        // and four float biases of 5; scratch of 4 float gates, a float cell output and
+        // int8 copies of the input, the state and the cell output.
         let hybrid = Case {
             hybrid: Some(false),
             ..base()
         };
         let (nc, ni) = (hybrid.n_cell, hybrid.n_input);
-        let want = 4 * (nc * ni + nc * nc + 2 * 4 * nc) + 4 * 4 * nc;
+        let want =
+            4 * (nc * ni + nc * nc + 2 * 4 * nc) + 4 * 4 * nc + (4 * 4 * nc + 4 * nc + ni + 2 * nc);
         assert_eq!(kernel_bytes(&model(&hybrid)), want);
+    }
+
+    #[test]
+    fn busy_scratch_is_replaced_not_waited_for() {
+        let r = Reusable::new(vec![1u8]);
+        let inner = r
+            .with(
+                || Ok(vec![9]),
+                |outer| {
+                    outer[0] = 2;
+                    // Taken: a fresh one, without deadlock.
+                    r.with(|| Ok(vec![9]), |s| s[0]).expect("fresh scratch")
+                },
+            )
+            .expect("scratch");
+        assert_eq!(inner, 9);
+        assert_eq!(r.with(|| Ok(vec![9]), |s| s[0]).expect("scratch"), 2);
     }
 
     #[test]

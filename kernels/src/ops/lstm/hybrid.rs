@@ -15,7 +15,7 @@ use switchyard_interpreter::{
     TensorViewMut, ops::LstmOptions,
 };
 
-use super::{Lstm, Types, check_activation, idx, normalize, sigmoid, structure};
+use super::{Lstm, Reusable, Types, check_activation, idx, normalize, sigmoid, structure, zeroed};
 use crate::ops::hybrid::{quantize_row_asymmetric, quantize_row_symmetric, row_sums};
 
 const TYPES: Types = Types {
@@ -105,6 +105,7 @@ struct HybridLstm {
     layer_norm: [Option<Vec<f32>>; 4],
     projection: Option<QMatrix>,
     projection_bias: Option<Vec<f32>>,
+    scratch: Reusable<Scratch>,
 }
 
 fn float_const(t: Option<TensorMeta<'_>>, what: &str) -> Result<Option<Vec<f32>>, KernelError> {
@@ -175,9 +176,11 @@ pub(super) fn prepare(
     let projection = m(idx::PROJ_W, "projection weights")?;
     let projection_bias = f(idx::PROJ_B, "projection bias")?;
     let shape = lstm.output_shape();
+    let scratch = Reusable::new(Scratch::new(&lstm)?);
     Ok(PreparedKernel::new(
         vec![shape],
         HybridLstm {
+            scratch,
             lstm,
             asymmetric: opts.asymmetric_quantize_inputs,
             w,
@@ -198,6 +201,28 @@ struct Scratch {
     h_q: Vec<i8>,
     cell_q: Vec<i8>,
     hidden: Vec<f32>,
+}
+
+impl Scratch {
+    fn new(l: &Lstm) -> Result<Scratch, KernelError> {
+        let nc = l.n_cell;
+        Ok(Scratch {
+            gates: [
+                zeroed(nc, "gates")?,
+                zeroed(nc, "gates")?,
+                zeroed(nc, "gates")?,
+                zeroed(nc, "gates")?,
+            ],
+            x_q: zeroed(l.n_input, "quantized input")?,
+            h_q: zeroed(l.n_output, "quantized state")?,
+            cell_q: zeroed(nc, "quantized cell output")?,
+            hidden: zeroed(nc, "cell output")?,
+        })
+    }
+
+    fn bytes(l: &Lstm) -> usize {
+        21 * l.n_cell + l.n_input + l.n_output
+    }
 }
 
 impl HybridLstm {
@@ -338,23 +363,20 @@ impl OpKernel for HybridLstm {
                 "LSTM buffers do not match the prepared shapes",
             ));
         }
-        let mut s = Scratch {
-            gates: std::array::from_fn(|_| vec![0.0; nc]),
-            x_q: vec![0; ni],
-            h_q: vec![0; no],
-            cell_q: vec![0; nc],
-            hidden: vec![0.0; nc],
-        };
-        for b in 0..nb {
-            let h = &mut h_all[b * no..(b + 1) * no];
-            let c = &mut c_all[b * nc..(b + 1) * nc];
-            for t in 0..nt {
-                let row = l.row(t, b);
-                self.step(&x[row * ni..(row + 1) * ni], h, c, &mut s);
-                y[row * no..(row + 1) * no].copy_from_slice(h);
-            }
-        }
-        Ok(())
+        self.scratch.with(
+            || Scratch::new(l),
+            |s| {
+                for b in 0..nb {
+                    let h = &mut h_all[b * no..(b + 1) * no];
+                    let c = &mut c_all[b * nc..(b + 1) * nc];
+                    for t in 0..nt {
+                        let row = l.row(t, b);
+                        self.step(&x[row * ni..(row + 1) * ni], h, c, s);
+                        y[row * no..(row + 1) * no].copy_from_slice(h);
+                    }
+                }
+            },
+        )
     }
 
     fn mutated_inputs(&self) -> &[usize] {
@@ -366,7 +388,7 @@ impl OpKernel for HybridLstm {
     }
 
     fn memory_bytes(&self) -> usize {
-        // The weight copies, row sums and float constants made at prepare.
+        // The weight copies, row sums, float constants and scratch made at prepare.
         let q = |m: &QMatrix| m.data.len() + 4 * m.row_sums.len();
         let f = |v: &Vec<f32>| 4 * v.len();
         let matrices: usize = self
@@ -386,6 +408,6 @@ impl OpKernel for HybridLstm {
             .flatten()
             .map(f)
             .sum();
-        matrices + floats
+        matrices + floats + Scratch::bytes(&self.lstm)
     }
 }

@@ -16,7 +16,7 @@ use switchyard_interpreter::{
     TensorViewMut, ops::LstmOptions,
 };
 
-use super::{Lstm, Types, idx, structure};
+use super::{Lstm, Reusable, Types, idx, structure, zeroed};
 use crate::fixedpoint;
 use crate::quant::{
     inv_sqrt_quantized_multiplier_exp, multiply_by_quantized_multiplier as mbqm,
@@ -82,6 +82,7 @@ struct IntegerLstm {
     hidden_scale: Scale,
     hidden_zp: i32,
     output_state_zp: i32,
+    scratch: Reusable<Scratch>,
 }
 
 fn per_tensor_scale(t: &TensorMeta<'_>, what: &str) -> Result<(f32, i32), KernelError> {
@@ -322,6 +323,7 @@ pub(super) fn prepare(
             hidden_scale: scale_of(f64::from(hidden)),
             hidden_zp,
             output_state_zp,
+            scratch: Reusable::new(Scratch::new(n_cell)?),
         },
     ))
 }
@@ -378,6 +380,25 @@ struct Scratch {
     gates: [Vec<i16>; 4],
     hidden: Vec<i16>,
     hidden_q: Vec<i8>,
+}
+
+impl Scratch {
+    fn new(n_cell: usize) -> Result<Scratch, KernelError> {
+        Ok(Scratch {
+            gates: [
+                zeroed(n_cell, "gates")?,
+                zeroed(n_cell, "gates")?,
+                zeroed(n_cell, "gates")?,
+                zeroed(n_cell, "gates")?,
+            ],
+            hidden: zeroed(n_cell, "hidden state")?,
+            hidden_q: zeroed(n_cell, "hidden state")?,
+        })
+    }
+
+    fn bytes(n_cell: usize) -> usize {
+        11 * n_cell
+    }
 }
 
 impl IntegerLstm {
@@ -492,21 +513,20 @@ impl OpKernel for IntegerLstm {
                 "LSTM buffers do not match the prepared shapes",
             ));
         }
-        let mut s = Scratch {
-            gates: std::array::from_fn(|_| vec![0; nc]),
-            hidden: vec![0; nc],
-            hidden_q: vec![0; nc],
-        };
-        for b in 0..nb {
-            let h = &mut h_all[b * no..(b + 1) * no];
-            let c = &mut c_all[b * nc..(b + 1) * nc];
-            for t in 0..nt {
-                let row = l.row(t, b);
-                self.step(&x[row * ni..(row + 1) * ni], h, c, &mut s);
-                y[row * no..(row + 1) * no].copy_from_slice(h);
-            }
-        }
-        Ok(())
+        self.scratch.with(
+            || Scratch::new(nc),
+            |s| {
+                for b in 0..nb {
+                    let h = &mut h_all[b * no..(b + 1) * no];
+                    let c = &mut c_all[b * nc..(b + 1) * nc];
+                    for t in 0..nt {
+                        let row = l.row(t, b);
+                        self.step(&x[row * ni..(row + 1) * ni], h, c, s);
+                        y[row * no..(row + 1) * no].copy_from_slice(h);
+                    }
+                }
+            },
+        )
     }
 
     fn mutated_inputs(&self) -> &[usize] {
@@ -518,7 +538,7 @@ impl OpKernel for IntegerLstm {
     }
 
     fn memory_bytes(&self) -> usize {
-        // The weight copies and folded biases made at prepare.
+        // The weight copies, folded biases and scratch made at prepare.
         let gates: usize = self
             .gates
             .iter()
@@ -538,5 +558,6 @@ impl OpKernel for IntegerLstm {
                 .projection
                 .as_ref()
                 .map_or(0, |p| p.w.len() + 4 * p.bias.len())
+            + Scratch::bytes(self.lstm.n_cell)
     }
 }
