@@ -368,7 +368,11 @@ pub fn prepare(ctx: &PrepareCtx<'_>) -> Result<PreparedKernel, KernelError> {
     check_activation(&opts)?;
     let lstm = structure(ctx, &opts, &FLOAT)?;
     let shape = lstm.output_shape();
-    Ok(PreparedKernel::new(vec![shape], lstm))
+    let scratch = Reusable::new(Scratch::new(lstm.n_cell)?);
+    Ok(PreparedKernel::new(
+        vec![shape],
+        FloatLstm { lstm, scratch },
+    ))
 }
 
 /// The cell activations a float or hybrid LSTM accepts.
@@ -620,11 +624,52 @@ struct Scratch {
     hidden: Vec<f32>,
 }
 
-impl OpKernel for Lstm {
+impl Scratch {
+    fn new(n_cell: usize) -> Result<Scratch, KernelError> {
+        Ok(Scratch {
+            i: zeroed(n_cell, "gates")?,
+            f: zeroed(n_cell, "gates")?,
+            g: zeroed(n_cell, "gates")?,
+            o: zeroed(n_cell, "gates")?,
+            hidden: zeroed(n_cell, "cell output")?,
+        })
+    }
+}
+
+/// The float kernel: the node's structure and its reusable scratch.
+struct FloatLstm {
+    lstm: Lstm,
+    scratch: Reusable<Scratch>,
+}
+
+impl OpKernel for FloatLstm {
     fn eval(
         &self,
         inputs: &[Option<TensorView<'_>>],
         outputs: &mut [TensorViewMut<'_>],
+    ) -> Result<(), KernelError> {
+        self.lstm.eval_float(inputs, outputs, &self.scratch)
+    }
+
+    fn mutated_inputs(&self) -> &[usize] {
+        &self.lstm.mutated
+    }
+
+    fn name(&self) -> &str {
+        "lstm/f32"
+    }
+
+    fn memory_bytes(&self) -> usize {
+        5 * 4 * self.lstm.n_cell
+    }
+}
+
+impl Lstm {
+    fn eval_float(
+        &self,
+        inputs: &[Option<TensorView<'_>>],
+        outputs: &mut [TensorViewMut<'_>],
+        scratch: &Reusable<Scratch>,
     ) -> Result<(), KernelError> {
         let x = inputs
             .get(idx::INPUT)
@@ -715,31 +760,20 @@ impl OpKernel for Lstm {
                 "LSTM buffers do not match the prepared shapes",
             ));
         }
-        let mut scratch = Scratch {
-            i: vec![0.0; nc],
-            f: vec![0.0; nc],
-            g: vec![0.0; nc],
-            o: vec![0.0; nc],
-            hidden: vec![0.0; nc],
-        };
-        for b in 0..nb {
-            let h = &mut h_all[b * no..(b + 1) * no];
-            let c = &mut c_all[b * nc..(b + 1) * nc];
-            for t in 0..nt {
-                let row = self.row(t, b);
-                self.step(&wt, &x[row * ni..(row + 1) * ni], h, c, &mut scratch);
-                y[row * no..(row + 1) * no].copy_from_slice(h);
-            }
-        }
-        Ok(())
-    }
-
-    fn mutated_inputs(&self) -> &[usize] {
-        &self.mutated
-    }
-
-    fn name(&self) -> &str {
-        "lstm/f32"
+        scratch.with(
+            || Scratch::new(nc),
+            |scratch| {
+                for b in 0..nb {
+                    let h = &mut h_all[b * no..(b + 1) * no];
+                    let c = &mut c_all[b * nc..(b + 1) * nc];
+                    for t in 0..nt {
+                        let row = self.row(t, b);
+                        self.step(&wt, &x[row * ni..(row + 1) * ni], h, c, scratch);
+                        y[row * no..(row + 1) * no].copy_from_slice(h);
+                    }
+                }
+            },
+        )
     }
 }
 
