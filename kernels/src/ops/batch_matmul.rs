@@ -60,7 +60,7 @@ pub(crate) fn prepare_params(ctx: &PrepareCtx<'_>) -> Result<BatchMatmulParams, 
     let rhs = ctx.input(1)?;
     let output = ctx.output(0)?;
     let (adj_x, adj_y) = match &ctx.node.options {
-        OpOptions::BatchMatmul { adj_x, adj_y } => (*adj_x, *adj_y),
+        OpOptions::BatchMatmul { adj_x, adj_y, .. } => (*adj_x, *adj_y),
         OpOptions::None => (false, false),
         _ => {
             return Err(KernelError::invalid(
@@ -327,6 +327,7 @@ mod tests {
             OpOptions::BatchMatmul {
                 adj_x: c.adj_x,
                 adj_y: c.adj_y,
+                asymmetric_quantize_inputs: false,
             },
         );
         sg.set_inputs(&[a, b]);
@@ -416,6 +417,7 @@ mod tests {
             OpOptions::BatchMatmul {
                 adj_x: false,
                 adj_y: false,
+                asymmetric_quantize_inputs: false,
             },
         );
         sg.set_inputs(&[a, b]);
