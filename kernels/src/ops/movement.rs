@@ -234,9 +234,10 @@ pub fn byte_len(shape: &[usize], elem: usize) -> Result<usize, KernelError> {
         .ok_or_else(|| KernelError::shape(format!("shape {shape:?} overflows")))
 }
 
-/// Checks an eval-time buffer against the shape prepare computed.
+/// Checks an eval-time buffer against the shape prepare computed. `what` is only
+/// formatted on error: this runs on every step of small data-movement ops.
 pub fn expect_bytes(
-    what: &str,
+    what: impl std::fmt::Display,
     bytes: usize,
     shape: &[usize],
     elem: usize,
@@ -258,7 +259,7 @@ pub fn checked_input<'a, 'b>(
     elem: usize,
 ) -> Result<&'b TensorView<'a>, KernelError> {
     let x = switchyard_interpreter::kernel::input(inputs, i)?;
-    expect_bytes(&format!("input {i}"), x.bytes.len(), shape, elem)?;
+    expect_bytes(format_args!("input {i}"), x.bytes.len(), shape, elem)?;
     Ok(x)
 }
 
