@@ -725,6 +725,19 @@ pub(crate) mod tests {
         let pool = ThreadPool::new(1);
         let mut c = vec![0.0; 2];
         let clamp = (f32::NEG_INFINITY, f32::INFINITY);
-        assert!(gemm(Isa::Portable, &pool, 2, &[0.0; 5], 3, p.as_ref(), &mut c, 2, clamp).is_err());
+        assert!(
+            gemm(
+                Isa::Portable,
+                &pool,
+                2,
+                &[0.0; 5],
+                3,
+                p.as_ref(),
+                &mut c,
+                2,
+                clamp
+            )
+            .is_err()
+        );
     }
 }
