@@ -452,9 +452,32 @@ pub(crate) fn sigmoid(x: f32) -> f32 {
 /// `out[r] += Σ_c m[r][c] · v[c]` for a row-major `rows × cols` matrix.
 fn mat_vec_acc(m: &[f32], v: &[f32], out: &mut [f32]) {
     let cols = v.len();
-    for (o, row) in out.iter_mut().zip(m.chunks_exact(cols)) {
-        *o += row.iter().zip(v).map(|(a, b)| a * b).sum::<f32>();
+    if cols == 0 {
+        return;
     }
+    for (o, row) in out.iter_mut().zip(m.chunks_exact(cols)) {
+        *o += dot(row, v);
+    }
+}
+
+/// Σ a[i]·b[i] over 16 independent partial sums: a single running sum is one long
+/// chain of dependent adds that cannot vectorise (float addition is not reassociated).
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    const L: usize = 16;
+    let mut acc = [0.0f32; L];
+    let (ac, bc) = (a.chunks_exact(L), b.chunks_exact(L));
+    let tail: f32 = ac
+        .remainder()
+        .iter()
+        .zip(bc.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ac.zip(bc) {
+        for j in 0..L {
+            acc[j] += x[j] * y[j];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
 }
 
 /// Normalises `v` to zero mean and unit variance (LiteRT's MeanStddevNormalization).
