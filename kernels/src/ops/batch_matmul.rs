@@ -445,6 +445,7 @@ mod tests {
                 OpOptions::BatchMatmul {
                     adj_x: c.adj_x,
                     adj_y: c.adj_y,
+                    asymmetric_quantize_inputs: false,
                 },
             );
             sg.set_inputs(&[a]);
