@@ -1,18 +1,22 @@
-//! Per-request overhead of the daemon: the same model run in-process and through a real
-//! `switchyardd` (library `run` on a temporary Unix socket, real client), with tensors
-//! inline and in shared memory, for 1 KiB and 4 MiB tensors. Prints medians and the
-//! ratio daemon / in-process.
+//! Per-request overhead of the daemon: the same model run in-process and through a
+//! separate `switchyardd` process (this package's binary, embedded defaults, a temporary
+//! Unix socket, the real client), with tensors inline and in shared memory, for 1 KiB
+//! and 4 MiB tensors. Prints medians and the ratio daemon / in-process, next to the
+//! floor: a 1 KiB round trip on a bare Unix socket pair between two threads.
 //!
 //! `cargo bench -p switchyard-daemon --bench overhead`
 // The old client entry points (string ids, parallel output vectors) are deprecated;
 // these tests still exercise them until they move to `Model`/`Run`.
 #![allow(deprecated)]
 
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use switchyard_client::{Client, Tensor};
-use switchyard_config::{Config, DaemonConfig};
 use switchyard_delegates::CpuResolver;
 use switchyard_interpreter::builder::ModelBuilder;
 use switchyard_interpreter::{
@@ -63,21 +67,93 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
+/// A `switchyardd` process of its own, as apps meet it; SIGKILLed on drop.
+struct Daemon {
+    child: Child,
+    socket: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Daemon {
+    fn start() -> Daemon {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join("switchyard.sock");
+        let config = dir.path().join("switchyard.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[daemon]\nsocket = \"{}\"\nstate_dir = \"{}\"\n",
+                socket.display(),
+                dir.path().join("state").display()
+            ),
+        )
+        .expect("config");
+        let child = Command::new(env!("CARGO_BIN_EXE_switchyardd"))
+            .arg("--config")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start switchyardd");
+        let started = Instant::now();
+        while !socket.exists() {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "switchyardd did not listen"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Daemon {
+            child,
+            socket,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The floor under any IPC design: 1 KiB there and back on a Unix socket pair.
+fn unix_socket_round_trip(runs: usize) -> Duration {
+    let (mut a, mut b) = UnixStream::pair().expect("socketpair");
+    let echo = std::thread::spawn(move || {
+        let mut buf = [0u8; 1024];
+        while b.read_exact(&mut buf).is_ok() {
+            if b.write_all(&buf).is_err() {
+                break;
+            }
+        }
+    });
+    let msg = [7u8; 1024];
+    let mut back = [0u8; 1024];
+    let mut v = Vec::with_capacity(runs);
+    for i in 0..runs + runs / 10 {
+        let t = Instant::now();
+        a.write_all(&msg).expect("write");
+        a.read_exact(&mut back).expect("read");
+        if i >= runs / 10 {
+            v.push(t.elapsed());
+        }
+    }
+    drop(a);
+    let _ = echo.join();
+    median(v)
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut config = Config::embedded_defaults();
-    config.daemon = DaemonConfig {
-        socket: dir.path().join("switchyard.sock"),
-        state_dir: dir.path().join("state"),
-        ..DaemonConfig::default()
-    };
-    let listeners = switchyard_daemon::bind(&config.daemon).await.expect("bind");
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let socket = config.daemon.socket.clone();
-    let server = tokio::spawn(switchyard_daemon::run(config, listeners, async {
-        let _ = stop_rx.await;
-    }));
+    let floor = unix_socket_round_trip(20_000);
+    println!(
+        "floor: 1 KiB round trip on a Unix socket pair {:.1} us",
+        floor.as_secs_f64() * 1e6
+    );
+    let daemon = Daemon::start();
+    let socket = daemon.socket.clone();
     let mut client = Client::connect_unix(&socket).await.expect("connect");
 
     println!(
@@ -156,6 +232,5 @@ async fn main() {
             ms(shm.saturating_sub(local))
         );
     }
-    let _ = stop_tx.send(());
-    let _ = server.await;
+    drop(daemon);
 }
