@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use switchyard_client::{ClientError, DataType, Tensor, blocking::Client};
 use switchyard_interpreter::builder::ModelBuilder;
-use switchyard_interpreter::{Activation, BuiltinOp, DType, OpKind, OpOptions};
+use switchyard_interpreter::example_models::add_constant;
+use switchyard_interpreter::{BuiltinOp, DType, OpKind, OpOptions};
 use switchyard_tests::{MODELS, golden_dir, model_path, workspace_binary};
 
 /// uids the multi-tenant tests run clients as (they need no passwd entry).
@@ -171,24 +172,6 @@ fn output_files(dir: &Path) -> Vec<PathBuf> {
     v
 }
 
-/// A one-op model `y = x + c`: distinct constants give distinct model bytes.
-fn add_model(c: f32) -> Vec<u8> {
-    let mut mb = ModelBuilder::new();
-    let sg = mb.main();
-    let x = sg.tensor("x", DType::F32, &[1, 4]);
-    let k = sg.constant_f32("c", &[1, 4], &[c; 4]);
-    let y = sg.tensor("y", DType::F32, &[1, 4]);
-    sg.op(
-        OpKind::Builtin(BuiltinOp::Add),
-        &[Some(x), Some(k)],
-        &[y],
-        OpOptions::Activation(Activation::None),
-    );
-    sg.set_inputs(&[x]);
-    sg.set_outputs(&[y]);
-    mb.finish()
-}
-
 #[test]
 fn daemon_matches_local_inline_and_shm_bit_for_bit() {
     // CPU only: the GPU delegate (lavapipe here) is allowlisted when it validates as
@@ -234,7 +217,7 @@ fn daemon_matches_local_inline_and_shm_bit_for_bit() {
 fn shm_outputs_equal_inline_outputs_through_the_library() {
     let d = Daemon::start("");
     let mut c = d.client();
-    let model = c.load_model("add", add_model(0.25)).unwrap();
+    let model = c.load_model("add", add_constant(0.25)).unwrap();
     let x = Tensor::from_f32(vec![1, 4], &[1.0, -2.0, 3.5, f32::MAX]);
     let inline = c.run(&model.id, std::slice::from_ref(&x)).unwrap();
     let mut region = c.create_region(4096).unwrap();
@@ -307,7 +290,7 @@ fn tenants_cannot_see_each_others_models() {
     let out_a = d.dir.path().join("out_a");
     std::fs::create_dir_all(&out_a).unwrap();
     std::fs::set_permissions(&out_a, std::fs::Permissions::from_mode(0o777)).unwrap();
-    let bytes = add_model(1.5);
+    let bytes = add_constant(1.5);
     let model_file = d.dir.path().join("add.tflite");
     std::fs::write(&model_file, &bytes).unwrap();
     let mut c = d.client();
@@ -435,7 +418,7 @@ fn killed_client_leaves_no_leak_and_others_keep_running() {
         .spawn()
         .unwrap();
     let mut c = d.client();
-    let mine = c.load_model("add", add_model(3.0)).unwrap();
+    let mine = c.load_model("add", add_constant(3.0)).unwrap();
     let x = Tensor::from_f32(vec![1, 4], &[1.0; 4]);
     let tenant = format!("uid:{UID_A}");
     // Wait until the busy client holds a region and has requests going.
@@ -477,7 +460,7 @@ fn killed_client_leaves_no_leak_and_others_keep_running() {
 fn malformed_models_get_a_clear_error_and_the_daemon_keeps_serving() {
     let d = Daemon::start("[daemon.quota]\nmodels = 2\n");
     let mut c = d.client();
-    let good = add_model(1.0);
+    let good = add_constant(1.0);
     for bad in [
         b"definitely not a tflite model".to_vec(),
         good[..good.len() / 2].to_vec(),
@@ -496,12 +479,12 @@ fn malformed_models_get_a_clear_error_and_the_daemon_keeps_serving() {
         .unwrap();
     assert_eq!(out.outputs[0].to_f32().unwrap(), vec![2.0, 3.0, 4.0, 5.0]);
     // The models quota, named in the error.
-    c.load_model("two", add_model(2.0)).unwrap();
-    let e = c.load_model("three", add_model(3.0)).unwrap_err();
+    c.load_model("two", add_constant(2.0)).unwrap();
+    let e = c.load_model("three", add_constant(3.0)).unwrap_err();
     assert_eq!(e.code(), Some(tonic::Code::ResourceExhausted), "{e}");
     assert!(e.to_string().contains("`models`"), "{e}");
     // Reloading a model the tenant holds costs no quota.
-    assert_eq!(c.load_model("again", add_model(1.0)).unwrap().id, m.id);
+    assert_eq!(c.load_model("again", add_constant(1.0)).unwrap().id, m.id);
     assert!(d.stop().success());
 }
 
@@ -590,7 +573,7 @@ fn tcp_needs_a_configured_token_which_names_the_tenant() {
     let e = wrong.list_models().unwrap_err();
     assert_eq!(e.code(), Some(tonic::Code::Unauthenticated), "{e}");
     let mut c = Client::connect_tcp(&addr, token).unwrap();
-    let m = c.load_model("add", add_model(0.5)).unwrap();
+    let m = c.load_model("add", add_constant(0.5)).unwrap();
     let out = c
         .run(&m.id, &[Tensor::from_f32(vec![1, 4], &[1.0; 4])])
         .unwrap();

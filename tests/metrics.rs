@@ -8,30 +8,12 @@ use std::process::Command;
 
 use switchyard_client::blocking::Client;
 use switchyard_client::{Run, Tensor};
-use switchyard_interpreter::builder::ModelBuilder;
-use switchyard_interpreter::{Activation, BuiltinOp, DType, OpKind, OpOptions};
+use switchyard_interpreter::example_models::add_constant;
 use switchyard_tests::daemon::{Daemon, free_port, wait_until};
 use switchyard_tests::workspace_binary;
 
 const ADMIN: &str = "metrics-admin-token-0123456789";
 const APP: &str = "metrics-app-token-0123456789";
-
-fn add_model(c: f32) -> Vec<u8> {
-    let mut mb = ModelBuilder::new();
-    let sg = mb.main();
-    let x = sg.tensor("x", DType::F32, &[1, 4]);
-    let k = sg.constant_f32("c", &[1, 4], &[c; 4]);
-    let y = sg.tensor("y", DType::F32, &[1, 4]);
-    sg.op(
-        OpKind::Builtin(BuiltinOp::Add),
-        &[Some(x), Some(k)],
-        &[y],
-        OpOptions::Activation(Activation::None),
-    );
-    sg.set_inputs(&[x]);
-    sg.set_outputs(&[y]);
-    mb.finish()
-}
 
 fn scrape(addr: &str, token: Option<&str>) -> String {
     let mut s = std::net::TcpStream::connect(addr).unwrap();
@@ -68,7 +50,7 @@ fn scrape_after_runs_shows_the_right_counts_to_the_right_readers() {
     });
     // Root is an admin uid, but its runs are counted under its own tenant, uid:0.
     let c = Client::connect_unix(&d.socket).unwrap();
-    let model = c.load_bytes("adder", add_model(1.0)).unwrap();
+    let model = c.load_bytes("adder", add_constant(1.0)).unwrap();
     let x = || Tensor::from_slice(&[1, 4], &[1.0f32; 4]).unwrap();
     for i in 0..3 {
         model

@@ -65,6 +65,10 @@ pub struct DaemonConfig {
     /// all) or `unix:/path` (the peer's uid selects them; admin uids see all).
     pub metrics: Option<String>,
     pub quota: QuotaConfig,
+    /// Connection, stream and request-size limits of the listeners.
+    pub limits: LimitsConfig,
+    /// The worker processes that validate delegates and host vendor plugins.
+    pub worker: WorkerConfig,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -112,6 +116,91 @@ impl Default for QuotaConfig {
     }
 }
 
+/// Limits on what clients can hold open, so one local user or one TCP peer cannot take
+/// the daemon's descriptors, memory or tasks from everyone else. Each listener has its
+/// own budget, and every budget is split per peer (uid on Unix sockets, address on TCP).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// gRPC connections open at once on the Unix socket, and per uid.
+    pub unix_connections: usize,
+    pub unix_connections_per_uid: usize,
+    /// Side-socket (shared-memory registration) connections, and per uid.
+    pub shm_connections: usize,
+    pub shm_connections_per_uid: usize,
+    /// TCP connections, and per peer address.
+    pub tcp_connections: usize,
+    pub tcp_connections_per_ip: usize,
+    /// HTTP/2 streams (requests) one connection may have open at once.
+    pub streams_per_connection: u32,
+    /// Requests one tenant may have open at once over all its connections (reading the
+    /// request, queued or running); more are refused before their body is read.
+    pub requests_per_tenant: usize,
+    /// Bytes of request bodies one tenant may have in the daemon's memory at once.
+    pub request_bytes_per_tenant: u64,
+    /// A connection that sends nothing for this long after it was accepted is closed.
+    pub handshake_ms: u64,
+    /// A connection with no request open for this long is closed.
+    pub idle_ms: u64,
+    /// Nodes one run may execute, loop iterations and nested subgraphs included: a
+    /// model that loops for ever is an error for that request, not a core taken.
+    pub run_max_nodes: u64,
+    /// Wall time one run may execute once it started (checked between nodes); 0: none.
+    pub run_max_ms: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        // The sums stay well under a 1024-descriptor limit, so no listener can exhaust
+        // the descriptors another one needs.
+        LimitsConfig {
+            unix_connections: 256,
+            unix_connections_per_uid: 64,
+            shm_connections: 256,
+            shm_connections_per_uid: 32,
+            tcp_connections: 128,
+            tcp_connections_per_ip: 32,
+            streams_per_connection: 16,
+            requests_per_tenant: 64,
+            request_bytes_per_tenant: 160 << 20,
+            handshake_ms: 10_000,
+            idle_ms: 300_000,
+            // Far above any real model (a few thousand nodes and loop iterations, well
+            // under a second), far below a hostile one.
+            run_max_nodes: 50_000_000,
+            run_max_ms: 30_000,
+        }
+    }
+}
+
+/// The worker processes (`switchyard-worker`): delegate validation and vendor plugins
+/// run there, so a driver that crashes or hangs takes a worker down, not the daemon.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerConfig {
+    /// The worker binary; empty: `switchyard-worker` next to the daemon's executable.
+    pub path: PathBuf,
+    /// How long one validation of one candidate may take before the worker is killed
+    /// and the candidate blocked as hung.
+    pub validation_timeout_ms: u64,
+    /// Extra time a plugin call may take past its own deadline before the worker is
+    /// killed as hung.
+    pub call_grace_ms: u64,
+    /// How long a worker may take to start and answer its first message.
+    pub start_timeout_ms: u64,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            path: PathBuf::new(),
+            validation_timeout_ms: 30_000,
+            call_grace_ms: 1_000,
+            start_timeout_ms: 10_000,
+        }
+    }
+}
+
 impl Default for DaemonConfig {
     fn default() -> Self {
         DaemonConfig {
@@ -130,6 +219,8 @@ impl Default for DaemonConfig {
             plugins: Vec::new(),
             metrics: None,
             quota: QuotaConfig::default(),
+            limits: LimitsConfig::default(),
+            worker: WorkerConfig::default(),
         }
     }
 }
@@ -222,6 +313,56 @@ impl DaemonConfig {
         }
         if q.in_flight > 1 << 16 {
             return bad("quota.in_flight", "must be at most 65536");
+        }
+        let l = &self.limits;
+        for (key, total, per) in [
+            (
+                "unix_connections",
+                l.unix_connections,
+                l.unix_connections_per_uid,
+            ),
+            (
+                "shm_connections",
+                l.shm_connections,
+                l.shm_connections_per_uid,
+            ),
+            (
+                "tcp_connections",
+                l.tcp_connections,
+                l.tcp_connections_per_ip,
+            ),
+        ] {
+            if total == 0 || per == 0 {
+                return bad(&format!("limits.{key}"), "limits must be at least 1");
+            }
+            if total > 1 << 16 {
+                return bad(&format!("limits.{key}"), "must be at most 65536");
+            }
+        }
+        if l.streams_per_connection == 0 || l.requests_per_tenant == 0 {
+            return bad(
+                "limits",
+                "streams_per_connection and requests_per_tenant must be at least 1",
+            );
+        }
+        if l.request_bytes_per_tenant < self.max_message_bytes as u64 {
+            return bad(
+                "limits.request_bytes_per_tenant",
+                "must be at least max_message_bytes, or no full-size request could arrive",
+            );
+        }
+        if l.handshake_ms == 0 || l.idle_ms == 0 {
+            return bad("limits", "handshake_ms and idle_ms must be at least 1");
+        }
+        if l.run_max_nodes == 0 {
+            return bad("limits.run_max_nodes", "must be at least 1");
+        }
+        let w = &self.worker;
+        if w.validation_timeout_ms == 0 || w.start_timeout_ms == 0 {
+            return bad(
+                "worker",
+                "validation_timeout_ms and start_timeout_ms must be at least 1",
+            );
         }
         Ok(())
     }

@@ -22,8 +22,7 @@ use std::time::{Duration, Instant};
 
 use switchyard_client::blocking::{Client, Model};
 use switchyard_client::{Run, Tensor};
-use switchyard_interpreter::builder::ModelBuilder;
-use switchyard_interpreter::{Activation, BuiltinOp, DType, OpKind, OpOptions};
+use switchyard_interpreter::example_models::add_constant;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -148,24 +147,6 @@ print(rss() - base, load_ms)
     Some((it.next()??, it.next()??))
 }
 
-/// `y = x + c` over [1, 4]: a small model whose bytes differ with `c`.
-fn small_model(c: f32) -> Vec<u8> {
-    let mut mb = ModelBuilder::new();
-    let sg = mb.main();
-    let x = sg.tensor("x", DType::F32, &[1, 4]);
-    let k = sg.constant_f32("c", &[1, 4], &[c; 4]);
-    let y = sg.tensor("y", DType::F32, &[1, 4]);
-    sg.op(
-        OpKind::Builtin(BuiltinOp::Add),
-        &[Some(x), Some(k)],
-        &[y],
-        OpOptions::Activation(Activation::None),
-    );
-    sg.set_inputs(&[x]);
-    sg.set_outputs(&[y]);
-    mb.finish()
-}
-
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
@@ -273,12 +254,12 @@ fn concurrent_loads(slow: &Path) {
     let d = Daemon::start(false);
     let c = d.client();
     // Warm-up: the first load pays for lazily built state.
-    c.load_bytes("warm", small_model(-1.0))
+    c.load_bytes("warm", add_constant(-1.0))
         .expect("warm-up load");
     let mut alone = Vec::new();
     for k in 0..9 {
         let t = Instant::now();
-        c.load_bytes("b", small_model(k as f32)).expect("load b");
+        c.load_bytes("b", add_constant(k as f32)).expect("load b");
         alone.push(ms(t.elapsed()));
     }
     let slow_bytes = std::fs::read(slow).expect("slow model");
@@ -294,7 +275,7 @@ fn concurrent_loads(slow: &Path) {
     let mut overlapped = 0;
     for k in 100..109 {
         let t = Instant::now();
-        c.load_bytes("b", small_model(k as f32)).expect("load b");
+        c.load_bytes("b", add_constant(k as f32)).expect("load b");
         during.push(ms(t.elapsed()));
         overlapped += usize::from(!a.is_finished());
     }

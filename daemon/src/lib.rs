@@ -20,6 +20,12 @@
 //! - [`sessions`]: tenants' sessions (one stream's state each) and who opened them.
 //! - [`debug_hooks`]: test-only hooks, compiled into debug builds only.
 //! - [`shm`]: memfd regions received over SCM_RIGHTS, range checks.
+//! - [`fdpass`]: receiving descriptors so that none can leak, whatever the sender does.
+//! - [`limits`]: connection budgets per listener and per peer, idle connections closed.
+//! - [`auth`]: the caller identified from headers before any body is read; per-tenant
+//!   budgets of open requests and request bytes.
+//! - [`worker`]: the worker processes (`switchyard-worker`) that validate delegates and
+//!   host vendor plugins, so a driver that crashes or hangs cannot take the daemon down.
 //! - [`error`]: [`DaemonError`] and its one mapping to `tonic::Status`.
 //!
 //! ```no_run
@@ -36,11 +42,16 @@
 
 pub mod activation;
 pub mod arbitration;
+pub mod auth;
 pub mod authority;
 pub mod debug_hooks;
 pub mod error;
+pub mod fdpass;
+pub mod fuzzing;
+pub mod limits;
 pub mod metrics;
 pub mod notify;
+pub mod panics;
 pub mod placement;
 pub mod processors;
 pub mod registry;
@@ -49,6 +60,7 @@ pub mod service;
 pub mod sessions;
 pub mod shm;
 pub mod tenant;
+pub mod worker;
 
 pub use error::DaemonError;
 pub use server::{Listeners, bind, run};

@@ -94,7 +94,21 @@ fn main() -> ExitCode {
     }
 }
 
+/// Raises the soft descriptor limit to the hard one: the listeners' connection budgets
+/// (`[daemon.limits]`) bound what clients may hold, and the rest is headroom for models,
+/// workers and logs.
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+        && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+    {
+        tracing::warn!(soft, hard, error = %e, "cannot raise the descriptor limit");
+    }
+}
+
 fn serve(cfg: Config) -> anyhow::Result<()> {
+    raise_fd_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cfg.daemon.worker_threads)
         .thread_name("switchyardd")

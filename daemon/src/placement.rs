@@ -10,9 +10,11 @@ use std::sync::{Arc, Mutex};
 
 use switchyard_config::Config;
 use switchyard_interpreter::{Delegate, Model, PartitionReport, PlacedPartition, ProcessorKind};
-use switchyard_scheduler::allowlist::{Allowlist, Entry, Lookup, Verdict, key};
+use switchyard_scheduler::allowlist::{
+    Allowlist, Entry, InProcess, Lookup, Validator, Verdict, key,
+};
 use switchyard_scheduler::cost::{CostModel, Learning, partition_key};
-use switchyard_scheduler::decide::decide;
+use switchyard_scheduler::decide::decide_with;
 use switchyard_scheduler::serving::ServingPlan;
 use tracing::{info, warn};
 
@@ -37,6 +39,8 @@ pub struct ModelPlacement {
 /// The scheduler's state shared by all models of one daemon.
 pub struct Placer {
     delegates: Vec<Arc<dyn Delegate>>,
+    /// Runs validation of unknown candidates: the worker process in the daemon.
+    validator: Arc<dyn Validator>,
     cfg: switchyard_config::SchedulerConfig,
     allowlist: Mutex<Allowlist>,
     /// Shared with the arbiter's gate, which records every served run in it.
@@ -48,8 +52,13 @@ pub struct Placer {
 }
 
 impl Placer {
-    /// Opens the allowlist (creating the state directory) and keeps the delegates.
-    pub fn new(cfg: &Config, delegates: Vec<Arc<dyn Delegate>>) -> Result<Placer, DaemonError> {
+    /// Opens the allowlist (creating the state directory) and keeps the delegates;
+    /// `validator` runs validations (the daemon passes its worker pool).
+    pub fn new(
+        cfg: &Config,
+        delegates: Vec<Arc<dyn Delegate>>,
+        validator: Arc<dyn Validator>,
+    ) -> Result<Placer, DaemonError> {
         let path = if !cfg.scheduler.allowlist_path.is_empty() {
             Some(PathBuf::from(&cfg.scheduler.allowlist_path))
         } else {
@@ -64,6 +73,7 @@ impl Placer {
         };
         info!(path = ?path, decisions = allowlist.entries().count(), "allowlist loaded");
         let mut placer = Placer::in_memory(cfg, delegates);
+        placer.validator = validator;
         placer.allowlist = Mutex::new(allowlist);
         placer.allowlist_path = path;
         Ok(placer)
@@ -73,6 +83,7 @@ impl Placer {
     pub fn in_memory(cfg: &Config, delegates: Vec<Arc<dyn Delegate>>) -> Placer {
         Placer {
             delegates,
+            validator: Arc::new(InProcess),
             cost: Arc::new(Mutex::new(CostModel::new(
                 cfg.devices.clone(),
                 Learning::from_config(&cfg.scheduler),
@@ -115,14 +126,28 @@ impl Placer {
         let mut cost = lock(&self.cost).clone();
         // Where validation runs: no lock of the placer is held from here to the merge.
         crate::debug_hooks::hold_prepare(sha256_hex);
-        let d = decide(
-            model,
-            &self.delegates,
-            &mut list,
-            &mut cost,
-            &self.cfg,
-            self.threads,
-        )?;
+        // Validation runs in the worker process; a panic in partitioning or planning
+        // here is INTERNAL with a generic message, its text in the log.
+        let decided = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            decide_with(
+                self.validator.as_ref(),
+                model,
+                &self.delegates,
+                &mut list,
+                &mut cost,
+                &self.cfg,
+                self.threads,
+            )
+        }));
+        let d = match decided {
+            Ok(d) => d?,
+            Err(payload) => {
+                tracing::error!(panic = %crate::panics::message(payload.as_ref()), "placement panicked");
+                return Err(DaemonError::Internal(
+                    "placing the model failed unexpectedly; the daemon log has the details".into(),
+                ));
+            }
+        };
         self.merge(&d.verdicts);
         let subjects = d
             .placed
@@ -311,5 +336,56 @@ mod tests {
             panic!("still allowed after {BLOCK_AFTER_FAILURES} failures");
         };
         assert!(e.reason.contains("timed out"), "{}", e.reason);
+    }
+
+    /// A delegate whose compile panics: validation runs it while placement holds the
+    /// allowlist and cost-model locks.
+    struct Panicking;
+
+    impl Delegate for Panicking {
+        fn name(&self) -> &str {
+            "panicking"
+        }
+        fn kind(&self) -> ProcessorKind {
+            ProcessorKind::Npu
+        }
+        fn fingerprint(&self) -> String {
+            "panicking 1".into()
+        }
+        fn supports(
+            &self,
+            _: &switchyard_interpreter::NodeSupportCtx<'_>,
+        ) -> switchyard_interpreter::Support {
+            switchyard_interpreter::Support::Supported
+        }
+        fn compile(
+            &self,
+            _: &switchyard_interpreter::PartitionCtx<'_>,
+        ) -> Result<
+            Box<dyn switchyard_interpreter::CompiledPartition>,
+            switchyard_interpreter::DelegateError,
+        > {
+            panic!("driver bug in compile");
+        }
+    }
+
+    /// Issue 10, defect 13: a panic during validation came back as the panic text and
+    /// poisoned the placement locks.
+    #[test]
+    fn a_panic_while_placing_is_internal_and_poisons_nothing() {
+        let cfg = Config::default();
+        let placer = Placer::in_memory(&cfg, vec![Arc::new(Panicking)]);
+        let model = Arc::new(Model::from_bytes(&switchyard_interpreter::example_models::add_constant(1.0)).unwrap());
+        for _ in 0..2 {
+            let e = placer
+                .place(model.clone(), "0000")
+                .err()
+                .expect("placing must fail");
+            let s = tonic::Status::from(e);
+            assert_eq!(s.code(), tonic::Code::Internal);
+            assert!(!s.message().contains("driver bug"), "{}", s.message());
+            assert!(!placer.allowlist.is_poisoned());
+            assert!(!placer.cost.is_poisoned());
+        }
     }
 }

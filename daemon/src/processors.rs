@@ -5,11 +5,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use switchyard_config::Config;
-use switchyard_delegates::{EmulatedDelegate, GpuDelegate, PluginDelegate, gpu};
+use switchyard_delegates::{EmulatedDelegate, GpuDelegate, gpu};
 use switchyard_interpreter::Delegate;
 use tracing::{info, warn};
 
 use crate::error::DaemonError;
+use crate::worker::WorkerPool;
 
 /// The daemon's processors: what the scheduler places on, and the GPU delegates again,
 /// typed, for their orderly shutdown.
@@ -40,13 +41,21 @@ impl Processors {
 }
 
 /// Every non-CPU delegate the configuration enables. The CPU is not listed: it runs
-/// whatever no delegate takes and is every partition's fallback.
-pub fn build_delegates(cfg: &Config) -> Result<Vec<Arc<dyn Delegate>>, DaemonError> {
-    build_processors(cfg).map(|p| p.delegates)
+/// whatever no delegate takes and is every partition's fallback. Vendor plugins are
+/// never loaded into the daemon: they run in the plugin worker and appear here as
+/// proxies.
+pub fn build_delegates(
+    cfg: &Config,
+    workers: &Arc<WorkerPool>,
+) -> Result<Vec<Arc<dyn Delegate>>, DaemonError> {
+    build_processors(cfg, workers).map(|p| p.delegates)
 }
 
 /// [`build_delegates`], keeping the GPU handles.
-pub fn build_processors(cfg: &Config) -> Result<Processors, DaemonError> {
+pub fn build_processors(
+    cfg: &Config,
+    workers: &Arc<WorkerPool>,
+) -> Result<Processors, DaemonError> {
     let mut out: Vec<Arc<dyn Delegate>> = Vec::new();
     // An injected hang must not outlive the partition timeout by much, or a blocked
     // device would hold a blocking-pool thread long after the CPU fallback finished.
@@ -60,11 +69,7 @@ pub fn build_processors(cfg: &Config) -> Result<Processors, DaemonError> {
     for g in &gpu {
         out.push(g.clone());
     }
-    for path in &cfg.daemon.plugins {
-        let p = PluginDelegate::load(path)
-            .map_err(|e| DaemonError::Internal(format!("plugin {}: {e}", path.display())))?;
-        out.push(Arc::new(p));
-    }
+    out.extend(workers.plugin_delegates());
     for d in &out {
         info!(delegate = d.name(), fingerprint = %d.fingerprint(), "delegate available");
     }

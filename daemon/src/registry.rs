@@ -88,7 +88,8 @@ pub struct PreparedModel {
     /// One permit per run without a session of this model at once (the pool's bound);
     /// waiting here is queue wait.
     pub slots: Arc<Semaphore>,
-    /// How long verifying, placing and preparing took.
+    /// How long verifying, placing and preparing took: a tenant loading a copy someone
+    /// else prepared waits as long, so sharing is not observable through timing.
     pub prepare_time: Duration,
 }
 
@@ -503,30 +504,13 @@ pub(crate) mod tests {
     use super::*;
 
     use switchyard_interpreter::builder::ModelBuilder;
+    use switchyard_interpreter::example_models::add_constant;
     use switchyard_interpreter::{Activation, Budget, BuiltinOp, OpKind, OpOptions, Tensor};
 
     pub(crate) fn cpu_only() -> Arc<Placer> {
         let mut cfg = switchyard_config::Config::default();
         cfg.scheduler.allowlist_path = String::new();
         Arc::new(Placer::in_memory(&cfg, Vec::new()))
-    }
-
-    /// A one-op model `y = x + c` over a [1, 4] float tensor; `c` makes distinct bytes.
-    pub(crate) fn add_model(c: f32) -> Vec<u8> {
-        let mut mb = ModelBuilder::new();
-        let sg = mb.main();
-        let x = sg.tensor("x", DType::F32, &[1, 4]);
-        let k = sg.constant_f32("c", &[1, 4], &[c; 4]);
-        let y = sg.tensor("y", DType::F32, &[1, 4]);
-        sg.op(
-            OpKind::Builtin(BuiltinOp::Add),
-            &[Some(x), Some(k)],
-            &[y],
-            OpOptions::Activation(Activation::None),
-        );
-        sg.set_inputs(&[x]);
-        sg.set_outputs(&[y]);
-        mb.finish()
     }
 
     /// `y = x + 1` over [1, 4] with a broadcast constant, so any [1, n] resize is valid.
@@ -550,7 +534,7 @@ pub(crate) mod tests {
     #[test]
     fn same_bytes_share_one_prepared_copy_until_last_handle_drops() {
         let reg = ModelRegistry::new(1, 2, cpu_only());
-        let bytes = add_model(1.0);
+        let bytes = add_constant(1.0);
         let (a, shared_a) = reg.load(&bytes).unwrap();
         let (b, shared_b) = reg.load(&bytes).unwrap();
         assert!(!shared_a);
@@ -558,7 +542,7 @@ pub(crate) mod tests {
         assert!(Arc::ptr_eq(&a, &b));
         assert!(Arc::ptr_eq(&a.plan, &b.plan));
         assert_eq!(reg.live(), 1);
-        let other = reg.load(&add_model(2.0)).unwrap().0;
+        let other = reg.load(&add_constant(2.0)).unwrap().0;
         assert_eq!(reg.live(), 2);
         drop(a);
         assert_eq!(reg.live(), 2);
@@ -572,7 +556,7 @@ pub(crate) mod tests {
     #[test]
     fn concurrent_loads_of_the_same_bytes_prepare_once() {
         let reg = Arc::new(ModelRegistry::new(1, 2, cpu_only()));
-        let bytes = Arc::new(add_model(7.0));
+        let bytes = Arc::new(add_constant(7.0));
         let results: Vec<(Arc<PreparedModel>, bool)> = (0..8)
             .map(|_| {
                 let (reg, bytes) = (reg.clone(), bytes.clone());
@@ -589,7 +573,7 @@ pub(crate) mod tests {
     #[test]
     fn malformed_bytes_are_a_model_error() {
         let reg = ModelRegistry::new(1, 1, cpu_only());
-        let mut bytes = add_model(1.0);
+        let mut bytes = add_constant(1.0);
         bytes.truncate(bytes.len() / 3);
         assert!(matches!(reg.load(&bytes), Err(DaemonError::Model(_))));
         assert!(matches!(
@@ -633,7 +617,10 @@ pub(crate) mod tests {
         let (m2, _) = reg2.load(&resizable_model()).unwrap();
         let two = m2.plan_for((Variant::Placed, 2)).unwrap();
         assert!(!Arc::ptr_eq(&two, &m2.plan));
-        assert!(Arc::ptr_eq(&two, &m2.plan_for((Variant::Placed, 7)).unwrap()));
+        assert!(Arc::ptr_eq(
+            &two,
+            &m2.plan_for((Variant::Placed, 7)).unwrap()
+        ));
         let mut s = m2.open_session(&pool).unwrap();
         m2.bind(&mut s, (Variant::Placed, 2)).unwrap();
         assert!(Arc::ptr_eq(s.plan(), &two));
@@ -645,7 +632,7 @@ pub(crate) mod tests {
     #[test]
     fn a_session_past_the_tenant_pool_is_refused_with_the_figures() {
         let reg = ModelRegistry::new(1, 2, cpu_only());
-        let (m, _) = reg.load(&add_model(1.0)).unwrap();
+        let (m, _) = reg.load(&add_constant(1.0)).unwrap();
         let pool = MemoryPool::new(m.arena_bytes as usize);
         let s = m.open_session(&pool).unwrap();
         let e = m.open_session(&pool).err().expect("the pool is full");

@@ -14,15 +14,19 @@ use switchyard_config::{Config, DaemonConfig};
 use switchyard_proto::v1::switchyard_server::SwitchyardServer;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
-use tokio_stream::StreamExt;
-use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tracing::{info, warn};
 
+use crate::auth::AuthLayer;
 use crate::authority::AuthorityFix;
 use crate::error::DaemonError;
+use crate::limits::{ConnLimiter, Incoming, Timeouts};
 use crate::metrics::MetricsListener;
 use crate::service::{Service, State};
 use crate::shm;
+
+/// Largest header block a client may send (HPACK-decoded). gRPC metadata is small; the
+/// h2 default would let one stream hold 16 MiB of headers.
+const MAX_HEADER_LIST_BYTES: u32 = 64 << 10;
 
 /// The daemon's bound sockets; binding is separate from serving so tests and the binary
 /// can report bind errors before anything runs.
@@ -182,8 +186,23 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DaemonError> {
     config.validate()?;
+    let config_limits = config.daemon.limits.clone();
     let grace = Duration::from_millis(config.daemon.grace_ms);
     let max_message = config.daemon.max_message_bytes;
+    let limits = config.daemon.limits.clone();
+    let timeouts = Timeouts {
+        handshake: Duration::from_millis(limits.handshake_ms),
+        idle: Duration::from_millis(limits.idle_ms),
+    };
+    let auth = AuthLayer::new(&config.daemon);
+    // Every listener gets the same HTTP/2 limits and the identity layer, which refuses
+    // requests without a valid identity before their body is read.
+    let builder = move || {
+        tonic::transport::Server::builder()
+            .max_concurrent_streams(limits.streams_per_connection)
+            .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
+            .layer(auth.clone())
+    };
     let state = Arc::new(
         tokio::task::spawn_blocking(move || State::new(config))
             .await
@@ -234,9 +253,15 @@ pub async fn run(
     let arbiter = tokio::spawn(state.gate.service.clone().run(std::future::pending()));
     let reaper = tokio::spawn(crate::service::reap_sessions(state.clone()));
     let mut tasks = tokio::task::JoinSet::new();
+    let l = &config_limits;
     tasks.spawn(shm::serve(
         shm_listener,
         state.regions.clone(),
+        ConnLimiter::new(
+            "shm side socket",
+            l.shm_connections,
+            l.shm_connections_per_uid,
+        ),
         stop_rx.clone(),
     ));
     if let Some(m) = metrics {
@@ -244,14 +269,24 @@ pub async fn run(
         tasks.spawn(crate::metrics::serve(m, state.clone(), stop_rx.clone()));
     }
     {
-        let router = tonic::transport::Server::builder()
+        let router = builder()
             .add_service(reflection.clone())
             .add_service(reflection_alpha.clone())
             .add_service(health_service.clone())
             .add_service(service());
         let signal = stopped(stop_rx.clone());
-        // Every Unix connection goes through the :authority rewrite (authority.rs).
-        let incoming = UnixListenerStream::new(grpc).map(|c| c.map(AuthorityFix::new));
+        // Every Unix connection goes through the :authority rewrite (authority.rs),
+        // inside the connection budget.
+        let incoming = Incoming::new(
+            grpc,
+            ConnLimiter::new(
+                "unix socket",
+                l.unix_connections,
+                l.unix_connections_per_uid,
+            ),
+            timeouts,
+            AuthorityFix::new,
+        );
         tasks.spawn(async move {
             if let Err(e) = router.serve_with_incoming_shutdown(incoming, signal).await {
                 warn!(error = %e, "gRPC server on the Unix socket failed");
@@ -262,17 +297,20 @@ pub async fn run(
         if let Ok(addr) = tcp.local_addr() {
             info!(%addr, "switchyardd listening on TCP (bearer tokens)");
         }
-        let router = tonic::transport::Server::builder()
+        let router = builder()
             .add_service(reflection)
             .add_service(reflection_alpha)
             .add_service(health_service)
             .add_service(service());
         let signal = stopped(stop_rx.clone());
+        let incoming = Incoming::new(
+            tcp,
+            ConnLimiter::new("tcp", l.tcp_connections, l.tcp_connections_per_ip),
+            timeouts,
+            |s| s,
+        );
         tasks.spawn(async move {
-            if let Err(e) = router
-                .serve_with_incoming_shutdown(TcpListenerStream::new(tcp), signal)
-                .await
-            {
+            if let Err(e) = router.serve_with_incoming_shutdown(incoming, signal).await {
                 warn!(error = %e, "gRPC server on TCP failed");
             }
         });

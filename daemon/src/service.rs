@@ -10,6 +10,7 @@ use switchyard_config::{Config, DaemonConfig};
 use crate::arbitration::{Assigned, Gate, Work, class_from_wire};
 use crate::placement::Placer;
 use crate::processors::{Processors, build_processors};
+use crate::worker::{WorkerPool, WorkerValidator};
 use switchyard_proto::v1::{self, switchyard_server::Switchyard, tensor::Data};
 use tokio_stream::StreamExt;
 use tonic::transport::server::{TcpConnectInfo, UdsConnectInfo};
@@ -22,7 +23,7 @@ use crate::registry::{ModelRegistry, PreparedModel, TensorSpec, dtype_from_wire,
 use crate::sessions::{Opener, SessionEntry};
 use crate::shm::{Region, Regions, check_range};
 use crate::tenant::{Caller, Handle, TenantId, TenantSnapshot, Tenants};
-use switchyard_interpreter::{Budget, DEFAULT_MAX_NODES, MemoryPool, Session};
+use switchyard_interpreter::{Budget, DType, MemoryPool, Session};
 
 /// Longest tensor rank accepted from a client.
 const MAX_RANK: usize = 16;
@@ -45,6 +46,8 @@ pub struct State {
     next_request: AtomicU64,
     /// Load and run handlers currently executing; shutdown drains until this is zero.
     active: Arc<AtomicUsize>,
+    /// Worker processes: validation and vendor plugins run there (crate::worker).
+    pub workers: Arc<WorkerPool>,
 }
 
 /// Counts one executing handler for as long as it lives.
@@ -60,8 +63,13 @@ impl State {
     /// Builds the delegates and opens the allowlist (blocking: plugins load, files are
     /// read).
     pub fn new(full: Config) -> Result<State, DaemonError> {
-        let processors = build_processors(&full)?;
-        let placer = Arc::new(Placer::new(&full, processors.delegates.clone())?);
+        let workers = WorkerPool::new(&full);
+        let processors = build_processors(&full, &workers)?;
+        let placer = Arc::new(Placer::new(
+            &full,
+            processors.delegates.clone(),
+            Arc::new(WorkerValidator(workers.clone())),
+        )?);
         let config = full.daemon.clone();
         Ok(State {
             gate: Gate::new(&full.scheduler, &placer.processors(), placer.cost.clone()),
@@ -77,6 +85,7 @@ impl State {
             started: Instant::now(),
             next_request: AtomicU64::new(1),
             active: Arc::new(AtomicUsize::new(0)),
+            workers,
             config,
             full,
         })
@@ -95,6 +104,10 @@ impl State {
     /// The tenant behind a request: peer credentials on the Unix socket, the bearer
     /// token on TCP. Anything else is refused.
     pub fn caller<T>(&self, req: &Request<T>) -> Result<Caller, DaemonError> {
+        // Set by the identity layer (crate::auth) before the body was read.
+        if let Some(c) = req.extensions().get::<Caller>() {
+            return Ok(c.clone());
+        }
         if let Some(info) = req.extensions().get::<UdsConnectInfo>() {
             let cred = info.peer_cred.ok_or_else(|| {
                 DaemonError::Unauthenticated("the Unix socket gave no peer credentials".into())
@@ -119,18 +132,8 @@ impl State {
                     "TCP requests need `authorization: Bearer <token>`".into(),
                 )
             })?;
-        let mut found = None;
-        for t in &self.config.tokens {
-            if constant_time_eq(t.token.as_bytes(), presented.as_bytes()) {
-                found = Some(t);
-            }
-        }
-        let t = found.ok_or_else(|| DaemonError::Unauthenticated("unknown token".into()))?;
-        Ok(Caller {
-            tenant: TenantId::Token(t.tenant.clone()),
-            pid: None,
-            admin: t.admin,
-        })
+        self.token_caller(presented)
+            .ok_or_else(|| DaemonError::Unauthenticated("unknown token".into()))
     }
 
     /// The tenant a bearer token names (for readers outside gRPC: the metrics
@@ -138,7 +141,7 @@ impl State {
     pub fn token_caller(&self, presented: &str) -> Option<Caller> {
         let mut found = None;
         for t in &self.config.tokens {
-            if constant_time_eq(t.token.as_bytes(), presented.as_bytes()) {
+            if crate::auth::constant_time_eq(t.token.as_bytes(), presented.as_bytes()) {
                 found = Some(t);
             }
         }
@@ -209,6 +212,7 @@ impl State {
         caller: &Caller,
         name: String,
         model: Arc<PreparedModel>,
+        // Whether this tenant already held the model (never whether anyone else does).
         shared: bool,
     ) -> Result<(v1::LoadModelResponse, Vec<Arc<SessionEntry>>), DaemonError> {
         let id = model.id();
@@ -241,13 +245,6 @@ impl State {
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 fn tensor_info(t: &TensorSpec) -> v1::TensorInfo {
     v1::TensorInfo {
         name: t.name.clone(),
@@ -261,8 +258,13 @@ fn tensor_info(t: &TensorSpec) -> v1::TensorInfo {
     }
 }
 
+/// The model sha256 an allowlist key (`<sha256>:<nodes>@<delegate>`) is about.
+fn subject_model(key: &str) -> &str {
+    key.split([':', '@']).next().unwrap_or("")
+}
+
 /// The client's request id, checked: it ends up in logs, so it stays short and printable.
-fn client_request_id(id: &str) -> Result<&str, DaemonError> {
+pub(crate) fn client_request_id(id: &str) -> Result<&str, DaemonError> {
     if id.len() > 64 || !id.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(DaemonError::invalid(
             "client_request_id must be at most 64 printable ASCII bytes",
@@ -287,20 +289,32 @@ async fn spawn_load(
     if name.len() > 256 {
         return Err(DaemonError::invalid("model name is longer than 256 bytes"));
     }
+    let started = Instant::now();
     let st = state.clone();
     let c = caller.clone();
-    let (model, shared) = tokio::task::spawn_blocking(move || {
-        let digest = ModelRegistry::digest(&bytes);
-        // Quotas are checked before the expensive prepare, except for a model the tenant
-        // already holds, which a reload does not charge again.
-        if !st.tenants.holds(&c, &digest) {
-            st.tenants.precheck_load(&c, bytes.len() as u64)?;
-        }
-        st.registry.load_digest(digest, &bytes)
+    let load_id = state.next_request.fetch_add(1, Ordering::Relaxed);
+    let (model, held_before, reused) = tokio::task::spawn_blocking(move || {
+        crate::panics::contain("load", load_id, || {
+            let digest = ModelRegistry::digest(&bytes);
+            // Quotas are checked before the expensive prepare, except for a model the
+            // tenant already holds, which a reload does not charge again.
+            let held = st.tenants.holds(&c, &digest);
+            if !held {
+                st.tenants.precheck_load(&c, bytes.len() as u64)?;
+            }
+            let (model, reused) = st.registry.load_digest(digest, &bytes)?;
+            Ok((model, held, reused))
+        })
     })
     .await
-    .map_err(|e| DaemonError::Internal(format!("load task: {e}")))??;
-    let (resp, reloaded) = state.finish_load(caller, name, model, shared)?;
+    .map_err(|_| crate::panics::generic("load", load_id))??;
+    // Whether another tenant holds the same model must not be observable: a copy
+    // prepared for someone else answers no sooner than preparing it took.
+    if reused && !held_before {
+        let prepared_in = model.prepare_time.min(MAX_SHARING_DELAY);
+        tokio::time::sleep_until((started + prepared_in).into()).await;
+    }
+    let (resp, reloaded) = state.finish_load(caller, name, model, held_before)?;
     // Reloading a model starts fresh streams on the tenant's sessions of it.
     for entry in reloaded {
         let mut s = entry.state.lock().await;
@@ -309,6 +323,9 @@ async fn spawn_load(
     }
     Ok(resp)
 }
+
+/// Longest a shared load is held back to look like a fresh one.
+const MAX_SHARING_DELAY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Where one input's bytes come from, after checking.
 enum Input {
@@ -355,6 +372,48 @@ pub fn shape_refusal(spec: &TensorSpec, shape: &[usize], allow_resize: bool) -> 
     })
 }
 
+/// One input tensor as the client sent it, checked against the model's input without
+/// touching its data: data type, rank, dimensions, byte length, shape. Pure, so the
+/// request-decoding fuzz target (crate::fuzzing) reaches exactly what a request does.
+/// Returns the data type, the shape and the byte length the data must have.
+pub fn check_tensor(
+    i: usize,
+    t: &v1::Tensor,
+    spec: &TensorSpec,
+    allow_resize: bool,
+) -> Result<(DType, Vec<usize>, usize), DaemonError> {
+    let wire = v1::DataType::try_from(t.dtype)
+        .map_err(|_| DaemonError::invalid(format!("input {i}: unknown data type {}", t.dtype)))?;
+    let dtype = dtype_from_wire(wire)
+        .ok_or_else(|| DaemonError::invalid(format!("input {i}: data type is unspecified")))?;
+    if dtype != spec.dtype {
+        return Err(DaemonError::invalid(format!(
+            "input {i} (`{}`): expected {}, got {dtype}",
+            spec.name, spec.dtype
+        )));
+    }
+    if t.shape.len() > MAX_RANK {
+        return Err(DaemonError::invalid(format!(
+            "input {i}: rank {} is above {MAX_RANK}",
+            t.shape.len()
+        )));
+    }
+    // TFLite dimensions are int32; larger ones can only be hostile.
+    if let Some(d) = t.shape.iter().find(|&&d| d > i32::MAX as u64) {
+        return Err(DaemonError::invalid(format!(
+            "input {i}: dimension {d} is too large"
+        )));
+    }
+    let expected = wire
+        .byte_len(&t.shape)
+        .ok_or_else(|| DaemonError::invalid(format!("input {i}: shape {:?} overflows", t.shape)))?;
+    let shape: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
+    if let Some(why) = shape_refusal(spec, &shape, allow_resize) {
+        return Err(DaemonError::invalid(why));
+    }
+    Ok((dtype, shape, expected))
+}
+
 fn check_inputs(
     state: &State,
     caller: &Caller,
@@ -371,36 +430,7 @@ fn check_inputs(
     }
     let mut out = Vec::with_capacity(tensors.len());
     for (i, (t, spec)) in tensors.into_iter().zip(&model.inputs).enumerate() {
-        let wire = v1::DataType::try_from(t.dtype).map_err(|_| {
-            DaemonError::invalid(format!("input {i}: unknown data type {}", t.dtype))
-        })?;
-        let dtype = dtype_from_wire(wire)
-            .ok_or_else(|| DaemonError::invalid(format!("input {i}: data type is unspecified")))?;
-        if dtype != spec.dtype {
-            return Err(DaemonError::invalid(format!(
-                "input {i} (`{}`): expected {}, got {dtype}",
-                spec.name, spec.dtype
-            )));
-        }
-        if t.shape.len() > MAX_RANK {
-            return Err(DaemonError::invalid(format!(
-                "input {i}: rank {} is above {MAX_RANK}",
-                t.shape.len()
-            )));
-        }
-        // TFLite dimensions are int32; larger ones can only be hostile.
-        if let Some(d) = t.shape.iter().find(|&&d| d > i32::MAX as u64) {
-            return Err(DaemonError::invalid(format!(
-                "input {i}: dimension {d} is too large"
-            )));
-        }
-        let expected = wire.byte_len(&t.shape).ok_or_else(|| {
-            DaemonError::invalid(format!("input {i}: shape {:?} overflows", t.shape))
-        })?;
-        let shape: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
-        if let Some(why) = shape_refusal(spec, &shape, allow_resize) {
-            return Err(DaemonError::invalid(why));
-        }
+        let (dtype, shape, expected) = check_tensor(i, &t, spec, allow_resize)?;
         let data = match t.data {
             Some(Data::Inline(bytes)) => {
                 if bytes.len() != expected {
@@ -459,6 +489,16 @@ fn check_outputs(
         .map(Some)
 }
 
+/// Raises its flag when dropped: held by a run's handler, whose future tonic drops when
+/// the client disconnects, so the run it queued stops at its next node.
+struct CancelOnDrop(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 /// The session one run executes on.
 enum Lease {
     /// The caller's own session (locked for the run: runs on one session take turns).
@@ -473,6 +513,13 @@ enum Lease {
 /// run really ends (a client that disconnects mid-run drops its future, not the work),
 /// and then its result.
 pub struct RunJob {
+    request_id: u64,
+    /// The run's work budget ([daemon.limits]); its clock starts when the run does.
+    max_nodes: u64,
+    max_time: Option<std::time::Duration>,
+    /// Raised when the client goes away (its handler future is dropped): the run stops
+    /// at the next node instead of finishing for nobody.
+    cancel: Arc<std::sync::atomic::AtomicBool>,
     model: Arc<PreparedModel>,
     lease: Option<Lease>,
     inputs: Vec<CheckedInput>,
@@ -485,16 +532,18 @@ pub struct RunJob {
 impl Work for RunJob {
     fn run(&mut self, at: Assigned) -> bool {
         let t = Instant::now();
-        let res = match self.lease.take() {
-            Some(lease) => execute_on(
-                &self.model,
-                lease,
-                at,
-                std::mem::take(&mut self.inputs),
-                self.outputs.take(),
-            ),
+        let lease = self.lease.take();
+        let inputs = std::mem::take(&mut self.inputs);
+        let outputs = self.outputs.take();
+        let model = &self.model;
+        let mut budget = Budget::nodes(self.max_nodes).with_cancel(self.cancel.clone());
+        if let Some(t) = self.max_time {
+            budget = budget.with_timeout(t);
+        }
+        let res = crate::panics::contain("run", self.request_id, || match lease {
+            Some(lease) => execute_on(model, lease, at, inputs, outputs, &mut budget),
             None => Err(DaemonError::Internal("the run was started twice".into())),
-        };
+        });
         self.run_us = t.elapsed().as_micros() as u64;
         let ok = res.is_ok();
         self.result = Some(res);
@@ -510,6 +559,7 @@ fn execute_on(
     at: Assigned,
     inputs: Vec<CheckedInput>,
     outputs: Option<Vec<OutputDest>>,
+    budget: &mut Budget,
 ) -> Result<Vec<v1::Tensor>, DaemonError> {
     let form = (at.variant, at.threads);
     match lease {
@@ -517,13 +567,13 @@ fn execute_on(
             // The stream's state stays in the session whichever plan runs it.
             let result = model
                 .bind(&mut session, form)
-                .and_then(|()| execute(model, &mut session, inputs, outputs));
+                .and_then(|()| execute(model, &mut session, inputs, outputs, budget));
             entry.ran(&session, true);
             result
         }
         Lease::Pooled(_permit, memory) => {
             let mut lent = model.lend(&memory, form)?;
-            let result = execute(model, &mut lent.session, inputs, outputs);
+            let result = execute(model, &mut lent.session, inputs, outputs, budget);
             model.give_back(lent, result.is_ok());
             result
         }
@@ -537,6 +587,7 @@ fn execute(
     s: &mut Session,
     inputs: Vec<CheckedInput>,
     outputs: Option<Vec<OutputDest>>,
+    budget: &mut Budget,
 ) -> Result<Vec<v1::Tensor>, DaemonError> {
     let before = s.partition_reports().to_vec();
     for (i, x) in inputs.iter().enumerate() {
@@ -556,9 +607,7 @@ fn execute(
         };
         s.set_input(i, bytes).map_err(DaemonError::from_run)?;
     }
-    let invoked = s
-        .invoke(&mut Budget::nodes(DEFAULT_MAX_NODES))
-        .map_err(DaemonError::from_run);
+    let invoked = s.invoke(budget).map_err(DaemonError::from_run);
     model.observe(&before, s);
     invoked?;
     let mut out = Vec::with_capacity(s.output_count());
@@ -747,7 +796,15 @@ impl Switchyard for Service {
                         .map_err(|_| DaemonError::Internal("model pool closed".into()))?;
                     Lease::Pooled(slot, state.tenants.memory(&caller))
                 };
+                let limits = &state.config.limits;
+                let cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let _cancel_on_drop = CancelOnDrop(cancel.clone());
                 let job = RunJob {
+                    request_id,
+                    max_nodes: limits.run_max_nodes,
+                    max_time: (limits.run_max_ms > 0)
+                        .then(|| std::time::Duration::from_millis(limits.run_max_ms)),
+                    cancel,
                     model: model.clone(),
                     lease: Some(lease),
                     inputs,
@@ -876,15 +933,34 @@ impl Switchyard for Service {
         req: Request<v1::StatusRequest>,
     ) -> Result<Response<v1::StatusResponse>, Status> {
         let caller = self.state.caller(&req)?;
-        let all = self.state.tenants.snapshot();
+        // A tenant sees figures of its own only: daemon-wide counts would tell it
+        // whether another tenant holds a model or is running requests.
+        let all: Vec<TenantSnapshot> = self
+            .state
+            .tenants
+            .snapshot()
+            .into_iter()
+            .filter(|s| caller.admin || s.id == caller.tenant)
+            .collect();
         let in_flight = all.iter().map(|s| s.in_flight as u32).sum();
         let requests = all.iter().map(|s| s.counters.requests).sum();
+        let (models, regions) = if caller.admin {
+            (
+                self.state.registry.live() as u32,
+                self.state.regions.count() as u32,
+            )
+        } else {
+            (
+                self.state.tenants.handles(&caller).len() as u32,
+                self.state.regions.of(&caller.tenant).len() as u32,
+            )
+        };
         Ok(Response::new(v1::StatusResponse {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             uptime_ms: self.state.started.elapsed().as_millis() as u64,
-            models: self.state.registry.live() as u32,
+            models,
             in_flight,
-            regions: self.state.regions.count() as u32,
+            regions,
             requests,
             tenants: self.state.visible_tenants(&caller),
             memory: caller.admin.then(|| self.state.memory_info()),
@@ -1001,11 +1077,21 @@ impl Switchyard for Service {
         &self,
         req: Request<v1::ListAllowlistRequest>,
     ) -> Result<Response<v1::ListAllowlistResponse>, Status> {
-        let _caller = self.state.caller(&req)?;
+        let caller = self.state.caller(&req)?;
         let placer = &self.state.registry.placer;
+        // Subjects start with the model's sha256: a tenant sees the decisions about
+        // models it holds, an admin all of them.
+        let held: std::collections::HashSet<String> = self
+            .state
+            .tenants
+            .handles(&caller)
+            .into_iter()
+            .map(|(_, h)| h.model.sha256_hex.clone())
+            .collect();
         let entries = placer
             .entries()
             .into_iter()
+            .filter(|(k, _)| caller.admin || held.contains(subject_model(k)))
             .map(|(k, e)| {
                 let (subject, processor) = k.rsplit_once('@').unwrap_or((k.as_str(), ""));
                 v1::AllowlistEntry {

@@ -12,15 +12,13 @@
 #![allow(unsafe_code)]
 
 use std::collections::HashMap;
-use std::io::IoSliceMut;
 use std::ops::Range;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use memmap2::{MmapOptions, MmapRaw};
 use nix::fcntl::{FcntlArg, SealFlag, fcntl};
-use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
 use switchyard_config::daemon::QuotaConfig;
 use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::{UnixListener, UnixStream};
@@ -28,6 +26,8 @@ use tokio::sync::watch;
 use tracing::{Instrument, debug, info_span, warn};
 
 use crate::error::DaemonError;
+use crate::fdpass;
+use crate::limits::{ConnLimiter, PeerKey};
 use crate::tenant::{TenantId, lock};
 
 /// First bytes of every registration message on the side socket (protocol version 1).
@@ -110,6 +110,10 @@ pub struct Regions {
     quota: QuotaConfig,
     next_id: AtomicU64,
     table: Mutex<HashMap<u64, Arc<Region>>>,
+    /// Tests widen the window between mapping a region and inserting it, where the
+    /// quota race used to be.
+    #[cfg(test)]
+    map_delay: std::time::Duration,
 }
 
 impl Regions {
@@ -118,6 +122,8 @@ impl Regions {
             quota,
             next_id: AtomicU64::new(1),
             table: Mutex::new(HashMap::new()),
+            #[cfg(test)]
+            map_delay: std::time::Duration::ZERO,
         }
     }
 
@@ -148,24 +154,12 @@ impl Regions {
             .ok()
             .filter(|&s| s <= isize::MAX as usize)
             .ok_or_else(|| DaemonError::Shm(format!("the memfd is too large ({size} bytes)")))?;
-        {
-            let table = lock(&self.table);
-            let mine = table.values().filter(|r| r.owner == owner);
-            let (count, bytes) = mine.fold((0usize, 0u64), |(c, b), r| (c + 1, b + r.len() as u64));
-            if count >= self.quota.regions {
-                return Err(DaemonError::Quota {
-                    quota: "regions",
-                    limit: self.quota.regions as u64,
-                    detail: format!("{owner} already has {count} regions"),
-                });
-            }
-            if bytes.saturating_add(size) > self.quota.region_bytes {
-                return Err(DaemonError::Quota {
-                    quota: "region_bytes",
-                    limit: self.quota.region_bytes,
-                    detail: format!("{owner} has {bytes} bytes of regions and this one has {size}"),
-                });
-            }
+        if size > self.quota.region_bytes {
+            return Err(DaemonError::Quota {
+                quota: "region_bytes",
+                limit: self.quota.region_bytes,
+                detail: format!("the region has {size} bytes"),
+            });
         }
         // SAFETY: the memfd is sealed against shrinking (checked above), so the mapped
         // length stays backed for the mapping's whole life.
@@ -173,6 +167,29 @@ impl Regions {
             .len(size_usize)
             .map_raw(&file)
             .map_err(|e| DaemonError::Shm(format!("cannot map the memfd read-write: {e}")))?;
+        drop(file);
+        #[cfg(test)]
+        std::thread::sleep(self.map_delay);
+        // The quota check and the insert happen under one lock: checking, unlocking and
+        // inserting later let 200 concurrent registrations past a quota of 16 (issue
+        // 10, defect 9). A registration refused here unmaps on drop.
+        let mut table = lock(&self.table);
+        let mine = table.values().filter(|r| r.owner == owner);
+        let (count, bytes) = mine.fold((0usize, 0u64), |(c, b), r| (c + 1, b + r.len() as u64));
+        if count >= self.quota.regions {
+            return Err(DaemonError::Quota {
+                quota: "regions",
+                limit: self.quota.regions as u64,
+                detail: format!("{owner} already has {count} regions"),
+            });
+        }
+        if bytes.saturating_add(size) > self.quota.region_bytes {
+            return Err(DaemonError::Quota {
+                quota: "region_bytes",
+                limit: self.quota.region_bytes,
+                detail: format!("{owner} has {bytes} bytes of regions and this one has {size}"),
+            });
+        }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let region = Arc::new(Region {
             id,
@@ -180,7 +197,7 @@ impl Regions {
             pid,
             map,
         });
-        lock(&self.table).insert(id, region.clone());
+        table.insert(id, region.clone());
         Ok(region)
     }
 
@@ -232,16 +249,40 @@ impl Regions {
     }
 }
 
-/// Accepts side-socket connections until `stop` turns true.
-pub async fn serve(listener: UnixListener, regions: Arc<Regions>, mut stop: watch::Receiver<bool>) {
+/// Accepts side-socket connections until `stop` turns true. Connections beyond the
+/// listener's budget (in total, or for one uid) are closed at once, so one local user
+/// cannot hold every descriptor the daemon has.
+pub async fn serve(
+    listener: UnixListener,
+    regions: Arc<Regions>,
+    limiter: Arc<ConnLimiter>,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
         tokio::select! {
             _ = stop.changed() => return,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
+                    let uid = match stream.peer_cred() {
+                        Ok(c) => c.uid(),
+                        Err(e) => {
+                            warn!(error = %e, "shm side socket: no peer credentials; closing");
+                            continue;
+                        }
+                    };
+                    let permit = match limiter.try_admit(PeerKey::Uid(uid)) {
+                        Ok(p) => p,
+                        Err(why) => {
+                            debug!(uid, %why, "shm side socket: connection refused");
+                            continue;
+                        }
+                    };
                     let regions = regions.clone();
                     let stop = stop.clone();
-                    tokio::spawn(async move { connection(stream, regions, stop).await });
+                    tokio::spawn(async move {
+                        let _permit = permit;
+                        serve_connection(stream, regions, stop).await
+                    });
                 }
                 Err(e) => {
                     warn!(error = %e, "shm side socket: accept failed");
@@ -252,7 +293,10 @@ pub async fn serve(listener: UnixListener, regions: Arc<Regions>, mut stop: watc
     }
 }
 
-async fn connection(
+/// Serves one side connection until the client hangs up, sends something that is not a
+/// registration, or `stop` turns true; then releases every region it registered. Public
+/// for the fuzz target, which drives it over a socketpair.
+pub async fn serve_connection(
     mut stream: UnixStream,
     regions: Arc<Regions>,
     mut stop: watch::Receiver<bool>,
@@ -312,20 +356,38 @@ pub fn encode_reply(status: u8, id: u64, size: u64, message: &str) -> Vec<u8> {
 }
 
 /// Reads one registration: the magic header and exactly one fd. `None` at end of stream.
+/// Every descriptor that arrives is owned from the moment it is received, so each error
+/// below closes all of them.
 async fn receive(stream: &UnixStream) -> Result<Option<OwnedFd>, DaemonError> {
     let raw = stream.as_raw_fd();
-    let (n, fds, truncated) = loop {
+    let mut header = [0u8; REGISTER_MAGIC.len()];
+    let got = loop {
         stream
             .readable()
             .await
             .map_err(|e| DaemonError::io("shm side socket", e))?;
-        match stream.try_io(Interest::READABLE, || recv_with_fds(raw)) {
+        match stream.try_io(Interest::READABLE, || fdpass::recv(raw, &mut header)) {
             Ok(v) => break v,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
             Err(e) => return Err(DaemonError::io("shm side socket", e)),
         }
     };
-    if n.0 == 0 && fds.is_empty() {
+    parse_registration(
+        &header[..got.bytes.min(header.len())],
+        got.fds,
+        got.truncated,
+    )
+}
+
+/// Checks one received message: exactly the magic header, exactly one descriptor.
+/// `None` is the end of the stream. Pure, so the fuzz target and the tests can feed it
+/// anything.
+pub fn parse_registration(
+    bytes: &[u8],
+    fds: Vec<OwnedFd>,
+    truncated: bool,
+) -> Result<Option<OwnedFd>, DaemonError> {
+    if bytes.is_empty() && fds.is_empty() {
         return Ok(None);
     }
     if truncated {
@@ -333,37 +395,18 @@ async fn receive(stream: &UnixStream) -> Result<Option<OwnedFd>, DaemonError> {
             "control message truncated: send one fd".into(),
         ));
     }
-    if n.0 != REGISTER_MAGIC.len() || n.1 != REGISTER_MAGIC {
+    if bytes != REGISTER_MAGIC {
         return Err(DaemonError::Shm("bad registration header".into()));
     }
     let mut fds = fds.into_iter();
     match (fds.next(), fds.next()) {
         (Some(fd), None) => Ok(Some(fd)),
         (None, _) => Err(DaemonError::Shm("registration carries no fd".into())),
-        (Some(_), Some(_)) => Err(DaemonError::Shm("send one fd per registration".into())),
+        (Some(_), Some(_)) => Err(DaemonError::Shm(format!(
+            "send one fd per registration, not {}",
+            2 + fds.len()
+        ))),
     }
-}
-
-type Received = ((usize, [u8; 8]), Vec<OwnedFd>, bool);
-
-fn recv_with_fds(fd: RawFd) -> std::io::Result<Received> {
-    let mut header = [0u8; 8];
-    let mut cmsg = nix::cmsg_space!([RawFd; 2]);
-    let mut iov = [IoSliceMut::new(&mut header)];
-    let msg = recvmsg::<()>(fd, &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC)?;
-    let n = msg.bytes;
-    let truncated = msg.flags.contains(MsgFlags::MSG_CTRUNC);
-    let mut fds = Vec::new();
-    for c in msg.cmsgs()? {
-        if let ControlMessageOwned::ScmRights(raw) = c {
-            for r in raw {
-                // SAFETY: SCM_RIGHTS installed these descriptors in this process just now
-                // and nothing else owns them.
-                fds.push(unsafe { OwnedFd::from_raw_fd(r) });
-            }
-        }
-    }
-    Ok(((n, header), fds, truncated))
 }
 
 #[cfg(test)]
@@ -446,5 +489,86 @@ mod tests {
         assert_eq!(regions.of(&a).len(), 1);
         // The request holding `r` still reads its mapping after release.
         assert_eq!(r.bytes(4090..4092).unwrap(), &[1, 2]);
+    }
+
+    /// Issue 10, defect 9: the quota was checked, the lock released, then the region
+    /// inserted, so concurrent registrations got past it.
+    #[test]
+    fn concurrent_registrations_never_pass_the_quota() {
+        let q = QuotaConfig {
+            regions: 16,
+            region_bytes: 16 * 4096,
+            ..QuotaConfig::default()
+        };
+        let mut regions = Regions::new(q);
+        regions.map_delay = std::time::Duration::from_millis(20);
+        let regions = Arc::new(regions);
+        let barrier = Arc::new(std::sync::Barrier::new(200));
+        let threads: Vec<_> = (0..200)
+            .map(|_| {
+                let (regions, barrier) = (regions.clone(), barrier.clone());
+                let fd = memfd(4096, true);
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    regions.register(TenantId::Uid(7), 1, fd).is_ok()
+                })
+            })
+            .collect();
+        let ok = threads
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .filter(|&ok| ok)
+            .count();
+        assert_eq!(ok, 16);
+        assert_eq!(regions.of(&TenantId::Uid(7)).len(), 16);
+        let bytes: usize = regions.of(&TenantId::Uid(7)).iter().map(|r| r.len()).sum();
+        assert!(bytes <= 16 * 4096);
+    }
+
+    /// Issue 10, defect 6: a registration with more than one fd (or more than the old
+    /// two-fd control buffer held) leaked the descriptors that did arrive.
+    #[tokio::test]
+    async fn every_fd_of_a_bad_registration_is_closed() {
+        use std::os::fd::AsRawFd;
+        let regions = Arc::new(Regions::new(quota()));
+        let (_stop_tx, stop) = watch::channel(false);
+        let before = fdpass::open_fd_count().unwrap();
+        for count in [0usize, 2, 3, 16, 200] {
+            let (server, client) = UnixStream::pair().unwrap();
+            let fds: Vec<OwnedFd> = (0..count).map(|_| memfd(4096, true)).collect();
+            let raw: Vec<_> = fds.iter().map(|f| f.as_raw_fd()).collect();
+            let client = client.into_std().unwrap();
+            client.set_nonblocking(false).unwrap();
+            fdpass::send(client.as_raw_fd(), &REGISTER_MAGIC, &raw).unwrap();
+            drop(fds);
+            serve_connection(server, regions.clone(), stop.clone()).await;
+            let mut reply = Vec::new();
+            use std::io::Read;
+            (&client).read_to_end(&mut reply).unwrap();
+            assert_eq!(reply.first(), Some(&REPLY_ERR), "{count} fds");
+            drop(client);
+            assert_eq!(
+                fdpass::open_fd_count().unwrap(),
+                before,
+                "descriptors leaked after a registration with {count} fds"
+            );
+        }
+        assert_eq!(regions.count(), 0);
+    }
+
+    #[test]
+    fn registrations_are_exactly_the_magic_and_one_fd() {
+        assert!(parse_registration(&[], vec![], false).unwrap().is_none());
+        assert!(parse_registration(&REGISTER_MAGIC, vec![], false).is_err());
+        assert!(parse_registration(&REGISTER_MAGIC[..4], vec![memfd(8, true)], false).is_err());
+        assert!(parse_registration(&REGISTER_MAGIC, vec![memfd(8, true)], true).is_err());
+        let two = vec![memfd(8, true), memfd(8, true)];
+        let e = parse_registration(&REGISTER_MAGIC, two, false).unwrap_err();
+        assert!(e.to_string().contains("not 2"), "{e}");
+        assert!(
+            parse_registration(&REGISTER_MAGIC, vec![memfd(8, true)], false)
+                .unwrap()
+                .is_some()
+        );
     }
 }

@@ -433,7 +433,7 @@ fn check_model_quota(
 mod tests {
     use super::*;
     use crate::registry::ModelRegistry;
-    use crate::registry::tests::add_model;
+    use switchyard_interpreter::example_models::add_constant;
 
     fn caller(uid: u32) -> Caller {
         Caller {
@@ -464,8 +464,8 @@ mod tests {
     #[test]
     fn model_quotas_count_handles_and_bytes_and_unload_frees_them() {
         let reg = ModelRegistry::new(1, 1, crate::registry::tests::cpu_only());
-        let one = reg.load(&add_model(1.0)).unwrap().0;
-        let two = reg.load(&add_model(2.0)).unwrap().0;
+        let one = reg.load(&add_constant(1.0)).unwrap().0;
+        let two = reg.load(&add_constant(2.0)).unwrap().0;
         let t = Tenants::new(QuotaConfig {
             models: 1,
             ..QuotaConfig::default()

@@ -39,6 +39,7 @@ pub mod builder;
 pub mod control;
 pub mod delegate;
 pub mod error;
+pub mod example_models;
 pub mod interpreter;
 pub mod kernel;
 pub mod model;

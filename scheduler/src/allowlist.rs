@@ -209,7 +209,10 @@ pub fn validate_partition(
     let mut it = Interpreter::with_placement(
         model.clone(),
         Arc::new(CpuResolver::reference()),
-        InterpreterOptions::default(),
+        InterpreterOptions {
+            max_nodes_per_run: crate::graph::LOAD_RUN_MAX_NODES,
+            ..InterpreterOptions::default()
+        },
         vec![placed],
     )?;
     it.set_validation(true);
@@ -310,10 +313,62 @@ pub fn validate_partition(
     })
 }
 
+/// Runs the validation (and benchmark) of one candidate partition. The daemon runs it
+/// in a worker process, so a driver that crashes or hangs there is blocked instead of
+/// taking the daemon down; tools and tests run it in process ([`InProcess`]). Blocking;
+/// implementations must be callable from any thread, including background tasks.
+pub trait Validator: Send + Sync {
+    /// `cpu_s` is the partition's CPU time as served (see [`validate_partition`]).
+    fn validate(
+        &self,
+        model: Arc<Model>,
+        placed: PlacedPartition,
+        inputs: &[Tensor],
+        runs: u32,
+        tolerance: Tolerance,
+        cpu_s: f64,
+    ) -> Result<Entry, SchedError>;
+}
+
+/// Validation in this process: [`validate_partition`].
+pub struct InProcess;
+
+impl Validator for InProcess {
+    fn validate(
+        &self,
+        model: Arc<Model>,
+        placed: PlacedPartition,
+        inputs: &[Tensor],
+        runs: u32,
+        tolerance: Tolerance,
+        cpu_s: f64,
+    ) -> Result<Entry, SchedError> {
+        validate_partition(model, placed, inputs, runs, tolerance, cpu_s)
+    }
+}
+
 /// Looks the key up and validates when the decision is unknown or stale; returns the
 /// current decision. `cpu_s` is the partition's CPU time as served.
 #[allow(clippy::too_many_arguments)]
 pub fn check_or_validate(
+    list: &mut Allowlist,
+    subject: &str,
+    model: Arc<Model>,
+    placed: PlacedPartition,
+    inputs: &[Tensor],
+    runs: u32,
+    tolerance: Tolerance,
+    cpu_s: f64,
+) -> Result<Entry, SchedError> {
+    check_or_validate_with(
+        &InProcess, list, subject, model, placed, inputs, runs, tolerance, cpu_s,
+    )
+}
+
+/// [`check_or_validate`] with validation run by `validator`.
+#[allow(clippy::too_many_arguments)]
+pub fn check_or_validate_with(
+    validator: &dyn Validator,
     list: &mut Allowlist,
     subject: &str,
     model: Arc<Model>,
@@ -329,7 +384,7 @@ pub fn check_or_validate(
         Lookup::Allowed(e) | Lookup::Blocked(e) => return Ok(e.clone()),
         Lookup::Unknown | Lookup::Stale(_) => {}
     }
-    let entry = validate_partition(model, placed, inputs, runs, tolerance, cpu_s)?;
+    let entry = validator.validate(model, placed, inputs, runs, tolerance, cpu_s)?;
     list.record(&k, entry.clone())?;
     Ok(entry)
 }

@@ -11,9 +11,7 @@
 use std::sync::Arc;
 
 use switchyard_config::{DeviceProfile, DeviceProfiles};
-use switchyard_interpreter::{
-    Delegate, NodeSupportCtx, PartitionOptions, ProcessorKind, Support,
-};
+use switchyard_interpreter::{Delegate, NodeSupportCtx, PartitionOptions, ProcessorKind, Support};
 
 /// What the partitioner needs from a processor.
 pub trait Capability: Send + Sync {

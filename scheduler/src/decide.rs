@@ -13,7 +13,9 @@ use switchyard_config::SchedulerConfig;
 use switchyard_interpreter::{Delegate, Model, PlacedPartition, ProcessorKind, Tensor};
 
 use crate::SchedError;
-use crate::allowlist::{Allowlist, Entry, Tolerance, Verdict, check_or_validate};
+use crate::allowlist::{
+    Allowlist, Entry, InProcess, Tolerance, Validator, Verdict, check_or_validate_with,
+};
 use crate::cost::{CostModel, partition_key};
 use crate::graph::{CpuMeasurement, GraphInfo};
 use crate::partition::{delegates_as_capabilities, partition, to_placed};
@@ -66,9 +68,22 @@ pub fn validation_inputs(info: &GraphInfo) -> Option<Vec<Tensor>> {
         .collect()
 }
 
-/// Partitions `model` for `delegates`, validates unknown candidates, and plans.
-/// `threads` is the intra-op thread count the daemon serves CPU work with.
+/// Partitions `model` for `delegates`, validates unknown candidates in this process,
+/// and plans. `threads` is the intra-op thread count the daemon serves CPU work with.
 pub fn decide(
+    model: Arc<Model>,
+    delegates: &[Arc<dyn Delegate>],
+    allowlist: &mut Allowlist,
+    cost: &mut CostModel,
+    cfg: &SchedulerConfig,
+    threads: usize,
+) -> Result<Decision, SchedError> {
+    decide_with(&InProcess, model, delegates, allowlist, cost, cfg, threads)
+}
+
+/// [`decide`] with candidates validated by `validator` (the daemon's worker process).
+pub fn decide_with(
+    validator: &dyn Validator,
     model: Arc<Model>,
     delegates: &[Arc<dyn Delegate>],
     allowlist: &mut Allowlist,
@@ -117,7 +132,8 @@ pub fn decide(
         let _span = tracing::info_span!("validate", delegate = %c.delegate, nodes = c.nodes.len())
             .entered();
         let cpu_s = cost.estimate(&info, &c.nodes, ProcessorKind::Cpu).seconds;
-        match check_or_validate(
+        match check_or_validate_with(
+            validator,
             allowlist,
             &subject,
             model.clone(),

@@ -17,6 +17,12 @@ use switchyard_interpreter::{
 
 use crate::SchedError;
 
+/// Nodes one measurement or validation run at load time may execute, loop iterations
+/// included. Real models run a few thousand; a hostile one (nested control flow) ran
+/// 50 million inside a load, for 25 s of CPU before the load could answer (issue 10,
+/// defect 4). Past it the measurement is skipped or the candidate denied.
+pub const LOAD_RUN_MAX_NODES: u64 = 1_000_000;
+
 /// Work of one node, the inputs of a device profile's estimate.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Work {
@@ -150,6 +156,7 @@ impl GraphInfo {
             Arc::new(CpuResolver::optimized()),
             InterpreterOptions {
                 threads: threads.max(1),
+                max_nodes_per_run: LOAD_RUN_MAX_NODES,
                 ..InterpreterOptions::default()
             },
         )

@@ -274,7 +274,10 @@ fn op_sets_per_processor_come_from_the_descriptors() {
     let dsp = names(ProcessorKind::Dsp);
     assert_eq!(dsp.len(), 27, "{dsp:?}");
     let gpu = names(ProcessorKind::Gpu);
-    assert!(!gpu.contains(&"BATCH_MATMUL"), "BATCH_MATMUL on the GPU: {gpu:?}");
+    assert!(
+        !gpu.contains(&"BATCH_MATMUL"),
+        "BATCH_MATMUL on the GPU: {gpu:?}"
+    );
     for op in [
         "SOFTMAX",
         "TRANSPOSE_CONV",

@@ -4,6 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod crafted;
+pub mod spawn;
+
 use switchyard_interpreter::{Tensor, npy};
 pub use switchyard_testkit::{golden_dir, models_dir, repo_root};
 

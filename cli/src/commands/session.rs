@@ -105,7 +105,8 @@ pub fn run(args: SessionArgs) -> anyhow::Result<()> {
 }
 
 fn stream(args: StreamArgs) -> anyhow::Result<()> {
-    let seq = npy::read(&args.input).with_context(|| format!("reading {}", args.input.display()))?;
+    let seq =
+        npy::read(&args.input).with_context(|| format!("reading {}", args.input.display()))?;
     let Some((&steps, step_shape)) = seq.shape.split_first() else {
         bail!("{}: a sequence needs a step axis", args.input.display());
     };
@@ -182,14 +183,22 @@ fn run_steps(
         let tensors = r
             .tensors
             .into_iter()
-            .map(|o| o.into_tensor().context("the daemon sent a shared-memory output"))
+            .map(|o| {
+                o.into_tensor()
+                    .context("the daemon sent a shared-memory output")
+            })
             .collect::<anyhow::Result<Vec<_>>>()?;
         out.push(tensors);
     }
     Ok(out)
 }
 
-fn write_stacked(out: &Path, steps: usize, outputs: &StepOutputs, json: bool) -> anyhow::Result<()> {
+fn write_stacked(
+    out: &Path,
+    steps: usize,
+    outputs: &StepOutputs,
+    json: bool,
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let n = outputs.first().map_or(0, Vec::len);
     let mut written = Vec::new();
@@ -209,12 +218,20 @@ fn write_stacked(out: &Path, steps: usize, outputs: &StepOutputs, json: bool) ->
         npy::write(&path, from_client(first.dtype), &shape, &data)
             .with_context(|| format!("writing {}", path.display()))?;
         if !json {
-            println!("{}: {} {:?}", path.display(), first.dtype.short_name(), shape);
+            println!(
+                "{}: {} {:?}",
+                path.display(),
+                first.dtype.short_name(),
+                shape
+            );
         }
         written.push(json!({"path": path, "dtype": first.dtype.short_name(), "shape": shape}));
     }
     if json {
-        println!("{}", serde_json::to_string_pretty(&json!({"steps": steps, "outputs": written}))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({"steps": steps, "outputs": written}))?
+        );
     }
     Ok(())
 }

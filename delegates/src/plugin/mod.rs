@@ -221,6 +221,239 @@ impl PluginDelegate {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// Describes one node for `supports` in the ABI's terms: its input and output
+    /// tensors (constants with their values) and the node. An error says why the ABI
+    /// cannot express the node at all. No plugin call.
+    pub fn describe_node<'a>(ctx: &NodeSupportCtx<'a>) -> Result<AbiGraph<'a>, String> {
+        let (code, activation) = abi_expressible(ctx.node)?;
+        let mut g = OwnedGraph::default();
+        let mut inputs = Vec::new();
+        for m in &ctx.inputs {
+            match m {
+                Some(m) => {
+                    let i = g.tensors.len();
+                    if m.data.is_none() {
+                        g.inputs.push(i as u32);
+                    }
+                    g.tensors.push(OwnedTensor::from_meta(m));
+                    inputs.push(i as i32);
+                }
+                None => inputs.push(-1),
+            }
+        }
+        let mut outputs = Vec::new();
+        for m in &ctx.outputs {
+            outputs.push(g.tensors.len() as u32);
+            g.tensors.push(OwnedTensor::from_meta(m));
+        }
+        g.outputs = outputs.clone();
+        g.nodes.push(OwnedNode {
+            code,
+            version: ctx.node.version,
+            activation,
+            inputs,
+            outputs,
+        });
+        Ok(g)
+    }
+
+    /// Asks the plugin whether it runs the one-node graph `g` (from
+    /// [`PluginDelegate::describe_node`]); `op` names the node's op in refusals.
+    pub fn supports_graph(&self, g: &AbiGraph<'_>, op: &str) -> Support {
+        let s = &self.shared;
+        let (status, reason) = g.with_raw(|raw| {
+            let _guard = s.enter();
+            let mut reason = SyStr::EMPTY;
+            // SAFETY: `raw` and everything it points to live until `with_raw` returns;
+            // the lock serialises plugin calls; `reason` is copied before unlocking.
+            unsafe {
+                let status = (s.api.supports)(s.api.ctx, raw, &mut reason);
+                (status, copy_str(reason))
+            }
+        });
+        match status {
+            abi::SY_OK => Support::Supported,
+            abi::SY_UNSUPPORTED if !reason.is_empty() => Support::Unsupported(reason),
+            other => Support::Unsupported(format!(
+                "{} refused {op} (status {other}){}",
+                self.name,
+                if reason.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {reason}")
+                }
+            )),
+        }
+    }
+
+    /// Describes a partition for `compile` in the ABI's terms: its boundary tensors,
+    /// its nodes (folded ones left out) with the constants they read, and the byte sizes
+    /// of its inputs and outputs. `delegate` names the plugin in errors. No plugin call.
+    pub fn describe_partition<'a>(
+        delegate: &str,
+        ctx: &PartitionCtx<'a>,
+    ) -> Result<AbiPartition<'a>, DelegateError> {
+        let err = |what: String| DelegateError::Compile {
+            delegate: delegate.to_string(),
+            what,
+        };
+        let sg = ctx.subgraph;
+        let mut g = OwnedGraph::default();
+        let mut local: HashMap<usize, u32> = HashMap::new();
+        let mut add = |g: &mut OwnedGraph<'_>, t: usize| -> Result<u32, DelegateError> {
+            if let Some(&i) = local.get(&t) {
+                return Ok(i);
+            }
+            let def = sg
+                .tensors
+                .get(t)
+                .ok_or_else(|| err(format!("tensor {t} does not exist")))?;
+            let shape = ctx
+                .shapes
+                .get(t)
+                .ok_or_else(|| err(format!("tensor {t} has no resolved shape")))?;
+            let i = g.tensors.len() as u32;
+            g.tensors.push(OwnedTensor {
+                dtype: def.dtype.schema_code() as i32,
+                shape: shape.iter().map(|&d| d as u64).collect(),
+                scales: def
+                    .quant
+                    .as_ref()
+                    .map(|q| q.scale.clone())
+                    .unwrap_or_default(),
+                zero_points: def
+                    .quant
+                    .as_ref()
+                    .map(|q| q.zero_point.clone())
+                    .unwrap_or_default(),
+                axis: def.quant.as_ref().map_or(0, |q| q.axis as u32),
+                data: None,
+            });
+            local.insert(t, i);
+            Ok(i)
+        };
+        let mut produced: Vec<usize> = Vec::new();
+        for &t in &ctx.partition.inputs {
+            let i = add(&mut g, t)?;
+            g.inputs.push(i);
+        }
+        for &n in &ctx.partition.nodes {
+            let node = sg
+                .nodes
+                .get(n)
+                .ok_or_else(|| err(format!("node {n} does not exist")))?;
+            let folded = !node.outputs.is_empty()
+                && node
+                    .outputs
+                    .iter()
+                    .all(|&o| (ctx.constant)(o).is_some() && !produced.contains(&o));
+            if folded {
+                continue;
+            }
+            let (code, activation) =
+                abi_expressible(node).map_err(|why| DelegateError::Unsupported {
+                    delegate: delegate.to_string(),
+                    what: format!("node {n}: {why}"),
+                })?;
+            let mut inputs = Vec::new();
+            for t in &node.inputs {
+                let Some(t) = *t else {
+                    inputs.push(-1);
+                    continue;
+                };
+                let i = add(&mut g, t)?;
+                let is_input = ctx.partition.inputs.contains(&t) || produced.contains(&t);
+                if !is_input {
+                    let data = (ctx.constant)(t).ok_or_else(|| {
+                        err(format!(
+                            "node {n} reads tensor {t}, which is neither a partition input, \
+                             a constant, nor produced earlier in the partition"
+                        ))
+                    })?;
+                    g.tensors[i as usize].data = Some(data);
+                }
+                inputs.push(i as i32);
+            }
+            let mut outputs = Vec::new();
+            for &o in &node.outputs {
+                outputs.push(add(&mut g, o)?);
+                produced.push(o);
+            }
+            g.nodes.push(OwnedNode {
+                code,
+                version: node.version,
+                activation,
+                inputs,
+                outputs,
+            });
+        }
+        let mut output_lens = Vec::new();
+        for &t in &ctx.partition.outputs {
+            let i = *local
+                .get(&t)
+                .filter(|_| produced.contains(&t))
+                .ok_or_else(|| {
+                    err(format!(
+                        "partition output {t} is not produced on the device"
+                    ))
+                })?;
+            g.outputs.push(i);
+            output_lens.push(byte_len(&g.tensors[i as usize]));
+        }
+        let input_lens = g
+            .inputs
+            .iter()
+            .map(|&i| byte_len(&g.tensors[i as usize]))
+            .collect();
+        Ok(AbiPartition {
+            graph: g,
+            input_lens,
+            output_lens,
+        })
+    }
+
+    /// Compiles a partition described by [`PluginDelegate::describe_partition`] (here
+    /// or in another process).
+    pub fn compile_graph(&self, p: &AbiPartition<'_>) -> Result<PluginPartition, DelegateError> {
+        let err = |what: String| DelegateError::Compile {
+            delegate: self.name.clone(),
+            what,
+        };
+        let s = &self.shared;
+        let started = Instant::now();
+        let (status, handle, message) = p.graph.with_raw(|raw| {
+            let _guard = s.enter();
+            let mut handle: *mut c_void = std::ptr::null_mut();
+            let mut message = SyStr::EMPTY;
+            // SAFETY: `raw` and the constant data it points to live until `with_raw`
+            // returns (the plugin copies what it keeps); the lock serialises calls;
+            // `message` is copied before unlocking.
+            unsafe {
+                let status = (s.api.compile)(s.api.ctx, raw, &mut handle, &mut message);
+                (status, handle, copy_str(message))
+            }
+        });
+        if status != abi::SY_OK {
+            return Err(match status_error(&self.name, status, message, started) {
+                DelegateError::Execute { delegate, what } => {
+                    DelegateError::Compile { delegate, what }
+                }
+                e => e,
+            });
+        }
+        if handle.is_null() {
+            return Err(err(
+                "the plugin reported success but returned no handle".into()
+            ));
+        }
+        Ok(PluginPartition {
+            shared: self.shared.clone(),
+            handle,
+            input_lens: p.input_lens.clone(),
+            output_lens: p.output_lens.clone(),
+        })
+    }
 }
 
 /// ABI v1 carries an op code and a fused activation, nothing else: nodes with other
@@ -244,31 +477,52 @@ fn abi_expressible(node: &Node) -> Result<(i32, i32), String> {
     }
 }
 
-/// A graph in owned memory, turned into the ABI's raw structs for the span of a call.
-#[derive(Default)]
-struct OwnedGraph<'a> {
-    tensors: Vec<OwnedTensor<'a>>,
-    nodes: Vec<OwnedNode>,
-    inputs: Vec<u32>,
-    outputs: Vec<u32>,
+/// A graph in the plugin ABI's own terms (what `supports` and `compile` receive), in
+/// owned memory apart from constant data, which it borrows. It is also what crosses the
+/// process boundary when the plugin runs in a worker process: everything a plugin sees
+/// is here, so a proxy can ship it and the worker can call the plugin with it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AbiGraph<'a> {
+    pub tensors: Vec<AbiTensor<'a>>,
+    pub nodes: Vec<AbiNode>,
+    pub inputs: Vec<u32>,
+    pub outputs: Vec<u32>,
 }
 
-struct OwnedTensor<'a> {
-    dtype: i32,
-    shape: Vec<u64>,
-    scales: Vec<f32>,
-    zero_points: Vec<i64>,
-    axis: u32,
-    data: Option<&'a [u8]>,
+#[derive(Clone, Debug, PartialEq)]
+pub struct AbiTensor<'a> {
+    /// TFLite schema type code.
+    pub dtype: i32,
+    pub shape: Vec<u64>,
+    pub scales: Vec<f32>,
+    pub zero_points: Vec<i64>,
+    pub axis: u32,
+    /// The value of a constant tensor.
+    pub data: Option<&'a [u8]>,
 }
 
-struct OwnedNode {
-    code: i32,
-    version: i32,
-    activation: i32,
-    inputs: Vec<i32>,
-    outputs: Vec<u32>,
+#[derive(Clone, Debug, PartialEq)]
+pub struct AbiNode {
+    pub code: i32,
+    pub version: i32,
+    pub activation: i32,
+    /// Tensor indices into the graph; -1 for an omitted optional input.
+    pub inputs: Vec<i32>,
+    pub outputs: Vec<u32>,
 }
+
+/// A partition described for `compile`: its graph and the byte sizes of the inputs
+/// and outputs each execution will pass.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AbiPartition<'a> {
+    pub graph: AbiGraph<'a>,
+    pub input_lens: Vec<usize>,
+    pub output_lens: Vec<usize>,
+}
+
+type OwnedGraph<'a> = AbiGraph<'a>;
+type OwnedTensor<'a> = AbiTensor<'a>;
+type OwnedNode = AbiNode;
 
 impl<'a> OwnedTensor<'a> {
     fn from_meta(m: &TensorMeta<'a>) -> OwnedTensor<'a> {
@@ -358,211 +612,15 @@ impl Delegate for PluginDelegate {
     }
 
     fn supports(&self, ctx: &NodeSupportCtx<'_>) -> Support {
-        let (code, activation) = match abi_expressible(ctx.node) {
-            Ok(v) => v,
-            Err(why) => return Support::Unsupported(why),
-        };
-        let mut g = OwnedGraph::default();
-        let mut inputs = Vec::new();
-        for m in &ctx.inputs {
-            match m {
-                Some(m) => {
-                    let i = g.tensors.len();
-                    if m.data.is_none() {
-                        g.inputs.push(i as u32);
-                    }
-                    g.tensors.push(OwnedTensor::from_meta(m));
-                    inputs.push(i as i32);
-                }
-                None => inputs.push(-1),
-            }
-        }
-        let mut outputs = Vec::new();
-        for m in &ctx.outputs {
-            outputs.push(g.tensors.len() as u32);
-            g.tensors.push(OwnedTensor::from_meta(m));
-        }
-        g.outputs = outputs.clone();
-        g.nodes.push(OwnedNode {
-            code,
-            version: ctx.node.version,
-            activation,
-            inputs,
-            outputs,
-        });
-        let s = &self.shared;
-        let (status, reason) = g.with_raw(|raw| {
-            let _guard = s.enter();
-            let mut reason = SyStr::EMPTY;
-            // SAFETY: `raw` and everything it points to live until `with_raw` returns;
-            // the lock serialises plugin calls; `reason` is copied before unlocking.
-            unsafe {
-                let status = (s.api.supports)(s.api.ctx, raw, &mut reason);
-                (status, copy_str(reason))
-            }
-        });
-        match status {
-            abi::SY_OK => Support::Supported,
-            abi::SY_UNSUPPORTED if !reason.is_empty() => Support::Unsupported(reason),
-            other => Support::Unsupported(format!(
-                "{} refused {} (status {other}){}",
-                self.name,
-                ctx.node.op,
-                if reason.is_empty() {
-                    String::new()
-                } else {
-                    format!(": {reason}")
-                }
-            )),
+        match PluginDelegate::describe_node(ctx) {
+            Ok(g) => self.supports_graph(&g, &ctx.node.op.to_string()),
+            Err(why) => Support::Unsupported(why),
         }
     }
 
     fn compile(&self, ctx: &PartitionCtx<'_>) -> Result<Box<dyn CompiledPartition>, DelegateError> {
-        let err = |what: String| DelegateError::Compile {
-            delegate: self.name.clone(),
-            what,
-        };
-        let sg = ctx.subgraph;
-        let mut g = OwnedGraph::default();
-        let mut local: HashMap<usize, u32> = HashMap::new();
-        let mut add = |g: &mut OwnedGraph<'_>, t: usize| -> Result<u32, DelegateError> {
-            if let Some(&i) = local.get(&t) {
-                return Ok(i);
-            }
-            let def = sg
-                .tensors
-                .get(t)
-                .ok_or_else(|| err(format!("tensor {t} does not exist")))?;
-            let shape = ctx
-                .shapes
-                .get(t)
-                .ok_or_else(|| err(format!("tensor {t} has no resolved shape")))?;
-            let i = g.tensors.len() as u32;
-            g.tensors.push(OwnedTensor {
-                dtype: def.dtype.schema_code() as i32,
-                shape: shape.iter().map(|&d| d as u64).collect(),
-                scales: def
-                    .quant
-                    .as_ref()
-                    .map(|q| q.scale.clone())
-                    .unwrap_or_default(),
-                zero_points: def
-                    .quant
-                    .as_ref()
-                    .map(|q| q.zero_point.clone())
-                    .unwrap_or_default(),
-                axis: def.quant.as_ref().map_or(0, |q| q.axis as u32),
-                data: None,
-            });
-            local.insert(t, i);
-            Ok(i)
-        };
-        let mut produced: Vec<usize> = Vec::new();
-        for &t in &ctx.partition.inputs {
-            let i = add(&mut g, t)?;
-            g.inputs.push(i);
-        }
-        for &n in &ctx.partition.nodes {
-            let node = sg
-                .nodes
-                .get(n)
-                .ok_or_else(|| err(format!("node {n} does not exist")))?;
-            let folded = !node.outputs.is_empty()
-                && node
-                    .outputs
-                    .iter()
-                    .all(|&o| (ctx.constant)(o).is_some() && !produced.contains(&o));
-            if folded {
-                continue;
-            }
-            let (code, activation) =
-                abi_expressible(node).map_err(|why| DelegateError::Unsupported {
-                    delegate: self.name.clone(),
-                    what: format!("node {n}: {why}"),
-                })?;
-            let mut inputs = Vec::new();
-            for t in &node.inputs {
-                let Some(t) = *t else {
-                    inputs.push(-1);
-                    continue;
-                };
-                let i = add(&mut g, t)?;
-                let is_input = ctx.partition.inputs.contains(&t) || produced.contains(&t);
-                if !is_input {
-                    let data = (ctx.constant)(t).ok_or_else(|| {
-                        err(format!(
-                            "node {n} reads tensor {t}, which is neither a partition input, \
-                             a constant, nor produced earlier in the partition"
-                        ))
-                    })?;
-                    g.tensors[i as usize].data = Some(data);
-                }
-                inputs.push(i as i32);
-            }
-            let mut outputs = Vec::new();
-            for &o in &node.outputs {
-                outputs.push(add(&mut g, o)?);
-                produced.push(o);
-            }
-            g.nodes.push(OwnedNode {
-                code,
-                version: node.version,
-                activation,
-                inputs,
-                outputs,
-            });
-        }
-        let mut output_lens = Vec::new();
-        for &t in &ctx.partition.outputs {
-            let i = *local
-                .get(&t)
-                .filter(|_| produced.contains(&t))
-                .ok_or_else(|| {
-                    err(format!(
-                        "partition output {t} is not produced on the device"
-                    ))
-                })?;
-            g.outputs.push(i);
-            output_lens.push(byte_len(&g.tensors[i as usize]));
-        }
-        let input_lens = g
-            .inputs
-            .iter()
-            .map(|&i| byte_len(&g.tensors[i as usize]))
-            .collect();
-        let s = &self.shared;
-        let started = Instant::now();
-        let (status, handle, message) = g.with_raw(|raw| {
-            let _guard = s.enter();
-            let mut handle: *mut c_void = std::ptr::null_mut();
-            let mut message = SyStr::EMPTY;
-            // SAFETY: `raw` and the constant data it points to live until `with_raw`
-            // returns (the plugin copies what it keeps); the lock serialises calls;
-            // `message` is copied before unlocking.
-            unsafe {
-                let status = (s.api.compile)(s.api.ctx, raw, &mut handle, &mut message);
-                (status, handle, copy_str(message))
-            }
-        });
-        if status != abi::SY_OK {
-            return Err(match status_error(&self.name, status, message, started) {
-                DelegateError::Execute { delegate, what } => {
-                    DelegateError::Compile { delegate, what }
-                }
-                e => e,
-            });
-        }
-        if handle.is_null() {
-            return Err(err(
-                "the plugin reported success but returned no handle".into()
-            ));
-        }
-        Ok(Box::new(PluginPartition {
-            shared: self.shared.clone(),
-            handle,
-            input_lens,
-            output_lens,
-        }))
+        let p = PluginDelegate::describe_partition(&self.name, ctx)?;
+        Ok(Box::new(self.compile_graph(&p)?))
     }
 }
 
@@ -573,7 +631,7 @@ fn byte_len(t: &OwnedTensor<'_>) -> usize {
 }
 
 /// A partition compiled by a plugin: its opaque handle, destroyed on drop.
-struct PluginPartition {
+pub struct PluginPartition {
     shared: Arc<Shared>,
     handle: *mut c_void,
     input_lens: Vec<usize>,
@@ -597,11 +655,13 @@ impl Drop for PluginPartition {
     }
 }
 
-impl CompiledPartition for PluginPartition {
-    fn execute(
+impl PluginPartition {
+    /// Runs the partition on raw byte buffers (inputs and outputs in the order of the
+    /// partition's boundary tensors, each of the compiled size).
+    pub fn execute_bytes(
         &self,
-        inputs: &[TensorView<'_>],
-        outputs: &mut [TensorViewMut<'_>],
+        inputs: &[&[u8]],
+        outputs: &mut [&mut [u8]],
         deadline: Option<Instant>,
     ) -> Result<ExecReport, DelegateError> {
         let s = &self.shared;
@@ -620,18 +680,18 @@ impl CompiledPartition for PluginPartition {
             )));
         }
         for (k, (v, &len)) in inputs.iter().zip(&self.input_lens).enumerate() {
-            if v.bytes.len() != len {
+            if v.len() != len {
                 return Err(exec_err(format!(
                     "input {k} has {} bytes, compiled for {len}",
-                    v.bytes.len()
+                    v.len()
                 )));
             }
         }
         for (k, (v, &len)) in outputs.iter().zip(&self.output_lens).enumerate() {
-            if v.bytes.len() != len {
+            if v.len() != len {
                 return Err(exec_err(format!(
                     "output {k} has {} bytes, compiled for {len}",
-                    v.bytes.len()
+                    v.len()
                 )));
             }
         }
@@ -651,15 +711,15 @@ impl CompiledPartition for PluginPartition {
         let ins: Vec<SyBuffer> = inputs
             .iter()
             .map(|v| SyBuffer {
-                data: v.bytes.as_ptr(),
-                len: v.bytes.len(),
+                data: v.as_ptr(),
+                len: v.len(),
             })
             .collect();
         let outs: Vec<SyBufferMut> = outputs
             .iter_mut()
             .map(|v| SyBufferMut {
-                data: v.bytes.as_mut_ptr(),
-                len: v.bytes.len(),
+                data: v.as_mut_ptr(),
+                len: v.len(),
             })
             .collect();
         let (status, message) = {
@@ -693,6 +753,19 @@ impl CompiledPartition for PluginPartition {
             });
         }
         Ok(ExecReport { device_time: None })
+    }
+}
+
+impl CompiledPartition for PluginPartition {
+    fn execute(
+        &self,
+        inputs: &[TensorView<'_>],
+        outputs: &mut [TensorViewMut<'_>],
+        deadline: Option<Instant>,
+    ) -> Result<ExecReport, DelegateError> {
+        let ins: Vec<&[u8]> = inputs.iter().map(|v| v.bytes).collect();
+        let mut outs: Vec<&mut [u8]> = outputs.iter_mut().map(|v| &mut *v.bytes).collect();
+        self.execute_bytes(&ins, &mut outs, deadline)
     }
 }
 

@@ -61,7 +61,7 @@ pub(crate) fn prepare_params(ctx: &PrepareCtx<'_>) -> Result<BatchMatmulParams, 
     let rhs = ctx.input(1)?;
     let output = ctx.output(0)?;
     let (adj_x, adj_y) = match &ctx.node.options {
-        OpOptions::BatchMatmul { adj_x, adj_y } => (*adj_x, *adj_y),
+        OpOptions::BatchMatmul { adj_x, adj_y, .. } => (*adj_x, *adj_y),
         OpOptions::None => (false, false),
         _ => {
             return Err(KernelError::invalid(
@@ -362,6 +362,7 @@ mod tests {
             OpOptions::BatchMatmul {
                 adj_x: c.adj_x,
                 adj_y: c.adj_y,
+                asymmetric_quantize_inputs: false,
             },
         );
         sg.set_inputs(&[a, b]);
@@ -444,6 +445,7 @@ mod tests {
                 OpOptions::BatchMatmul {
                     adj_x: c.adj_x,
                     adj_y: c.adj_y,
+                    asymmetric_quantize_inputs: false,
                 },
             );
             sg.set_inputs(&[a]);
@@ -509,6 +511,7 @@ mod tests {
             OpOptions::BatchMatmul {
                 adj_x: false,
                 adj_y: false,
+                asymmetric_quantize_inputs: false,
             },
         );
         sg.set_inputs(&[a, b]);

@@ -44,6 +44,7 @@ fn gpu(ctx: &switchyard_interpreter::NodeSupportCtx<'_>) -> Result<(), String> {
         node: ctx.node,
         inputs: ctx.inputs.clone(),
         outputs: ctx.outputs.clone(),
+        intermediates: Vec::new(),
         threads: 1,
     };
     let p = prepare_params(&prepare_ctx).map_err(|e| e.to_string())?;

@@ -12,9 +12,16 @@
 //!
 //! Every `unsafe` block relies on the ABI's contract (pointers valid for the call,
 //! calls serialised per plugin); each says which part.
+//!
+//! For the daemon's crash-containment tests it can also misbehave the way real drivers
+//! do, chosen by the environment of the process that loads it:
+//! `SWITCHYARD_EXAMPLE_NPU_FAULT=segv|abort|hang` makes `execute` dereference NULL,
+//! abort, or never return, after `SWITCHYARD_EXAMPLE_NPU_FAULT_AFTER` (default 0)
+//! executions that behave.
 
 use std::ffi::c_void;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 const ABI_VERSION: u32 = 1;
 
@@ -484,6 +491,32 @@ impl Compiled {
     }
 }
 
+/// Executions so far, for `SWITCHYARD_EXAMPLE_NPU_FAULT_AFTER`.
+static EXECUTIONS: AtomicU64 = AtomicU64::new(0);
+
+/// The injected fault, if this execution is to have one.
+fn injected_fault() {
+    let Ok(fault) = std::env::var("SWITCHYARD_EXAMPLE_NPU_FAULT") else {
+        return;
+    };
+    let after: u64 = std::env::var("SWITCHYARD_EXAMPLE_NPU_FAULT_AFTER")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    if EXECUTIONS.fetch_add(1, Ordering::Relaxed) < after {
+        return;
+    }
+    match fault.as_str() {
+        // SAFETY: deliberately not: a driver bug that crashes its process.
+        "segv" => unsafe { std::ptr::null_mut::<u8>().write_volatile(1) },
+        "abort" => std::process::abort(),
+        "hang" => loop {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+        },
+        _ => {}
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 unsafe extern "C" fn execute(
     _ctx: *mut c_void,
@@ -505,6 +538,7 @@ unsafe extern "C" fn execute(
     if handle.is_null() {
         return fail(SY_INVALID_ARGUMENT, "NULL handle".into());
     }
+    injected_fault();
     // SAFETY: the handle came from `compile` and is not destroyed yet; calls are
     // serialised by the host, so this is the only reference.
     let c = unsafe { &mut *handle.cast::<Compiled>() };
