@@ -363,6 +363,9 @@ enum Rows {
     No,
     A,
     B,
+    /// a per row and b per column of the output (or the other way round).
+    OuterA,
+    OuterB,
 }
 
 impl Binary {
@@ -397,7 +400,23 @@ impl Binary {
             rows: Rows,
             f: impl Fn(f32, f32) -> f32,
         ) {
-            if rows == Rows::A {
+            if let Rows::OuterA | Rows::OuterB = rows {
+                // One operand per row, the other per column (a layer norm's
+                // rsqrt(var) times gamma): out[r][c] = f(rows[r], cols[c]).
+                let (per_row, per_col) = if rows == Rows::OuterA { (a, b) } else { (b, a) };
+                let inner = per_col.len();
+                for (orow, &r) in out.chunks_exact_mut(inner).zip(per_row) {
+                    if rows == Rows::OuterA {
+                        for (o, &c) in orow.iter_mut().zip(per_col) {
+                            *o = f(r, c);
+                        }
+                    } else {
+                        for (o, &c) in orow.iter_mut().zip(per_col) {
+                            *o = f(c, r);
+                        }
+                    }
+                }
+            } else if rows == Rows::A {
                 // Each value of a covers a run of b (a per-row operand, e.g. a mean).
                 let inner = b.len() / a.len();
                 for ((orow, brow), &x) in out
@@ -474,20 +493,33 @@ impl Binary {
             || repeats(&self.b_shape, &self.a_shape, &self.out_shape)
             || repeats(&self.a_shape, &self.b_shape, &self.out_shape)
             || {
-                rows = if per_row(&self.b_shape, &self.a_shape, &self.out_shape) {
+                let (sa, sb, so) = (&self.a_shape, &self.b_shape, &self.out_shape);
+                let count = |s: &[usize]| s.iter().product::<usize>();
+                // Outer: one operand per row of the output, the other one row repeated.
+                let outer = |r: &[usize], c: &[usize]| {
+                    per_row(r, so, so)
+                        && repeats(c, so, so)
+                        && count(r).checked_mul(count(c)) == Some(count(so))
+                };
+                rows = if per_row(sb, sa, so) {
                     Rows::B
-                } else if per_row(&self.a_shape, &self.b_shape, &self.out_shape) {
+                } else if per_row(sa, sb, so) {
                     Rows::A
+                } else if outer(sa, sb) {
+                    Rows::OuterA
+                } else if outer(sb, sa) {
+                    Rows::OuterB
                 } else {
                     Rows::No
                 };
                 rows != Rows::No
             };
         let clamp = self.activation;
-        if crate::optimized::clamp_of(clamp).is_none()
-            || !shapes_ok
-            || out.len() != a.len().max(b.len())
-        {
+        let expected = match rows {
+            Rows::OuterA | Rows::OuterB => a.len() * b.len(),
+            _ => a.len().max(b.len()),
+        };
+        if crate::optimized::clamp_of(clamp).is_none() || !shapes_ok || out.len() != expected {
             return false;
         }
         if a.is_empty() || b.is_empty() {
@@ -814,6 +846,9 @@ mod tests {
             run(&case(op, DType::F32, &[2, 3, 1, 1], &[2, 3, 2, 5]));
         }
         run(&case(Add, DType::F32, &[3, 1], &[3, 4]));
+        // Outer broadcasts (per-row times per-column).
+        run(&case(Mul, DType::F32, &[1, 5, 1], &[6]));
+        run(&case(Sub, DType::F32, &[1, 6], &[4, 1]));
     }
 
     #[test]

@@ -464,15 +464,12 @@ fn mat_vec_acc(m: &[f32], v: &[f32], out: &mut [f32]) {
 /// chain of dependent adds that cannot vectorise (float addition is not reassociated).
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     const L: usize = 16;
+    let n = a.len().min(b.len());
+    let (ac, ar) = a[..n].as_chunks::<L>();
+    let (bc, br) = b[..n].as_chunks::<L>();
+    let tail: f32 = ar.iter().zip(br).map(|(x, y)| x * y).sum();
     let mut acc = [0.0f32; L];
-    let (ac, bc) = (a.chunks_exact(L), b.chunks_exact(L));
-    let tail: f32 = ac
-        .remainder()
-        .iter()
-        .zip(bc.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ac.zip(bc) {
+    for (x, y) in ac.iter().zip(bc) {
         for j in 0..L {
             acc[j] += x[j] * y[j];
         }
