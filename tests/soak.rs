@@ -162,7 +162,7 @@ fn soak_with_hostile_clients_keeps_resources_bounded() {
         rng ^= rng << 13;
         rng ^= rng >> 7;
         rng ^= rng << 17;
-        if rng % 5 == 0 {
+        if rng.is_multiple_of(5) {
             let i = (rng >> 8) as usize % clients.len();
             let _ = clients[i].kill();
             let _ = clients[i].wait();
