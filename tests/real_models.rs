@@ -102,9 +102,7 @@ real_model_tests! {
     mobilenetv2_int8_matches_litert => "gen_mobilenetv2_035_96_int8",
     mobilenetv2_dynamic_matches_litert => "gen_mobilenetv2_035_96_dynamic",
     lstm_float_matches_litert => "gen_lstm_float",
-    #[ignore = "int8 UNIDIRECTIONAL_SEQUENCE_LSTM has no kernel yet (issue 12)"]
     lstm_int8_matches_litert => "gen_lstm_int8",
-    #[ignore = "hybrid UNIDIRECTIONAL_SEQUENCE_LSTM has no kernel yet (issue 12)"]
     lstm_dynamic_matches_litert => "gen_lstm_dynamic",
     gru_float_matches_litert => "gen_gru_float",
     gru_unrolled_int8_matches_litert => "gen_gru_unrolled_int8",

@@ -46,6 +46,7 @@ struct OpSpec {
     version: i32,
     inputs: Vec<i32>,
     outputs: Vec<i32>,
+    intermediates: Vec<i32>,
     options: OpOptions,
 }
 
@@ -148,8 +149,17 @@ impl SubgraphBuilder {
             version,
             inputs: inputs.iter().map(|t| t.map_or(-1, |t| t as i32)).collect(),
             outputs: outputs.iter().map(|&t| t as i32).collect(),
+            intermediates: Vec::new(),
             options,
         });
+    }
+
+    /// Gives the node added last its intermediate tensors (quantization parameters an
+    /// integer LSTM reads at prepare).
+    pub fn set_intermediates(&mut self, intermediates: &[usize]) {
+        if let Some(op) = self.ops.last_mut() {
+            op.intermediates = intermediates.iter().map(|&t| t as i32).collect();
+        }
     }
 
     pub fn set_inputs(&mut self, inputs: &[usize]) {
@@ -446,6 +456,8 @@ fn write_op<'a>(
 ) -> WIPOffset<flatbuffers::TableFinishedWIPOffset> {
     let inputs = fbb.create_vector(&op.inputs);
     let outputs = fbb.create_vector(&op.outputs);
+    let intermediates =
+        (!op.intermediates.is_empty()).then(|| fbb.create_vector(&op.intermediates));
     let encoded = op.op.builtin().and_then(|b| encode_options(b, &op.options));
     let options = encoded.as_ref().map(|e| {
         let mut strings = Vec::new();
@@ -490,6 +502,9 @@ fn write_op<'a>(
     if let Some(c) = custom {
         fbb.push_slot_always(slot(5), c);
     }
+    if let Some(v) = intermediates {
+        fbb.push_slot_always(slot(8), v);
+    }
     fbb.end_table(start)
 }
 
@@ -529,6 +544,64 @@ mod tests {
         assert_eq!(sg.nodes[0].options, conv);
         assert_eq!(sg.nodes[0].inputs, vec![Some(0), Some(1), None]);
         assert_eq!(sg.tensors[1].data.as_ref().unwrap().as_slice().len(), 24);
+    }
+
+    #[test]
+    fn intermediates_and_lstm_options_round_trip() {
+        use crate::ops::LstmOptions;
+        use crate::tensor::Quant;
+        let mut mb = ModelBuilder::new();
+        let sg = mb.main();
+        let x = sg.tensor("x", DType::F32, &[1, 2]);
+        let y = sg.tensor("y", DType::F32, &[1, 2]);
+        let gate = sg.tensor("gate_scale", DType::I16, &[0]);
+        sg.set_quant(gate, Quant::per_tensor(0.25, 3));
+        let o = OpOptions::Lstm(LstmOptions {
+            activation: Activation::Tanh,
+            cell_clip: 0.5,
+            proj_clip: 0.0,
+            time_major: true,
+            asymmetric_quantize_inputs: true,
+        });
+        sg.op(
+            OpKind::Builtin(BuiltinOp::UnidirectionalSequenceLstm),
+            &[Some(x)],
+            &[y],
+            o.clone(),
+        );
+        sg.set_intermediates(&[gate]);
+        sg.set_inputs(&[x]);
+        sg.set_outputs(&[y]);
+        let m = Model::from_bytes(&mb.finish()).unwrap();
+        let sg = &m.subgraphs[0];
+        assert_eq!(sg.nodes[0].options, o);
+        assert_eq!(sg.nodes[0].intermediates, vec![gate]);
+        let q = sg.tensors[gate].quant.as_ref().unwrap();
+        assert_eq!((q.scale_at(0), q.zero_point_at(0)), (0.25, 3));
+        let metas = crate::kernel::intermediate_metas(sg, &sg.nodes[0]);
+        assert_eq!(metas.len(), 1);
+        assert!(metas[0].data.is_none() && metas[0].quant.is_some());
+    }
+
+    #[test]
+    fn out_of_range_intermediate_is_a_load_error() {
+        let mut mb = ModelBuilder::new();
+        let sg = mb.main();
+        let x = sg.tensor("x", DType::F32, &[1]);
+        let y = sg.tensor("y", DType::F32, &[1]);
+        sg.op(
+            OpKind::Builtin(BuiltinOp::Relu),
+            &[Some(x)],
+            &[y],
+            OpOptions::None,
+        );
+        sg.set_intermediates(&[99]);
+        sg.set_inputs(&[x]);
+        sg.set_outputs(&[y]);
+        let Err(err) = Model::from_bytes(&mb.finish()) else {
+            panic!("an out-of-range intermediate was accepted");
+        };
+        assert!(err.to_string().contains("intermediate"), "{err}");
     }
 
     #[test]

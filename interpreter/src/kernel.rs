@@ -9,7 +9,7 @@
 //! it is given.
 
 use crate::error::KernelError;
-use crate::model::Node;
+use crate::model::{Node, Subgraph};
 use crate::ops::OpKind;
 use crate::tensor::{DType, Quant, TensorView, TensorViewMut};
 
@@ -40,6 +40,22 @@ impl<'a> TensorMeta<'a> {
     }
 }
 
+/// The metas of `node`'s intermediate tensors as stored in `sg` (for building a
+/// [`PrepareCtx`] outside the executor). Indices were checked at load.
+pub fn intermediate_metas<'a>(sg: &'a Subgraph, node: &'a Node) -> Vec<TensorMeta<'a>> {
+    node.intermediates
+        .iter()
+        .filter_map(|&t| sg.tensors.get(t))
+        .map(|d| TensorMeta {
+            dtype: d.dtype,
+            shape: &d.shape,
+            quant: d.quant.as_ref(),
+            data: None,
+            name: &d.name,
+        })
+        .collect()
+}
+
 /// Everything prepare may look at for one node.
 #[derive(Debug)]
 pub struct PrepareCtx<'a> {
@@ -49,6 +65,9 @@ pub struct PrepareCtx<'a> {
     /// Output dtype and quantization come from the model; `shape` is the stored shape,
     /// which prepare is expected to recompute.
     pub outputs: Vec<TensorMeta<'a>>,
+    /// The node's intermediate tensors (`Node::intermediates`): quantization parameters
+    /// only, no data. Empty for every node that has none.
+    pub intermediates: Vec<TensorMeta<'a>>,
     /// Worker threads the kernel may use.
     pub threads: usize,
 }

@@ -85,6 +85,10 @@ pub struct Node {
     /// `None` marks an omitted optional input (index -1 in the file).
     pub inputs: Vec<Option<usize>>,
     pub outputs: Vec<usize>,
+    /// Tensors that only carry quantization parameters for the kernel (TFLite's
+    /// `Operator.intermediates`): an integer LSTM's gate and hidden scales. They hold
+    /// no data and are neither read nor written at run time.
+    pub intermediates: Vec<usize>,
 }
 
 impl Node {
@@ -360,6 +364,12 @@ fn decode_subgraph(
                 node_outputs
                     .push(check_index("node output", i).map_err(|e| node_err(e.to_string()))?);
             }
+            let mut node_intermediates = Vec::new();
+            for i in op.intermediates().iter().flat_map(|v| v.iter()) {
+                node_intermediates.push(
+                    check_index("node intermediate", i).map_err(|e| node_err(e.to_string()))?,
+                );
+            }
             let options = match &kind {
                 OpKind::Builtin(b) => decode_options(*b, op.builtin_options()),
                 OpKind::Custom(_) => OpOptions::Custom(
@@ -376,6 +386,7 @@ fn decode_subgraph(
                 options,
                 inputs: node_inputs,
                 outputs: node_outputs,
+                intermediates: node_intermediates,
             });
         }
     }

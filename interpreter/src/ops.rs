@@ -235,6 +235,9 @@ pub struct LstmOptions {
     pub cell_clip: f32,
     pub proj_clip: f32,
     pub time_major: bool,
+    /// Hybrid LSTMs: quantize each float input row with its own zero point (TF's
+    /// converter sets it on dynamic-range models) instead of symmetrically.
+    pub asymmetric_quantize_inputs: bool,
 }
 
 /// How MIRROR_PAD mirrors (`MirrorPadMode`): REFLECT leaves the edge element out of the
@@ -316,6 +319,8 @@ pub enum OpOptions {
     BatchMatmul {
         adj_x: bool,
         adj_y: bool,
+        /// Hybrid BATCH_MATMUL: asymmetric per-row input quantization.
+        asymmetric_quantize_inputs: bool,
     },
     If {
         then_subgraph: usize,
@@ -476,6 +481,7 @@ pub fn decode_options(op: BuiltinOp, table: Option<OptionsTable<'_>>) -> OpOptio
         B::BatchMatmul => OpOptions::BatchMatmul {
             adj_x: b(0),
             adj_y: b(1),
+            asymmetric_quantize_inputs: b(2),
         },
         B::If => OpOptions::If {
             then_subgraph: usize_of(t(0, 0)),
@@ -512,6 +518,7 @@ pub fn decode_options(op: BuiltinOp, table: Option<OptionsTable<'_>>) -> OpOptio
             cell_clip: f(1, 0.0),
             proj_clip: f(2, 0.0),
             time_major: b(3),
+            asymmetric_quantize_inputs: b(4),
         }),
         _ => OpOptions::None,
     }
@@ -704,6 +711,7 @@ pub fn encode_options(op: BuiltinOp, options: &OpOptions) -> Option<EncodedOptio
                 (1, F32(l.cell_clip)),
                 (2, F32(l.proj_clip)),
                 (3, Bool(l.time_major)),
+                (4, Bool(l.asymmetric_quantize_inputs)),
             ],
         ),
         (
@@ -720,9 +728,21 @@ pub fn encode_options(op: BuiltinOp, options: &OpOptions) -> Option<EncodedOptio
                 body_subgraph,
             },
         ) => (93, vec![(0, i(*cond_subgraph)), (1, i(*body_subgraph))]),
-        (BuiltinOp::BatchMatmul, OpOptions::BatchMatmul { adj_x, adj_y }) => {
-            (101, vec![(0, Bool(*adj_x)), (1, Bool(*adj_y))])
-        }
+        (
+            BuiltinOp::BatchMatmul,
+            OpOptions::BatchMatmul {
+                adj_x,
+                adj_y,
+                asymmetric_quantize_inputs,
+            },
+        ) => (
+            101,
+            vec![
+                (0, Bool(*adj_x)),
+                (1, Bool(*adj_y)),
+                (2, Bool(*asymmetric_quantize_inputs)),
+            ],
+        ),
         (BuiltinOp::CallOnce, OpOptions::CallOnce { init_subgraph }) => {
             (103, vec![(0, i(*init_subgraph))])
         }

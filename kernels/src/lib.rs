@@ -10,13 +10,15 @@
 //! - [`ops`]: one file per operator (or tight family), with its reference kernels;
 //! - [`optimized`]: packed GEMM, SIMD and threaded building blocks the optimized
 //!   prepares pick;
-//! - [`quant`]: TFLite's integer rounding rules;
+//! - [`quant`]: TFLite's integer rounding rules; [`fixedpoint`]: gemmlowp's int16
+//!   logistic and tanh (the integer LSTM);
 //! - [`support`]: the per-processor rules the descriptors are built from;
 //! - [`work`]: MAC and element counts.
 //!
 //! Crate direction: interpreter <- kernels <- delegates <- scheduler.
 #![deny(unsafe_code)]
 
+pub mod fixedpoint;
 pub mod ops;
 pub mod optimized;
 pub mod quant;

@@ -94,6 +94,47 @@ pub fn multiply_by_quantized_multiplier_i64(x: i64, multiplier: i32, shift: i32)
         .clamp(i32::MIN as i64, i32::MAX as i64) as i32
 }
 
+fn saturating_shl(x: i32, n: u32) -> i32 {
+    (i64::from(x) << n).clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32
+}
+
+/// 1/sqrt(input) as (multiplier, shift): gemmlowp's five Newton steps in Q3.28, as
+/// TFLite's GetInvSqrtQuantizedMultiplierExp with `reverse_shift` (int8 RSQRT, the
+/// integer LSTM's layer norm).
+pub fn inv_sqrt_quantized_multiplier_exp(mut input: i32, reverse_shift: i32) -> (i32, i32) {
+    if input <= 1 {
+        return (i32::MAX, 0);
+    }
+    let mut shift = 11;
+    while input >= 1 << 29 {
+        input /= 4;
+        shift += 1;
+    }
+    let pairs = (input.leading_zeros() as i32 - 1) / 2 - 1;
+    shift -= pairs;
+    input <<= 2 * pairs;
+    let half_input = rounding_divide_by_pot(input >> 1, 1);
+    let half_three = (1 << 28) + (1 << 27);
+    let mut x = 1 << 28;
+    for _ in 0..5 {
+        let x3 = saturating_shl(
+            saturating_rounding_doubling_high_mul(saturating_rounding_doubling_high_mul(x, x), x),
+            6,
+        );
+        let diff = (i64::from(saturating_rounding_doubling_high_mul(half_three, x))
+            - i64::from(saturating_rounding_doubling_high_mul(half_input, x3)))
+        .clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32;
+        x = saturating_shl(diff, 3);
+    }
+    // x · sqrt(2)/2 in Q0.31.
+    x = saturating_rounding_doubling_high_mul(x, 1_518_500_250);
+    if shift < 0 {
+        x = x.wrapping_shl((-shift) as u32);
+        shift = 0;
+    }
+    (x, shift * reverse_shift)
+}
+
 /// Representable range of a quantized dtype.
 pub fn dtype_range(dtype: DType) -> Result<(i32, i32), KernelError> {
     match dtype {

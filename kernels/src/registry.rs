@@ -348,6 +348,10 @@ pub fn supports(kind: ProcessorKind, ctx: &NodeSupportCtx<'_>) -> Support {
             node: ctx.node,
             inputs: ctx.inputs.clone(),
             outputs: ctx.outputs.clone(),
+            intermediates: switchyard_interpreter::kernel::intermediate_metas(
+                ctx.subgraph,
+                ctx.node,
+            ),
             threads: 1,
         };
         if let Err(e) = (d.reference)(&pctx) {
@@ -433,6 +437,7 @@ mod tests {
                     node,
                     inputs: node.inputs.iter().map(|t| t.map(meta)).collect(),
                     outputs: node.outputs.iter().map(|&t| meta(t)).collect(),
+                    intermediates: switchyard_interpreter::kernel::intermediate_metas(sg, node),
                     threads: 1,
                 };
                 let resolvers: [&dyn OpResolver; 2] = [&ReferenceResolver, &OptimizedResolver];

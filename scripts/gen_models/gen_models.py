@@ -127,8 +127,9 @@ def transformer():
 FAMILIES = {
     "gen_mobilenetv2_035_96": (mobilenetv2, ["float", "int8", "dynamic"]),
     # No int16x8 LSTM: TF 2.21's converter refuses it ("Quantization to 16x8-bit not yet
-    # supported for op: 'UNIDIRECTIONAL_SEQUENCE_LSTM'"); that kernel path is tested on
-    # single-op models instead.
+    # supported for op: 'UNIDIRECTIONAL_SEQUENCE_LSTM'"), and LiteRT 2.3.0's built-in
+    # kernel refuses int16 activations too (its single-op probe case in
+    # docs/coverage/litert_builtin.json): only the int8 (8x8->16) integer path exists.
     "gen_lstm": (lstm, ["float", "int8", "dynamic"]),
     "gen_gru": (gru, ["float"]),
     # TF 2.21's calibrator crashes (SIGSEGV in libpywrap_tflite_common) quantizing the

@@ -674,6 +674,7 @@ fn weighted(op: BuiltinOp, key: &str) -> Option<Built> {
                 OpOptions::BatchMatmul {
                     adj_x: false,
                     adj_y: false,
+                    asymmetric_quantize_inputs: false,
                 },
             )
         }
@@ -686,14 +687,21 @@ fn weighted(op: BuiltinOp, key: &str) -> Option<Built> {
             g.finish(op, &[Some(x), Some(a)], &[y], OpOptions::None)
         }
         B::UnidirectionalSequenceLstm if act == DType::F32 => lstm(&mut g, hybrid),
+        B::UnidirectionalSequenceLstm if matches!(act, DType::I8 | DType::I16) => {
+            let spec = IntegerLstm {
+                activation: act,
+                ..IntegerLstm::default()
+            };
+            let (model, inputs) = integer_lstm(&spec, &[op.code() as u64 * 100]);
+            Built { model, inputs }
+        }
         _ => return None,
     };
     Some(built)
 }
 
 /// A float or hybrid LSTM without peepholes or projection: batch 1, 5 steps, 6 inputs,
-/// 4 units. (Integer LSTMs need calibrated intermediate tensors; the benchmark set's
-/// converted int8 LSTM covers them.)
+/// 4 units. (Integer LSTMs: [`integer_lstm`].)
 fn lstm(g: &mut G, hybrid: bool) -> Built {
     let (steps, n_in, units) = (5usize, 6usize, 4usize);
     let x = g.input("x", DType::F32, &[1, steps, n_in], false);
@@ -741,9 +749,203 @@ fn lstm(g: &mut G, hybrid: bool) -> Built {
         cell_clip: 0.0,
         proj_clip: 0.0,
         time_major: false,
+        asymmetric_quantize_inputs: false,
     });
     let taken = std::mem::replace(g, G::new(0));
     taken.finish(BuiltinOp::UnidirectionalSequenceLstm, &ins, &[y], o)
+}
+
+/// An integer UNIDIRECTIONAL_SEQUENCE_LSTM ("8x8→16": int8 activations, int16 cell
+/// state; or int16 activations, "16x8") with every optional part switchable, for the
+/// single-op cases and the LSTM kernel's own tests. Scales are what a calibrated model
+/// has in kind: int8 weights with one scale each, int32 biases, a power-of-two cell
+/// state scale, int16 peephole and layer-norm weights, and the five intermediate tensors
+/// LiteRT's integer kernel reads (gate matmul scales, used under layer norm, and the
+/// hidden state's scale and zero point).
+#[derive(Clone, Debug)]
+pub struct IntegerLstm {
+    /// int8 (8x8→16) or int16 (16x8) activations.
+    pub activation: DType,
+    pub batch: usize,
+    pub time: usize,
+    pub n_input: usize,
+    pub n_cell: usize,
+    /// Some(n): a projection to `n` outputs, with a bias.
+    pub projection: Option<usize>,
+    pub cifg: bool,
+    pub peephole: bool,
+    pub layer_norm: bool,
+    pub time_major: bool,
+    pub cell_clip: f32,
+    pub proj_clip: f32,
+    /// log2 of the cell state's scale.
+    pub cell_scale_log2: i32,
+}
+
+impl Default for IntegerLstm {
+    fn default() -> IntegerLstm {
+        IntegerLstm {
+            activation: DType::I8,
+            batch: 2,
+            time: 4,
+            n_input: 6,
+            n_cell: 4,
+            projection: None,
+            cifg: false,
+            peephole: false,
+            layer_norm: false,
+            time_major: false,
+            cell_clip: 0.0,
+            proj_clip: 0.0,
+            cell_scale_log2: -11,
+        }
+    }
+}
+
+/// The model of `spec` and one input tensor per `seeds` entry (successive invokes).
+pub fn integer_lstm(spec: &IntegerLstm, seeds: &[u64]) -> (Vec<u8>, Vec<Tensor>) {
+    let act = spec.activation;
+    let (nb, nt, ni, nc) = (spec.batch, spec.time, spec.n_input, spec.n_cell);
+    let no = spec.projection.unwrap_or(nc);
+    let in_shape = if spec.time_major {
+        [nt, nb, ni]
+    } else {
+        [nb, nt, ni]
+    };
+    let (in_q, out_q, hidden_q) = if act == DType::I16 {
+        (
+            Quant::per_tensor(1.0 / 4096.0, 0),
+            Quant::per_tensor(1.0 / 32768.0, 0),
+            Quant::per_tensor(1.0 / 32768.0, 0),
+        )
+    } else {
+        (
+            Quant::per_tensor(0.05, 3),
+            Quant::per_tensor(0.008, -2),
+            // With a projection the hidden state has its own scale; without, it is the
+            // output's.
+            if spec.projection.is_some() {
+                Quant::per_tensor(0.007, 1)
+            } else {
+                Quant::per_tensor(0.008, -2)
+            },
+        )
+    };
+    let mut mb = ModelBuilder::new();
+    let sg = mb.main();
+    let x = sg.tensor("x", act, &in_shape);
+    sg.set_quant(x, in_q);
+    let mut seed = 7_000 + ni as u64 * 31 + nc as u64;
+    let mut next = || {
+        seed += 1;
+        seed
+    };
+    let constant = |sg: &mut switchyard_interpreter::builder::SubgraphBuilder,
+                    name: &str,
+                    t: Tensor,
+                    q: Quant| {
+        let c = sg.constant(name, t.dtype, &t.shape, t.data.as_slice().to_vec());
+        sg.set_quant(c, q);
+        c
+    };
+    let gates = ["input", "forget", "cell", "output"];
+    let mut ins: Vec<Option<usize>> = vec![Some(x)];
+    for (k, gate) in gates.iter().enumerate() {
+        ins.push((k > 0 || !spec.cifg).then(|| {
+            let w = random_tensor(DType::I8, &[nc, ni], next(), -80.0, 80.0);
+            constant(
+                sg,
+                &format!("w_{gate}"),
+                w,
+                Quant::per_tensor(0.004 + 0.001 * k as f32, 0),
+            )
+        }));
+    }
+    for (k, gate) in gates.iter().enumerate() {
+        ins.push((k > 0 || !spec.cifg).then(|| {
+            let w = random_tensor(DType::I8, &[nc, no], next(), -90.0, 90.0);
+            constant(
+                sg,
+                &format!("r_{gate}"),
+                w,
+                Quant::per_tensor(0.005 + 0.001 * k as f32, 0),
+            )
+        }));
+    }
+    for (k, gate) in ["input", "forget", "output"].iter().enumerate() {
+        ins.push((spec.peephole && (k > 0 || !spec.cifg)).then(|| {
+            let w = random_tensor(DType::I16, &[nc], next(), -3000.0, 3000.0);
+            constant(sg, &format!("p_{gate}"), w, Quant::per_tensor(0.0001, 0))
+        }));
+    }
+    for (k, gate) in gates.iter().enumerate() {
+        ins.push((k > 0 || !spec.cifg).then(|| {
+            let b = random_tensor(DType::I32, &[nc], next(), -3000.0, 3000.0);
+            constant(sg, &format!("b_{gate}"), b, Quant::per_tensor(0.0002, 0))
+        }));
+    }
+    ins.push(spec.projection.map(|_| {
+        let w = random_tensor(DType::I8, &[no, nc], next(), -100.0, 100.0);
+        constant(sg, "proj_w", w, Quant::per_tensor(0.006, 0))
+    }));
+    ins.push(spec.projection.map(|_| {
+        let b = random_tensor(DType::I32, &[no], next(), -2000.0, 2000.0);
+        constant(sg, "proj_b", b, Quant::per_tensor(0.00004, 0))
+    }));
+    let h = sg.tensor("h_state", act, &[nb, no]);
+    sg.set_quant(h, out_q.clone());
+    sg.set_variable(h);
+    let c = sg.tensor("c_state", DType::I16, &[nb, nc]);
+    sg.set_quant(c, Quant::per_tensor(2f32.powi(spec.cell_scale_log2), 0));
+    sg.set_variable(c);
+    ins.extend([Some(h), Some(c)]);
+    for (k, gate) in gates.iter().enumerate() {
+        ins.push((spec.layer_norm && (k > 0 || !spec.cifg)).then(|| {
+            let w = random_tensor(DType::I16, &[nc], next(), 12000.0, 20000.0);
+            constant(
+                sg,
+                &format!("ln_{gate}"),
+                w,
+                Quant::per_tensor(1.0 / 16384.0, 0),
+            )
+        }));
+    }
+    let mut intermediates = Vec::new();
+    for gate in gates {
+        let t = sg.tensor(&format!("{gate}_intermediate"), DType::I16, &[0]);
+        sg.set_quant(t, Quant::per_tensor(0.0005, 0));
+        intermediates.push(t);
+    }
+    let hidden = sg.tensor("hidden_intermediate", act, &[0]);
+    sg.set_quant(hidden, hidden_q);
+    intermediates.push(hidden);
+    let y = sg.tensor("y", act, &[in_shape[0], in_shape[1], no]);
+    sg.set_quant(y, out_q);
+    sg.op(
+        OpKind::Builtin(BuiltinOp::UnidirectionalSequenceLstm),
+        &ins,
+        &[y],
+        OpOptions::Lstm(LstmOptions {
+            activation: Activation::Tanh,
+            cell_clip: spec.cell_clip,
+            proj_clip: spec.proj_clip,
+            time_major: spec.time_major,
+            asymmetric_quantize_inputs: false,
+        }),
+    );
+    sg.set_intermediates(&intermediates);
+    sg.set_inputs(&[x]);
+    sg.set_outputs(&[y]);
+    let (lo, hi) = if act == DType::I16 {
+        (-8000.0, 8000.0)
+    } else {
+        (-128.0, 127.0)
+    };
+    let inputs = seeds
+        .iter()
+        .map(|&s| random_tensor(act, &in_shape, s, lo, hi))
+        .collect();
+    (mb.finish(), inputs)
 }
 
 /// Every op the probe and the coverage tests consider: the benchmark set's ops and the

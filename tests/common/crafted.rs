@@ -250,17 +250,7 @@ pub fn int64_floor_div_mod() -> Vec<u8> {
 }
 
 /// A one-op model `y = x + c` over [1, 4] float32; distinct `c` give distinct bytes.
-pub fn add_model(c: f32) -> Vec<u8> {
-    let mut mb = ModelBuilder::new();
-    let sg = mb.main();
-    let x = sg.tensor("x", DType::F32, &[1, 4]);
-    let k = sg.constant_f32("c", &[1, 4], &[c; 4]);
-    let y = sg.tensor("y", DType::F32, &[1, 4]);
-    sg.op(b(BuiltinOp::Add), &[Some(x), Some(k)], &[y], NO_ACT);
-    sg.set_inputs(&[x]);
-    sg.set_outputs(&[y]);
-    mb.finish()
-}
+pub use switchyard_interpreter::example_models::add_constant as add_model;
 
 /// One level of a sparse tensor's traversal: dense with a size, or CSR with int32
 /// segment and index vectors.

@@ -59,6 +59,7 @@ pub fn render() -> String {
             node,
             inputs: inputs.clone(),
             outputs: outputs.clone(),
+            intermediates: switchyard_interpreter::kernel::intermediate_metas(sg, node),
             threads: 1,
         };
         let sctx = NodeSupportCtx {

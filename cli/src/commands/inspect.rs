@@ -93,6 +93,7 @@ fn prepares(resolver: &dyn OpResolver, sg: &Subgraph, n: &Node) -> String {
         node: n,
         inputs: n.inputs.iter().map(|i| i.and_then(meta)).collect(),
         outputs: n.outputs.iter().filter_map(|&o| meta(o)).collect(),
+        intermediates: switchyard_interpreter::kernel::intermediate_metas(sg, n),
         threads: 1,
     };
     match resolver.prepare(&ctx) {

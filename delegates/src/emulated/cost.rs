@@ -63,6 +63,7 @@ mod tests {
             options,
             inputs: inputs.iter().map(|&t| Some(t)).collect(),
             outputs: outputs.to_vec(),
+            intermediates: Vec::new(),
         }
     }
 

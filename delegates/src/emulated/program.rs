@@ -189,6 +189,7 @@ impl Program {
                 node,
                 inputs: input_metas,
                 outputs: output_metas,
+                intermediates: switchyard_interpreter::kernel::intermediate_metas(sg, node),
                 threads: 1,
             };
             let prepared = resolver

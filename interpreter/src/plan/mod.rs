@@ -119,6 +119,9 @@ impl TensorInfo {
 pub(crate) struct VarTensor {
     pub tensor: usize,
     pub bytes: usize,
+    /// The byte every element starts (and resets) to: an int8 variable's zero point,
+    /// else 0, as TFLite's ResetVariableTensor (which ignores a stored buffer too).
+    pub fill: u8,
 }
 
 /// The work one top-level preparation has done so far.
@@ -312,7 +315,15 @@ impl Plan {
                             subgraph: si,
                             what: format!("variable tensor {t}: {e}"),
                         })?;
-                    vars.push(VarTensor { tensor: t, bytes });
+                    let fill = match (def.dtype, &def.quant) {
+                        (DType::I8, Some(q)) => q.zero_point_at(0) as i8 as u8,
+                        _ => 0,
+                    };
+                    vars.push(VarTensor {
+                        tensor: t,
+                        bytes,
+                        fill,
+                    });
                 }
             }
             var_tensors.push(vars);

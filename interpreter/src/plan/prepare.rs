@@ -96,6 +96,7 @@ pub(crate) fn prepare_ctx<'a>(
             .map(|t| t.map(|t| meta(t, value_of(t))))
             .collect(),
         outputs: node.outputs.iter().map(|&t| meta(t, None)).collect(),
+        intermediates: node.intermediates.iter().map(|&t| meta(t, None)).collect(),
         threads,
     }
 }

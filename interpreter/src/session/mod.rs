@@ -246,9 +246,11 @@ impl Session {
         }
         let mut vars = Vec::with_capacity(wanted.len());
         for v in wanted {
-            vars.push(MBuf::zeroed(&self.meter, v.bytes, &|| {
+            let mut buf = MBuf::zeroed(&self.meter, v.bytes, &|| {
                 format!("variable tensor {} of subgraph {si}", v.tensor)
-            })?);
+            })?;
+            buf.as_mut_slice().fill(v.fill);
+            vars.push(buf);
         }
         self.vars[si] = vars;
         Ok(())
@@ -472,8 +474,11 @@ impl Session {
     pub fn reset(&mut self) {
         self.variables.iter_mut().for_each(|v| *v = None);
         self.call_once_done.iter_mut().for_each(|d| *d = false);
-        for vars in self.vars.iter_mut() {
-            vars.iter_mut().for_each(|v| v.as_mut_slice().fill(0));
+        for (si, vars) in self.vars.iter_mut().enumerate() {
+            let wanted = self.plan.var_tensors(si);
+            for (v, w) in vars.iter_mut().zip(wanted) {
+                v.as_mut_slice().fill(w.fill);
+            }
         }
         self.next_stage = 0;
     }

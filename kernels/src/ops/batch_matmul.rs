@@ -13,8 +13,9 @@ use crate::util::{broadcast_shapes, for_each_broadcast};
 use switchyard_interpreter::BuiltinOp;
 
 /// BATCH_MATMUL.
-pub const DESCRIPTORS: &[OpDescriptor] =
-    &[OpDescriptor::new(BuiltinOp::BatchMatmul, prepare).work(crate::work::batch_matmul)];
+pub const DESCRIPTORS: &[OpDescriptor] = &[OpDescriptor::new(BuiltinOp::BatchMatmul, prepare)
+    .optimized(prepare_optimized)
+    .work(crate::work::batch_matmul)];
 
 /// Ranks LiteRT accepts for either operand.
 const MIN_RANK: usize = 2;
@@ -60,7 +61,7 @@ pub(crate) fn prepare_params(ctx: &PrepareCtx<'_>) -> Result<BatchMatmulParams, 
     let rhs = ctx.input(1)?;
     let output = ctx.output(0)?;
     let (adj_x, adj_y) = match &ctx.node.options {
-        OpOptions::BatchMatmul { adj_x, adj_y } => (*adj_x, *adj_y),
+        OpOptions::BatchMatmul { adj_x, adj_y, .. } => (*adj_x, *adj_y),
         OpOptions::None => (false, false),
         _ => {
             return Err(KernelError::invalid(
@@ -122,7 +123,7 @@ pub(crate) fn prepare_params(ctx: &PrepareCtx<'_>) -> Result<BatchMatmulParams, 
     })
 }
 
-/// Both registries use this kernel until `optimized/` covers the op.
+/// The reference registry's kernel.
 pub fn prepare(ctx: &PrepareCtx<'_>) -> Result<PreparedKernel, KernelError> {
     if let Some(hybrid) = super::hybrid::route(ctx)? {
         return Ok(hybrid);
@@ -133,6 +134,40 @@ pub fn prepare(ctx: &PrepareCtx<'_>) -> Result<PreparedKernel, KernelError> {
         vec![shape],
         BatchMatmulReference { params },
     ))
+}
+
+/// Optimized: float32 runs on the packed GEMM (optimized/batch_matmul.rs); int8 the
+/// reference.
+pub fn prepare_optimized(ctx: &PrepareCtx<'_>) -> Result<PreparedKernel, KernelError> {
+    if let Some(hybrid) = super::hybrid::route(ctx)? {
+        return Ok(hybrid);
+    }
+    let params = prepare_params(ctx)?;
+    let shape = params.output_shape();
+    if params.dtype != DType::F32 {
+        return Ok(PreparedKernel::new(
+            vec![shape],
+            BatchMatmulReference { params },
+        ));
+    }
+    let p = &params;
+    let constant = crate::optimized::kernels::constant_f32(&ctx.input(1)?);
+    let kernel = crate::optimized::batch_matmul::BatchMatmulF32::new(
+        &crate::optimized::batch_matmul::MatmulShape {
+            lhs_batch: &p.lhs_batch,
+            rhs_batch: &p.rhs_batch,
+            out_batch: &p.out_batch,
+            m: p.m,
+            k: p.k,
+            n: p.n,
+            adj_x: p.adj_x,
+            adj_y: p.adj_y,
+        },
+        constant.as_deref(),
+        crate::optimized::Isa::detect(),
+        crate::optimized::shared_pool(ctx.threads),
+    )?;
+    Ok(PreparedKernel::new(vec![shape], kernel))
 }
 
 /// Plain loops, the oracle of the optimized kernels.
@@ -327,6 +362,7 @@ mod tests {
             OpOptions::BatchMatmul {
                 adj_x: c.adj_x,
                 adj_y: c.adj_y,
+                asymmetric_quantize_inputs: false,
             },
         );
         sg.set_inputs(&[a, b]);
@@ -363,6 +399,65 @@ mod tests {
             case(&[3, 4], &[2, 2, 4, 6], false, false),
             case(&[2, 1, 1, 3, 4], &[1, 2, 4, 2], false, false),
         ]
+    }
+
+    #[test]
+    fn optimized_float_matches_reference() {
+        let mut cases = variants();
+        cases.extend([
+            // Attention's shapes: many heads (split over batches at 2 threads), and
+            // one batch with more rows than a micro-kernel tile and a ragged panel.
+            case(&[1, 4, 32, 16], &[1, 4, 16, 32], false, false),
+            case(&[1, 4, 32, 32], &[1, 4, 32, 16], false, false),
+            case(&[1, 37, 20], &[1, 19, 20], false, true),
+            case(&[3, 20, 37], &[1, 20, 19], true, false),
+            case(&[2, 0, 5], &[2, 5, 3], false, false),
+        ]);
+        for c in cases {
+            let x = random(c.dtype, &c.lhs, 3);
+            let w = random(c.dtype, &c.rhs, 4);
+            crate::optimized::kernels::testing::assert_optimized_matches_reference(
+                &format!("{c:?}"),
+                &build(&c),
+                &[x, w],
+                "batch_matmul/f32/gemm",
+            );
+        }
+    }
+
+    #[test]
+    fn optimized_constant_rhs_matches_reference() {
+        for c in [
+            case(&[2, 7, 24], &[24, 20], false, false),
+            case(&[2, 3, 7, 24], &[3, 20, 24], false, true),
+        ] {
+            let w = random(c.dtype, &c.rhs, 4);
+            let w = w.view();
+            let mut mb = ModelBuilder::new();
+            let sg = mb.main();
+            let a = sg.tensor("a", c.dtype, &c.lhs);
+            let b = sg.constant_f32("b", &c.rhs, w.f32s().expect("f32"));
+            let y = sg.tensor("y", c.dtype, &output_shape(&c));
+            sg.op(
+                OpKind::Builtin(BuiltinOp::BatchMatmul),
+                &[Some(a), Some(b)],
+                &[y],
+                OpOptions::BatchMatmul {
+                    adj_x: c.adj_x,
+                    adj_y: c.adj_y,
+                    asymmetric_quantize_inputs: false,
+                },
+            );
+            sg.set_inputs(&[a]);
+            sg.set_outputs(&[y]);
+            let x = random(c.dtype, &c.lhs, 3);
+            crate::optimized::kernels::testing::assert_optimized_matches_reference(
+                &format!("constant {c:?}"),
+                &mb.finish(),
+                &[x],
+                "batch_matmul/f32/gemm",
+            );
+        }
     }
 
     #[test]
@@ -416,6 +511,7 @@ mod tests {
             OpOptions::BatchMatmul {
                 adj_x: false,
                 adj_y: false,
+                asymmetric_quantize_inputs: false,
             },
         );
         sg.set_inputs(&[a, b]);

@@ -357,6 +357,14 @@ fn int_op(kind: Kind, x: i64, y: i64) -> i64 {
     }
 }
 
+/// Which operand, if any, holds one value per run of the other's innermost elements.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Rows {
+    No,
+    A,
+    B,
+}
+
 impl Binary {
     fn same_shape(&self) -> bool {
         self.a_shape == self.b_shape
@@ -370,19 +378,49 @@ impl Binary {
             a: &[f32],
             b: &[f32],
             out: &mut [f32],
+            rows: Rows,
             act: Activation,
             f: impl Fn(f32, f32) -> f32,
         ) {
             if act == Activation::None {
-                run_with(a, b, out, &f);
+                run_with(a, b, out, rows, &f);
             } else {
                 let (lo, hi) = act.float_range();
-                run_with(a, b, out, |x, y| f(x, y).max(lo).min(hi));
+                run_with(a, b, out, rows, |x, y| f(x, y).max(lo).min(hi));
             }
         }
         #[inline(always)]
-        fn run_with(a: &[f32], b: &[f32], out: &mut [f32], f: impl Fn(f32, f32) -> f32) {
-            if a.len() > b.len() && b.len() > 1 {
+        fn run_with(
+            a: &[f32],
+            b: &[f32],
+            out: &mut [f32],
+            rows: Rows,
+            f: impl Fn(f32, f32) -> f32,
+        ) {
+            if rows == Rows::A {
+                // Each value of a covers a run of b (a per-row operand, e.g. a mean).
+                let inner = b.len() / a.len();
+                for ((orow, brow), &x) in out
+                    .chunks_exact_mut(inner)
+                    .zip(b.chunks_exact(inner))
+                    .zip(a)
+                {
+                    for (o, &y) in orow.iter_mut().zip(brow) {
+                        *o = f(x, y);
+                    }
+                }
+            } else if rows == Rows::B {
+                let inner = a.len() / b.len();
+                for ((orow, arow), &y) in out
+                    .chunks_exact_mut(inner)
+                    .zip(a.chunks_exact(inner))
+                    .zip(b)
+                {
+                    for (o, &x) in orow.iter_mut().zip(arow) {
+                        *o = f(x, y);
+                    }
+                }
+            } else if a.len() > b.len() && b.len() > 1 {
                 // b repeats along the leading axes (a per-channel scale or bias).
                 for (orow, arow) in out.chunks_exact_mut(b.len()).zip(a.chunks_exact(b.len())) {
                     for ((o, &x), &y) in orow.iter_mut().zip(arow).zip(b) {
@@ -418,11 +456,33 @@ impl Binary {
             let tail = &small[lead..];
             full == out && tail.len() <= full.len() && full.ends_with(tail)
         }
+        /// `small` holds one value per run of `full`'s innermost elements: with its
+        /// rank padded by leading 1s, it equals `full` up to some axis and is 1 after.
+        fn per_row(small: &[usize], full: &[usize], out: &[usize]) -> bool {
+            if full != out || small.len() > full.len() {
+                return false;
+            }
+            let pad = full.len() - small.len();
+            let dim = |i: usize| if i < pad { 1 } else { small[i - pad] };
+            let same = (0..full.len()).take_while(|&i| dim(i) == full[i]).count();
+            same < full.len() && (same..full.len()).all(|i| dim(i) == 1)
+        }
+        let mut rows = Rows::No;
         let shapes_ok = self.same_shape()
             || b.len() == 1
             || a.len() == 1
             || repeats(&self.b_shape, &self.a_shape, &self.out_shape)
-            || repeats(&self.a_shape, &self.b_shape, &self.out_shape);
+            || repeats(&self.a_shape, &self.b_shape, &self.out_shape)
+            || {
+                rows = if per_row(&self.b_shape, &self.a_shape, &self.out_shape) {
+                    Rows::B
+                } else if per_row(&self.a_shape, &self.b_shape, &self.out_shape) {
+                    Rows::A
+                } else {
+                    Rows::No
+                };
+                rows != Rows::No
+            };
         let clamp = self.activation;
         if crate::optimized::clamp_of(clamp).is_none()
             || !shapes_ok
@@ -430,12 +490,17 @@ impl Binary {
         {
             return false;
         }
+        if a.is_empty() || b.is_empty() {
+            return false;
+        }
         match self.kind {
-            Kind::Add => run(a, b, out, clamp, |x, y| x + y),
-            Kind::Sub => run(a, b, out, clamp, |x, y| x - y),
-            Kind::Mul => run(a, b, out, clamp, |x, y| x * y),
-            Kind::Max => run(a, b, out, clamp, f32::max),
-            Kind::Min => run(a, b, out, clamp, f32::min),
+            Kind::Add => run(a, b, out, rows, clamp, |x, y| x + y),
+            Kind::Sub => run(a, b, out, rows, clamp, |x, y| x - y),
+            Kind::Mul => run(a, b, out, rows, clamp, |x, y| x * y),
+            Kind::Div => run(a, b, out, rows, clamp, |x, y| x / y),
+            Kind::Max => run(a, b, out, rows, clamp, f32::max),
+            Kind::Min => run(a, b, out, rows, clamp, f32::min),
+            Kind::SquaredDifference => run(a, b, out, rows, clamp, |x, y| (x - y) * (x - y)),
             _ => return false,
         }
         true
@@ -743,6 +808,12 @@ mod tests {
         // Per-channel operands on either side (the optimized repeat path).
         run(&case(Mul, DType::F32, &[1, 1, 1, 6], &[1, 3, 2, 6]));
         run(&case(Sub, DType::F32, &[2, 3, 5], &[1, 3, 5]));
+        // Per-row operands (a layer norm's mean and variance; the optimized row path).
+        for op in [SquaredDifference, Mul, Div, Sub] {
+            run(&case(op, DType::F32, &[1, 4, 6], &[1, 4, 1]));
+            run(&case(op, DType::F32, &[2, 3, 1, 1], &[2, 3, 2, 5]));
+        }
+        run(&case(Add, DType::F32, &[3, 1], &[3, 4]));
     }
 
     #[test]

@@ -264,7 +264,7 @@ impl OpKernel for Concat {
                 .ok_or_else(|| KernelError::invalid(format!("missing input {k}")))?;
             let n = self.rows[k];
             expect_bytes(
-                &format!("input {k}"),
+                format_args!("input {k}"),
                 x.bytes.len(),
                 &[self.outer, n],
                 self.elem,

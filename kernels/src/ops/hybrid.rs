@@ -692,7 +692,7 @@ pub fn prepare_batch_matmul(ctx: &PrepareCtx<'_>) -> Result<PreparedKernel, Kern
     ctx.expect_arity(2, 2, 1)?;
     let x = ctx.input(0)?;
     let w = ctx.input(1)?;
-    if let OpOptions::BatchMatmul { adj_x, adj_y } = ctx.node.options
+    if let OpOptions::BatchMatmul { adj_x, adj_y, .. } = ctx.node.options
         && (adj_x || adj_y)
     {
         return Err(KernelError::unsupported(

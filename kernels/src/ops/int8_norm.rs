@@ -17,8 +17,8 @@ use switchyard_interpreter::{
 };
 
 use crate::quant::{
-    multiply_by_quantized_multiplier as mul_q, per_tensor, quantize_multiplier,
-    rounding_divide_by_pot, saturating_rounding_doubling_high_mul as srdhm,
+    inv_sqrt_quantized_multiplier_exp, multiply_by_quantized_multiplier as mul_q, per_tensor,
+    quantize_multiplier,
 };
 use crate::util::{broadcast_shapes, for_each_broadcast};
 
@@ -49,42 +49,6 @@ fn out_int8(ctx: &PrepareCtx<'_>) -> Result<(f32, i32), KernelError> {
     per_tensor(out.quant, "output")
 }
 
-fn saturating_shl(x: i32, n: u32) -> i32 {
-    (i64::from(x) << n).clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32
-}
-
-/// 1/sqrt(input) as (multiplier, shift): gemmlowp's five Newton steps in Q3.28, as
-/// TFLite's GetInvSqrtQuantizedMultiplierExp with `reverse_shift`.
-fn inv_sqrt_multiplier(mut input: i32, reverse_shift: i32) -> (i32, i32) {
-    if input <= 1 {
-        return (i32::MAX, 0);
-    }
-    let mut shift = 11;
-    while input >= 1 << 29 {
-        input /= 4;
-        shift += 1;
-    }
-    let pairs = (input.leading_zeros() as i32 - 1) / 2 - 1;
-    shift -= pairs;
-    input <<= 2 * pairs;
-    let half_input = rounding_divide_by_pot(input >> 1, 1);
-    let half_three = (1 << 28) + (1 << 27);
-    let mut x = 1 << 28;
-    for _ in 0..5 {
-        let x3 = saturating_shl(srdhm(srdhm(x, x), x), 6);
-        let diff = (i64::from(srdhm(half_three, x)) - i64::from(srdhm(half_input, x3)))
-            .clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32;
-        x = saturating_shl(diff, 3);
-    }
-    // x · sqrt(2)/2 in Q0.31.
-    x = srdhm(x, 1_518_500_250);
-    if shift < 0 {
-        x = x.wrapping_shl((-shift) as u32);
-        shift = 0;
-    }
-    (x, shift * reverse_shift)
-}
-
 /// int8 RSQRT as a 256-entry table made at prepare.
 struct RsqrtInt8 {
     table: [i8; 256],
@@ -107,7 +71,7 @@ fn prepare_rsqrt(ctx: &PrepareCtx<'_>) -> Result<PreparedKernel, KernelError> {
         } else {
             // A negative value has no square root; LiteRT's loop sees it as 0 or 1 and
             // answers the largest multiplier, as here.
-            let (im, is) = inv_sqrt_multiplier(v, -1);
+            let (im, is) = inv_sqrt_quantized_multiplier_exp(v, -1);
             let data = mul_q(1, im, is + 20);
             (mul_q(data, m, s - 20) + out_zp).clamp(-128, 127) as i8
         };

@@ -20,8 +20,11 @@ use switchyard_interpreter::{
 pub const DESCRIPTORS: &[OpDescriptor] =
     &[OpDescriptor::new(BuiltinOp::UnidirectionalSequenceLstm, prepare).work(crate::work::lstm)];
 
+mod hybrid;
+mod integer;
+
 /// Input positions (the schema's order).
-mod idx {
+pub(crate) mod idx {
     pub const INPUT: usize = 0;
     pub const W_INPUT: usize = 1;
     pub const W_FORGET: usize = 2;
@@ -48,24 +51,25 @@ mod idx {
     pub const LN_OUTPUT: usize = 23;
 }
 
-/// Fixed shape and structure of one LSTM node.
+/// Fixed shape and structure of one LSTM node (the float kernel itself; the hybrid
+/// and integer kernels hold one).
 #[derive(Clone, Debug)]
-struct Lstm {
-    time_major: bool,
-    /// Outer and inner of the input's first two dimensions (time/batch or batch/time).
-    max_time: usize,
-    n_batch: usize,
-    n_input: usize,
-    n_cell: usize,
-    n_output: usize,
-    cifg: bool,
-    projection: bool,
-    projection_bias: bool,
-    layer_norm: bool,
-    activation: Activation,
-    cell_clip: f32,
-    proj_clip: f32,
-    mutated: [usize; 2],
+pub(crate) struct Lstm {
+    pub time_major: bool,
+    pub max_time: usize,
+    pub n_batch: usize,
+    pub n_input: usize,
+    pub n_cell: usize,
+    pub n_output: usize,
+    pub cifg: bool,
+    pub peephole: bool,
+    pub projection: bool,
+    pub projection_bias: bool,
+    pub layer_norm: bool,
+    pub activation: Activation,
+    pub cell_clip: f32,
+    pub proj_clip: f32,
+    pub mutated: [usize; 2],
 }
 
 fn shape_err(what: &str, t: &TensorMeta<'_>, want: &[usize]) -> KernelError {
@@ -75,14 +79,46 @@ fn shape_err(what: &str, t: &TensorMeta<'_>, want: &[usize]) -> KernelError {
     ))
 }
 
-/// An optional float tensor of exactly `shape`.
-fn check(ctx: &PrepareCtx<'_>, i: usize, what: &str, shape: &[usize]) -> Result<bool, KernelError> {
+/// The dtype each role of an LSTM's tensors has in one kind of LSTM (float, hybrid,
+/// integer).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Types {
+    pub kind: &'static str,
+    pub weights: DType,
+    pub peephole: DType,
+    pub bias: DType,
+    pub layer_norm: DType,
+    pub output_state: DType,
+    pub cell_state: DType,
+    pub output: DType,
+}
+
+const FLOAT: Types = Types {
+    kind: "float32",
+    weights: DType::F32,
+    peephole: DType::F32,
+    bias: DType::F32,
+    layer_norm: DType::F32,
+    output_state: DType::F32,
+    cell_state: DType::F32,
+    output: DType::F32,
+};
+
+/// An optional tensor of exactly `shape` and `dtype`; whether it is present.
+fn check(
+    ctx: &PrepareCtx<'_>,
+    i: usize,
+    what: &str,
+    shape: &[usize],
+    dtype: DType,
+    kind: &str,
+) -> Result<bool, KernelError> {
     let Some(t) = ctx.optional_input(i) else {
         return Ok(false);
     };
-    if t.dtype != DType::F32 {
+    if t.dtype != dtype {
         return Err(KernelError::unsupported(format!(
-            "{what} ({}) of type {}: only float32 LSTMs are supported",
+            "{what} ({}) of type {} in a {kind} LSTM, which takes {dtype}",
             t.name, t.dtype
         )));
     }
@@ -100,7 +136,8 @@ fn require(present: bool, what: &str) -> Result<(), KernelError> {
     }
 }
 
-pub fn prepare(ctx: &PrepareCtx<'_>) -> Result<PreparedKernel, KernelError> {
+/// The options of an LSTM node.
+pub(crate) fn options(ctx: &PrepareCtx<'_>) -> Result<LstmOptions, KernelError> {
     if ctx.inputs.len() != 20 && ctx.inputs.len() != 24 {
         return Err(KernelError::invalid(format!(
             "expects 20 or 24 inputs, has {}",
@@ -121,26 +158,25 @@ pub fn prepare(ctx: &PrepareCtx<'_>) -> Result<PreparedKernel, KernelError> {
             ));
         }
     };
-    if matches!(opts.activation, Activation::None | Activation::SignBit) {
-        // LiteRT leaves the cell output unwritten for "none"; no real model uses it.
-        return Err(KernelError::unsupported(format!(
-            "LSTM activation {:?}",
-            opts.activation
-        )));
-    }
     if !(opts.cell_clip >= 0.0 && opts.proj_clip >= 0.0) {
         return Err(KernelError::invalid(format!(
             "clips must be non-negative, are {} and {}",
             opts.cell_clip, opts.proj_clip
         )));
     }
+    Ok(opts)
+}
+
+/// Validates the node's shapes, which optional parts it has and every tensor's dtype
+/// (by `types`), and returns its structure. Shared by the float, hybrid and integer
+/// kernels.
+pub(crate) fn structure(
+    ctx: &PrepareCtx<'_>,
+    opts: &LstmOptions,
+    types: &Types,
+) -> Result<Lstm, KernelError> {
+    let kind = types.kind;
     let x = ctx.input(idx::INPUT)?;
-    if x.dtype != DType::F32 {
-        return Err(KernelError::unsupported(format!(
-            "LSTM input of type {}: only float32 is supported",
-            x.dtype
-        )));
-    }
     let &[d0, d1, n_input] = x.shape else {
         return Err(KernelError::shape(format!(
             "input must have rank 3, has shape {:?}",
@@ -170,47 +206,70 @@ pub fn prepare(ctx: &PrepareCtx<'_>) -> Result<PreparedKernel, KernelError> {
     let wx = [n_cell, n_input];
     let rh = [n_cell, n_output];
     let vc = [n_cell];
+    let c = |i: usize, what: &str, shape: &[usize], dtype: DType| {
+        check(ctx, i, what, shape, dtype, kind)
+    };
     for (i, what) in [
         (idx::W_FORGET, "input-to-forget weights"),
         (idx::W_CELL, "input-to-cell weights"),
         (idx::W_OUTPUT, "input-to-output weights"),
     ] {
-        require(check(ctx, i, what, &wx)?, what)?;
+        require(c(i, what, &wx, types.weights)?, what)?;
     }
     for (i, what) in [
         (idx::R_FORGET, "recurrent-to-forget weights"),
         (idx::R_CELL, "recurrent-to-cell weights"),
         (idx::R_OUTPUT, "recurrent-to-output weights"),
     ] {
-        require(check(ctx, i, what, &rh)?, what)?;
+        require(c(i, what, &rh, types.weights)?, what)?;
     }
     for (i, what) in [
         (idx::B_FORGET, "forget gate bias"),
         (idx::B_CELL, "cell gate bias"),
         (idx::B_OUTPUT, "output gate bias"),
     ] {
-        require(check(ctx, i, what, &vc)?, what)?;
+        require(c(i, what, &vc, types.bias)?, what)?;
     }
-    let w_input = check(ctx, idx::W_INPUT, "input-to-input weights", &wx)?;
-    let r_input = check(ctx, idx::R_INPUT, "recurrent-to-input weights", &rh)?;
-    let b_input = check(ctx, idx::B_INPUT, "input gate bias", &vc)?;
+    let w_input = c(idx::W_INPUT, "input-to-input weights", &wx, types.weights)?;
+    let r_input = c(
+        idx::R_INPUT,
+        "recurrent-to-input weights",
+        &rh,
+        types.weights,
+    )?;
+    let b_input = c(idx::B_INPUT, "input gate bias", &vc, types.bias)?;
     if w_input != r_input || w_input != b_input {
         return Err(KernelError::invalid(
             "input-gate weights, recurrent weights and bias must be all present or all absent (CIFG)",
         ));
     }
     let cifg = !w_input;
-    let p_input = check(ctx, idx::P_INPUT, "cell-to-input peephole", &vc)?;
-    let p_forget = check(ctx, idx::P_FORGET, "cell-to-forget peephole", &vc)?;
-    let p_output = check(ctx, idx::P_OUTPUT, "cell-to-output peephole", &vc)?;
+    let p_input = c(idx::P_INPUT, "cell-to-input peephole", &vc, types.peephole)?;
+    let p_forget = c(
+        idx::P_FORGET,
+        "cell-to-forget peephole",
+        &vc,
+        types.peephole,
+    )?;
+    let p_output = c(
+        idx::P_OUTPUT,
+        "cell-to-output peephole",
+        &vc,
+        types.peephole,
+    )?;
     let peephole = p_forget || p_output;
     if p_forget != p_output || (peephole && !cifg && !p_input) || (p_input && (cifg || !peephole)) {
         return Err(KernelError::invalid(
             "peephole weights must be given for every gate that exists, or for none",
         ));
     }
-    let projection = check(ctx, idx::PROJ_W, "projection weights", &[n_output, n_cell])?;
-    let projection_bias = check(ctx, idx::PROJ_B, "projection bias", &[n_output])?;
+    let projection = c(
+        idx::PROJ_W,
+        "projection weights",
+        &[n_output, n_cell],
+        types.weights,
+    )?;
+    let projection_bias = c(idx::PROJ_B, "projection bias", &[n_output], types.bias)?;
     if projection_bias && !projection {
         return Err(KernelError::invalid(
             "projection bias without projection weights",
@@ -221,12 +280,13 @@ pub fn prepare(ctx: &PrepareCtx<'_>) -> Result<PreparedKernel, KernelError> {
             "without projection the output size ({n_output}) must equal the cell count ({n_cell})"
         )));
     }
+    let ln = types.layer_norm;
     let (ln_i, ln_f, ln_c, ln_o) = if ctx.inputs.len() == 24 {
         (
-            check(ctx, idx::LN_INPUT, "input layer-norm coefficients", &vc)?,
-            check(ctx, idx::LN_FORGET, "forget layer-norm coefficients", &vc)?,
-            check(ctx, idx::LN_CELL, "cell layer-norm coefficients", &vc)?,
-            check(ctx, idx::LN_OUTPUT, "output layer-norm coefficients", &vc)?,
+            c(idx::LN_INPUT, "input layer-norm coefficients", &vc, ln)?,
+            c(idx::LN_FORGET, "forget layer-norm coefficients", &vc, ln)?,
+            c(idx::LN_CELL, "cell layer-norm coefficients", &vc, ln)?,
+            c(idx::LN_OUTPUT, "output layer-norm coefficients", &vc, ln)?,
         )
     } else {
         (false, false, false, false)
@@ -237,13 +297,26 @@ pub fn prepare(ctx: &PrepareCtx<'_>) -> Result<PreparedKernel, KernelError> {
             "layer-norm coefficients must be given for every gate that exists, or for none",
         ));
     }
-    for (i, what, shape) in [
-        (idx::OUTPUT_STATE, "output state", [n_batch, n_output]),
-        (idx::CELL_STATE, "cell state", [n_batch, n_cell]),
+    for (i, what, shape, dtype) in [
+        (
+            idx::OUTPUT_STATE,
+            "output state",
+            [n_batch, n_output],
+            types.output_state,
+        ),
+        (
+            idx::CELL_STATE,
+            "cell state",
+            [n_batch, n_cell],
+            types.cell_state,
+        ),
     ] {
         let t = ctx.input(i)?;
-        if t.dtype != DType::F32 {
-            return Err(KernelError::dtype("float32 LSTM state", t.dtype));
+        if t.dtype != dtype {
+            return Err(KernelError::unsupported(format!(
+                "{what} ({}) of type {} in a {kind} LSTM, which takes {dtype}",
+                t.name, t.dtype
+            )));
         }
         if t.shape != shape {
             return Err(shape_err(what, &t, &shape));
@@ -256,10 +329,10 @@ pub fn prepare(ctx: &PrepareCtx<'_>) -> Result<PreparedKernel, KernelError> {
         }
     }
     let out = ctx.output(0)?;
-    if out.dtype != DType::F32 {
-        return Err(KernelError::dtype("float32 output", out.dtype));
+    if out.dtype != types.output {
+        return Err(KernelError::dtype(types.kind, out.dtype));
     }
-    let lstm = Lstm {
+    Ok(Lstm {
         time_major: opts.time_major,
         max_time,
         n_batch,
@@ -267,6 +340,7 @@ pub fn prepare(ctx: &PrepareCtx<'_>) -> Result<PreparedKernel, KernelError> {
         n_cell,
         n_output,
         cifg,
+        peephole,
         projection,
         projection_bias,
         layer_norm,
@@ -274,24 +348,140 @@ pub fn prepare(ctx: &PrepareCtx<'_>) -> Result<PreparedKernel, KernelError> {
         cell_clip: opts.cell_clip,
         proj_clip: opts.proj_clip,
         mutated: [idx::OUTPUT_STATE, idx::CELL_STATE],
-    };
-    Ok(PreparedKernel::new(vec![vec![d0, d1, n_output]], lstm))
+    })
 }
 
-fn sigmoid(x: f32) -> f32 {
+pub fn prepare(ctx: &PrepareCtx<'_>) -> Result<PreparedKernel, KernelError> {
+    let opts = options(ctx)?;
+    let x = ctx.input(idx::INPUT)?;
+    let weights = ctx.input(idx::W_FORGET)?.dtype;
+    match (x.dtype, weights) {
+        (DType::I8, _) => return integer::prepare(ctx, &opts),
+        (DType::F32, DType::I8) => return hybrid::prepare(ctx, &opts),
+        (DType::F32, _) => {}
+        (other, _) => {
+            return Err(KernelError::unsupported(format!(
+                "LSTM input of type {other}: float32 (with float32 or int8 weights) and int8 are supported"
+            )));
+        }
+    }
+    check_activation(&opts)?;
+    let lstm = structure(ctx, &opts, &FLOAT)?;
+    let shape = lstm.output_shape();
+    let scratch = Reusable::new(Scratch::new(lstm.n_cell)?);
+    Ok(PreparedKernel::new(
+        vec![shape],
+        FloatLstm { lstm, scratch },
+    ))
+}
+
+/// The cell activations a float or hybrid LSTM accepts.
+pub(crate) fn check_activation(opts: &LstmOptions) -> Result<(), KernelError> {
+    if matches!(opts.activation, Activation::None | Activation::SignBit) {
+        // LiteRT leaves the cell output unwritten for "none"; no real model uses it.
+        return Err(KernelError::unsupported(format!(
+            "LSTM activation {:?}",
+            opts.activation
+        )));
+    }
+    Ok(())
+}
+
+impl Lstm {
+    /// The output's shape: the input's, with the last dimension the output size.
+    pub(crate) fn output_shape(&self) -> Vec<usize> {
+        let (d0, d1) = if self.time_major {
+            (self.max_time, self.n_batch)
+        } else {
+            (self.n_batch, self.max_time)
+        };
+        vec![d0, d1, self.n_output]
+    }
+
+    /// Row of (time `t`, batch `b`) in the input and output.
+    pub(crate) fn row(&self, t: usize, b: usize) -> usize {
+        if self.time_major {
+            t * self.n_batch + b
+        } else {
+            b * self.max_time + t
+        }
+    }
+}
+
+/// `n` default values, or an error where the allocator refuses (a model's sizes are not
+/// trusted to fit).
+pub(crate) fn zeroed<T: Clone + Default>(n: usize, what: &str) -> Result<Vec<T>, KernelError> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).map_err(|_| {
+        KernelError::invalid(format!("cannot allocate the LSTM's {what} ({n} values)"))
+    })?;
+    v.resize(n, T::default());
+    Ok(v)
+}
+
+/// Per-eval scratch made once at prepare, so an invoke allocates nothing. A second
+/// session evaluating the same plan at the same moment finds it taken and makes its own
+/// rather than waiting.
+pub(crate) struct Reusable<S>(std::sync::Mutex<S>);
+
+impl<S> Reusable<S> {
+    pub(crate) fn new(s: S) -> Self {
+        Reusable(std::sync::Mutex::new(s))
+    }
+
+    pub(crate) fn with<R>(
+        &self,
+        make: impl FnOnce() -> Result<S, KernelError>,
+        f: impl FnOnce(&mut S) -> R,
+    ) -> Result<R, KernelError> {
+        use std::sync::TryLockError;
+        match self.0.try_lock() {
+            Ok(mut s) => Ok(f(&mut s)),
+            // Every step overwrites the scratch before reading it: a panic mid-eval left
+            // nothing that matters.
+            Err(TryLockError::Poisoned(p)) => Ok(f(&mut p.into_inner())),
+            Err(TryLockError::WouldBlock) => Ok(f(&mut make()?)),
+        }
+    }
+}
+
+pub(crate) fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())
 }
 
 /// `out[r] += Σ_c m[r][c] · v[c]` for a row-major `rows × cols` matrix.
 fn mat_vec_acc(m: &[f32], v: &[f32], out: &mut [f32]) {
     let cols = v.len();
+    if cols == 0 {
+        return;
+    }
     for (o, row) in out.iter_mut().zip(m.chunks_exact(cols)) {
-        *o += row.iter().zip(v).map(|(a, b)| a * b).sum::<f32>();
+        *o += dot(row, v);
     }
 }
 
+/// Σ a[i]·b[i] over 16 independent partial sums: a single running sum is one long
+/// chain of dependent adds that cannot vectorise (float addition is not reassociated).
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    const L: usize = 16;
+    let mut acc = [0.0f32; L];
+    let (ac, bc) = (a.chunks_exact(L), b.chunks_exact(L));
+    let tail: f32 = ac
+        .remainder()
+        .iter()
+        .zip(bc.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ac.zip(bc) {
+        for j in 0..L {
+            acc[j] += x[j] * y[j];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
 /// Normalises `v` to zero mean and unit variance (LiteRT's MeanStddevNormalization).
-fn normalize(v: &mut [f32]) {
+pub(crate) fn normalize(v: &mut [f32]) {
     let n = v.len() as f32;
     let mean = v.iter().sum::<f32>() / n;
     let var = v.iter().map(|x| (x - mean) * (x - mean)).sum::<f32>() / n;
@@ -457,11 +647,52 @@ struct Scratch {
     hidden: Vec<f32>,
 }
 
-impl OpKernel for Lstm {
+impl Scratch {
+    fn new(n_cell: usize) -> Result<Scratch, KernelError> {
+        Ok(Scratch {
+            i: zeroed(n_cell, "gates")?,
+            f: zeroed(n_cell, "gates")?,
+            g: zeroed(n_cell, "gates")?,
+            o: zeroed(n_cell, "gates")?,
+            hidden: zeroed(n_cell, "cell output")?,
+        })
+    }
+}
+
+/// The float kernel: the node's structure and its reusable scratch.
+struct FloatLstm {
+    lstm: Lstm,
+    scratch: Reusable<Scratch>,
+}
+
+impl OpKernel for FloatLstm {
     fn eval(
         &self,
         inputs: &[Option<TensorView<'_>>],
         outputs: &mut [TensorViewMut<'_>],
+    ) -> Result<(), KernelError> {
+        self.lstm.eval_float(inputs, outputs, &self.scratch)
+    }
+
+    fn mutated_inputs(&self) -> &[usize] {
+        &self.lstm.mutated
+    }
+
+    fn name(&self) -> &str {
+        "lstm/f32"
+    }
+
+    fn memory_bytes(&self) -> usize {
+        5 * 4 * self.lstm.n_cell
+    }
+}
+
+impl Lstm {
+    fn eval_float(
+        &self,
+        inputs: &[Option<TensorView<'_>>],
+        outputs: &mut [TensorViewMut<'_>],
+        scratch: &Reusable<Scratch>,
     ) -> Result<(), KernelError> {
         let x = inputs
             .get(idx::INPUT)
@@ -552,36 +783,20 @@ impl OpKernel for Lstm {
                 "LSTM buffers do not match the prepared shapes",
             ));
         }
-        let mut scratch = Scratch {
-            i: vec![0.0; nc],
-            f: vec![0.0; nc],
-            g: vec![0.0; nc],
-            o: vec![0.0; nc],
-            hidden: vec![0.0; nc],
-        };
-        for b in 0..nb {
-            let h = &mut h_all[b * no..(b + 1) * no];
-            let c = &mut c_all[b * nc..(b + 1) * nc];
-            for t in 0..nt {
-                // Row of (time, batch) in the input and output.
-                let row = if self.time_major {
-                    t * nb + b
-                } else {
-                    b * nt + t
-                };
-                self.step(&wt, &x[row * ni..(row + 1) * ni], h, c, &mut scratch);
-                y[row * no..(row + 1) * no].copy_from_slice(h);
-            }
-        }
-        Ok(())
-    }
-
-    fn mutated_inputs(&self) -> &[usize] {
-        &self.mutated
-    }
-
-    fn name(&self) -> &str {
-        "lstm/f32"
+        scratch.with(
+            || Scratch::new(nc),
+            |scratch| {
+                for b in 0..nb {
+                    let h = &mut h_all[b * no..(b + 1) * no];
+                    let c = &mut c_all[b * nc..(b + 1) * nc];
+                    for t in 0..nt {
+                        let row = self.row(t, b);
+                        self.step(&wt, &x[row * ni..(row + 1) * ni], h, c, scratch);
+                        y[row * no..(row + 1) * no].copy_from_slice(h);
+                    }
+                }
+            },
+        )
     }
 }
 
@@ -589,6 +804,7 @@ impl OpKernel for Lstm {
 mod tests {
     use switchyard_interpreter::builder::ModelBuilder;
     use switchyard_interpreter::{BuiltinOp, OpKind, Tensor};
+    use switchyard_testkit::single_op::{IntegerLstm, integer_lstm};
     use switchyard_testkit::{Rng, assert_matches_litert_seq, random_tensor};
 
     use super::*;
@@ -612,6 +828,9 @@ mod tests {
         proj_clip: f32,
         /// Writes only the 20 inputs of older models.
         twenty_inputs: bool,
+        /// Some(asymmetric): a hybrid LSTM (int8 weights, one scale each) quantizing its
+        /// inputs asymmetrically or not.
+        hybrid: Option<bool>,
     }
 
     fn base() -> Case {
@@ -630,6 +849,7 @@ mod tests {
             cell_clip: 0.0,
             proj_clip: 0.0,
             twenty_inputs: false,
+            hybrid: None,
         }
     }
 
@@ -651,6 +871,8 @@ mod tests {
         let sg = mb.main();
         let no = n_output(c);
         let nc = c.n_cell;
+        let hybrid = c.hybrid;
+        // Weights (not biases or layer-norm coefficients) are int8 in a hybrid LSTM.
         let mut weight = |sg: &mut switchyard_interpreter::builder::SubgraphBuilder,
                           name: &str,
                           shape: &[usize],
@@ -658,6 +880,20 @@ mod tests {
                           hi: f32| {
             let n: usize = shape.iter().product();
             let v: Vec<f32> = (0..n).map(|_| rng.uniform(lo, hi)).collect();
+            let quantized = hybrid.is_some()
+                && !name.starts_with('b')
+                && !name.starts_with("ln")
+                && name != "proj_b";
+            if quantized {
+                let scale = hi.abs().max(lo.abs()) / 127.0;
+                let q: Vec<u8> = v
+                    .iter()
+                    .map(|x| (x / scale).round().clamp(-127.0, 127.0) as i8 as u8)
+                    .collect();
+                let t = sg.constant(name, DType::I8, shape, q);
+                sg.set_quant(t, switchyard_interpreter::Quant::per_tensor(scale, 0));
+                return Some(t);
+            }
             Some(sg.constant_f32(name, shape, &v))
         };
         let x = sg.tensor("x", DType::F32, &input_shape(c));
@@ -725,6 +961,7 @@ mod tests {
                 cell_clip: c.cell_clip,
                 proj_clip: c.proj_clip,
                 time_major: c.time_major,
+                asymmetric_quantize_inputs: c.hybrid == Some(true),
             }),
         );
         sg.set_inputs(&[x]);
@@ -815,6 +1052,166 @@ mod tests {
                 ..base()
             },
         );
+    }
+
+    #[test]
+    fn hybrid_lstms_match_litert() {
+        for asymmetric in [false, true] {
+            run(
+                &format!("hybrid, asymmetric {asymmetric}"),
+                &Case {
+                    hybrid: Some(asymmetric),
+                    ..base()
+                },
+            );
+            run(
+                &format!("hybrid cifg + peephole + clip, time-major, asymmetric {asymmetric}"),
+                &Case {
+                    hybrid: Some(asymmetric),
+                    cifg: true,
+                    peephole: true,
+                    cell_clip: 0.4,
+                    time_major: true,
+                    ..base()
+                },
+            );
+            run(
+                &format!("hybrid projection + layer norm + peephole, asymmetric {asymmetric}"),
+                &Case {
+                    hybrid: Some(asymmetric),
+                    projection: Some(3),
+                    projection_bias: true,
+                    proj_clip: 0.3,
+                    layer_norm: true,
+                    peephole: true,
+                    ..base()
+                },
+            );
+        }
+    }
+
+    fn run_integer(name: &str, spec: &IntegerLstm) {
+        // Three invokes: the int8 hidden and int16 cell states carry over.
+        let (model, inputs) = integer_lstm(spec, &[11, 12, 13]);
+        let invokes: Vec<Vec<Tensor>> = inputs.into_iter().map(|t| vec![t]).collect();
+        assert_matches_litert_seq(
+            name,
+            &model,
+            &invokes,
+            &resolvers(),
+            Some(switchyard_testkit::Tolerance::Exact),
+        );
+    }
+
+    #[test]
+    fn integer_lstms_are_bit_exact_with_litert() {
+        let d = IntegerLstm::default();
+        run_integer("int8 plain", &d);
+        run_integer(
+            "int8 time-major, cifg, cell clip, cell scale 2^-15",
+            &IntegerLstm {
+                time_major: true,
+                cifg: true,
+                cell_clip: 0.3,
+                cell_scale_log2: -15,
+                ..d.clone()
+            },
+        );
+        run_integer(
+            "int8 layer norm + peephole",
+            &IntegerLstm {
+                layer_norm: true,
+                peephole: true,
+                ..d.clone()
+            },
+        );
+        run_integer(
+            "int8 projection + clip + layer norm, one batch, long sequence",
+            &IntegerLstm {
+                projection: Some(3),
+                proj_clip: 0.2,
+                layer_norm: true,
+                batch: 1,
+                time: 9,
+                ..d.clone()
+            },
+        );
+        run_integer(
+            "int8 cifg + layer norm + peephole, time-major",
+            &IntegerLstm {
+                cifg: true,
+                layer_norm: true,
+                peephole: true,
+                time_major: true,
+                ..d
+            },
+        );
+    }
+
+    /// Prepares the only node of `model` and returns what its kernel says it holds.
+    fn kernel_bytes(model: &[u8]) -> usize {
+        use switchyard_interpreter::Model;
+        let m = Model::from_bytes(model).expect("test model loads");
+        let sg = &m.subgraphs[0];
+        let node = &sg.nodes[0];
+        let meta = |t: usize| {
+            let d = &sg.tensors[t];
+            TensorMeta {
+                dtype: d.dtype,
+                shape: &d.shape,
+                quant: d.quant.as_ref(),
+                data: d.data.as_ref().map(|c| c.as_slice()),
+                name: &d.name,
+            }
+        };
+        let ctx = PrepareCtx {
+            node,
+            inputs: node.inputs.iter().map(|t| t.map(meta)).collect(),
+            outputs: node.outputs.iter().map(|&t| meta(t)).collect(),
+            intermediates: switchyard_interpreter::kernel::intermediate_metas(sg, node),
+            threads: 1,
+        };
+        prepare(&ctx).expect("prepares").kernel.memory_bytes()
+    }
+
+    #[test]
+    fn integer_and_hybrid_kernels_charge_their_weight_copies() {
+        // Default integer spec: 4 gates of 4x6 input and 4x4 recurrent int8 weights,
+        // each with two folded int32 bias vectors of 4; scratch of 4 int16 gates, an
+        // int16 and an int8 hidden vector.
+        let (integer, _) = integer_lstm(&IntegerLstm::default(), &[1]);
+        assert_eq!(
+            kernel_bytes(&integer),
+            4 * (24 + 16 + 4 * 8) + 4 * (8 + 2 + 1)
+        );
+        // Hybrid base case: 4 gates of 5x4 and 5x5 int8 weights with int32 row sums,
+        // and four float biases of 5; scratch of 4 float gates, a float cell output and
+        // int8 copies of the input, the state and the cell output.
+        let hybrid = Case {
+            hybrid: Some(false),
+            ..base()
+        };
+        let (nc, ni) = (hybrid.n_cell, hybrid.n_input);
+        let want =
+            4 * (nc * ni + nc * nc + 2 * 4 * nc) + 4 * 4 * nc + (4 * 4 * nc + 4 * nc + ni + 2 * nc);
+        assert_eq!(kernel_bytes(&model(&hybrid)), want);
+    }
+
+    #[test]
+    fn busy_scratch_is_replaced_not_waited_for() {
+        let r = Reusable::new(vec![1u8]);
+        let inner = r
+            .with(
+                || Ok(vec![9]),
+                |outer| {
+                    outer[0] = 2;
+                    // Taken: a fresh one, without deadlock.
+                    r.with(|| Ok(vec![9]), |s| s[0]).expect("fresh scratch")
+                },
+            )
+            .expect("scratch");
+        assert_eq!(inner, 9);
+        assert_eq!(r.with(|| Ok(vec![9]), |s| s[0]).expect("scratch"), 2);
     }
 
     #[test]

@@ -201,10 +201,21 @@ pub fn copy_strided(
             let run = inner_n * elem;
             dst[dof..dof + run].copy_from_slice(&src[so..so + run]);
         } else {
-            for j in 0..inner_n as isize {
-                let so = (s + j * inner_s) as usize * elem;
-                let dof = (d + j * inner_d) as usize * elem;
-                dst[dof..dof + elem].copy_from_slice(&src[so..so + elem]);
+            let run = (s, inner_s, d, inner_d, inner_n);
+            // A fixed element size turns each copy into one load and one store instead
+            // of a memcpy call (transposes move one element at a time).
+            match elem {
+                1 => strided_run::<1>(src, dst, run),
+                2 => strided_run::<2>(src, dst, run),
+                4 => strided_run::<4>(src, dst, run),
+                8 => strided_run::<8>(src, dst, run),
+                _ => {
+                    for j in 0..inner_n as isize {
+                        let so = (s + j * inner_s) as usize * elem;
+                        let dof = (d + j * inner_d) as usize * elem;
+                        dst[dof..dof + elem].copy_from_slice(&src[so..so + elem]);
+                    }
+                }
             }
         }
         let mut k = dims.len();
@@ -227,6 +238,21 @@ pub fn copy_strided(
     }
 }
 
+/// The innermost loop of [`copy_strided`] for `N`-byte elements: `n` elements from
+/// element `s` of `src` (stride `ss`) to element `d` of `dst` (stride `ds`).
+#[inline]
+fn strided_run<const N: usize>(
+    src: &[u8],
+    dst: &mut [u8],
+    (s, ss, d, ds, n): (isize, isize, isize, isize, usize),
+) {
+    for j in 0..n as isize {
+        let so = (s + j * ss) as usize * N;
+        let dof = (d + j * ds) as usize * N;
+        dst[dof..dof + N].copy_from_slice(&src[so..so + N]);
+    }
+}
+
 /// The byte length a tensor of `shape` must have.
 pub fn byte_len(shape: &[usize], elem: usize) -> Result<usize, KernelError> {
     count(shape)?
@@ -234,9 +260,10 @@ pub fn byte_len(shape: &[usize], elem: usize) -> Result<usize, KernelError> {
         .ok_or_else(|| KernelError::shape(format!("shape {shape:?} overflows")))
 }
 
-/// Checks an eval-time buffer against the shape prepare computed.
+/// Checks an eval-time buffer against the shape prepare computed. `what` is only
+/// formatted on error: this runs on every step of small data-movement ops.
 pub fn expect_bytes(
-    what: &str,
+    what: impl std::fmt::Display,
     bytes: usize,
     shape: &[usize],
     elem: usize,
@@ -258,7 +285,7 @@ pub fn checked_input<'a, 'b>(
     elem: usize,
 ) -> Result<&'b TensorView<'a>, KernelError> {
     let x = switchyard_interpreter::kernel::input(inputs, i)?;
-    expect_bytes(&format!("input {i}"), x.bytes.len(), shape, elem)?;
+    expect_bytes(format_args!("input {i}"), x.bytes.len(), shape, elem)?;
     Ok(x)
 }
 

@@ -428,6 +428,7 @@ mod tests {
                 node,
                 inputs: vec![Some(meta(input, Some(data)))],
                 outputs: vec![meta(output, None)],
+                intermediates: Vec::new(),
                 threads: 1,
             };
             for (name, r) in resolvers() {

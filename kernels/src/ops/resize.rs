@@ -86,6 +86,8 @@ struct Resize {
     half_pixel_centers: bool,
     /// batches, in_h, in_w, depth, out_h, out_w
     dims: [usize; 6],
+    /// Float bilinear: per output column, the two source columns and the fraction.
+    columns: Vec<(usize, usize, f32)>,
 }
 
 pub fn prepare(ctx: &PrepareCtx<'_>) -> Result<PreparedKernel, KernelError> {
@@ -166,6 +168,17 @@ pub fn prepare(ctx: &PrepareCtx<'_>) -> Result<PreparedKernel, KernelError> {
         )));
     }
     let dims = [x.shape[0], x.shape[1], x.shape[2], x.shape[3], out_h, out_w];
+    let columns = if kind == Kind::Bilinear && x.dtype == DType::F32 {
+        let sw = scale(dims[2], out_w, align_corners);
+        (0..out_w)
+            .map(|ox| {
+                let (px, x0, x1) = bilinear_source(ox, sw, half_pixel_centers, dims[2]);
+                (x0, x1, px - x0 as f32)
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     Ok(PreparedKernel::new(
         vec![vec![dims[0], out_h, out_w, dims[3]]],
         Resize {
@@ -174,6 +187,7 @@ pub fn prepare(ctx: &PrepareCtx<'_>) -> Result<PreparedKernel, KernelError> {
             align_corners,
             half_pixel_centers,
             dims,
+            columns,
         },
     ))
 }
@@ -270,8 +284,45 @@ impl Resize {
         }
     }
 
+    /// Float bilinear with the reference's arithmetic (same products, same order, so
+    /// the same bits), written straight into the output with the channel loop
+    /// innermost over contiguous rows so it vectorises.
+    fn eval_bilinear_f32(&self, x: &[f32], y: &mut [f32]) {
+        let [batches, in_h, in_w, depth, out_h, _] = self.dims;
+        let sh = scale(in_h, out_h, self.align_corners);
+        let mut o = 0;
+        for b in 0..batches {
+            for oy in 0..out_h {
+                let (py, y0, y1) = bilinear_source(oy, sh, self.half_pixel_centers, in_h);
+                let dy = py - y0 as f32;
+                let (r0, r1) = ((b * in_h + y0) * in_w, (b * in_h + y1) * in_w);
+                for &(x0, x1, dx) in &self.columns {
+                    let (w00, w01) = ((1.0 - dy) * (1.0 - dx), (1.0 - dy) * dx);
+                    let (w10, w11) = (dy * (1.0 - dx), dy * dx);
+                    let p00 = &x[(r0 + x0) * depth..(r0 + x0 + 1) * depth];
+                    let p01 = &x[(r0 + x1) * depth..(r0 + x1 + 1) * depth];
+                    let p10 = &x[(r1 + x0) * depth..(r1 + x0 + 1) * depth];
+                    let p11 = &x[(r1 + x1) * depth..(r1 + x1 + 1) * depth];
+                    let out = &mut y[o..o + depth];
+                    for c in 0..depth {
+                        out[c] = p00[c] * w00 + p01[c] * w01 + p10[c] * w10 + p11[c] * w11;
+                    }
+                    o += depth;
+                }
+            }
+        }
+    }
+
     fn eval_bilinear(&self, x: &[u8], y: &mut [u8]) -> Result<(), KernelError> {
         let [batches, in_h, in_w, depth, out_h, out_w] = self.dims;
+        if self.dtype == DType::F32 {
+            let x = bytemuck::try_cast_slice(x)
+                .map_err(|e| KernelError::invalid(format!("misaligned input: {e:?}")))?;
+            let y = bytemuck::try_cast_slice_mut(y)
+                .map_err(|e| KernelError::invalid(format!("misaligned output: {e:?}")))?;
+            self.eval_bilinear_f32(x, y);
+            return Ok(());
+        }
         let sh = scale(in_h, out_h, self.align_corners);
         let sw = scale(in_w, out_w, self.align_corners);
         let floats: Option<&[f32]> = if self.dtype == DType::F32 {

@@ -202,7 +202,12 @@ impl OpKernel for Split {
         let e = self.elem;
         let mut offset = 0;
         for (k, (out, &n)) in outputs.iter_mut().zip(&self.parts).enumerate() {
-            expect_bytes(&format!("output {k}"), out.bytes.len(), &[self.outer, n], e)?;
+            expect_bytes(
+                format_args!("output {k}"),
+                out.bytes.len(),
+                &[self.outer, n],
+                e,
+            )?;
             for o in 0..self.outer {
                 let src = (o * self.row + offset) * e;
                 out.bytes[o * n * e..(o + 1) * n * e].copy_from_slice(&x.bytes[src..src + n * e]);

@@ -28,9 +28,12 @@ use switchyard_interpreter::BuiltinOp;
 /// TRANSPOSE_CONV, and MediaPipe's custom transposed convolution with bias.
 pub const DESCRIPTORS: &[OpDescriptor] = &[
     OpDescriptor::new(BuiltinOp::TransposeConv, prepare)
+        .optimized(prepare_optimized)
         .gpu(gpu)
         .work(crate::work::transpose_conv),
-    OpDescriptor::custom(super::CONV2D_TRANSPOSE_BIAS, prepare).gpu(gpu),
+    OpDescriptor::custom(super::CONV2D_TRANSPOSE_BIAS, prepare)
+        .optimized(prepare_optimized)
+        .gpu(gpu),
 ];
 
 /// GPU: float32 in either form, a constant filter, a clamp as fused activation, the
@@ -41,6 +44,7 @@ fn gpu(ctx: &switchyard_interpreter::NodeSupportCtx<'_>) -> Result<(), String> {
         node: ctx.node,
         inputs: ctx.inputs.clone(),
         outputs: ctx.outputs.clone(),
+        intermediates: Vec::new(),
         threads: 1,
     };
     let p = prepare_params(&prepare_ctx).map_err(|e| e.to_string())?;
@@ -334,7 +338,7 @@ pub fn prepare_params(ctx: &PrepareCtx<'_>) -> Result<TransposeConvParams, Kerne
     })
 }
 
-/// Both registries use this kernel until `optimized/` covers the op.
+/// The reference registry's kernel.
 pub fn prepare(ctx: &PrepareCtx<'_>) -> Result<PreparedKernel, KernelError> {
     let params = prepare_params(ctx)?;
     let shape = params.output_shape();
@@ -342,6 +346,85 @@ pub fn prepare(ctx: &PrepareCtx<'_>) -> Result<PreparedKernel, KernelError> {
         vec![shape],
         TransposeConvReference { params },
     ))
+}
+
+/// Optimized: float32 with constant weights runs on the packed GEMM
+/// (optimized/transpose_conv.rs); the rest the reference.
+pub fn prepare_optimized(ctx: &PrepareCtx<'_>) -> Result<PreparedKernel, KernelError> {
+    let params = prepare_params(ctx)?;
+    let shape = params.output_shape();
+    let weights = crate::optimized::kernels::constant_f32(&ctx.input(params.weights_input)?);
+    let (DType::F32, Some(w)) = (params.dtype, weights) else {
+        return Ok(PreparedKernel::new(
+            vec![shape],
+            TransposeConvReference { params },
+        ));
+    };
+    let p = &params;
+    let geom = crate::optimized::transpose_conv::TransposeGeom {
+        batches: p.batches,
+        in_h: p.in_h,
+        in_w: p.in_w,
+        in_c: p.in_c,
+        k_h: p.filter_h,
+        k_w: p.filter_w,
+        out_h: p.out_h,
+        out_w: p.out_w,
+        out_c: p.out_c,
+        stride_h: p.stride_h,
+        stride_w: p.stride_w,
+        pad_top: p.pad_top,
+        pad_left: p.pad_left,
+    };
+    let isa = crate::optimized::Isa::detect();
+    let conv = crate::optimized::transpose_conv::TransposeConvF32::new(
+        geom,
+        &w,
+        (p.float_min, p.float_max),
+        isa,
+    )?;
+    Ok(PreparedKernel::new(
+        vec![shape],
+        TransposeConvGemm {
+            conv,
+            data_input: p.data_input,
+            bias_input: p.bias_input,
+            pool: crate::optimized::shared_pool(ctx.threads),
+        },
+    ))
+}
+
+/// Float32 with constant weights, on the packed GEMM.
+struct TransposeConvGemm {
+    conv: crate::optimized::transpose_conv::TransposeConvF32,
+    data_input: usize,
+    bias_input: Option<usize>,
+    pool: std::sync::Arc<crate::optimized::ThreadPool>,
+}
+
+impl OpKernel for TransposeConvGemm {
+    fn eval(
+        &self,
+        inputs: &[Option<TensorView<'_>>],
+        outputs: &mut [TensorViewMut<'_>],
+    ) -> Result<(), KernelError> {
+        let x = input(inputs, self.data_input)?.f32s()?;
+        let bias = match self.bias_input {
+            Some(i) => bias_view(inputs, i, true)?,
+            None => None,
+        };
+        let bias = bias.map(|b| b.f32s()).transpose()?;
+        let out = first_output(outputs)?.f32s_mut()?;
+        self.conv.run(&self.pool, x, bias, out)
+    }
+
+    fn name(&self) -> &str {
+        "transpose_conv/f32/gemm"
+    }
+
+    fn memory_bytes(&self) -> usize {
+        self.conv.packed_bytes()
+    }
 }
 
 /// Plain scatter loops, the oracle of the optimized kernels.
@@ -673,6 +756,40 @@ mod tests {
     fn float_matches_litert() {
         for c in variants(DType::F32) {
             check(&c);
+        }
+    }
+
+    #[test]
+    fn optimized_float_matches_reference() {
+        let b = base(DType::F32);
+        let mut cases = variants(DType::F32);
+        cases.extend([
+            // Taps that do not overlap (kernel = stride), as MediaPipe's upsampler.
+            Case {
+                input: [1, 6, 7, 16],
+                filter: [2, 2, 2],
+                ..b.clone()
+            },
+            Case {
+                input: [1, 5, 3, 20],
+                filter: [17, 3, 3],
+                stride: (1, 1),
+                act: Activation::Relu,
+                bias: false,
+                ..b
+            },
+        ]);
+        for c in cases {
+            // MediaPipe's op always has a bias.
+            for custom in [false, true].into_iter().filter(|&m| !m || c.bias) {
+                let x = input_of(&c);
+                crate::optimized::kernels::testing::assert_optimized_matches_reference(
+                    &format!("{c:?} custom {custom}"),
+                    &build(&c, custom),
+                    &[x],
+                    "transpose_conv/f32/gemm",
+                );
+            }
         }
     }
 

@@ -114,7 +114,7 @@ impl Conv2dF32 {
                 m,
                 input,
                 g.in_c,
-                &self.packed,
+                self.packed.as_ref(),
                 output,
                 g.out_c,
                 self.clamp,
@@ -156,7 +156,16 @@ impl Conv2dF32 {
                         // SAFETY: tile rows hold k floats; output pointers as above;
                         // this task alone writes pixels r0..r1 × panels p0..p1.
                         unsafe {
-                            panel_kernel(self.isa, rows, &ap, &self.packed, p, &cr, nr, self.clamp)
+                            panel_kernel(
+                                self.isa,
+                                rows,
+                                &ap,
+                                self.packed.as_ref(),
+                                p,
+                                &cr,
+                                nr,
+                                self.clamp,
+                            )
                         };
                     }
                     r += rows;

@@ -141,14 +141,98 @@ impl PackedB {
         self.n.div_ceil(NR)
     }
 
-    fn panel(&self, p: usize) -> &[f32] {
-        let stride = (self.k + 1) * NR;
-        &self.data[p * stride..(p + 1) * stride]
+    /// A borrowed view, what the kernels take.
+    pub fn as_ref(&self) -> PackedRef<'_> {
+        PackedRef {
+            k: self.k,
+            n: self.n,
+            data: &self.data,
+        }
     }
 
     /// Bytes held, for memory reports.
     pub fn bytes(&self) -> usize {
         self.data.len() * 4
+    }
+}
+
+/// Floats a packing of a `k × n` matrix takes (see [`PackedB`]).
+pub fn packed_len(k: usize, n: usize) -> usize {
+    n.div_ceil(NR) * (k + 1) * NR
+}
+
+/// Packs a matrix known only at run time (BATCH_MATMUL's right operand, weights passed
+/// into a subgraph) into `buf`, which must hold [`packed_len`]`(k, n)` floats; no bias.
+/// `w` is `[k][n]` when `transposed` is false, `[n][k]` when true.
+pub fn pack_runtime(
+    buf: &mut [f32],
+    w: &[f32],
+    k: usize,
+    n: usize,
+    transposed: bool,
+) -> Result<(), KernelError> {
+    if buf.len() != packed_len(k, n) || w.len() != k * n {
+        return Err(KernelError::shape(format!(
+            "packing k={k}, n={n}: {} source and {} packed floats",
+            w.len(),
+            buf.len()
+        )));
+    }
+    let stride = (k + 1) * NR;
+    for (p, panel) in buf.chunks_exact_mut(stride).enumerate() {
+        let c0 = p * NR;
+        let cols = NR.min(n - c0);
+        if transposed {
+            // Column j of the panel is row c0 + j of w, contiguous in kk.
+            if cols < NR {
+                panel.fill(0.0);
+            }
+            for j in 0..cols {
+                let src = &w[(c0 + j) * k..(c0 + j + 1) * k];
+                for (kk, &v) in src.iter().enumerate() {
+                    panel[kk * NR + j] = v;
+                }
+            }
+        } else {
+            for (kk, dst) in panel.chunks_exact_mut(NR).take(k).enumerate() {
+                dst[..cols].copy_from_slice(&w[kk * n + c0..kk * n + c0 + cols]);
+                dst[cols..].fill(0.0);
+            }
+        }
+        panel[k * NR..].fill(0.0);
+    }
+    Ok(())
+}
+
+/// Packed weights as the micro-kernels read them: owned by a [`PackedB`], or a packing
+/// made at run time by [`pack_runtime`].
+#[derive(Clone, Copy, Debug)]
+pub struct PackedRef<'a> {
+    pub k: usize,
+    pub n: usize,
+    data: &'a [f32],
+}
+
+impl<'a> PackedRef<'a> {
+    /// A view of `data`, which must hold [`packed_len`]`(k, n)` floats.
+    pub fn new(k: usize, n: usize, data: &'a [f32]) -> Result<Self, KernelError> {
+        if data.len() != packed_len(k, n) {
+            return Err(KernelError::shape(format!(
+                "packed k={k}, n={n} needs {} floats, has {}",
+                packed_len(k, n),
+                data.len()
+            )));
+        }
+        Ok(PackedRef { k, n, data })
+    }
+
+    pub fn panels(&self) -> usize {
+        self.n.div_ceil(NR)
+    }
+
+    fn panel(&self, p: usize) -> &'a [f32] {
+        let stride = (self.k + 1) * NR;
+        &self.data[p * stride..(p + 1) * stride]
     }
 }
 
@@ -163,7 +247,7 @@ pub unsafe fn panel_kernel(
     isa: Isa,
     rows: usize,
     a: &[*const f32; MR],
-    packed: &PackedB,
+    packed: PackedRef<'_>,
     p: usize,
     c: &[*mut f32; MR],
     nr: usize,
@@ -389,7 +473,7 @@ unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
 /// `C[m][n] = clamp(A[m][k] · B + bias)` with A rows `lda` floats apart and C rows
-/// `ldc` apart.
+/// `ldc` apart, split across the pool.
 #[allow(clippy::too_many_arguments)]
 pub fn gemm(
     isa: Isa,
@@ -397,15 +481,83 @@ pub fn gemm(
     m: usize,
     a: &[f32],
     lda: usize,
-    packed: &PackedB,
+    packed: PackedRef<'_>,
     c: &mut [f32],
     ldc: usize,
     clamp: (f32, f32),
 ) -> Result<(), KernelError> {
-    let (k, n) = (packed.k, packed.n);
-    if m == 0 || n == 0 {
+    if m == 0 || packed.n == 0 {
         return Ok(());
     }
+    check_gemm(m, a, lda, packed, c, ldc)?;
+    let panels = packed.panels();
+    let split = Split::new(m, isa.mr(), panels, pool.threads());
+    let cptr = SendPtr(c.as_mut_ptr());
+    let aptr = a.as_ptr() as usize;
+    pool.run(split.tasks(), &|t| {
+        let (r0, r1, p0, p1) = split.task(t, m, panels);
+        // SAFETY: A and C were checked to hold m rows (check_gemm); this task alone
+        // writes rows r0..r1 × panels p0..p1 of C.
+        unsafe {
+            gemm_block(
+                isa,
+                aptr as *const f32,
+                lda,
+                packed,
+                cptr.get(),
+                ldc,
+                (r0, r1),
+                (p0, p1),
+                clamp,
+            )
+        };
+    });
+    Ok(())
+}
+
+/// [`gemm`] on the calling thread only, for work that is already one task of a split
+/// (a batch of BATCH_MATMUL).
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_serial(
+    isa: Isa,
+    m: usize,
+    a: &[f32],
+    lda: usize,
+    packed: PackedRef<'_>,
+    c: &mut [f32],
+    ldc: usize,
+    clamp: (f32, f32),
+) -> Result<(), KernelError> {
+    if m == 0 || packed.n == 0 {
+        return Ok(());
+    }
+    check_gemm(m, a, lda, packed, c, ldc)?;
+    // SAFETY: checked above; `c` is borrowed mutably for the whole call.
+    unsafe {
+        gemm_block(
+            isa,
+            a.as_ptr(),
+            lda,
+            packed,
+            c.as_mut_ptr(),
+            ldc,
+            (0, m),
+            (0, packed.panels()),
+            clamp,
+        )
+    };
+    Ok(())
+}
+
+fn check_gemm(
+    m: usize,
+    a: &[f32],
+    lda: usize,
+    packed: PackedRef<'_>,
+    c: &[f32],
+    ldc: usize,
+) -> Result<(), KernelError> {
+    let (k, n) = (packed.k, packed.n);
     if lda < k || ldc < n || a.len() < (m - 1) * lda + k || c.len() < (m - 1) * ldc + n {
         return Err(KernelError::shape(format!(
             "gemm m={m} k={k} n={n}: A has {} (lda {lda}), C has {} (ldc {ldc})",
@@ -413,37 +565,50 @@ pub fn gemm(
             c.len()
         )));
     }
-    let panels = packed.panels();
-    let mr = isa.mr();
-    let split = Split::new(m, mr, panels, pool.threads());
-    let cptr = SendPtr(c.as_mut_ptr());
-    let aptr = a.as_ptr() as usize;
-    pool.run(split.tasks(), &|t| {
-        let (r0, r1, p0, p1) = split.task(t, m, panels);
-        let mut r = r0;
-        while r < r1 {
-            let rows = mr.min(r1 - r);
-            let mut ap = [std::ptr::null::<f32>(); MR];
-            for (i, p) in ap.iter_mut().enumerate() {
-                // SAFETY: row r + min(i, rows - 1) < m, so the offset stays inside A
-                // (checked above).
-                *p = unsafe { (aptr as *const f32).add((r + i.min(rows - 1)) * lda) };
-            }
-            for p in p0..p1 {
-                let nr = NR.min(n - p * NR);
-                let mut cr = [std::ptr::null_mut::<f32>(); MR];
-                for (i, q) in cr.iter_mut().enumerate() {
-                    // SAFETY: as for A; columns p*NR .. p*NR+nr <= n <= ldc.
-                    *q = unsafe { cptr.get().add((r + i.min(rows - 1)) * ldc + p * NR) };
-                }
-                // SAFETY: pointers built above are in bounds for k (A) and nr (C)
-                // floats; this task alone writes rows r0..r1 × panels p0..p1.
-                unsafe { panel_kernel(isa, rows, &ap, packed, p, &cr, nr, clamp) };
-            }
-            r += rows;
-        }
-    });
     Ok(())
+}
+
+/// Rows `r0..r1` × panels `p0..p1` of C.
+///
+/// # Safety
+/// `a` must be readable for rows `r0..r1` (`lda` apart, `packed.k` floats each) and `c`
+/// writable for the same rows (`ldc` apart) at columns `p0*NR .. min(p1*NR, n)`, with no
+/// other thread touching that block.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+pub(crate) unsafe fn gemm_block(
+    isa: Isa,
+    a: *const f32,
+    lda: usize,
+    packed: PackedRef<'_>,
+    c: *mut f32,
+    ldc: usize,
+    (r0, r1): (usize, usize),
+    (p0, p1): (usize, usize),
+    clamp: (f32, f32),
+) {
+    let n = packed.n;
+    let mr = isa.mr();
+    let mut r = r0;
+    while r < r1 {
+        let rows = mr.min(r1 - r);
+        let mut ap = [std::ptr::null::<f32>(); MR];
+        for (i, p) in ap.iter_mut().enumerate() {
+            // SAFETY: row r + min(i, rows - 1) < r1, inside A (contract).
+            *p = unsafe { a.add((r + i.min(rows - 1)) * lda) };
+        }
+        for p in p0..p1 {
+            let nr = NR.min(n - p * NR);
+            let mut cr = [std::ptr::null_mut::<f32>(); MR];
+            for (i, q) in cr.iter_mut().enumerate() {
+                // SAFETY: as for A; columns p*NR .. p*NR+nr <= n <= ldc.
+                *q = unsafe { c.add((r + i.min(rows - 1)) * ldc + p * NR) };
+            }
+            // SAFETY: pointers built above are in bounds for k (A) and nr (C) floats.
+            unsafe { panel_kernel(isa, rows, &ap, packed, p, &cr, nr, clamp) };
+        }
+        r += rows;
+    }
 }
 
 #[cfg(test)]
@@ -532,7 +697,7 @@ pub(crate) mod tests {
             let pool = ThreadPool::new(threads);
             for isa in isas() {
                 let mut c = vec![f32::NAN; m * n];
-                gemm(isa, &pool, m, &a, k, &packed, &mut c, n, clamp).unwrap();
+                gemm(isa, &pool, m, &a, k, packed.as_ref(), &mut c, n, clamp).unwrap();
                 assert_close(&c, &want, 1e-5);
             }
         }
@@ -560,6 +725,19 @@ pub(crate) mod tests {
         let pool = ThreadPool::new(1);
         let mut c = vec![0.0; 2];
         let clamp = (f32::NEG_INFINITY, f32::INFINITY);
-        assert!(gemm(Isa::Portable, &pool, 2, &[0.0; 5], 3, &p, &mut c, 2, clamp).is_err());
+        assert!(
+            gemm(
+                Isa::Portable,
+                &pool,
+                2,
+                &[0.0; 5],
+                3,
+                p.as_ref(),
+                &mut c,
+                2,
+                clamp
+            )
+            .is_err()
+        );
     }
 }

@@ -19,7 +19,8 @@ use super::gemm::{Isa, PackedB, clamp_of, gemm};
 use super::pool::{ThreadPool, shared_pool};
 use crate::util::conv_output_size;
 
-fn constant_f32(meta: &TensorMeta<'_>) -> Option<Vec<f32>> {
+/// A float tensor's values when they are known at prepare.
+pub(crate) fn constant_f32(meta: &TensorMeta<'_>) -> Option<Vec<f32>> {
     if meta.dtype != DType::F32 {
         return None;
     }
@@ -256,7 +257,7 @@ impl OpKernel for FcKernel {
             m,
             x,
             k,
-            &self.packed,
+            self.packed.as_ref(),
             y,
             n,
             self.clamp,

@@ -13,6 +13,7 @@
 // sound in a `SAFETY:` comment.
 #![allow(unsafe_code)]
 
+pub mod batch_matmul;
 pub mod conv;
 pub mod depthwise;
 pub mod gemm;
@@ -23,6 +24,7 @@ pub mod qdepthwise;
 pub mod qelementwise;
 pub mod qgemm;
 pub mod qkernels;
+pub mod transpose_conv;
 
 pub use conv::{Conv2dF32, ConvGeom};
 pub use depthwise::DepthwiseF32;

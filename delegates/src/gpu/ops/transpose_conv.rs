@@ -25,6 +25,7 @@ fn plan(v: &NodeView<'_>) -> Result<Plan, String> {
         node: v.node,
         inputs: v.inputs.to_vec(),
         outputs: v.outputs.to_vec(),
+        intermediates: Vec::new(),
         threads: 1,
     };
     let p = prepare_params(&ctx).map_err(|e| e.to_string())?;
