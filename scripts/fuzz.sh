@@ -20,9 +20,9 @@ TARGETS=("$@")
 
 command -v cargo-fuzz >/dev/null || { echo "needs cargo-fuzz: cargo install cargo-fuzz" >&2; exit 2; }
 if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
-  FUZZ=(cargo +nightly fuzz run --release --debug-assertions)
+  FUZZ=(cargo +nightly fuzz run --fuzz-dir fuzz --release --debug-assertions)
 else
-  FUZZ=(cargo fuzz run -s none --release --debug-assertions)
+  FUZZ=(cargo fuzz run --fuzz-dir fuzz -s none --release --debug-assertions)
 fi
 
 WORK=fuzz/work
@@ -35,13 +35,16 @@ SWITCHYARD_FUZZ_SEEDS="$PWD/$WORK/seeds" \
 status=0
 for t in "${TARGETS[@]}"; do
   mkdir -p "$WORK/$t" "fuzz/artifacts/$t"
-  seeds=("fuzz/corpus/$t")
-  [ -d "$WORK/seeds/$t" ] && seeds+=("$WORK/seeds/$t")
+  seeds=("$PWD/fuzz/corpus/$t")
+  [ -d "$WORK/seeds/$t" ] && seeds+=("$PWD/$WORK/seeds/$t")
   log="$WORK/$t.log"
   echo "fuzzing $t for $MINUTES min (log: $log)"
-  if ! (cd fuzz && "${FUZZ[@]}" "$t" "../$WORK/$t" "${seeds[@]/#/../}" -- \
+  # The first corpus directory is where libFuzzer adds what it finds; the committed
+  # seeds are only read.
+  if ! "${FUZZ[@]}" "$t" "$PWD/$WORK/$t" "${seeds[@]}" -- \
         -max_total_time=$((MINUTES * 60)) -timeout=10 -rss_limit_mb=2048 \
-        -max_len=8388608 -artifact_prefix="artifacts/$t/" -print_final_stats=1) >"$log" 2>&1; then
+        -max_len=8388608 -artifact_prefix="$PWD/fuzz/artifacts/$t/" \
+        -print_final_stats=1 >"$log" 2>&1; then
     status=1
   fi
   runs=$(grep -Eo 'stat::number_of_executed_units: *[0-9]+' "$log" | grep -Eo '[0-9]+$' | tail -1 || true)

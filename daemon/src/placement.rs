@@ -375,7 +375,9 @@ mod tests {
     fn a_panic_while_placing_is_internal_and_poisons_nothing() {
         let cfg = Config::default();
         let placer = Placer::in_memory(&cfg, vec![Arc::new(Panicking)]);
-        let model = Arc::new(Model::from_bytes(&switchyard_interpreter::example_models::add_constant(1.0)).unwrap());
+        let model = Arc::new(
+            Model::from_bytes(&switchyard_interpreter::example_models::add_constant(1.0)).unwrap(),
+        );
         for _ in 0..2 {
             let e = placer
                 .place(model.clone(), "0000")
