@@ -42,7 +42,9 @@ impl Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
         let socket = dir.path().join("switchyard.sock");
         let mut toml = format!(
-            "[daemon]\nsocket = \"{}\"\nstate_dir = \"{}\"\n",
+            "[daemon]\nsocket = \"{}\"\nstate_dir = \"{}\"\n\
+             # The concurrent-load part loads a dozen small models as one tenant.\n\
+             [daemon.quota]\nmodels = 64\n",
             socket.display(),
             dir.path().join("state").display()
         );
