@@ -301,18 +301,26 @@ fn build(ctx: &PrepareCtx<'_>, optimized: bool) -> Result<PreparedKernel, Kernel
                 let v = if relu_like {
                     // Requantize, then clamp to the activation's range (as LiteRT's
                     // quantized ReLU does).
-                    let scaled = zo + multiply_by_quantized_multiplier(q - zi, m, shift);
-                    let q_of = |f: f32| zo + (f / so).round() as i32;
+                    let scaled = zo.saturating_add(multiply_by_quantized_multiplier(
+                        q.saturating_sub(zi),
+                        m,
+                        shift,
+                    ));
+                    let q_of = |f: f32| zo.saturating_add((f / so).round() as i32);
                     let (lo, hi) = match op {
                         BuiltinOp::Relu => (qmin.max(zo), qmax),
                         BuiltinOp::Relu6 => (qmin.max(zo), qmax.min(q_of(6.0))),
                         _ => (qmin.max(q_of(-1.0)), qmax.min(q_of(1.0))),
                     };
-                    scaled.clamp(lo, hi)
+                    // min then max, as LiteRT clamps: a hostile output zero point can
+                    // put `lo` above `hi`, which `clamp` would panic on.
+                    scaled.min(hi).max(lo)
                 } else {
-                    let real = si * (q - zi) as f32;
+                    let real = si * q.saturating_sub(zi) as f32;
                     let y = f(real, param);
-                    ((y / so).round() as i32 + zo).clamp(qmin, qmax)
+                    ((y / so).round() as i32)
+                        .saturating_add(zo)
+                        .clamp(qmin, qmax)
                 };
                 let idx = if x.dtype == DType::I8 {
                     (q as i8) as u8

@@ -277,8 +277,10 @@ impl OpKernel for Quantize {
                 qmax,
             } => {
                 for i in 0..n {
-                    let q = load_q(x.bytes, *in_dtype, i) - zp_in;
-                    let v = (multiply_by_quantized_multiplier(q, m.0, m.1) + zp_out)
+                    // Saturating: zero points come from the model file.
+                    let q = load_q(x.bytes, *in_dtype, i).saturating_sub(*zp_in);
+                    let v = multiply_by_quantized_multiplier(q, m.0, m.1)
+                        .saturating_add(*zp_out)
                         .clamp(*qmin, *qmax);
                     store_q(out.bytes, *odt, i, v);
                 }
