@@ -56,6 +56,11 @@ impl Model {
     }
 
     /// The async handle underneath.
+    /// A run channel for this model (see [`crate::FastChannel`]).
+    pub fn fast_channel(&self, pool: &ShmPool) -> Result<crate::FastChannel, ClientError> {
+        self.rt.block_on(self.inner.fast_channel(pool))
+    }
+
     pub fn as_async(&self) -> &crate::Model {
         &self.inner
     }
@@ -78,6 +83,11 @@ pub struct Session {
 }
 
 impl Session {
+    /// A run channel whose runs continue this session's stream.
+    pub fn fast_channel(&self, pool: &ShmPool) -> Result<crate::FastChannel, ClientError> {
+        self.rt.block_on(self.inner.fast_channel(pool))
+    }
+
     pub fn id(&self) -> u64 {
         self.inner.id()
     }

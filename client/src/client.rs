@@ -220,6 +220,16 @@ impl Client {
         })
     }
 
+    /// The shared-memory side socket next to the gRPC socket (Unix only).
+    pub(crate) fn side_socket_path(&self) -> Result<PathBuf, ClientError> {
+        match &self.target {
+            Target::Unix(p) => Ok(p.with_extension("shm")),
+            Target::Tcp => Err(ClientError::Invalid(
+                "shared memory needs the Unix socket".into(),
+            )),
+        }
+    }
+
     fn request<T>(&self, msg: T) -> Result<Request<T>, ClientError> {
         Ok(Request::new(msg))
     }

@@ -12,6 +12,9 @@
 //!   carries wire codes.
 //! - [`ShmPool`]: a sealed memfd registered with the daemon, carved into
 //!   [`ShmSlice`]s; [`ShmRegion`] is the raw region underneath.
+//! - [`FastChannel`]: a run channel (`Model::fast_channel`): runs whose tensors are in
+//!   a pool go through a shared-memory mailbox instead of gRPC, same checks and
+//!   scheduling in the daemon, a fraction of the per-request cost.
 //! - [`blocking`]: the same API for apps without an async runtime.
 //!
 //! ```no_run
@@ -28,6 +31,7 @@
 
 mod client;
 mod dtype;
+mod fastpath;
 mod model;
 mod pool;
 mod shm;
@@ -36,6 +40,7 @@ pub mod blocking;
 
 pub use client::{BearerAuth, Client, RunOptions, RunOutput, Tensor};
 pub use dtype::{DType, Element};
+pub use fastpath::{DEFAULT_SPIN, FastChannel, FastOutput, FastOutputs};
 pub use model::{
     Model, ModelMeta, Output, OutputData, Outputs, Priority, Run, Session, TensorSpec, Timing,
 };

@@ -313,7 +313,7 @@ pub fn shm_side(data: &[u8]) {
             };
             let _ = tokio::time::timeout(
                 Duration::from_secs(5),
-                crate::shm::serve_connection(server, regions2, stop_rx),
+                crate::shm::serve_connection(server, regions2, Arc::default(), stop_rx),
             )
             .await;
         });

@@ -20,6 +20,8 @@
 //! - [`sessions`]: tenants' sessions (one stream's state each) and who opened them.
 //! - [`debug_hooks`]: test-only hooks, compiled into debug builds only.
 //! - [`shm`]: memfd regions received over SCM_RIGHTS, range checks.
+//! - [`fastpath`]: run channels: a shared-memory mailbox per (model, session) whose
+//!   requests go through the same checks, arbiter and accounting as gRPC runs.
 //! - [`fdpass`]: receiving descriptors so that none can leak, whatever the sender does.
 //! - [`limits`]: connection budgets per listener and per peer, idle connections closed.
 //! - [`auth`]: the caller identified from headers before any body is read; per-tenant
@@ -46,6 +48,7 @@ pub mod auth;
 pub mod authority;
 pub mod debug_hooks;
 pub mod error;
+pub mod fastpath;
 pub mod fdpass;
 pub mod fuzzing;
 pub mod limits;

@@ -257,6 +257,7 @@ pub async fn run(
     tasks.spawn(shm::serve(
         shm_listener,
         state.regions.clone(),
+        state.channels.clone(),
         ConnLimiter::new(
             "shm side socket",
             l.shm_connections,

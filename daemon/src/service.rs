@@ -48,6 +48,8 @@ pub struct State {
     active: Arc<AtomicUsize>,
     /// Worker processes: validation and vendor plugins run there (crate::worker).
     pub workers: Arc<WorkerPool>,
+    /// Shared-memory run channels, reserved and live (crate::fastpath).
+    pub channels: Arc<crate::fastpath::Channels>,
 }
 
 /// Counts one executing handler for as long as it lives.
@@ -86,6 +88,7 @@ impl State {
             next_request: AtomicU64::new(1),
             active: Arc::new(AtomicUsize::new(0)),
             workers,
+            channels: Arc::default(),
             config,
             full,
         })
@@ -674,6 +677,149 @@ pub async fn reap_sessions(state: Arc<State>) {
     }
 }
 
+/// One run, from a checked caller to its response: the request's checks, admission, the
+/// arbiter, tenant accounting and metrics. The gRPC `Run` and the run channels
+/// (crate::fastpath) both come through here, so the two paths cannot drift apart.
+pub(crate) async fn run_request(
+    state: &Arc<State>,
+    caller: Caller,
+    r: v1::RunRequest,
+) -> Result<v1::RunResponse, DaemonError> {
+    let request_id = state.next_request.fetch_add(1, Ordering::Relaxed);
+    let client_request_id = client_request_id(&r.client_request_id)?;
+    let span = info_span!(
+        "run",
+        tenant = %caller.tenant,
+        model = %r.model_id,
+        request_id,
+        client_request_id
+    );
+    let outer = state;
+    let state = state.clone();
+    let tenant = caller.tenant.clone();
+    let outcome = async move {
+        let handle = state.tenants.handle(&caller, &r.model_id)?;
+        let (model_name, processor) =
+            (handle.name.clone(), handle.model.placement.serving.main());
+        let permit = state.tenants.admit(&caller)?;
+        let result = async {
+            let model = handle.model.clone();
+            let inputs = check_inputs(&state, &caller, &model, r.inputs, r.allow_resize)?;
+            let outputs = check_outputs(&state, &caller, &model, r.output_shm)?;
+            let queued = Instant::now();
+            // The lease and the permit move into the work: a client that
+            // disconnects mid-run drops this future, but the in-flight count and
+            // the session stay accounted for until the run really ends.
+            let lease = if r.session_id != 0 {
+                let entry = state.tenants.session(&caller, r.session_id)?;
+                if entry.model_id != r.model_id {
+                    return Err(DaemonError::invalid(format!(
+                        "session {} is on model `{}`, not `{}`",
+                        r.session_id, entry.model_id, r.model_id
+                    )));
+                }
+                Lease::Own(entry.state.clone().lock_owned().await, entry)
+            } else {
+                let slot = model
+                    .slots
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| DaemonError::Internal("model pool closed".into()))?;
+                Lease::Pooled(slot, state.tenants.memory(&caller))
+            };
+            let limits = &state.config.limits;
+            let cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let _cancel_on_drop = CancelOnDrop(cancel.clone());
+            let job = RunJob {
+                request_id,
+                max_nodes: limits.run_max_nodes,
+                max_time: (limits.run_max_ms > 0)
+                    .then(|| std::time::Duration::from_millis(limits.run_max_ms)),
+                cancel,
+                model: model.clone(),
+                lease: Some(lease),
+                inputs,
+                outputs,
+                _permit: permit,
+                result: None,
+                run_us: 0,
+            };
+            let job = state
+                .gate
+                .run(
+                    request_id,
+                    caller.tenant.to_string(),
+                    class_from_wire(r.priority),
+                    r.deadline_ms,
+                    model.placement.serving.clone(),
+                    job,
+                )
+                .await?;
+            let run_us = job.run_us;
+            let tensors = job.result.ok_or_else(|| {
+                DaemonError::Internal("the run ended without a result".into())
+            })?;
+            // Waiting for an interpreter and in the arbiter's queue.
+            let queue_us = (queued.elapsed().as_micros() as u64).saturating_sub(run_us);
+            Ok::<_, DaemonError>((tensors, queue_us, run_us))
+        }
+        .await;
+        match result {
+            Ok((Ok(outputs), queue_us, run_us)) => {
+                state.tenants.record(&caller, true, queue_us, run_us);
+                state.metrics.ran(
+                    &caller.tenant,
+                    &r.model_id,
+                    &model_name,
+                    true,
+                    queue_us,
+                    run_us,
+                    processor,
+                );
+                Ok(v1::RunResponse {
+                    outputs,
+                    timing: Some(v1::Timing { queue_us, run_us }),
+                    request_id,
+                })
+            }
+            Ok((Err(e), queue_us, run_us)) => {
+                state.tenants.record(&caller, false, queue_us, run_us);
+                // A refusal inside the run (e.g. a resize that does not fit) is
+                // counted below with the others.
+                if refusal_reason(&e).is_none() {
+                    state.metrics.ran(
+                        &caller.tenant,
+                        &r.model_id,
+                        &model_name,
+                        false,
+                        queue_us,
+                        run_us,
+                        processor,
+                    );
+                }
+                Err(e)
+            }
+            Err(e) => {
+                state.tenants.record(&caller, false, 0, 0);
+                Err(e)
+            }
+        }
+    }
+    .instrument(span.clone())
+    .await;
+    match outcome {
+        Ok(resp) => Ok(resp),
+        Err(e) => {
+            if let Some(reason) = refusal_reason(&e) {
+                outer.metrics.refused(&tenant, reason);
+            }
+            span.in_scope(|| warn!(error = %e, "run failed"));
+            Err(e)
+        }
+    }
+}
+
 type ChunkStream = Streaming<v1::LoadModelChunk>;
 
 #[tonic::async_trait]
@@ -753,139 +899,17 @@ impl Switchyard for Service {
     async fn run(&self, req: Request<v1::RunRequest>) -> Result<Response<v1::RunResponse>, Status> {
         let _active = self.state.enter();
         let caller = self.state.caller(&req)?;
-        let request_id = self.state.next_request.fetch_add(1, Ordering::Relaxed);
-        let r = req.into_inner();
-        let client_request_id = client_request_id(&r.client_request_id)?;
-        let span = info_span!(
-            "run",
-            tenant = %caller.tenant,
-            model = %r.model_id,
-            request_id,
-            client_request_id
-        );
-        let state = self.state.clone();
-        let tenant = caller.tenant.clone();
-        let outcome = async move {
-            let handle = state.tenants.handle(&caller, &r.model_id)?;
-            let (model_name, processor) =
-                (handle.name.clone(), handle.model.placement.serving.main());
-            let permit = state.tenants.admit(&caller)?;
-            let result = async {
-                let model = handle.model.clone();
-                let inputs = check_inputs(&state, &caller, &model, r.inputs, r.allow_resize)?;
-                let outputs = check_outputs(&state, &caller, &model, r.output_shm)?;
-                let queued = Instant::now();
-                // The lease and the permit move into the work: a client that
-                // disconnects mid-run drops this future, but the in-flight count and
-                // the session stay accounted for until the run really ends.
-                let lease = if r.session_id != 0 {
-                    let entry = state.tenants.session(&caller, r.session_id)?;
-                    if entry.model_id != r.model_id {
-                        return Err(DaemonError::invalid(format!(
-                            "session {} is on model `{}`, not `{}`",
-                            r.session_id, entry.model_id, r.model_id
-                        )));
-                    }
-                    Lease::Own(entry.state.clone().lock_owned().await, entry)
-                } else {
-                    let slot = model
-                        .slots
-                        .clone()
-                        .acquire_owned()
-                        .await
-                        .map_err(|_| DaemonError::Internal("model pool closed".into()))?;
-                    Lease::Pooled(slot, state.tenants.memory(&caller))
-                };
-                let limits = &state.config.limits;
-                let cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
-                let _cancel_on_drop = CancelOnDrop(cancel.clone());
-                let job = RunJob {
-                    request_id,
-                    max_nodes: limits.run_max_nodes,
-                    max_time: (limits.run_max_ms > 0)
-                        .then(|| std::time::Duration::from_millis(limits.run_max_ms)),
-                    cancel,
-                    model: model.clone(),
-                    lease: Some(lease),
-                    inputs,
-                    outputs,
-                    _permit: permit,
-                    result: None,
-                    run_us: 0,
-                };
-                let job = state
-                    .gate
-                    .run(
-                        request_id,
-                        caller.tenant.to_string(),
-                        class_from_wire(r.priority),
-                        r.deadline_ms,
-                        model.placement.serving.clone(),
-                        job,
-                    )
-                    .await?;
-                let run_us = job.run_us;
-                let tensors = job.result.ok_or_else(|| {
-                    DaemonError::Internal("the run ended without a result".into())
-                })?;
-                // Waiting for an interpreter and in the arbiter's queue.
-                let queue_us = (queued.elapsed().as_micros() as u64).saturating_sub(run_us);
-                Ok::<_, DaemonError>((tensors, queue_us, run_us))
-            }
-            .await;
-            match result {
-                Ok((Ok(outputs), queue_us, run_us)) => {
-                    state.tenants.record(&caller, true, queue_us, run_us);
-                    state.metrics.ran(
-                        &caller.tenant,
-                        &r.model_id,
-                        &model_name,
-                        true,
-                        queue_us,
-                        run_us,
-                        processor,
-                    );
-                    Ok(v1::RunResponse {
-                        outputs,
-                        timing: Some(v1::Timing { queue_us, run_us }),
-                        request_id,
-                    })
-                }
-                Ok((Err(e), queue_us, run_us)) => {
-                    state.tenants.record(&caller, false, queue_us, run_us);
-                    // A refusal inside the run (e.g. a resize that does not fit) is
-                    // counted below with the others.
-                    if refusal_reason(&e).is_none() {
-                        state.metrics.ran(
-                            &caller.tenant,
-                            &r.model_id,
-                            &model_name,
-                            false,
-                            queue_us,
-                            run_us,
-                            processor,
-                        );
-                    }
-                    Err(e)
-                }
-                Err(e) => {
-                    state.tenants.record(&caller, false, 0, 0);
-                    Err(e)
-                }
-            }
-        }
-        .instrument(span.clone())
-        .await;
-        match outcome {
-            Ok(resp) => Ok(Response::new(resp)),
-            Err(e) => {
-                if let Some(reason) = refusal_reason(&e) {
-                    self.state.metrics.refused(&tenant, reason);
-                }
-                span.in_scope(|| warn!(error = %e, "run failed"));
-                Err(e.into())
-            }
-        }
+        let resp = run_request(&self.state, caller, req.into_inner()).await?;
+        Ok(Response::new(resp))
+    }
+
+    async fn open_run_channel(
+        &self,
+        req: Request<v1::OpenRunChannelRequest>,
+    ) -> Result<Response<v1::OpenRunChannelResponse>, Status> {
+        let caller = self.state.caller(&req)?;
+        let resp = crate::fastpath::open(&self.state, &caller, req.into_inner())?;
+        Ok(Response::new(resp))
     }
 
     async fn list_regions(

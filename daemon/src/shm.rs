@@ -26,6 +26,7 @@ use tokio::sync::watch;
 use tracing::{Instrument, debug, info_span, warn};
 
 use crate::error::DaemonError;
+use crate::fastpath::{self, CLAIM_BODY, CLAIM_MAGIC, Channels};
 use crate::fdpass;
 use crate::limits::{ConnLimiter, PeerKey};
 use crate::tenant::{TenantId, lock};
@@ -255,6 +256,7 @@ impl Regions {
 pub async fn serve(
     listener: UnixListener,
     regions: Arc<Regions>,
+    channels: Arc<Channels>,
     limiter: Arc<ConnLimiter>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -278,10 +280,11 @@ pub async fn serve(
                         }
                     };
                     let regions = regions.clone();
+                    let channels = channels.clone();
                     let stop = stop.clone();
                     tokio::spawn(async move {
                         let _permit = permit;
-                        serve_connection(stream, regions, stop).await
+                        serve_connection(stream, regions, channels, stop).await
                     });
                 }
                 Err(e) => {
@@ -294,11 +297,13 @@ pub async fn serve(
 }
 
 /// Serves one side connection until the client hangs up, sends something that is not a
-/// registration, or `stop` turns true; then releases every region it registered. Public
-/// for the fuzz target, which drives it over a socketpair.
+/// registration or a channel claim, or `stop` turns true; then releases every region it
+/// registered and stops every run channel it claimed. Public for the fuzz target, which
+/// drives it over a socketpair.
 pub async fn serve_connection(
     mut stream: UnixStream,
     regions: Arc<Regions>,
+    channels: Arc<Channels>,
     mut stop: watch::Receiver<bool>,
 ) {
     let cred = match stream.peer_cred() {
@@ -313,35 +318,80 @@ pub async fn serve_connection(
     let span = info_span!("shm_connection", tenant = %owner, pid);
     async move {
         let mut mine: Vec<u64> = Vec::new();
+        // Dropping a live channel stops it: they all go when this connection does.
+        let mut live: Vec<fastpath::Live> = Vec::new();
         loop {
             let msg = tokio::select! {
                 _ = stop.changed() => break,
                 m = receive(&stream) => m,
             };
-            let reply = match msg {
-                Ok(None) => break,
-                Ok(Some(fd)) => regions.register(owner.clone(), pid, fd),
-                Err(e) => Err(e),
-            };
-            let fatal = reply.is_err();
-            let bytes = match &reply {
-                Ok(r) => {
-                    debug!(region = r.id, bytes = r.len(), "region registered");
-                    mine.push(r.id);
-                    encode_reply(REPLY_OK, r.id, r.len() as u64, "")
+            let (bytes, fds, fatal) = match msg {
+                Ok(Message::End) => break,
+                Ok(Message::Register(fd)) => match regions.register(owner.clone(), pid, fd) {
+                    Ok(r) => {
+                        debug!(region = r.id, bytes = r.len(), "region registered");
+                        mine.push(r.id);
+                        (encode_reply(REPLY_OK, r.id, r.len() as u64, ""), None, false)
+                    }
+                    Err(e) => (encode_reply(REPLY_ERR, 0, 0, &e.to_string()), None, true),
+                },
+                Ok(Message::Claim(body)) => {
+                    match channels.claim(&owner, &body).and_then(fastpath::start) {
+                        Ok((channel, fds)) => {
+                            let reply = encode_reply(
+                                REPLY_OK,
+                                channel.id,
+                                switchyard_proto::fastpath::RING_BYTES as u64,
+                                "",
+                            );
+                            live.push(channel);
+                            (reply, Some(fds), false)
+                        }
+                        Err(e) => (encode_reply(REPLY_ERR, 0, 0, &e.to_string()), None, true),
+                    }
                 }
-                Err(e) => encode_reply(REPLY_ERR, 0, 0, &e.to_string()),
+                Err(e) => (encode_reply(REPLY_ERR, 0, 0, &e.to_string()), None, true),
             };
-            drop(reply);
-            if stream.write_all(&bytes).await.is_err() || fatal {
+            let sent = match &fds {
+                None => stream.write_all(&bytes).await,
+                Some(fds) => {
+                    let raw: Vec<_> = fds.iter().map(|f| f.as_raw_fd()).collect();
+                    send_with_fds(&mut stream, &bytes, &raw).await
+                }
+            };
+            // The client holds its own copies now; the daemon's go.
+            drop(fds);
+            if sent.is_err() || fatal {
                 break;
             }
         }
         regions.release_ids(&mine);
-        debug!(released = mine.len(), "side connection closed");
+        debug!(
+            released = mine.len(),
+            channels = live.len(),
+            "side connection closed"
+        );
     }
     .instrument(span)
     .await
+}
+
+/// Sends a reply with descriptors attached to its first byte.
+async fn send_with_fds(
+    stream: &mut UnixStream,
+    bytes: &[u8],
+    fds: &[std::os::fd::RawFd],
+) -> std::io::Result<()> {
+    let raw = stream.as_raw_fd();
+    let sent = loop {
+        stream.writable().await?;
+        match stream.try_io(Interest::WRITABLE, || fdpass::send(raw, bytes, fds)) {
+            Ok(n) => break n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    };
+    stream.write_all(bytes.get(sent..).unwrap_or(&[])).await
 }
 
 pub fn encode_reply(status: u8, id: u64, size: u64, message: &str) -> Vec<u8> {
@@ -355,10 +405,17 @@ pub fn encode_reply(status: u8, id: u64, size: u64, message: &str) -> Vec<u8> {
     out
 }
 
-/// Reads one registration: the magic header and exactly one fd. `None` at end of stream.
-/// Every descriptor that arrives is owned from the moment it is received, so each error
-/// below closes all of them.
-async fn receive(stream: &UnixStream) -> Result<Option<OwnedFd>, DaemonError> {
+/// One message on the side socket.
+enum Message {
+    End,
+    Register(OwnedFd),
+    Claim([u8; CLAIM_BODY]),
+}
+
+/// Reads one message: a registration (the magic header and exactly one fd) or a run
+/// channel claim (its header and 24 bytes, no fd). Every descriptor that arrives is
+/// owned from the moment it is received, so each error below closes all of them.
+async fn receive(stream: &UnixStream) -> Result<Message, DaemonError> {
     let raw = stream.as_raw_fd();
     let mut header = [0u8; REGISTER_MAGIC.len()];
     let got = loop {
@@ -372,11 +429,33 @@ async fn receive(stream: &UnixStream) -> Result<Option<OwnedFd>, DaemonError> {
             Err(e) => return Err(DaemonError::io("shm side socket", e)),
         }
     };
-    parse_registration(
-        &header[..got.bytes.min(header.len())],
-        got.fds,
-        got.truncated,
-    )
+    let head = &header[..got.bytes.min(header.len())];
+    if head == CLAIM_MAGIC {
+        if !got.fds.is_empty() || got.truncated {
+            return Err(DaemonError::Shm(
+                "a run channel claim carries no descriptor".into(),
+            ));
+        }
+        let mut body = [0u8; CLAIM_BODY];
+        let mut filled = 0;
+        while filled < CLAIM_BODY {
+            stream
+                .readable()
+                .await
+                .map_err(|e| DaemonError::io("shm side socket", e))?;
+            match stream.try_read(&mut body[filled..]) {
+                Ok(0) => return Err(DaemonError::Shm("run channel claim cut short".into())),
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(DaemonError::io("shm side socket", e)),
+            }
+        }
+        return Ok(Message::Claim(body));
+    }
+    Ok(match parse_registration(head, got.fds, got.truncated)? {
+        None => Message::End,
+        Some(fd) => Message::Register(fd),
+    })
 }
 
 /// Checks one received message: exactly the magic header, exactly one descriptor.
@@ -541,7 +620,7 @@ mod tests {
             client.set_nonblocking(false).unwrap();
             fdpass::send(client.as_raw_fd(), &REGISTER_MAGIC, &raw).unwrap();
             drop(fds);
-            serve_connection(server, regions.clone(), stop.clone()).await;
+            serve_connection(server, regions.clone(), Arc::default(), stop.clone()).await;
             let mut reply = Vec::new();
             use std::io::Read;
             (&client).read_to_end(&mut reply).unwrap();
