@@ -283,9 +283,7 @@ impl FastChannel {
             // readable there is its hang-up.
             if p[1].revents != 0 && resp.load(Ordering::SeqCst) != self.seq {
                 idle.store(0, Ordering::SeqCst);
-                return Err(ClientError::Shm(
-                    "the daemon closed the run channel".into(),
-                ));
+                return Err(ClientError::Shm("the daemon closed the run channel".into()));
             }
         }
     }

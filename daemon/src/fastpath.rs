@@ -462,8 +462,15 @@ impl Ctx {
                     .unwrap_or([0u8; RESPONSE_LEN])
             });
             self.ring.write(wire::RESPONSE_AT, &bytes);
-            self.ring.u64_at(wire::RESP_SEQ_AT).store(seq, Ordering::SeqCst);
-            if self.ring.u32_at(wire::CLIENT_IDLE_AT).load(Ordering::SeqCst) != 0 {
+            self.ring
+                .u64_at(wire::RESP_SEQ_AT)
+                .store(seq, Ordering::SeqCst);
+            if self
+                .ring
+                .u32_at(wire::CLIENT_IDLE_AT)
+                .load(Ordering::SeqCst)
+                != 0
+            {
                 ring_eventfd(self.completion.as_raw_fd());
             }
             last = seq;

@@ -699,8 +699,7 @@ pub(crate) async fn run_request(
     let tenant = caller.tenant.clone();
     let outcome = async move {
         let handle = state.tenants.handle(&caller, &r.model_id)?;
-        let (model_name, processor) =
-            (handle.name.clone(), handle.model.placement.serving.main());
+        let (model_name, processor) = (handle.name.clone(), handle.model.placement.serving.main());
         let permit = state.tenants.admit(&caller)?;
         let result = async {
             let model = handle.model.clone();
@@ -757,9 +756,9 @@ pub(crate) async fn run_request(
                 )
                 .await?;
             let run_us = job.run_us;
-            let tensors = job.result.ok_or_else(|| {
-                DaemonError::Internal("the run ended without a result".into())
-            })?;
+            let tensors = job
+                .result
+                .ok_or_else(|| DaemonError::Internal("the run ended without a result".into()))?;
             // Waiting for an interpreter and in the arbiter's queue.
             let queue_us = (queued.elapsed().as_micros() as u64).saturating_sub(run_us);
             Ok::<_, DaemonError>((tensors, queue_us, run_us))

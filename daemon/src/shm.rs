@@ -331,7 +331,11 @@ pub async fn serve_connection(
                     Ok(r) => {
                         debug!(region = r.id, bytes = r.len(), "region registered");
                         mine.push(r.id);
-                        (encode_reply(REPLY_OK, r.id, r.len() as u64, ""), None, false)
+                        (
+                            encode_reply(REPLY_OK, r.id, r.len() as u64, ""),
+                            None,
+                            false,
+                        )
                     }
                     Err(e) => (encode_reply(REPLY_ERR, 0, 0, &e.to_string()), None, true),
                 },

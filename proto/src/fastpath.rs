@@ -211,7 +211,9 @@ impl RequestFrame {
         let priority = u32_at(b, 8) as i32;
         let flags = u32_at(b, 12);
         if flags & !1 != 0 {
-            return Err(FrameError::Reserved("flags other than bit 0 (allow_resize)"));
+            return Err(FrameError::Reserved(
+                "flags other than bit 0 (allow_resize)",
+            ));
         }
         if u64_at(b, 24) != 0 {
             return Err(FrameError::Reserved("the request's bytes 24..32"));
@@ -406,7 +408,9 @@ mod tests {
         b[12] = 2;
         assert_eq!(
             RequestFrame::decode(&b),
-            Err(FrameError::Reserved("flags other than bit 0 (allow_resize)"))
+            Err(FrameError::Reserved(
+                "flags other than bit 0 (allow_resize)"
+            ))
         );
         let mut b = [0u8; REQUEST_LEN];
         b[0] = 1;
