@@ -63,7 +63,7 @@ pub struct FastChannel {
     /// the channel is gone.
     side: UnixStream,
     seq: u64,
-    spin: Duration,
+    spin: wire::AdaptiveSpin,
     priority: Priority,
     deadline_ms: u64,
     /// Keeps the pool's region registered while the channel may name it.
@@ -74,7 +74,7 @@ impl std::fmt::Debug for FastChannel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FastChannel")
             .field("id", &self.id)
-            .field("spin", &self.spin)
+            .field("spin", &self.spin.next())
             .finish()
     }
 }
@@ -139,7 +139,7 @@ impl FastChannel {
             completion,
             side,
             seq: 0,
-            spin: Duration::from_micros(u64::from(reply.spin_us)),
+            spin: wire::AdaptiveSpin::new(Duration::from_micros(u64::from(reply.spin_us))),
             priority: Priority::default(),
             deadline_ms: 0,
             _pool: pool.clone(),
@@ -242,15 +242,19 @@ impl FastChannel {
         ResponseFrame::decode(&b).map_err(|e| ClientError::Shm(format!("bad answer frame: {e}")))
     }
 
-    fn wait_answer(&self) -> Result<(), ClientError> {
+    fn wait_answer(&mut self) -> Result<(), ClientError> {
+        let limit = self.spin.next();
         let resp = self.u64_at(wire::RESP_SEQ_AT);
         let started = Instant::now();
-        while started.elapsed() < self.spin {
+        while started.elapsed() < limit {
             if resp.load(Ordering::SeqCst) == self.seq {
+                self.spin.record(true);
                 return Ok(());
             }
             std::hint::spin_loop();
         }
+        self.spin.record(false);
+        let resp = self.u64_at(wire::RESP_SEQ_AT);
         let idle = self.u32_at(wire::CLIENT_IDLE_AT);
         loop {
             idle.store(1, Ordering::SeqCst);

@@ -1,8 +1,12 @@
 //! Per-request overhead of the daemon: the same model run in-process and through a
 //! separate `switchyardd` process (this package's binary, embedded defaults, a temporary
-//! Unix socket, the real client), with tensors inline and in shared memory, for 1 KiB
-//! and 4 MiB tensors. Prints medians and the ratio daemon / in-process, next to the
-//! floor: a 1 KiB round trip on a bare Unix socket pair between two threads.
+//! Unix socket, the real client), over a run channel (the fast path, shared memory, no
+//! gRPC per run) and over gRPC with tensors in shared memory and inline, for 1 KiB and
+//! 4 MiB tensors. Prints medians and the ratio daemon / in-process, next to the floor:
+//! a 1 KiB round trip on a bare Unix socket pair between two threads. For the fast path
+//! it also prints the median of what the daemon reports as queueing (lease, arbiter
+//! queue and the handoff to the thread that runs the model and back), the part of the
+//! overhead that is scheduling rather than transport.
 //!
 //! `cargo bench -p switchyard-daemon --bench overhead`
 // The old client entry points (string ids, parallel output vectors) are deprecated;
@@ -61,6 +65,24 @@ where
         v.push(t.elapsed());
     }
     median(v)
+}
+
+/// As `time`, for the fast path, whose runs block the calling thread.
+fn time_sync(runs: usize, mut f: impl FnMut()) -> Duration {
+    for _ in 0..runs.div_ceil(10) {
+        f();
+    }
+    let mut v = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let t = Instant::now();
+        f();
+        v.push(t.elapsed());
+    }
+    median(v)
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
 }
 
 fn ms(d: Duration) -> f64 {
@@ -157,8 +179,15 @@ async fn main() {
     let mut client = Client::connect_unix(&socket).await.expect("connect");
 
     println!(
-        "{:<8} {:>12} {:>12} {:>12} {:>14} {:>14}",
-        "tensor", "in-process", "daemon inl", "daemon shm", "ratio inline", "ratio shm"
+        "{:<8} {:>12} {:>12} {:>12} {:>12} {:>11} {:>11} {:>11}",
+        "tensor",
+        "in-process",
+        "fast path",
+        "gRPC shm",
+        "gRPC inline",
+        "ratio fast",
+        "ratio shm",
+        "ratio inl"
     );
     for (label, bytes, runs) in [("1 KiB", 1usize << 10, 2000usize), ("4 MiB", 4 << 20, 60)] {
         let n = bytes / 4;
@@ -182,7 +211,8 @@ async fn main() {
         })
         .await;
 
-        let info = client.load_model("bench", model_bytes).await.expect("load");
+        let model = client.load_bytes("bench", model_bytes).await.expect("load");
+        let info = model.meta().clone();
         let inline = time(runs, || {
             let mut c = client.clone();
             let id = info.id.clone();
@@ -217,19 +247,53 @@ async fn main() {
         assert_eq!(&got[..4], &1.0f32.to_le_bytes());
         drop(region);
 
+        let pool = client.shm_pool(2 * bytes + 4096).expect("pool");
+        let fast_in = pool.tensor(&x).expect("input");
+        let fast_out = pool.alloc(bytes).expect("output");
+        let mut channel = model.fast_channel(&pool).await.expect("run channel");
+        let mut queued = Vec::with_capacity(runs);
+        let fast = time_sync(runs, || {
+            let out = channel.run(&[&fast_in], &[&fast_out]).expect("run");
+            queued.push(out.timing.queue);
+            std::hint::black_box(out);
+        });
+        let checked = channel.run(&[&fast_in], &[&fast_out]).expect("run");
+        assert_eq!(checked.outputs[0].length, bytes as u64);
+        assert_eq!(&fast_out.bytes()[..4], &1.0f32.to_le_bytes());
+        let queue = median(queued);
+        let mut lazy = model
+            .fast_channel_spin(&pool, Duration::ZERO)
+            .await
+            .expect("run channel");
+        let no_spin = time_sync(runs, || {
+            std::hint::black_box(lazy.run(&[&fast_in], &[&fast_out]).expect("run"));
+        });
+        drop((channel, lazy, fast_in, fast_out, pool));
+
+        let ratio = |d: Duration| d.as_secs_f64() / local.as_secs_f64();
         println!(
-            "{label:<8} {:>9.3} ms {:>9.3} ms {:>9.3} ms {:>13.1}x {:>13.1}x",
+            "{label:<8} {:>9.3} ms {:>9.3} ms {:>9.3} ms {:>9.3} ms {:>10.1}x {:>10.1}x {:>10.1}x",
             ms(local),
-            ms(inline),
+            ms(fast),
             ms(shm),
-            inline.as_secs_f64() / local.as_secs_f64(),
-            shm.as_secs_f64() / local.as_secs_f64()
+            ms(inline),
+            ratio(fast),
+            ratio(shm),
+            ratio(inline)
         );
         println!(
-            "{:<8} overhead per request: inline {:.3} ms, shm {:.3} ms",
+            "{:<8} overhead per request: fast path {:.1} us (without spinning {:.1} us), gRPC shm {:.1} us, gRPC inline {:.1} us; socketpair floor {:.1} us",
             "",
-            ms(inline.saturating_sub(local)),
-            ms(shm.saturating_sub(local))
+            us(fast.saturating_sub(local)),
+            us(no_spin.saturating_sub(local)),
+            us(shm.saturating_sub(local)),
+            us(inline.saturating_sub(local)),
+            us(floor)
+        );
+        println!(
+            "{:<8} fast path: the daemon reports a median {:.1} us of queueing (lease, arbiter, handoff to the run thread and back)",
+            "",
+            us(queue)
         );
     }
     drop(daemon);

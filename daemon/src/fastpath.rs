@@ -443,7 +443,8 @@ impl Ctx {
         info!(session = self.p.session_id, "run channel open");
         let mut last = 0u64;
         let mut served = 0u64;
-        while let Some(seq) = self.next_request(last) {
+        let mut spin = wire::AdaptiveSpin::new(self.p.spin);
+        while let Some(seq) = self.next_request(last, &mut spin) {
             let frame = self.ring.copy_request();
             let answer = if seq != last.wrapping_add(1) {
                 Some(error_frame(
@@ -479,24 +480,27 @@ impl Ctx {
         info!(served, "run channel closed");
     }
 
-    /// The next request's sequence number: spins `spin`, then sleeps on the doorbell.
-    /// `None` once the channel is closed.
-    fn next_request(&self, last: u64) -> Option<u64> {
+    /// The next request's sequence number: spins (adaptively, up to the channel's
+    /// spin), then sleeps on the doorbell. `None` once the channel is closed.
+    fn next_request(&self, last: u64, spin: &mut wire::AdaptiveSpin) -> Option<u64> {
         let seq = self.ring.u64_at(wire::REQ_SEQ_AT);
         let started = Instant::now();
+        let limit = spin.next();
         loop {
             if self.closer.is_closed() {
                 return None;
             }
             let s = seq.load(Ordering::SeqCst);
             if s != last {
+                spin.record(true);
                 return Some(s);
             }
-            if started.elapsed() >= self.p.spin {
+            if started.elapsed() >= limit {
                 break;
             }
             std::hint::spin_loop();
         }
+        spin.record(false);
         let idle = self.ring.u32_at(wire::DAEMON_IDLE_AT);
         loop {
             // Announce the sleep, then look once more: a client that published after

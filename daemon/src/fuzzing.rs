@@ -257,13 +257,54 @@ fn identify(value: &[u8]) {
     let _ = crate::auth::identify(&config, &ext, &headers);
 }
 
+/// A run channel's page as a hostile client leaves it: the bytes as the request frame
+/// the daemon copies out (decoded or refused with a typed error; a decoded frame
+/// encodes back to itself; its inputs then go through the gRPC path's tensor checks),
+/// and as the response frame the client decodes.
+pub fn run_channel_frame(data: &[u8]) {
+    use switchyard_proto::fastpath::{REQUEST_LEN, RESPONSE_LEN, RequestFrame, ResponseFrame};
+    let mut req = [0u8; REQUEST_LEN];
+    let n = data.len().min(REQUEST_LEN);
+    req[..n].copy_from_slice(&data[..n]);
+    if let Ok(f) = RequestFrame::decode(&req) {
+        let again = f.encode().ok().and_then(|b| RequestFrame::decode(&b).ok());
+        assert_eq!(
+            again.as_ref(),
+            Some(&f),
+            "a decoded frame does not round-trip"
+        );
+        let specs = specs();
+        for (i, x) in f.inputs.iter().enumerate() {
+            let t = v1::Tensor {
+                dtype: x.dtype,
+                shape: x.shape.clone(),
+                data: Some(v1::tensor::Data::Shm(x.shm)),
+            };
+            if let Some(spec) = specs.get(i % specs.len())
+                && let Ok((_, _, expected)) =
+                    crate::service::check_tensor(i, &t, spec, f.allow_resize)
+            {
+                let _ = crate::shm::check_range(expected, x.shm.offset, x.shm.length);
+            }
+        }
+    }
+    let mut resp = [0u8; RESPONSE_LEN];
+    let m = data.len().min(RESPONSE_LEN);
+    resp[..m].copy_from_slice(&data[..m]);
+    let _ = ResponseFrame::decode(&resp);
+}
+
 /// The shared-memory side socket, for real: the input is a script of messages a client
 /// sends over a socketpair (bytes, and how many memfds of which size and seals ride
 /// along), served by the daemon's own connection handler under a small quota. After
 /// the client hangs up every region is released and every descriptor closed: the
-/// process has exactly the descriptors it had before (issue 10, defect 6).
+/// process has exactly the descriptors it had before (issue 10, defect 6). Run channel
+/// claims ride in the script too (for channels that were never reserved), and the
+/// same bytes go through the run channel's frame decoding.
 pub fn shm_side(data: &[u8]) {
     use std::os::fd::AsRawFd;
+
+    run_channel_frame(data);
 
     let rt = runtime();
     let before = crate::fdpass::open_fd_count().ok();
@@ -296,6 +337,10 @@ pub fn shm_side(data: &[u8]) {
             // The magic header when the op says so, so registrations get through.
             let msg: Vec<u8> = if op & 0x80 != 0 {
                 crate::shm::REGISTER_MAGIC.to_vec()
+            } else if op & 0x40 != 0 {
+                let mut m = crate::fastpath::CLAIM_MAGIC.to_vec();
+                m.extend_from_slice(body);
+                m
             } else {
                 body.to_vec()
             };
