@@ -338,7 +338,7 @@ impl Ring {
     }
 
     fn u64_at(&self, at: usize) -> &AtomicU64 {
-        debug_assert!(at % 8 == 0 && at + 8 <= wire::RING_BYTES);
+        debug_assert!(at.is_multiple_of(8) && at + 8 <= wire::RING_BYTES);
         // SAFETY: `at` is one of the layout's 8-aligned offsets inside the page-aligned
         // mapping, which lives as long as `self`; both processes only touch these
         // words atomically.
@@ -346,7 +346,7 @@ impl Ring {
     }
 
     fn u32_at(&self, at: usize) -> &AtomicU32 {
-        debug_assert!(at % 4 == 0 && at + 4 <= wire::RING_BYTES);
+        debug_assert!(at.is_multiple_of(4) && at + 4 <= wire::RING_BYTES);
         // SAFETY: as in `u64_at`.
         unsafe { &*(self.map.as_mut_ptr().add(at).cast::<AtomicU32>()) }
     }
@@ -369,8 +369,8 @@ impl Ring {
     /// the page, so nothing is decoded in place.
     fn copy_request(&self) -> [u8; REQUEST_LEN] {
         let mut b = [0u8; REQUEST_LEN];
-        // SAFETY: REQUEST_AT + REQUEST_LEN lies inside the page (the codec's layout
-        // test); the bytes are plain data, so a concurrent writer garbles only them.
+        // SAFETY: REQUEST_AT + REQUEST_LEN lies inside the page (the codec's compile-time
+        // layout check); the bytes are plain data, so a concurrent writer garbles only them.
         unsafe {
             std::ptr::copy_nonoverlapping(
                 self.map.as_ptr().add(wire::REQUEST_AT),

@@ -47,6 +47,16 @@ const OUT_META_AT: usize = 40;
 const OUT_META_LEN: usize = 16 + 4 * MAX_RANK;
 const MESSAGE_AT: usize = 832;
 
+// The layout fits one page without overlap, and the sequence words sit on cache lines
+// of their own: checked when the crate compiles.
+const _: () = {
+    assert!(REQUEST_AT + REQUEST_LEN <= RESPONSE_AT);
+    assert!(RESPONSE_AT + RESPONSE_LEN <= RING_BYTES);
+    assert!(OUT_META_AT + MAX_OUTPUTS * OUT_META_LEN <= MESSAGE_AT);
+    assert!(REQ_SEQ_AT.is_multiple_of(8) && RESP_SEQ_AT.is_multiple_of(64));
+    assert!(RESP_SEQ_AT - REQ_SEQ_AT >= 56);
+};
+
 /// Why a frame was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FrameError {
@@ -408,16 +418,6 @@ mod tests {
         let mut off = AdaptiveSpin::new(Duration::ZERO);
         off.record(false);
         assert_eq!(off.next(), Duration::ZERO);
-    }
-
-    #[test]
-    fn the_layout_fits_one_page_without_overlap() {
-        assert!(REQUEST_AT + REQUEST_LEN <= RESPONSE_AT);
-        assert!(RESPONSE_AT + RESPONSE_LEN <= RING_BYTES);
-        assert!(OUT_META_AT + MAX_OUTPUTS * OUT_META_LEN <= MESSAGE_AT);
-        // The sequence words sit on cache lines of their own.
-        assert_eq!(REQ_SEQ_AT % 8, 0);
-        assert!(RESP_SEQ_AT - REQ_SEQ_AT >= 56);
     }
 
     #[test]
