@@ -108,7 +108,7 @@ pub const DEFAULT_MAX_NODE_WORK: f64 = 1e10;
 pub(crate) fn node_work_within(work: Option<f64>, limits: &PrepareLimits) -> Result<(), RunError> {
     match work {
         // `as` saturates: a NaN or astronomically large bound reads as u64::MAX.
-        Some(work) if !(work <= limits.max_node_work) => Err(BudgetExceeded::NodeWork {
+        Some(work) if work.is_nan() || work > limits.max_node_work => Err(BudgetExceeded::NodeWork {
             work: if work.is_nan() { u64::MAX } else { work as u64 },
             limit: limits.max_node_work as u64,
         }
