@@ -65,6 +65,8 @@ struct Inner {
     models: BTreeMap<(TenantId, String), ModelSeries>,
     refusals: BTreeMap<(TenantId, &'static str), u64>,
     busy_us: BTreeMap<&'static str, u64>,
+    /// Requests that ran, by the processor the arbiter ran them on.
+    runs: BTreeMap<&'static str, u64>,
 }
 
 /// The daemon's request metrics.
@@ -150,6 +152,7 @@ impl Metrics {
         s.queue.observe(queue_us);
         s.run.observe(run_us);
         *inner.busy_us.entry(processor.name()).or_default() += run_us;
+        *inner.runs.entry(processor.name()).or_default() += 1;
     }
 
     /// A request refused before it ran.
@@ -226,7 +229,7 @@ pub fn render(state: &State, viewer: &Viewer) -> String {
     let inner = lock(&state.metrics.inner);
     let _ = writeln!(
         o,
-        "# HELP switchyard_processor_busy_seconds_total Time requests ran, by the processor their model is placed on."
+        "# HELP switchyard_processor_busy_seconds_total Time requests ran, by the processor they ran on."
     );
     let _ = writeln!(o, "# TYPE switchyard_processor_busy_seconds_total counter");
     for (p, us) in &inner.busy_us {
@@ -234,6 +237,17 @@ pub fn render(state: &State, viewer: &Viewer) -> String {
             o,
             "switchyard_processor_busy_seconds_total{{processor=\"{p}\"}} {}",
             *us as f64 / 1e6
+        );
+    }
+    let _ = writeln!(
+        o,
+        "# HELP switchyard_processor_requests_total Requests that ran, by the processor the arbiter ran them on (a model placed on an accelerator may run on the cpu when that finishes first)."
+    );
+    let _ = writeln!(o, "# TYPE switchyard_processor_requests_total counter");
+    for (p, n) in &inner.runs {
+        let _ = writeln!(
+            o,
+            "switchyard_processor_requests_total{{processor=\"{p}\"}} {n}"
         );
     }
     let mut decisions: BTreeMap<(String, &'static str), u64> = BTreeMap::new();
