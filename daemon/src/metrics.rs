@@ -58,6 +58,8 @@ struct ModelSeries {
     failed: u64,
     queue: Histogram,
     run: Histogram,
+    /// Requests that ran, by the processor the arbiter ran them on.
+    on: BTreeMap<&'static str, u64>,
 }
 
 #[derive(Default)]
@@ -65,8 +67,6 @@ struct Inner {
     models: BTreeMap<(TenantId, String), ModelSeries>,
     refusals: BTreeMap<(TenantId, &'static str), u64>,
     busy_us: BTreeMap<&'static str, u64>,
-    /// Requests that ran, by the processor the arbiter ran them on.
-    runs: BTreeMap<&'static str, u64>,
 }
 
 /// The daemon's request metrics.
@@ -151,8 +151,8 @@ impl Metrics {
         }
         s.queue.observe(queue_us);
         s.run.observe(run_us);
+        *s.on.entry(processor.name()).or_default() += 1;
         *inner.busy_us.entry(processor.name()).or_default() += run_us;
-        *inner.runs.entry(processor.name()).or_default() += 1;
     }
 
     /// A request refused before it ran.
@@ -239,17 +239,6 @@ pub fn render(state: &State, viewer: &Viewer) -> String {
             *us as f64 / 1e6
         );
     }
-    let _ = writeln!(
-        o,
-        "# HELP switchyard_processor_requests_total Requests that ran, by the processor the arbiter ran them on (a model placed on an accelerator may run on the cpu when that finishes first)."
-    );
-    let _ = writeln!(o, "# TYPE switchyard_processor_requests_total counter");
-    for (p, n) in &inner.runs {
-        let _ = writeln!(
-            o,
-            "switchyard_processor_requests_total{{processor=\"{p}\"}} {n}"
-        );
-    }
     let mut decisions: BTreeMap<(String, &'static str), u64> = BTreeMap::new();
     for (key, e) in state.registry.placer.entries() {
         let processor = key
@@ -297,6 +286,22 @@ pub fn render(state: &State, viewer: &Viewer) -> String {
             "switchyard_requests_total{{{l},outcome=\"failed\"}} {}",
             s.failed
         );
+    }
+    let _ = writeln!(
+        o,
+        "# HELP switchyard_model_processor_runs_total Requests that ran, by tenant, model and the processor the arbiter ran them on (migration runs a model placed on an accelerator on the cpu when that finishes first)."
+    );
+    let _ = writeln!(o, "# TYPE switchyard_model_processor_runs_total counter");
+    for ((t, m), s) in inner.models.iter().filter(|((t, _), _)| viewer.sees(t)) {
+        for (p, n) in &s.on {
+            let _ = writeln!(
+                o,
+                "switchyard_model_processor_runs_total{{tenant=\"{}\",model=\"{}\",name=\"{}\",processor=\"{p}\"}} {n}",
+                label(&t.to_string()),
+                label(m),
+                label(&s.name)
+            );
+        }
     }
     let _ = writeln!(
         o,
