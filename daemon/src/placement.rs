@@ -398,16 +398,24 @@ fn summarize(placed: &[PlacedPartition], verdicts: &[(String, String, Entry)]) -
     out
 }
 
+/// Starts the background validation of a model prepared for it, once (the first
+/// loader calls it after its load has answered, so the validation does not compete
+/// with that answer for the cores). Returns whether this call started it.
+pub fn start_validation(placer: &Arc<Placer>, prepared: &Arc<PreparedModel>) -> bool {
+    if !prepared.take_validation_start() {
+        return false;
+    }
+    let model = prepared.plan().model().clone();
+    validate_in_background(placer, prepared, model);
+    true
+}
+
 /// Validates `model`'s accelerators on a thread of its own and switches its placement
 /// when that allows one. One validation per model runs at a time; one whose model was
 /// unloaded before it starts is skipped, and its outcome is ignored (the allowlist keeps
 /// the verdicts) when the model is gone by the time it ends. A failure leaves the CPU
 /// plan serving, with the reason in `switchyard placement`.
-pub fn validate_in_background(
-    placer: &Arc<Placer>,
-    prepared: &Arc<PreparedModel>,
-    model: Arc<Model>,
-) {
+fn validate_in_background(placer: &Arc<Placer>, prepared: &Arc<PreparedModel>, model: Arc<Model>) {
     let weak: Weak<PreparedModel> = Arc::downgrade(prepared);
     let placer = placer.clone();
     let sha = prepared.sha256_hex.clone();
@@ -706,6 +714,8 @@ mod tests {
         let bytes = switchyard_interpreter::example_models::add_constant(0.5);
         let (m, _) = reg.load(&bytes).unwrap();
         assert_eq!(m.validation(), Validation::Running);
+        assert!(start_validation(&placer, &m));
+        assert!(!start_validation(&placer, &m), "started once");
         let first = m.placed();
         assert!(
             first.placement.placed.is_empty(),
@@ -750,11 +760,13 @@ mod tests {
         let reg = ModelRegistry::new(1, 2, placer.clone());
         let bytes = switchyard_interpreter::example_models::add_constant(0.25);
         let (m, _) = reg.load(&bytes).unwrap();
+        assert!(start_validation(&placer, &m));
         drop(m);
         assert_eq!(reg.live(), 0);
         let (again, reused) = reg.load(&bytes).unwrap();
         assert!(!reused);
         assert_eq!(again.validation(), Validation::Running);
+        assert!(start_validation(&placer, &again));
         gate.store(true, std::sync::atomic::Ordering::Release);
         let v = wait_validated(&again);
         assert!(matches!(v, Validation::Done(_)), "{v:?}");

@@ -113,6 +113,13 @@ pub struct PreparedModel {
     /// How long verifying, placing and preparing took: a tenant loading a copy someone
     /// else prepared waits as long, so sharing is not observable through timing.
     pub prepare_time: Duration,
+    /// Microseconds the first loader's whole load took to answer (0 until it has):
+    /// with validation in the background, preparing is a small part of a fresh load,
+    /// so a shared copy answers no sooner than this either.
+    pub first_answer_us: std::sync::atomic::AtomicU64,
+    /// Whether background validation is still to be started (by the first loader,
+    /// once its load has answered: see [`crate::placement::start_validation`]).
+    validation_pending: std::sync::atomic::AtomicBool,
 }
 
 /// A pooled session lent to one run; it goes back to the pool (or is dropped) through
@@ -144,6 +151,12 @@ impl PreparedModel {
     /// Where validating the model's accelerators stands.
     pub fn validation(&self) -> Validation {
         lock(&self.validation).clone()
+    }
+
+    /// True once, for the caller that is to start the background validation.
+    pub(crate) fn take_validation_start(&self) -> bool {
+        self.validation_pending
+            .swap(false, std::sync::atomic::Ordering::AcqRel)
     }
 
     pub(crate) fn set_validation(&self, v: Validation) {
@@ -482,8 +495,8 @@ impl ModelRegistry {
     /// Returns the shared prepared model for `bytes`, preparing it (verify, place,
     /// plan) if no tenant holds it. Blocking: call from the blocking pool. The flag
     /// tells whether an existing copy was reused. With `validate_in_background` the
-    /// model is prepared for the CPU only and its accelerators are validated after
-    /// this returns (see [`crate::placement::validate_in_background`]).
+    /// model is prepared for the CPU only; its accelerators are validated once the
+    /// caller starts it (see [`crate::placement::start_validation`]).
     pub fn load(&self, bytes: &[u8]) -> Result<(Arc<PreparedModel>, bool), DaemonError> {
         self.load_digest(Self::digest(bytes), bytes)
     }
@@ -578,6 +591,8 @@ impl ModelRegistry {
             placer: self.placer.clone(),
             slots: Arc::new(Semaphore::new(self.pool_size)),
             prepare_time: started.elapsed(),
+            first_answer_us: std::sync::atomic::AtomicU64::new(0),
+            validation_pending: std::sync::atomic::AtomicBool::new(background),
         });
         tracing::info!(
             stateful = prepared.stateful,
@@ -586,9 +601,6 @@ impl ModelRegistry {
             ms = prepared.prepare_time.as_millis() as u64,
             "prepared"
         );
-        if background {
-            crate::placement::validate_in_background(&self.placer, &prepared, model);
-        }
         Ok(prepared)
     }
 

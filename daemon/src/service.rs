@@ -314,10 +314,21 @@ async fn spawn_load(
     // Whether another tenant holds the same model must not be observable: a copy
     // prepared for someone else answers no sooner than preparing it took.
     if reused && !held_before {
-        let prepared_in = model.prepare_time.min(MAX_SHARING_DELAY);
+        let first = std::time::Duration::from_micros(model.first_answer_us.load(Ordering::Relaxed));
+        let prepared_in = model.prepare_time.max(first).min(MAX_SHARING_DELAY);
         tokio::time::sleep_until((started + prepared_in).into()).await;
     }
-    let (resp, reloaded) = state.finish_load(caller, name, model, held_before)?;
+    let kept = model.clone();
+    let finished = state.finish_load(caller, name, model, held_before);
+    if !reused {
+        let us = started.elapsed().as_micros() as u64;
+        kept.first_answer_us.store(us, Ordering::Relaxed);
+    }
+    // Once the answer is ready, so validation does not delay it. Any loader may start
+    // it (once): the first one's load may have failed after preparing.
+    crate::placement::start_validation(&state.registry.placer, &kept);
+    drop(kept);
+    let (resp, reloaded) = finished?;
     // Reloading a model starts fresh streams on the tenant's sessions of it.
     for entry in reloaded {
         let mut s = entry.state.lock().await;
