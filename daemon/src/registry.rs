@@ -245,6 +245,22 @@ impl PreparedModel {
     }
 }
 
+/// Returns the malloc heap's free pages to the system. A first load leaves megabytes
+/// of freed temporaries in the heap (the client's bytes, DENSIFY outputs, dequantized
+/// weights that kernels packed and the plan released, packing scratch), spread between
+/// live blocks where glibc's own trimming (top of the heap only) never reaches: for
+/// pose detection that was ~17 MiB of resident memory nobody used. Called after a load
+/// and after an unload; it walks the heap once, well under a millisecond here.
+pub fn release_free_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only takes the allocator's own locks and releases pages of
+    // free chunks; it has no preconditions on the caller.
+    #[allow(unsafe_code)]
+    unsafe {
+        nix::libc::malloc_trim(0);
+    }
+}
+
 /// A new session's memory refused under a limit of what the tenant had left, told with
 /// the tenant's figures (in use, quota).
 fn in_pool(e: switchyard_interpreter::RunError, pool: &MemoryPool) -> DaemonError {
@@ -346,6 +362,8 @@ impl ModelRegistry {
             resolver: Arc::new(CpuResolver::optimized()),
             options: PlanOptions {
                 threads: kernel_threads.max(1),
+                // Plans serve requests only; nobody reads their folded values after.
+                release_consumed: true,
                 prepare: PrepareLimits {
                     max_shape_sets: MAX_SHAPE_SETS,
                     ..PrepareLimits::default()
