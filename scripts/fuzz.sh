@@ -26,12 +26,14 @@ else
 fi
 
 WORK=fuzz/work
+# Two instances on disjoint targets may run at once, each with its own summary file.
+SUMMARY=${FUZZ_SUMMARY:-$WORK/summary.txt}
 mkdir -p "$WORK"
 echo "writing seeds from the single-op and real models"
 SWITCHYARD_FUZZ_SEEDS="$PWD/$WORK/seeds" \
   cargo test -q -p switchyard-daemon --test fuzz_replay write_seeds -- --ignored >/dev/null
 
-: > "$WORK/summary.txt"
+: > "$SUMMARY"
 status=0
 for t in "${TARGETS[@]}"; do
   mkdir -p "$WORK/$t" "fuzz/artifacts/$t"
@@ -48,7 +50,7 @@ for t in "${TARGETS[@]}"; do
     status=1
   fi
   runs=$(grep -Eo 'stat::number_of_executed_units: *[0-9]+' "$log" | grep -Eo '[0-9]+$' | tail -1 || true)
-  crashes=$(find "fuzz/artifacts/$t" -newer "$WORK/summary.txt" -type f | wc -l)
-  echo "$t: ${runs:-?} executions in $MINUTES min, $crashes new crash inputs" | tee -a "$WORK/summary.txt"
+  crashes=$(find "fuzz/artifacts/$t" -newer "$SUMMARY" -type f | wc -l)
+  echo "$t: ${runs:-?} executions in $MINUTES min, $crashes new crash inputs" | tee -a "$SUMMARY"
 done
 exit $status

@@ -168,6 +168,55 @@ fn d03_nested_while_loops_stop_at_the_run_budget() {
     still_serves(&mut d, "nested WHILE loops");
 }
 
+/// Run budgets are per tenant: a tenant named in `[daemon.limits.tenants]` gets its own
+/// node budget, and every other tenant keeps the daemon-wide one.
+#[test]
+fn d03_run_budgets_are_per_tenant() {
+    let (mut d, addr) =
+        tcp_daemon("[daemon.limits.tenants.\"token:app\"]\nrun_max_nodes = 10000\n");
+    let mut unix = d.client();
+    let mut tcp = Client::connect_tcp(&addr, TOKEN).unwrap();
+    let bytes = crafted::nested_while();
+    let mine = unix.load_model("loops", bytes.clone()).unwrap();
+    let theirs = tcp.load_model("loops", bytes).unwrap();
+    // 100 x 100 iterations of a few nodes each: far above 10,000 nodes, far below 50M.
+    let input = [i32s(vec![1], &[100])];
+    let out = unix.run(&mine.id, &input).unwrap();
+    assert_eq!(out.outputs[0].data, 100i32.to_le_bytes().to_vec());
+    let e = tcp
+        .run(&theirs.id, &input)
+        .expect_err("token:app's budget is 10,000 nodes");
+    assert_eq!(e.code(), Some(tonic::Code::ResourceExhausted), "{e}");
+    assert!(e.to_string().contains("10000 nodes"), "{e}");
+    // Within its budget the same tenant is served.
+    let out = tcp.run(&theirs.id, &[i32s(vec![1], &[10])]).unwrap();
+    assert_eq!(out.outputs[0].data, 10i32.to_le_bytes().to_vec());
+    still_serves(&mut d, "a tenant over its own run budget");
+}
+
+/// A run's budget is checked between nodes, so one node's work is bounded at load
+/// (`node_max_work`): the fuzzer found a single quantized reduction that ran for
+/// seconds under every run budget. A model with a node above the limit is refused with
+/// the node's work and the limit; the daemon keeps serving.
+#[test]
+fn a_model_with_a_node_above_the_work_limit_is_refused_at_load() {
+    // Face detection's biggest node is a few million operations.
+    let mut d = Daemon::start("[daemon.limits]\nnode_max_work = 100000.0\n");
+    let mut c = d.client();
+    let e = c
+        .load_model_file(model_path("mp_face_detection_short_range"))
+        .expect_err("face detection has nodes above 1e5 operations");
+    // Like every model that cannot be prepared: INVALID_ARGUMENT, with the reason.
+    assert_eq!(e.code(), Some(tonic::Code::InvalidArgument), "{e}");
+    assert!(
+        e.to_string().contains("more than the limit of 100000"),
+        "{e}"
+    );
+    c.load_model_file(model_path("mww_okay_nabu"))
+        .expect("the wake-word model's nodes are all below 1e5");
+    still_serves(&mut d, "a model above the node work limit");
+}
+
 /// Defect 3, second half: a run whose client went away stops instead of finishing for
 /// nobody. Neither budget can end it here (no time limit, 10^15 nodes): only the cancel.
 #[test]
@@ -732,44 +781,9 @@ fn d13_a_panicking_run_is_internal_with_a_generic_message() {
 
 // ---- crash-safe validation: a driver that crashes or hangs in the worker --------------
 
-/// y = SUB(LOGISTIC(MUL(ADD(x, c) relu, x2)), c): all nodes run on the example plugin.
+/// All nodes run on the example plugin.
 fn plugin_model() -> Vec<u8> {
-    use switchyard_interpreter::builder::ModelBuilder;
-    use switchyard_interpreter::{Activation, BuiltinOp, DType, OpKind, OpOptions};
-    let dims = [2, 3, 5];
-    let mut mb = ModelBuilder::new();
-    let sg = mb.main();
-    let x = sg.tensor("x", DType::F32, &dims);
-    let x2 = sg.tensor("x2", DType::F32, &dims);
-    let c = sg.constant_f32("c", &dims, &[0.25; 30]);
-    let a = sg.tensor("a", DType::F32, &dims);
-    let m = sg.tensor("m", DType::F32, &dims);
-    let l = sg.tensor("l", DType::F32, &dims);
-    let y = sg.tensor("y", DType::F32, &dims);
-    let b = OpKind::Builtin;
-    let act = |a| OpOptions::Activation(a);
-    sg.op(
-        b(BuiltinOp::Add),
-        &[Some(x), Some(c)],
-        &[a],
-        act(Activation::Relu),
-    );
-    sg.op(
-        b(BuiltinOp::Mul),
-        &[Some(a), Some(x2)],
-        &[m],
-        act(Activation::None),
-    );
-    sg.op(b(BuiltinOp::Logistic), &[Some(m)], &[l], OpOptions::None);
-    sg.op(
-        b(BuiltinOp::Sub),
-        &[Some(l), Some(c)],
-        &[y],
-        act(Activation::None),
-    );
-    sg.set_inputs(&[x, x2]);
-    sg.set_outputs(&[y]);
-    mb.finish()
+    switchyard_interpreter::example_models::four_op_chain(&[2, 3, 5])
 }
 
 fn worker_fault_blocks_the_plugin(fault: &str, expect: &str) {
@@ -786,9 +800,11 @@ fn worker_fault_blocks_the_plugin(fault: &str, expect: &str) {
     d.assert_alive("a plugin fault during validation");
     let x = Tensor::from_f32(vec![2, 3, 5], &[1.0; 30]);
     let out = c.run(&m.id, &[x.clone(), x]).unwrap();
-    let expected = 1.0 / (1.0 + (-1.25f32).exp()) - 0.25;
-    for v in out.outputs[0].to_f32().unwrap() {
-        assert!((v - expected).abs() < 1e-5, "{v} != {expected}");
+    // four_op_chain's constant: c[i] = (i % 25 - 12) / 4.
+    for (i, v) in out.outputs[0].to_f32().unwrap().into_iter().enumerate() {
+        let c = ((i % 25) as f32 - 12.0) * 0.25;
+        let expected = 1.0 / (1.0 + (-(1.0 + c).max(0.0)).exp()) - c;
+        assert!((v - expected).abs() < 1e-5, "{i}: {v} != {expected}");
     }
     let entries = c.allowlist().unwrap().entries;
     let mine: Vec<_> = entries

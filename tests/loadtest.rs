@@ -30,7 +30,7 @@ fn loadtest_runs_both_sides_with_real_processes() {
     let run = Command::new(workspace_binary("switchyard"))
         .args(["loadtest", "--workload"])
         .arg(&workload)
-        .args(["--duration", "2", "--repeat", "1", "--json"])
+        .args(["--duration", "2", "--repeat", "1", "--alone", "1", "--json"])
         .arg(&out)
         .output()
         .expect("start switchyard");
@@ -41,6 +41,10 @@ fn loadtest_runs_both_sides_with_real_processes() {
         String::from_utf8_lossy(&run.stderr)
     );
     assert!(stdout.contains("switchyard / litert"), "{stdout}");
+    assert!(
+        stdout.contains("background throughput in the mix / alone"),
+        "{stdout}"
+    );
     let v: Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
     let runs = v["runs"].as_array().unwrap();
     assert_eq!(runs.len(), 2);
@@ -64,5 +68,12 @@ fn loadtest_runs_both_sides_with_real_processes() {
         let procs = mem["processes"].as_array().unwrap();
         let with_daemon = procs.iter().any(|p| p[0] == "switchyardd");
         assert_eq!(with_daemon, side == "switchyard", "{side}: {procs:?}");
+    }
+    // The background app alone, once per side.
+    let alone = v["alone"].as_array().unwrap();
+    assert_eq!(alone.len(), 2, "{alone:?}");
+    for a in alone {
+        assert_eq!(a["app"], "embedding");
+        assert!(a["throughput"].as_f64().unwrap() > 0.0, "{a}");
     }
 }

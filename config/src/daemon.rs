@@ -2,7 +2,7 @@
 //! per-tenant quotas. Defaults are small on purpose: the daemon shares a device with the
 //! apps it serves, so an operator raises limits rather than discovering them.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -147,6 +147,34 @@ pub struct LimitsConfig {
     pub run_max_nodes: u64,
     /// Wall time one run may execute once it started (checked between nodes); 0: none.
     pub run_max_ms: u64,
+    /// Most work one node may do in one eval (multiply-accumulates plus elements read
+    /// and written): the run budget is checked between nodes, so this bounds how long
+    /// one node holds a core. A model with a bigger node is refused at load. Daemon-wide,
+    /// because one prepared plan serves every tenant holding the model.
+    pub node_max_work: f64,
+    /// Run budgets of particular tenants (`uid:1000`, `token:camera-service`) in place
+    /// of `run_max_nodes` and `run_max_ms`.
+    pub tenants: BTreeMap<String, TenantRunLimits>,
+}
+
+/// One tenant's run budgets; an unset field keeps the daemon-wide value.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TenantRunLimits {
+    pub run_max_nodes: Option<u64>,
+    pub run_max_ms: Option<u64>,
+}
+
+impl LimitsConfig {
+    /// `(run_max_nodes, run_max_ms)` for `tenant` (its display name, e.g. `uid:1000`).
+    pub fn run_budget(&self, tenant: &str) -> (u64, u64) {
+        let own = self.tenants.get(tenant);
+        (
+            own.and_then(|t| t.run_max_nodes)
+                .unwrap_or(self.run_max_nodes),
+            own.and_then(|t| t.run_max_ms).unwrap_or(self.run_max_ms),
+        )
+    }
 }
 
 impl Default for LimitsConfig {
@@ -169,6 +197,10 @@ impl Default for LimitsConfig {
             // under a second), far below a hostile one.
             run_max_nodes: 50_000_000,
             run_max_ms: 30_000,
+            // About a second of one phone core; ten times the largest node of the
+            // benchmark set (the interpreter's own default).
+            node_max_work: 1e10,
+            tenants: BTreeMap::new(),
         }
     }
 }
@@ -356,6 +388,20 @@ impl DaemonConfig {
         }
         if l.run_max_nodes == 0 {
             return bad("limits.run_max_nodes", "must be at least 1");
+        }
+        if !(l.node_max_work >= 1.0) {
+            return bad("limits.node_max_work", "must be at least 1");
+        }
+        for (tenant, t) in &l.tenants {
+            if !(tenant.starts_with("uid:") || tenant.starts_with("token:")) {
+                return bad(
+                    "limits.tenants",
+                    "a tenant is named `uid:<number>` or `token:<tenant name>`",
+                );
+            }
+            if t.run_max_nodes == Some(0) {
+                return bad("limits.tenants.run_max_nodes", "must be at least 1");
+            }
         }
         let w = &self.worker;
         if w.validation_timeout_ms == 0 || w.start_timeout_ms == 0 {

@@ -32,6 +32,10 @@ const MAX_NODES: u64 = 200_000;
 const RUN_TIME: Duration = Duration::from_secs(2);
 const PREPARE_TIME: Duration = Duration::from_secs(2);
 const SESSION_BYTES: usize = 256 << 20;
+/// Most work one node may do: a node's eval is not interrupted by the run budget, so
+/// this bounds one node's time (a generic reduction walks ~50 ns per element under
+/// AddressSanitizer: 3e7 is well under a second).
+const NODE_WORK: f64 = 3e7;
 /// Largest input the run target fills (bytes); larger inputs are left zeroed.
 const MAX_FILL: usize = 16 << 20;
 
@@ -49,6 +53,7 @@ fn plan_options() -> PlanOptions {
             max_folded_bytes: 64 << 20,
             max_arena_bytes: SESSION_BYTES,
             max_shape_sets: 8,
+            max_node_work: NODE_WORK,
         },
         ..PlanOptions::default()
     }

@@ -375,6 +375,12 @@ impl ModelRegistry {
         }
     }
 
+    /// Most work one node of any plan may do ([`PrepareLimits::max_node_work`]).
+    pub fn with_node_max_work(mut self, work: f64) -> ModelRegistry {
+        self.options.prepare.max_node_work = work;
+        self
+    }
+
     pub fn digest(bytes: &[u8]) -> [u8; 32] {
         Sha256::digest(bytes).into()
     }

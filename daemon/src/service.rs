@@ -77,7 +77,8 @@ impl State {
                 config.kernel_threads,
                 config.interpreters_per_model,
                 placer,
-            ),
+            )
+            .with_node_max_work(config.limits.node_max_work),
             tenants: Tenants::new(config.quota.clone()),
             regions: Arc::new(Regions::new(config.quota.clone())),
             processors,
@@ -799,14 +800,14 @@ impl Switchyard for Service {
                         .map_err(|_| DaemonError::Internal("model pool closed".into()))?;
                     Lease::Pooled(slot, state.tenants.memory(&caller))
                 };
-                let limits = &state.config.limits;
+                let (max_nodes, max_ms) =
+                    state.config.limits.run_budget(&caller.tenant.to_string());
                 let cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
                 let _cancel_on_drop = CancelOnDrop(cancel.clone());
                 let job = RunJob {
                     request_id,
-                    max_nodes: limits.run_max_nodes,
-                    max_time: (limits.run_max_ms > 0)
-                        .then(|| std::time::Duration::from_millis(limits.run_max_ms)),
+                    max_nodes,
+                    max_time: (max_ms > 0).then(|| std::time::Duration::from_millis(max_ms)),
                     cancel,
                     model: model.clone(),
                     lease: Some(lease),

@@ -27,6 +27,10 @@ pub enum BudgetExceeded {
     PrepareTime { limit: Duration },
     #[error("prepare budget exceeded: folded constants need more than {limit} bytes")]
     PrepareBytes { limit: usize },
+    #[error(
+        "prepare budget exceeded: one node would do about {work} operations, more than the limit of {limit}"
+    )]
+    NodeWork { work: u64, limit: u64 },
     #[error("more than {limit} input shape sets of one subgraph are being prepared at once")]
     ShapeSets { limit: usize },
 }

@@ -171,6 +171,15 @@ impl PreparedKernel {
 pub trait OpResolver: Send + Sync {
     /// Prepares `ctx.node`, or explains why it cannot (an unsupported op names itself).
     fn prepare(&self, ctx: &PrepareCtx<'_>) -> Result<PreparedKernel, KernelError>;
+
+    /// An upper bound on the elementary operations (multiply-accumulates, element
+    /// operations, elements read and written) one eval of the prepared node does, or
+    /// `None` when the resolver cannot say. The run budget is checked between nodes, so
+    /// this is what bounds the work of a single node: the plan refuses a node above
+    /// [`crate::PrepareLimits::max_node_work`].
+    fn work_bound(&self, _ctx: &PrepareCtx<'_>, _output_shapes: &[Vec<usize>]) -> Option<f64> {
+        None
+    }
 }
 
 /// A kernel defined by a closure, handy for simple ops and tests.

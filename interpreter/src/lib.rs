@@ -64,6 +64,8 @@ pub use interpreter::{Interpreter, InterpreterOptions, StepProfile};
 pub use kernel::{OpKernel, OpResolver, PrepareCtx, PreparedKernel, TensorMeta};
 pub use model::{Model, Node, Subgraph, TensorDef};
 pub use ops::{Activation, BuiltinOp, OpKind, OpOptions, Padding};
-pub use plan::{MAX_TENSOR_BYTES, Plan, PlanOptions, PrepareLimits, TensorInfo};
+pub use plan::{
+    DEFAULT_MAX_NODE_WORK, MAX_TENSOR_BYTES, Plan, PlanOptions, PrepareLimits, TensorInfo,
+};
 pub use session::{MemoryPool, Session, SessionLimits, StageInfo, StageReport, StageTarget};
 pub use tensor::{AlignedBuf, AllocError, DType, Quant, Tensor, TensorView, TensorViewMut};

@@ -79,4 +79,9 @@ impl OpResolver for CpuResolver {
             KernelMode::Optimized => OptimizedResolver.prepare(ctx),
         }
     }
+
+    fn work_bound(&self, ctx: &PrepareCtx<'_>, output_shapes: &[Vec<usize>]) -> Option<f64> {
+        // The bound is the op's, not the registry's: both modes do the same work.
+        OptimizedResolver.work_bound(ctx, output_shapes)
+    }
 }

@@ -205,6 +205,10 @@ impl OpResolver for ReferenceResolver {
         let d = descriptor(ctx.op()).ok_or_else(|| unknown(ctx))?;
         Ok(checked(ctx, (d.reference)(ctx)?))
     }
+
+    fn work_bound(&self, ctx: &PrepareCtx<'_>, output_shapes: &[Vec<usize>]) -> Option<f64> {
+        Some(work_bound(ctx, output_shapes))
+    }
 }
 
 /// The optimized kernels (TFLite's BuiltinOpResolver): packed weights, SIMD and threads
@@ -217,6 +221,37 @@ impl OpResolver for OptimizedResolver {
         let d = descriptor(ctx.op()).ok_or_else(|| unknown(ctx))?;
         Ok(checked(ctx, (d.optimized)(ctx)?))
     }
+
+    fn work_bound(&self, ctx: &PrepareCtx<'_>, output_shapes: &[Vec<usize>]) -> Option<f64> {
+        Some(work_bound(ctx, output_shapes))
+    }
+}
+
+/// The node's work estimate plus every element it reads and writes. The estimate alone
+/// counts a reduction by its output, so a sum of a quarter-gigabyte tensor to one
+/// value would count as one operation; the elements touched bound that kind of op.
+fn work_bound(ctx: &PrepareCtx<'_>, output_shapes: &[Vec<usize>]) -> f64 {
+    let elements = |shape: &[usize]| shape.iter().map(|&d| d as f64).product::<f64>();
+    let shape_of =
+        |t: usize| -> Vec<usize> {
+            let input =
+                ctx.node.inputs.iter().zip(&ctx.inputs).find_map(|(i, m)| {
+                    (*i == Some(t)).then(|| m.as_ref().map(|m| m.shape.to_vec()))
+                });
+            if let Some(found) = input {
+                return found.unwrap_or_default();
+            }
+            ctx.node
+                .outputs
+                .iter()
+                .zip(output_shapes)
+                .find_map(|(&o, s)| (o == t).then(|| s.clone()))
+                .unwrap_or_default()
+        };
+    let estimate = node_work(ctx.node, &shape_of);
+    let read: f64 = ctx.inputs.iter().flatten().map(|m| elements(m.shape)).sum();
+    let written: f64 = output_shapes.iter().map(|s| elements(s)).sum();
+    estimate.macs + estimate.elements + read + written
 }
 
 /// Dtype and byte length a buffer must have at eval (`None`: not checked, e.g. strings,

@@ -67,6 +67,10 @@ pub struct LoadtestArgs {
     /// Run every app under this process's uid (one tenant) even as root.
     #[arg(long)]
     pub same_uid: bool,
+    /// Seconds each background (back-to-back) app then runs alone on each side, for
+    /// the "background gets at least 25% of its alone throughput" bar; 0 skips it.
+    #[arg(long, default_value_t = 10.0)]
+    pub alone: f64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
@@ -524,12 +528,14 @@ struct Report<'a> {
     threads: usize,
     runs: &'a [SideRun],
     summaries: &'a [SideSummary],
+    alone: &'a [AloneRun],
 }
 
 pub fn run(mut args: LoadtestArgs) -> anyhow::Result<()> {
     if args.quick {
         args.duration = 5.0;
         args.repeat = 1;
+        args.alone = args.alone.min(5.0);
     }
     if !(args.duration > 0.0 && args.duration <= 3600.0) || args.repeat == 0 {
         bail!("--duration must be in (0, 3600] and --repeat at least 1");
@@ -593,6 +599,7 @@ pub fn run(mut args: LoadtestArgs) -> anyhow::Result<()> {
             });
         }
     }
+    let alone = background_alone(&workload, &plan, &args)?;
     let mut summaries = Vec::new();
     for side in ["switchyard", "litert"] {
         let rs: Vec<&SideRun> = runs.iter().filter(|r| r.side == side).collect();
@@ -601,6 +608,7 @@ pub fn run(mut args: LoadtestArgs) -> anyhow::Result<()> {
         }
     }
     print!("{}", table(&workload, &args, &runs, &summaries));
+    print!("{}", alone_table(&workload, &summaries, &alone));
     if let Some(path) = &args.json {
         let report = Report {
             workload: &workload.name,
@@ -609,11 +617,108 @@ pub fn run(mut args: LoadtestArgs) -> anyhow::Result<()> {
             threads: workload.threads,
             runs: &runs,
             summaries: &summaries,
+            alone: &alone,
         };
         std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
     }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+/// Throughput of one background app running by itself on one side.
+#[derive(Clone, Debug, Serialize)]
+pub struct AloneRun {
+    pub app: String,
+    pub side: String,
+    pub throughput: f64,
+    pub load_before: f64,
+}
+
+/// Each background app alone, once per side, for `--alone` seconds: what "at least 25%
+/// of what it gets alone" is measured against, in the same invocation as the mix.
+fn background_alone(
+    workload: &Workload,
+    plan: &Plan<'_>,
+    args: &LoadtestArgs,
+) -> anyhow::Result<Vec<AloneRun>> {
+    let mut out = Vec::new();
+    if args.alone <= 0.0 {
+        return Ok(out);
+    }
+    for (k, app) in workload.apps.iter().filter(|a| a.back_to_back).enumerate() {
+        let single = Workload {
+            apps: vec![app.clone()],
+            ..workload.clone()
+        };
+        let solo = Plan {
+            workload: &single,
+            duration: args.alone,
+            root: plan.root.clone(),
+            dir: plan.dir.clone(),
+            daemon: plan.daemon.clone(),
+            daemon_config: plan.daemon_config.clone(),
+            python: plan.python.clone(),
+            uids: plan.uids,
+        };
+        let sides: &[&str] = match args.side {
+            Side::Both => &["switchyard", "litert"],
+            Side::Switchyard => &["switchyard"],
+            Side::Litert => &["litert"],
+        };
+        for &side in sides {
+            let load_before = load_average();
+            eprintln!(
+                "{} alone on {side} for {} s (load average {load_before:.2})",
+                app.name, args.alone
+            );
+            let (apps, _) = match side {
+                "switchyard" => run_switchyard(&solo, 1000 + k)?,
+                _ => run_litert(&solo)?,
+            };
+            out.push(AloneRun {
+                app: app.name.clone(),
+                side: side.to_string(),
+                throughput: apps.first().map_or(0.0, |a| a.throughput),
+                load_before,
+            });
+        }
+    }
+    Ok(out)
+}
+
+fn alone_table(w: &Workload, s: &[SideSummary], alone: &[AloneRun]) -> String {
+    let mut o = String::new();
+    if alone.is_empty() {
+        return o;
+    }
+    let _ = writeln!(
+        o,
+        "\nbackground throughput in the mix / alone (bar: at least 0.25 on the switchyard side)"
+    );
+    for (i, app) in w.apps.iter().enumerate().filter(|(_, a)| a.back_to_back) {
+        for x in s {
+            let Some(mix) = x.apps.get(i).map(|a| a.4) else {
+                continue;
+            };
+            let Some(solo) = alone.iter().find(|a| a.app == app.name && a.side == x.side) else {
+                continue;
+            };
+            let _ = writeln!(
+                o,
+                "{:<14} {:<10} mix {:>7.1}/s  alone {:>7.1}/s  ratio {:.2}",
+                app.name,
+                x.side,
+                mix,
+                solo.throughput,
+                if solo.throughput > 0.0 {
+                    mix / solo.throughput
+                } else {
+                    0.0
+                }
+            );
+        }
+    }
+    o
 }
 
 fn is_root() -> bool {

@@ -86,6 +86,11 @@ pub struct PrepareLimits {
     pub max_arena_bytes: usize,
     /// Input shape sets kept prepared per plan (over all subgraphs).
     pub max_shape_sets: usize,
+    /// Most work one node may do in one eval ([`crate::OpResolver::work_bound`]). The
+    /// run budget is checked between nodes, so without this one hostile node (a
+    /// reduction over a quarter-gigabyte tensor) holds a core for as long as its tensors
+    /// allow, under every budget.
+    pub max_node_work: f64,
 }
 
 impl Default for PrepareLimits {
@@ -96,7 +101,26 @@ impl Default for PrepareLimits {
             max_folded_bytes: 1 << 30,
             max_arena_bytes: 2 << 30,
             max_shape_sets: 64,
+            max_node_work: DEFAULT_MAX_NODE_WORK,
         }
+    }
+}
+
+/// Per-node work limit when the caller sets none: about a second of one phone core,
+/// ten times the largest node of the benchmark set's models.
+pub const DEFAULT_MAX_NODE_WORK: f64 = 1e10;
+
+/// Refuses a node whose work bound is above the limit (`None`: the resolver gave no
+/// bound, nothing to check).
+pub(crate) fn node_work_within(work: Option<f64>, limits: &PrepareLimits) -> Result<(), RunError> {
+    match work {
+        // `as` saturates: a NaN or astronomically large bound reads as u64::MAX.
+        Some(work) if !(work <= limits.max_node_work) => Err(BudgetExceeded::NodeWork {
+            work: if work.is_nan() { u64::MAX } else { work as u64 },
+            limit: limits.max_node_work as u64,
+        }
+        .into()),
+        _ => Ok(()),
     }
 }
 

@@ -12,7 +12,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use super::steps::{Callee, InLoc, Loc, Prepared, Step, StepIo};
-use super::{Plan, PrepareCx};
+use super::{Plan, PrepareCx, node_work_within};
 use crate::error::{KernelError, RunError};
 use crate::kernel::{PrepareCtx, TensorMeta};
 use crate::model::{Node, Subgraph};
@@ -518,14 +518,22 @@ fn prepare_node(
         node.outputs.iter().for_each(|&o| known.dynamic[o] = true);
         return Ok(Some(Step::Lazy { node: node.index }));
     }
-    let prepared = {
+    let (prepared, work) = {
         let shape_of = |t: usize| known.shapes[t].as_slice();
         let value_of = |t: usize| known.value(sg, t);
         let ctx = prepare_ctx(sg, node, &shape_of, &value_of, plan.options().threads);
-        plan.resolver().prepare(&ctx)
+        let prepared = plan.resolver().prepare(&ctx);
+        let work = prepared
+            .as_ref()
+            .ok()
+            .and_then(|p| plan.resolver().work_bound(&ctx, &p.output_shapes));
+        (prepared, work)
     };
     let prepared = match prepared {
-        Ok(p) => p,
+        Ok(p) => {
+            node_work_within(work, &plan.options().prepare)?;
+            p
+        }
         Err(KernelError::NeedsValues) => {
             node.outputs.iter().for_each(|&o| known.dynamic[o] = true);
             return Ok(Some(Step::Lazy { node: node.index }));

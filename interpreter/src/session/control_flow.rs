@@ -14,10 +14,10 @@ use super::{Session, Value};
 use crate::control::RunControl;
 use crate::error::{KernelError, RunError};
 use crate::model::{Node, Subgraph};
-use crate::plan::PrepareCx;
 use crate::plan::Prepared;
 use crate::plan::prepare::{byte_len, kernel_err, prepare_ctx};
 use crate::plan::steps::{Callee, Loc, StepIo};
+use crate::plan::{PrepareCx, node_work_within};
 use crate::tensor::TensorView;
 
 impl Value {
@@ -434,7 +434,13 @@ impl Session {
             let shape_of = |t: usize| tensor_shape(st_ref, t);
             let value_of = |t: usize| Some(tensor_bytes(sg, st_ref, vars_ref, t));
             let ctx = prepare_ctx(sg, node, &shape_of, &value_of, self.plan.options().threads);
-            self.plan.resolver().prepare(&ctx).map_err(err)?
+            let prepared = self.plan.resolver().prepare(&ctx).map_err(err)?;
+            let work = self
+                .plan
+                .resolver()
+                .work_bound(&ctx, &prepared.output_shapes);
+            node_work_within(work, &self.plan.options().prepare)?;
+            prepared
         };
         if prepared.output_shapes.len() != node.outputs.len() {
             return Err(err(KernelError::invalid(format!(

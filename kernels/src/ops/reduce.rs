@@ -921,4 +921,56 @@ mod tests {
         let e = prepare_error(&mb.finish());
         assert!(matches!(e, KernelError::DType { .. }), "{e}");
     }
+
+    /// The run budget is checked between nodes, so one node's work is bounded at
+    /// prepare: a reduction reads every input element whatever its output size (the
+    /// fuzzer's timeout was a quantized reduction of a huge tensor into a few values).
+    #[test]
+    fn a_node_above_the_work_limit_is_refused_before_it_runs() {
+        use std::sync::Arc;
+        use switchyard_interpreter::{
+            BudgetExceeded, Model, Plan, PlanOptions, PrepareLimits, RunError, SessionLimits,
+        };
+        let options = |limit: f64| PlanOptions {
+            prepare: PrepareLimits {
+                max_node_work: limit,
+                ..PrepareLimits::default()
+            },
+            ..PlanOptions::default()
+        };
+        let big = case(BuiltinOp::Sum, DType::F32, &[64, 64, 64], &[0, 1, 2]);
+        for (_, resolver) in resolvers() {
+            let load = || Arc::new(Model::from_bytes(&model(&big)).unwrap());
+            // 262,144 elements read: refused under 1e5, prepared under 1e6.
+            let e = Plan::new(load(), resolver.clone(), options(1e5)).unwrap_err();
+            assert!(
+                matches!(e, RunError::Budget(BudgetExceeded::NodeWork { .. })),
+                "{e}"
+            );
+            Plan::new(load(), resolver.clone(), options(1e6)).unwrap();
+            // Axes known only at run time: the node is prepared then, and refused then.
+            let lazy = Case {
+                runtime_axes: true,
+                ..case(BuiltinOp::Sum, DType::F32, &[64, 64, 64], &[0, 1, 2])
+            };
+            let plan = Plan::new(
+                Arc::new(Model::from_bytes(&model(&lazy)).unwrap()),
+                resolver.clone(),
+                options(1e5),
+            )
+            .unwrap();
+            let mut s = plan.session(SessionLimits::default()).unwrap();
+            let x = random_tensor(DType::F32, &[64, 64, 64], 3, -1.0, 1.0);
+            let axes = [0i32, 1, 2];
+            s.set_input(0, x.view().bytes).unwrap();
+            s.set_input(1, bytemuck::cast_slice(&axes)).unwrap();
+            let e = s
+                .invoke(&mut switchyard_interpreter::Budget::default())
+                .unwrap_err();
+            assert!(
+                matches!(e, RunError::Budget(BudgetExceeded::NodeWork { .. })),
+                "{e}"
+            );
+        }
+    }
 }
