@@ -306,6 +306,8 @@ async fn spawn_load(
                 st.tenants.precheck_load(&c, bytes.len() as u64)?;
             }
             let (model, reused) = st.registry.load_digest(digest, &bytes)?;
+            drop(bytes);
+            crate::registry::release_free_heap();
             Ok((model, held, reused))
         })
     })
@@ -754,6 +756,7 @@ impl Switchyard for Service {
         let caller = self.state.caller(&req)?;
         let id = req.into_inner().id;
         self.state.tenants.remove(&caller, &id)?;
+        crate::registry::release_free_heap();
         info!(tenant = %caller.tenant, model = %id, "model unloaded");
         Ok(Response::new(v1::UnloadModelResponse {}))
     }

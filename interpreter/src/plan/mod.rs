@@ -49,6 +49,12 @@ pub struct PlanOptions {
     pub max_while_iterations: usize,
     /// Maximum nesting of subgraph calls.
     pub max_call_depth: usize,
+    /// Drop each folded value that no step reads at run time once the subgraph is
+    /// prepared (fp16 weights dequantized to float for a convolution that packed them):
+    /// it would otherwise stay beside the packed copy as long as the plan. Off where a
+    /// caller inspects folded values after prepare (the placement planner reads them
+    /// through [`crate::Interpreter::prepared_value`]).
+    pub release_consumed: bool,
     pub prepare: PrepareLimits,
 }
 
@@ -59,6 +65,7 @@ impl Default for PlanOptions {
             fold_constants: true,
             max_while_iterations: 1_000_000,
             max_call_depth: 16,
+            release_consumed: false,
             prepare: PrepareLimits::default(),
         }
     }
