@@ -675,6 +675,16 @@ fn helper_tenant_b_probes() {
         first.model.as_ref().unwrap().sha256.clone(),
         fresh.model.as_ref().unwrap().sha256.clone(),
     ];
+    // Decisions are made in the background, after the loads answered.
+    for m in [first, fresh] {
+        let id = &m.model.as_ref().unwrap().id;
+        let placed = c.wait_placed(id, Duration::from_secs(120)).unwrap();
+        assert_ne!(
+            placed.validation, "validating",
+            "{}",
+            placed.validation_reason
+        );
+    }
     let listed = c.allowlist().unwrap();
     assert!(
         !listed.entries.is_empty(),
@@ -797,6 +807,9 @@ fn worker_fault_blocks_the_plugin(fault: &str, expect: &str) {
     );
     let mut c = d.client();
     let m = c.load_model("chain", plugin_model()).unwrap();
+    // The plugin is validated in the background, after the load answered.
+    let placed = c.wait_placed(&m.id, Duration::from_secs(120)).unwrap();
+    assert_eq!(placed.validation, "done", "{}", placed.validation_reason);
     d.assert_alive("a plugin fault during validation");
     let x = Tensor::from_f32(vec![2, 3, 5], &[1.0; 30]);
     let out = c.run(&m.id, &[x.clone(), x]).unwrap();
