@@ -13,14 +13,31 @@
 
 use std::cell::RefCell;
 
+use crate::optimized::ConvGeom;
+use crate::optimized::hconv::{HybridConv, HybridDepthwise};
 use switchyard_interpreter::{
     Activation, BuiltinOp, DType, KernelError, OpKernel, OpOptions, Padding, PrepareCtx,
     PreparedKernel, TensorMeta, TensorView, TensorViewMut, kernel::input,
 };
 
 /// The hybrid kernel for `ctx.node` when it has float input and int8 weights; `None`
-/// for every other node (the op's own prepare goes on).
+/// for every other node (the op's own prepare goes on). These are the plain loops, the
+/// oracle of [`route_optimized`]'s.
 pub fn route(ctx: &PrepareCtx<'_>) -> Result<Option<PreparedKernel>, KernelError> {
+    route_with(ctx, false)
+}
+
+/// As [`route`], for the optimized registry: convolutions run their int32 sums on the
+/// packed int8 GEMM or the channel-vectorised depthwise loop
+/// ([`crate::optimized::hconv`]), bit-identical to the plain loops.
+pub fn route_optimized(ctx: &PrepareCtx<'_>) -> Result<Option<PreparedKernel>, KernelError> {
+    route_with(ctx, true)
+}
+
+fn route_with(
+    ctx: &PrepareCtx<'_>,
+    optimized: bool,
+) -> Result<Option<PreparedKernel>, KernelError> {
     let (Some(x), Some(w)) = (
         ctx.inputs.first().copied().flatten(),
         ctx.inputs.get(1).copied().flatten(),
@@ -41,8 +58,8 @@ pub fn route(ctx: &PrepareCtx<'_>) -> Result<Option<PreparedKernel>, KernelError
             );
             prepare_fully_connected(ctx, asymmetric).map(Some)
         }
-        Some(BuiltinOp::Conv2d) => prepare_conv(ctx, false).map(Some),
-        Some(BuiltinOp::DepthwiseConv2d) => prepare_conv(ctx, true).map(Some),
+        Some(BuiltinOp::Conv2d) => prepare_conv(ctx, false, optimized).map(Some),
+        Some(BuiltinOp::DepthwiseConv2d) => prepare_conv(ctx, true, optimized).map(Some),
         Some(BuiltinOp::BatchMatmul) => prepare_batch_matmul(ctx).map(Some),
         _ => Ok(None),
     }
@@ -537,10 +554,24 @@ struct Conv {
     w: Weights,
     bias: Option<Vec<f32>>,
     clamp: (f32, f32),
+    /// The optimized kernel and the per-channel scales it reads (a per-tensor scale
+    /// repeated), when the optimized registry prepared this node.
+    fast: Option<(Fast, Vec<f32>)>,
+    name: String,
 }
 
-/// CONV_2D (OHWI weights) or DEPTHWISE_CONV_2D (1HWC) with float input, int8 weights.
-pub fn prepare_conv(ctx: &PrepareCtx<'_>, depthwise: bool) -> Result<PreparedKernel, KernelError> {
+enum Fast {
+    Conv(HybridConv),
+    Depthwise(HybridDepthwise),
+}
+
+/// CONV_2D (OHWI weights) or DEPTHWISE_CONV_2D (1HWC) with float input, int8 weights;
+/// `optimized` picks the packed-GEMM and vectorised kernels over the plain loops.
+pub fn prepare_conv(
+    ctx: &PrepareCtx<'_>,
+    depthwise: bool,
+    optimized: bool,
+) -> Result<PreparedKernel, KernelError> {
     let x = ctx.input(0)?;
     let w = ctx.input(1)?;
     let OpOptions::Conv(o) = &ctx.node.options else {
@@ -593,6 +624,46 @@ pub fn prepare_conv(ctx: &PrepareCtx<'_>, depthwise: bool) -> Result<PreparedKer
     } else {
         weights(&w, out_c, 0, k_h * k_w * in_c)?
     };
+    let op = if depthwise {
+        "depthwise_conv2d"
+    } else {
+        "conv2d"
+    };
+    let mut name = format!("{op}/hybrid");
+    let mut fast = None;
+    if optimized && multiplier.is_none_or(|m| m == 1) {
+        let cg = ConvGeom {
+            batch: 1,
+            in_h,
+            in_w,
+            in_c,
+            out_h,
+            out_w,
+            out_c,
+            k_h,
+            k_w,
+            stride_h: g.stride.0,
+            stride_w: g.stride.1,
+            dil_h: g.dilation.0,
+            dil_w: g.dilation.1,
+            pad_top: pad_t,
+            pad_left: pad_l,
+        };
+        let kernel = if depthwise {
+            Fast::Depthwise(HybridDepthwise::new(cg, &wts.data)?)
+        } else {
+            Fast::Conv(HybridConv::new(cg, &wts.data, &wts.row_sums)?)
+        };
+        let isa = match &kernel {
+            Fast::Conv(k) => k.isa,
+            Fast::Depthwise(k) => k.isa,
+        };
+        name = format!("{op}/hybrid/{}", isa.name());
+        let scales = (0..out_c)
+            .map(|c| wts.scales.get(c).copied().unwrap_or(wts.scales[0]))
+            .collect();
+        fast = Some((kernel, scales));
+    }
     Ok(PreparedKernel::new(
         vec![vec![batch, out_h, out_w, out_c]],
         Conv {
@@ -602,6 +673,8 @@ pub fn prepare_conv(ctx: &PrepareCtx<'_>, depthwise: bool) -> Result<PreparedKer
             w: wts,
             bias: float_bias(ctx.optional_input(2), out_c)?,
             clamp: clamp_of(o.activation),
+            fast,
+            name,
         },
     ))
 }
@@ -629,6 +702,21 @@ impl OpKernel for Conv {
         let expected_out = self.batch * g.out_h * g.out_w * self.bias_len_or_channels();
         if x.len() != self.batch * img || out.len() != expected_out {
             return Err(KernelError::shape("input or output size does not match"));
+        }
+        if let Some((fast, scales)) = &self.fast {
+            let per_out = expected_out / self.batch.max(1);
+            return with_scratch(img, |q| {
+                for b in 0..self.batch {
+                    let (sf, zp) = quantize_row_asymmetric(&x[b * img..(b + 1) * img], q);
+                    let o = &mut out[b * per_out..(b + 1) * per_out];
+                    let bias = self.bias.as_deref();
+                    match fast {
+                        Fast::Conv(k) => k.run(q, zp, sf, scales, bias, self.clamp, o)?,
+                        Fast::Depthwise(k) => k.run(q, zp, sf, scales, bias, self.clamp, o)?,
+                    }
+                }
+                Ok(())
+            })?;
         }
         with_scratch(img, |q| match self.depthwise {
             Some(m) => depthwise(
@@ -666,11 +754,7 @@ impl OpKernel for Conv {
         })
     }
     fn name(&self) -> &str {
-        if self.depthwise.is_some() {
-            "depthwise_conv2d/hybrid"
-        } else {
-            "conv2d/hybrid"
-        }
+        &self.name
     }
 }
 

@@ -17,6 +17,7 @@ pub mod batch_matmul;
 pub mod conv;
 pub mod depthwise;
 pub mod gemm;
+pub mod hconv;
 pub mod kernels;
 pub mod pool;
 pub mod qconv;

@@ -245,6 +245,44 @@ impl PackedQ {
         self.panels.len() * 2 + self.bias.len() * 16
     }
 
+    /// Weights alone, for kernels that scale the raw int32 sums themselves (the hybrid
+    /// kernels, whose input zero point is only known per run): no bias, and a
+    /// requantization that [`PackedQ::panel_acc`] never applies.
+    pub fn raw(w: &[i8], n: usize, k: usize) -> Result<PackedQ, KernelError> {
+        let ones = alloc(n, 1i32 << 30)?;
+        let zeros = alloc(n, 0i32)?;
+        PackedQ::new(w, n, k, None, 0, &ones, &zeros, 0, -128, 127)
+    }
+
+    /// The raw sums `Σ_k a[r][k]·W[c][k]` of panel `p` (columns `p*QNR ..`), without bias.
+    ///
+    /// # Safety
+    /// `a[..rows]` each point to `kp` readable int16 values (zero past `k`); `isa` runs
+    /// on this CPU.
+    pub unsafe fn panel_acc(
+        &self,
+        isa: QIsa,
+        a: &[*const i16; QMR],
+        rows: usize,
+        p: usize,
+        acc: &mut [[i32; QNR]; QMR],
+    ) {
+        let b = unsafe { self.panels.as_ptr().add(p * self.kp * QNR) };
+        let kp2 = self.kp / 2;
+        // SAFETY: forwarded from the caller; `b` is panel `p` of `kp * QNR` values.
+        unsafe {
+            match isa {
+                QIsa::Portable => micro_portable(kp2, a, rows, b, acc),
+                #[cfg(target_arch = "x86_64")]
+                QIsa::Avx2 => micro_avx2(kp2, a, rows, b, acc),
+                #[cfg(target_arch = "x86_64")]
+                QIsa::Avx512 => micro_avx512(kp2, a, rows, b, acc, false),
+                #[cfg(target_arch = "x86_64")]
+                QIsa::Avx512Vnni => micro_avx512(kp2, a, rows, b, acc, true),
+            }
+        }
+    }
+
     /// Rows `a[r]` (each `kp` int16 values, zero past `k`) times panel `p`, requantized
     /// into `out[r][p*QNR ..]` (only the first `n` columns are written).
     ///
@@ -260,20 +298,8 @@ impl PackedQ {
         out: &[*mut i8; QMR],
     ) {
         let mut acc = [[0i32; QNR]; QMR];
-        let b = unsafe { self.panels.as_ptr().add(p * self.kp * QNR) };
-        let kp2 = self.kp / 2;
-        // SAFETY: forwarded from the caller; `b` is panel `p` of `kp * QNR` values.
-        unsafe {
-            match isa {
-                QIsa::Portable => micro_portable(kp2, a, rows, b, &mut acc),
-                #[cfg(target_arch = "x86_64")]
-                QIsa::Avx2 => micro_avx2(kp2, a, rows, b, &mut acc),
-                #[cfg(target_arch = "x86_64")]
-                QIsa::Avx512 => micro_avx512(kp2, a, rows, b, &mut acc, false),
-                #[cfg(target_arch = "x86_64")]
-                QIsa::Avx512Vnni => micro_avx512(kp2, a, rows, b, &mut acc, true),
-            }
-        }
+        // SAFETY: forwarded from the caller.
+        unsafe { self.panel_acc(isa, a, rows, p, &mut acc) };
         let c0 = p * QNR;
         let cols = (self.n - c0).min(QNR);
         let rq = &self.requant;
