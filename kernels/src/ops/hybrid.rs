@@ -56,7 +56,7 @@ fn route_with(
                     ..
                 }
             );
-            prepare_fully_connected(ctx, asymmetric).map(Some)
+            prepare_fully_connected(ctx, asymmetric, optimized).map(Some)
         }
         Some(BuiltinOp::Conv2d) => prepare_conv(ctx, false, optimized).map(Some),
         Some(BuiltinOp::DepthwiseConv2d) => prepare_conv(ctx, true, optimized).map(Some),
@@ -127,6 +127,8 @@ pub fn quantize_row_asymmetric(x: &[f32], q: &mut [i8]) -> (f32, i32) {
     (scale_f, zero_point)
 }
 
+pub use crate::optimized::qgemm::dot_i8;
+
 /// Sum of each row of `w` (`rows` × `cols`, row-major): the zero-point correction of
 /// asymmetric inputs, computed once at prepare.
 pub fn row_sums(w: &[i8], cols: usize, out: &mut [i32]) {
@@ -148,6 +150,7 @@ pub struct HybridWeights<'a> {
 /// FULLY_CONNECTED with int8 weights and float input, as LiteRT computes it: `out`
 /// (`batch` × `rows`) starts as the bias (or 0), each input row is quantized (symmetric,
 /// or asymmetric with a zero point), and `dot * scale` is added in float.
+#[allow(clippy::too_many_arguments)]
 pub fn fully_connected(
     input: &[f32],
     batch: usize,
@@ -156,6 +159,7 @@ pub fn fully_connected(
     asymmetric: bool,
     quantized: &mut [i8],
     out: &mut [f32],
+    avx2: bool,
 ) {
     let cols = w.cols;
     for b in 0..batch {
@@ -173,11 +177,7 @@ pub fn fully_connected(
         let o = &mut out[b * w.rows..(b + 1) * w.rows];
         for (r, ov) in o.iter_mut().enumerate() {
             let row = &w.data[r * cols..(r + 1) * cols];
-            let mut dot: i32 = row
-                .iter()
-                .zip(q.iter())
-                .map(|(&a, &v)| i32::from(a) * i32::from(v))
-                .sum();
+            let mut dot = dot_i8(row, q, avx2);
             let s = if per_tensor {
                 scale
             } else {
@@ -344,6 +344,13 @@ fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [i8]) -> R) -> Result<R, Kern
     })
 }
 
+/// Whether the optimized hybrid kernels may take their AVX2 paths: the int8 path
+/// detection, so `QIsa::forced` pins them in tests too.
+pub(crate) fn avx2_detected() -> bool {
+    use crate::optimized::qgemm::QIsa;
+    QIsa::detect() != QIsa::Portable
+}
+
 fn clamp_of(a: Activation) -> (f32, f32) {
     match a {
         Activation::Relu => (0.0, f32::INFINITY),
@@ -440,6 +447,9 @@ struct Fc {
     bias: Option<Vec<f32>>,
     asymmetric: bool,
     clamp: (f32, f32),
+    /// The AVX2 dot product (optimized registry on an AVX2 CPU).
+    avx2: bool,
+    name: &'static str,
 }
 
 /// FULLY_CONNECTED with float input and int8 weights. `asymmetric`: the node's
@@ -447,6 +457,7 @@ struct Fc {
 pub fn prepare_fully_connected(
     ctx: &PrepareCtx<'_>,
     asymmetric: bool,
+    optimized: bool,
 ) -> Result<PreparedKernel, KernelError> {
     let x = ctx.input(0)?;
     let w = ctx.input(1)?;
@@ -485,6 +496,12 @@ pub fn prepare_fully_connected(
             bias: float_bias(ctx.optional_input(2), units)?,
             asymmetric,
             clamp: clamp_of(activation),
+            avx2: optimized && avx2_detected(),
+            name: if optimized && avx2_detected() {
+                "fully_connected/hybrid/avx2"
+            } else {
+                "fully_connected/hybrid"
+            },
         },
     ))
 }
@@ -510,7 +527,16 @@ impl OpKernel for Fc {
             row_sums: &self.w.row_sums,
         };
         with_scratch(self.cols, |q| {
-            fully_connected(x, batch, &hw, self.bias.as_deref(), self.asymmetric, q, out)
+            fully_connected(
+                x,
+                batch,
+                &hw,
+                self.bias.as_deref(),
+                self.asymmetric,
+                q,
+                out,
+                self.avx2,
+            )
         })?;
         for v in out.iter_mut() {
             *v = v.max(self.clamp.0).min(self.clamp.1);
@@ -518,7 +544,7 @@ impl OpKernel for Fc {
         Ok(())
     }
     fn name(&self) -> &str {
-        "fully_connected/hybrid"
+        self.name
     }
 }
 
@@ -841,5 +867,41 @@ impl OpKernel for BatchMatmul {
 
     fn name(&self) -> &str {
         "batch_matmul/hybrid"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::dot_i8;
+    use crate::optimized::qgemm::QIsa;
+
+    /// Both dot-product paths equal the plain sum at every length around the 16- and
+    /// 32-lane steps, with extreme values (which a pairwise madd must not overflow).
+    #[test]
+    fn dot_products_match_the_plain_sum_on_every_path() {
+        let mut seed = 5u64;
+        let mut next = move || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) as u8 as i8
+        };
+        for n in (0..70).chain([127, 128, 1000, 1280]) {
+            for extreme in [false, true] {
+                let (a, b): (Vec<i8>, Vec<i8>) = if extreme {
+                    (vec![-128; n], vec![-128; n])
+                } else {
+                    ((0..n).map(|_| next()).collect(), (0..n).map(|_| next()).collect())
+                };
+                let want = a
+                    .iter()
+                    .zip(&b)
+                    .fold(0i32, |s, (&x, &y)| s.wrapping_add(i32::from(x) * i32::from(y)));
+                for isa in QIsa::available() {
+                    let avx2 = isa != QIsa::Portable;
+                    assert_eq!(dot_i8(&a, &b, avx2), want, "n {n} {isa:?}");
+                }
+            }
+        }
     }
 }

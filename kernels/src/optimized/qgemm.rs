@@ -327,6 +327,63 @@ impl PackedQ {
     }
 }
 
+/// `Σ a[i]·b[i]` over int8 vectors (the shorter length), in wrapping int32: LiteRT's
+/// hybrid dot product, exact in any order. `avx2` (from [`crate::optimized::qgemm::QIsa`]
+/// at prepare, so tests can force either path) picks 16-lane `vpmaddwd` steps.
+pub fn dot_i8(a: &[i8], b: &[i8], avx2: bool) -> i32 {
+    #[cfg(target_arch = "x86_64")]
+    if avx2 {
+        // SAFETY: `avx2` is only set where AVX2 was detected (or a test forced a path
+        // detected on this CPU).
+        return unsafe { dot_i8_avx2(a, b) };
+    }
+    let _ = avx2;
+    a.iter()
+        .zip(b)
+        .fold(0i32, |s, (&x, &y)| s.wrapping_add(i32::from(x) * i32::from(y)))
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn dot_i8_avx2(a: &[i8], b: &[i8]) -> i32 {
+    use std::arch::x86_64::*;
+    let n = a.len().min(b.len());
+    let (mut acc0, mut acc1) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+    let mut i = 0;
+    while i + 32 <= n {
+        // SAFETY: `i + 32 <= n` bytes lie in both slices.
+        unsafe {
+            let x0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(a.as_ptr().add(i) as *const __m128i));
+            let y0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(b.as_ptr().add(i) as *const __m128i));
+            let x1 =
+                _mm256_cvtepi8_epi16(_mm_loadu_si128(a.as_ptr().add(i + 16) as *const __m128i));
+            let y1 =
+                _mm256_cvtepi8_epi16(_mm_loadu_si128(b.as_ptr().add(i + 16) as *const __m128i));
+            acc0 = _mm256_add_epi32(acc0, _mm256_madd_epi16(x0, y0));
+            acc1 = _mm256_add_epi32(acc1, _mm256_madd_epi16(x1, y1));
+        }
+        i += 32;
+    }
+    if i + 16 <= n {
+        // SAFETY: `i + 16 <= n` bytes lie in both slices.
+        unsafe {
+            let x0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(a.as_ptr().add(i) as *const __m128i));
+            let y0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(b.as_ptr().add(i) as *const __m128i));
+            acc0 = _mm256_add_epi32(acc0, _mm256_madd_epi16(x0, y0));
+        }
+        i += 16;
+    }
+    let acc = _mm256_add_epi32(acc0, acc1);
+    let s = _mm_add_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
+    let mut total = _mm_cvtsi128_si32(s);
+    for (&x, &y) in a[i..n].iter().zip(&b[i..n]) {
+        total = total.wrapping_add(i32::from(x) * i32::from(y));
+    }
+    total
+}
+
 /// Per-lane constants of one panel.
 pub struct Lanes<'a> {
     pub bias: &'a [i32],

@@ -35,6 +35,9 @@ struct QMatrix {
     scale: f32,
     row_sums: Vec<i32>,
     cols: usize,
+    /// The AVX2 dot product ([`crate::ops::hybrid::dot_i8`]); exact, so both registries
+    /// take it (LSTM has one kernel).
+    avx2: bool,
 }
 
 /// A quantized input row: values, scale and zero point.
@@ -70,6 +73,7 @@ impl QMatrix {
             scale,
             row_sums: sums,
             cols,
+            avx2: crate::ops::hybrid::avx2_detected(),
         })
     }
 
@@ -82,11 +86,7 @@ impl QMatrix {
             .zip(self.data.chunks_exact(self.cols))
             .zip(&self.row_sums)
         {
-            let dot: i32 = row
-                .iter()
-                .zip(x.q)
-                .map(|(&a, &b)| i32::from(a) * i32::from(b))
-                .sum();
+            let dot = crate::ops::hybrid::dot_i8(row, x.q, self.avx2);
             let dot = dot.wrapping_sub(sum.wrapping_mul(x.zero_point));
             *o += dot as f32 * scale;
         }
