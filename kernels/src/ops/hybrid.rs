@@ -15,6 +15,7 @@ use std::cell::RefCell;
 
 use crate::optimized::ConvGeom;
 use crate::optimized::hconv::{HybridConv, HybridDepthwise};
+use crate::optimized::hquant;
 use switchyard_interpreter::{
     Activation, BuiltinOp, DType, KernelError, OpKernel, OpOptions, Padding, PrepareCtx,
     PreparedKernel, TensorMeta, TensorView, TensorViewMut, kernel::input,
@@ -68,21 +69,20 @@ fn route_with(
 /// Quantizes `x` symmetrically into `q` (range ±127) and returns the scale: the row's
 /// largest magnitude over 127, or 1 for an all-zero row (whose `q` is all zero).
 pub fn quantize_row_symmetric(x: &[f32], q: &mut [i8]) -> f32 {
-    let (mut lo, mut hi) = (f32::INFINITY, f32::NEG_INFINITY);
-    for &v in x {
-        lo = lo.min(v);
-        hi = hi.max(v);
-    }
+    quantize_row_symmetric_with(x, q, false)
+}
+
+/// [`quantize_row_symmetric`], on the AVX2 build of its loops when `avx2`.
+pub fn quantize_row_symmetric_with(x: &[f32], q: &mut [i8], avx2: bool) -> f32 {
+    let (lo, hi) = hquant::min_max(x, f32::INFINITY, f32::NEG_INFINITY, avx2);
     let range = lo.abs().max(hi.abs());
     if x.is_empty() || range == 0.0 {
         q.iter_mut().for_each(|v| *v = 0);
         return 1.0;
     }
     let inv = 127.0f32 / range;
-    for (o, &v) in q.iter_mut().zip(x) {
-        // f32::round rounds half away from zero, as TfLiteRound does.
-        *o = ((v * inv).round() as i32).clamp(-127, 127) as i8;
-    }
+    // f32::round rounds half away from zero, as TfLiteRound does.
+    hquant::quantize(x, q, inv, 0.0, -127, 127, avx2);
     range / 127.0
 }
 
@@ -90,11 +90,12 @@ pub fn quantize_row_symmetric(x: &[f32], q: &mut [i8]) -> f32 {
 /// and returns (scale, zero point). The zero point is chosen, as in LiteRT, from the end
 /// of the range whose rounding error is smaller, in double precision.
 pub fn quantize_row_asymmetric(x: &[f32], q: &mut [i8]) -> (f32, i32) {
-    let (mut lo, mut hi) = (0.0f32, 0.0f32);
-    for &v in x {
-        lo = lo.min(v);
-        hi = hi.max(v);
-    }
+    quantize_row_asymmetric_with(x, q, false)
+}
+
+/// [`quantize_row_asymmetric`], on the AVX2 build of its loops when `avx2`.
+pub fn quantize_row_asymmetric_with(x: &[f32], q: &mut [i8], avx2: bool) -> (f32, i32) {
+    let (lo, hi) = hquant::min_max(x, 0.0, 0.0, avx2);
     let (rmin, rmax) = (f64::from(lo), f64::from(hi));
     if rmin == rmax {
         q.iter_mut().for_each(|v| *v = 0);
@@ -120,10 +121,7 @@ pub fn quantize_row_asymmetric(x: &[f32], q: &mut [i8]) -> (f32, i32) {
     };
     let scale_f = scale as f32;
     let inv = (1.0f64 / f64::from(scale_f)) as f32;
-    let zpf = zero_point as f32;
-    for (o, &v) in q.iter_mut().zip(x) {
-        *o = ((zpf + v * inv).round() as i32).clamp(-128, 127) as i8;
-    }
+    hquant::quantize(x, q, inv, zero_point as f32, -128, 127, avx2);
     (scale_f, zero_point)
 }
 
@@ -166,9 +164,9 @@ pub fn fully_connected(
         let x = &input[b * cols..(b + 1) * cols];
         let q = &mut quantized[..cols];
         let (mut scale, zp) = if asymmetric {
-            quantize_row_asymmetric(x, q)
+            quantize_row_asymmetric_with(x, q, avx2)
         } else {
-            (quantize_row_symmetric(x, q), 0)
+            (quantize_row_symmetric_with(x, q, avx2), 0)
         };
         let per_tensor = w.scales.len() == 1;
         if per_tensor {
@@ -733,7 +731,13 @@ impl OpKernel for Conv {
             let per_out = expected_out / self.batch.max(1);
             return with_scratch(img, |q| {
                 for b in 0..self.batch {
-                    let (sf, zp) = quantize_row_asymmetric(&x[b * img..(b + 1) * img], q);
+                    let image = &x[b * img..(b + 1) * img];
+                    let isa = match fast {
+                        Fast::Conv(k) => k.isa,
+                        Fast::Depthwise(k) => k.isa,
+                    };
+                    let avx2 = isa != crate::optimized::qgemm::QIsa::Portable;
+                    let (sf, zp) = quantize_row_asymmetric_with(image, q, avx2);
                     let o = &mut out[b * per_out..(b + 1) * per_out];
                     let bias = self.bias.as_deref();
                     match fast {

@@ -18,6 +18,7 @@ pub mod conv;
 pub mod depthwise;
 pub mod gemm;
 pub mod hconv;
+pub mod hquant;
 pub mod kernels;
 pub mod pool;
 pub mod qconv;

@@ -16,7 +16,7 @@ use switchyard_interpreter::{
 };
 
 use super::{Lstm, Reusable, Types, check_activation, idx, normalize, sigmoid, structure, zeroed};
-use crate::ops::hybrid::{quantize_row_asymmetric, quantize_row_symmetric, row_sums};
+use crate::ops::hybrid::{quantize_row_asymmetric_with, quantize_row_symmetric_with, row_sums};
 
 const TYPES: Types = Types {
     kind: "hybrid",
@@ -230,10 +230,12 @@ impl HybridLstm {
         if x.iter().all(|&v| v == 0.0) {
             return None;
         }
+        // The matrices carry the path detected at prepare.
+        let avx2 = self.w.iter().flatten().any(|m| m.avx2);
         let (scale, zero_point) = if self.asymmetric {
-            quantize_row_asymmetric(x, q)
+            quantize_row_asymmetric_with(x, q, avx2)
         } else {
-            (quantize_row_symmetric(x, q), 0)
+            (quantize_row_symmetric_with(x, q, avx2), 0)
         };
         Some(QRow {
             q,
