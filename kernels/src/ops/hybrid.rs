@@ -895,12 +895,14 @@ mod tests {
                 let (a, b): (Vec<i8>, Vec<i8>) = if extreme {
                     (vec![-128; n], vec![-128; n])
                 } else {
-                    ((0..n).map(|_| next()).collect(), (0..n).map(|_| next()).collect())
+                    (
+                        (0..n).map(|_| next()).collect(),
+                        (0..n).map(|_| next()).collect(),
+                    )
                 };
-                let want = a
-                    .iter()
-                    .zip(&b)
-                    .fold(0i32, |s, (&x, &y)| s.wrapping_add(i32::from(x) * i32::from(y)));
+                let want = a.iter().zip(&b).fold(0i32, |s, (&x, &y)| {
+                    s.wrapping_add(i32::from(x) * i32::from(y))
+                });
                 for isa in QIsa::available() {
                     let avx2 = isa != QIsa::Portable;
                     assert_eq!(dot_i8(&a, &b, avx2), want, "n {n} {isa:?}");

@@ -184,14 +184,14 @@ pub fn copy_strided(
     let mut dims_inline = [(0usize, 0isize, 0isize); INLINE];
     let mut idx_inline = [0usize; INLINE];
     let (mut dims_heap, mut idx_heap) = (Vec::new(), Vec::new());
-    let (dims_buf, idx_buf): (&mut [(usize, isize, isize)], &mut [usize]) =
-        if shape.len() <= INLINE {
-            (&mut dims_inline, &mut idx_inline)
-        } else {
-            dims_heap.resize(shape.len(), (0, 0, 0));
-            idx_heap.resize(shape.len(), 0);
-            (&mut dims_heap, &mut idx_heap)
-        };
+    let (dims_buf, idx_buf): (&mut [(usize, isize, isize)], &mut [usize]) = if shape.len() <= INLINE
+    {
+        (&mut dims_inline, &mut idx_inline)
+    } else {
+        dims_heap.resize(shape.len(), (0, 0, 0));
+        idx_heap.resize(shape.len(), 0);
+        (&mut dims_heap, &mut idx_heap)
+    };
     let mut len = 0usize;
     for ((&n, &s), &d) in shape.iter().zip(&from.strides).zip(&to.strides) {
         if n == 1 {

@@ -240,8 +240,7 @@ impl HybridDepthwise {
                 }
                 let o0 = (oy * g.out_w + ox) * c;
                 let o = &mut out[o0..o0 + c];
-                for (j, ((ov, &s), &cs)) in o.iter_mut().zip(acc.iter()).zip(a.scales).enumerate()
-                {
+                for (j, ((ov, &s), &cs)) in o.iter_mut().zip(acc.iter()).zip(a.scales).enumerate() {
                     let v = (s as f32 * cs) * a.sf + a.bias.map_or(0.0, |b| b[j]);
                     *ov = v.max(a.clamp.0).min(a.clamp.1);
                 }
@@ -290,7 +289,15 @@ mod tests {
             // (depthwise, in [h,w,c], out_c, k, stride, padding, activation)
             (false, [9, 9, 8], 24, 3, 1, Padding::Same, Activation::Relu6),
             (false, [10, 7, 3], 17, 3, 2, Padding::Same, Activation::None),
-            (false, [6, 6, 16], 40, 1, 1, Padding::Valid, Activation::Relu),
+            (
+                false,
+                [6, 6, 16],
+                40,
+                1,
+                1,
+                Padding::Valid,
+                Activation::Relu,
+            ),
             (true, [9, 9, 20], 20, 3, 1, Padding::Same, Activation::Relu6),
             (true, [8, 11, 13], 13, 3, 2, Padding::Same, Activation::None),
         ];
@@ -323,7 +330,9 @@ mod tests {
                     axis,
                 },
             );
-            let bias: Vec<f32> = (0..oc).map(|_| (next() % 2001) as f32 / 1000.0 - 1.0).collect();
+            let bias: Vec<f32> = (0..oc)
+                .map(|_| (next() % 2001) as f32 / 1000.0 - 1.0)
+                .collect();
             let bt = sg.constant("b", DType::F32, &[oc], bytemuck::cast_slice(&bias).to_vec());
             let (oh, ow) = match padding {
                 Padding::Same => (h.div_ceil(stride), w.div_ceil(stride)),
@@ -361,15 +370,16 @@ mod tests {
             let xdata: Vec<f32> = (0..h * w * c)
                 .map(|_| (next() % 4001) as f32 / 1000.0 - 1.5)
                 .collect();
-            let xt =
-                Tensor::from_bytes(DType::F32, vec![1, h, w, c], bytemuck::cast_slice(&xdata))
-                    .unwrap();
+            let xt = Tensor::from_bytes(DType::F32, vec![1, h, w, c], bytemuck::cast_slice(&xdata))
+                .unwrap();
             let (want, _) = run(&model, Arc::new(ReferenceResolver), &xt);
             for isa in QIsa::available() {
                 let (got, names) =
                     QIsa::forced(isa, || run(&model, Arc::new(OptimizedResolver), &xt));
                 assert!(
-                    names.iter().any(|n| n.ends_with(&format!("/{}", isa.name()))),
+                    names
+                        .iter()
+                        .any(|n| n.ends_with(&format!("/{}", isa.name()))),
                     "{isa:?} not used: {names:?}"
                 );
                 assert_eq!(got, want, "dw {dw} {shape:?} k{k} s{stride} {isa:?}");

@@ -196,13 +196,7 @@ impl QDepthwise {
                 ld(&self.left, j),
                 ld(&self.right, j),
             );
-            let packed = clamp_pack16_avx2(
-                v,
-                v,
-                self.output_offset,
-                self.act_min,
-                self.act_max,
-            );
+            let packed = clamp_pack16_avx2(v, v, self.output_offset, self.act_min, self.act_max);
             let bytes = _mm_cvtsi128_si64(packed).to_le_bytes().map(|b| b as i8);
             out[j..j + 8].copy_from_slice(&bytes);
             j += 8;

@@ -338,9 +338,9 @@ pub fn dot_i8(a: &[i8], b: &[i8], avx2: bool) -> i32 {
         return unsafe { dot_i8_avx2(a, b) };
     }
     let _ = avx2;
-    a.iter()
-        .zip(b)
-        .fold(0i32, |s, (&x, &y)| s.wrapping_add(i32::from(x) * i32::from(y)))
+    a.iter().zip(b).fold(0i32, |s, (&x, &y)| {
+        s.wrapping_add(i32::from(x) * i32::from(y))
+    })
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -374,7 +374,10 @@ fn dot_i8_avx2(a: &[i8], b: &[i8]) -> i32 {
         i += 16;
     }
     let acc = _mm256_add_epi32(acc0, acc1);
-    let s = _mm_add_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
+    let s = _mm_add_epi32(
+        _mm256_castsi256_si128(acc),
+        _mm256_extracti128_si256(acc, 1),
+    );
     let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
     let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
     let mut total = _mm_cvtsi128_si32(s);
