@@ -57,11 +57,20 @@ impl Drop for Daemon {
     }
 }
 
+/// Waits for the daemon's background validation of `id` (a first load answers on the
+/// CPU plan before it ends), so what follows sees the final placement and allowlist.
+fn wait_placed(c: &mut Client, id: &str) {
+    let status = c.wait_placed(id, Duration::from_secs(300)).unwrap();
+    assert_ne!(status.validation, "validating", "validation never ended");
+    assert_ne!(status.validation, "failed", "{}", status.validation_reason);
+}
+
 /// The first request on a fresh daemon (the model is stateful) must give LiteRT's
 /// builtin-kernel output exactly, whatever the placement.
 fn load_and_check(d: &Daemon) {
     let mut c = Client::connect_unix(&d.socket).unwrap();
     let m = c.load_model_file(model_path(STEM)).unwrap();
+    wait_placed(&mut c, &m.id);
     let x = golden(STEM, "input_0.npy").expect("golden input");
     let want = golden(STEM, "output_0.ref.npy").expect("golden output");
     let xv = x.view();
@@ -220,6 +229,7 @@ fn arbiter_refuses_a_hopeless_deadline_with_the_reason_and_serves_the_rest() {
     );
     let mut c = Client::connect_unix(&d.socket).unwrap();
     let m = c.load_model_file(model_path(HEAVY)).unwrap();
+    wait_placed(&mut c, &m.id);
     let inputs: Vec<Tensor> = m
         .inputs
         .iter()

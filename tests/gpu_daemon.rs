@@ -113,8 +113,11 @@ impl Drop for Daemon {
 /// Loads the model, runs LiteRT's golden input, and checks the output within 1e-3 of
 /// the output's largest magnitude (the GPU's float sums round differently).
 fn load_and_check(d: &Daemon) {
-    let c = Client::connect_unix(&d.socket).unwrap();
+    let mut c = Client::connect_unix(&d.socket).unwrap();
     let m = c.load(model_path(STEM)).unwrap();
+    // A first load answers on the CPU plan; the GPU is validated in the background.
+    let status = c.wait_placed(m.id(), Duration::from_secs(600)).unwrap();
+    assert_eq!(status.validation, "done", "{}", status.validation_reason);
     let x = golden(STEM, "input_0.npy").expect("golden input");
     let want = golden(STEM, "output_0.ref.npy").expect("golden output");
     let xv = x.view();

@@ -675,6 +675,16 @@ fn helper_tenant_b_probes() {
         first.model.as_ref().unwrap().sha256.clone(),
         fresh.model.as_ref().unwrap().sha256.clone(),
     ];
+    // Decisions are made in the background, after the loads answered.
+    for m in [first, fresh] {
+        let id = &m.model.as_ref().unwrap().id;
+        let placed = c.wait_placed(id, Duration::from_secs(120)).unwrap();
+        assert_ne!(
+            placed.validation, "validating",
+            "{}",
+            placed.validation_reason
+        );
+    }
     let listed = c.allowlist().unwrap();
     assert!(
         !listed.entries.is_empty(),
@@ -781,44 +791,9 @@ fn d13_a_panicking_run_is_internal_with_a_generic_message() {
 
 // ---- crash-safe validation: a driver that crashes or hangs in the worker --------------
 
-/// y = SUB(LOGISTIC(MUL(ADD(x, c) relu, x2)), c): all nodes run on the example plugin.
+/// All nodes run on the example plugin.
 fn plugin_model() -> Vec<u8> {
-    use switchyard_interpreter::builder::ModelBuilder;
-    use switchyard_interpreter::{Activation, BuiltinOp, DType, OpKind, OpOptions};
-    let dims = [2, 3, 5];
-    let mut mb = ModelBuilder::new();
-    let sg = mb.main();
-    let x = sg.tensor("x", DType::F32, &dims);
-    let x2 = sg.tensor("x2", DType::F32, &dims);
-    let c = sg.constant_f32("c", &dims, &[0.25; 30]);
-    let a = sg.tensor("a", DType::F32, &dims);
-    let m = sg.tensor("m", DType::F32, &dims);
-    let l = sg.tensor("l", DType::F32, &dims);
-    let y = sg.tensor("y", DType::F32, &dims);
-    let b = OpKind::Builtin;
-    let act = |a| OpOptions::Activation(a);
-    sg.op(
-        b(BuiltinOp::Add),
-        &[Some(x), Some(c)],
-        &[a],
-        act(Activation::Relu),
-    );
-    sg.op(
-        b(BuiltinOp::Mul),
-        &[Some(a), Some(x2)],
-        &[m],
-        act(Activation::None),
-    );
-    sg.op(b(BuiltinOp::Logistic), &[Some(m)], &[l], OpOptions::None);
-    sg.op(
-        b(BuiltinOp::Sub),
-        &[Some(l), Some(c)],
-        &[y],
-        act(Activation::None),
-    );
-    sg.set_inputs(&[x, x2]);
-    sg.set_outputs(&[y]);
-    mb.finish()
+    switchyard_interpreter::example_models::four_op_chain(&[2, 3, 5])
 }
 
 fn worker_fault_blocks_the_plugin(fault: &str, expect: &str) {
@@ -832,12 +807,17 @@ fn worker_fault_blocks_the_plugin(fault: &str, expect: &str) {
     );
     let mut c = d.client();
     let m = c.load_model("chain", plugin_model()).unwrap();
+    // The plugin is validated in the background, after the load answered.
+    let placed = c.wait_placed(&m.id, Duration::from_secs(120)).unwrap();
+    assert_eq!(placed.validation, "done", "{}", placed.validation_reason);
     d.assert_alive("a plugin fault during validation");
     let x = Tensor::from_f32(vec![2, 3, 5], &[1.0; 30]);
     let out = c.run(&m.id, &[x.clone(), x]).unwrap();
-    let expected = 1.0 / (1.0 + (-1.25f32).exp()) - 0.25;
-    for v in out.outputs[0].to_f32().unwrap() {
-        assert!((v - expected).abs() < 1e-5, "{v} != {expected}");
+    // four_op_chain's constant: c[i] = (i % 25 - 12) / 4.
+    for (i, v) in out.outputs[0].to_f32().unwrap().into_iter().enumerate() {
+        let c = ((i % 25) as f32 - 12.0) * 0.25;
+        let expected = 1.0 / (1.0 + (-(1.0 + c).max(0.0)).exp()) - c;
+        assert!((v - expected).abs() < 1e-5, "{i}: {v} != {expected}");
     }
     let entries = c.allowlist().unwrap().entries;
     let mine: Vec<_> = entries

@@ -41,7 +41,10 @@ fn loadtest_runs_both_sides_with_real_processes() {
         String::from_utf8_lossy(&run.stderr)
     );
     assert!(stdout.contains("switchyard / litert"), "{stdout}");
-    assert!(stdout.contains("background throughput in the mix / alone"), "{stdout}");
+    assert!(
+        stdout.contains("background throughput in the mix / alone"),
+        "{stdout}"
+    );
     let v: Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
     let runs = v["runs"].as_array().unwrap();
     assert_eq!(runs.len(), 2);

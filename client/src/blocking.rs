@@ -251,6 +251,21 @@ impl Client {
         self.rt.block_on(self.inner.placement(model_id))
     }
 
+    pub fn placement_status(
+        &mut self,
+        model_id: &str,
+    ) -> Result<v1::GetPlacementResponse, ClientError> {
+        self.rt.block_on(self.inner.placement_status(model_id))
+    }
+
+    pub fn wait_placed(
+        &mut self,
+        model_id: &str,
+        timeout: std::time::Duration,
+    ) -> Result<v1::GetPlacementResponse, ClientError> {
+        self.rt.block_on(self.inner.wait_placed(model_id, timeout))
+    }
+
     pub fn metrics(&mut self) -> Result<String, ClientError> {
         self.rt.block_on(self.inner.metrics())
     }

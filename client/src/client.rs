@@ -490,6 +490,37 @@ impl Client {
         Ok(self.rpc.get_placement(req).await?.into_inner().plan_json)
     }
 
+    /// The daemon's placement of one of this tenant's models with where validating its
+    /// accelerators stands (`validation`: "validating", "done", "none" or "failed").
+    pub async fn placement_status(
+        &mut self,
+        model_id: &str,
+    ) -> Result<v1::GetPlacementResponse, ClientError> {
+        let req = self.request(v1::GetPlacementRequest {
+            model_id: model_id.to_owned(),
+        })?;
+        Ok(self.rpc.get_placement(req).await?.into_inner())
+    }
+
+    /// Polls [`Client::placement_status`] until the model's background validation has
+    /// ended or `timeout` passed; returns the last status (still "validating" after a
+    /// timeout). A first load answers before validation: this is for callers that need
+    /// the final placement.
+    pub async fn wait_placed(
+        &mut self,
+        model_id: &str,
+        timeout: std::time::Duration,
+    ) -> Result<v1::GetPlacementResponse, ClientError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let status = self.placement_status(model_id).await?;
+            if status.validation != "validating" || tokio::time::Instant::now() >= deadline {
+                return Ok(status);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     /// The daemon's metrics in the Prometheus text format (this tenant's series; every
     /// tenant's for an admin).
     pub async fn metrics(&mut self) -> Result<String, ClientError> {

@@ -389,7 +389,7 @@ impl DaemonConfig {
         if l.run_max_nodes == 0 {
             return bad("limits.run_max_nodes", "must be at least 1");
         }
-        if !(l.node_max_work >= 1.0) {
+        if l.node_max_work.is_nan() || l.node_max_work < 1.0 {
             return bad("limits.node_max_work", "must be at least 1");
         }
         for (tenant, t) in &l.tenants {

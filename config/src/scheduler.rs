@@ -38,6 +38,10 @@ pub struct SchedulerConfig {
     /// Let a request run where it finishes first (an accelerator or the CPU), given the
     /// queues.
     pub migration: bool,
+    /// Answer a first load once the model's CPU plan is ready and validate its
+    /// accelerators in the background, switching the placement when validation allows
+    /// one. Off: the load answers only after validation (the placement is final then).
+    pub validate_in_background: bool,
     /// A request without a deadline is ordered as if due this long after it became
     /// ready (and priority classes are this far apart): the bound on how long the
     /// policies let it wait behind others.
@@ -76,6 +80,7 @@ impl Default for SchedulerConfig {
             queue_limit: 64,
             cpu_cores: 0,
             migration: true,
+            validate_in_background: true,
             aging_ms: 500,
             background_share: 0.5,
             background_reserve: 0.15,

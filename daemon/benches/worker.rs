@@ -18,10 +18,9 @@ use std::time::{Duration, Instant};
 use switchyard_config::Config;
 use switchyard_daemon::worker::{WorkerPool, WorkerValidator};
 use switchyard_delegates::{CpuResolver, PluginDelegate};
-use switchyard_interpreter::builder::ModelBuilder;
+use switchyard_interpreter::example_models::four_op_chain;
 use switchyard_interpreter::{
-    Activation, BuiltinOp, DType, Delegate, Interpreter, InterpreterOptions, Model, OpKind,
-    OpOptions, Partition, PlacedPartition, Tensor,
+    DType, Delegate, Interpreter, InterpreterOptions, Model, Partition, PlacedPartition, Tensor,
 };
 use switchyard_scheduler::allowlist::{InProcess, Tolerance, Validator};
 
@@ -40,44 +39,9 @@ fn plugin_path() -> Option<PathBuf> {
         .find(|p| p.exists())
 }
 
-/// x -> ADD c (RELU) -> MUL x2 -> LOGISTIC -> SUB c -> y over float32 `dims`: every node
-/// runs on the example NPU, so one run is one plugin execute call.
+/// One run is one plugin execute call: every node of the chain runs on the example NPU.
 fn float_chain(dims: &[usize]) -> Arc<Model> {
-    let n: usize = dims.iter().product();
-    let mut mb = ModelBuilder::new();
-    let sg = mb.main();
-    let x = sg.tensor("x", DType::F32, dims);
-    let x2 = sg.tensor("x2", DType::F32, dims);
-    let cv: Vec<f32> = (0..n).map(|i| (i % 97) as f32 * 0.05 - 2.0).collect();
-    let c = sg.constant_f32("c", dims, &cv);
-    let a = sg.tensor("a", DType::F32, dims);
-    let m = sg.tensor("m", DType::F32, dims);
-    let l = sg.tensor("l", DType::F32, dims);
-    let y = sg.tensor("y", DType::F32, dims);
-    let b = OpKind::Builtin;
-    let act = OpOptions::Activation;
-    sg.op(
-        b(BuiltinOp::Add),
-        &[Some(x), Some(c)],
-        &[a],
-        act(Activation::Relu),
-    );
-    sg.op(
-        b(BuiltinOp::Mul),
-        &[Some(a), Some(x2)],
-        &[m],
-        act(Activation::None),
-    );
-    sg.op(b(BuiltinOp::Logistic), &[Some(m)], &[l], OpOptions::None);
-    sg.op(
-        b(BuiltinOp::Sub),
-        &[Some(l), Some(c)],
-        &[y],
-        act(Activation::None),
-    );
-    sg.set_inputs(&[x, x2]);
-    sg.set_outputs(&[y]);
-    Arc::new(Model::from_bytes(&mb.finish()).expect("the bench model loads"))
+    Arc::new(Model::from_bytes(&four_op_chain(dims)).expect("the bench model loads"))
 }
 
 fn placed(model: &Model, d: &Arc<dyn Delegate>) -> PlacedPartition {

@@ -33,9 +33,10 @@ const RUN_TIME: Duration = Duration::from_secs(2);
 const PREPARE_TIME: Duration = Duration::from_secs(2);
 const SESSION_BYTES: usize = 256 << 20;
 /// Most work one node may do: a node's eval is not interrupted by the run budget, so
-/// this bounds one node's time (a generic reduction walks ~50 ns per element under
-/// AddressSanitizer: 3e7 is well under a second).
-const NODE_WORK: f64 = 3e7;
+/// this bounds one node's time. Some reference paths cost ~100 ns per operation under
+/// AddressSanitizer (an int8 BATCH_MATMUL of 1.3e7 operations took 1.7 s of CPU, twice
+/// that on a loaded machine): 1e7 keeps every node well under a second.
+const NODE_WORK: f64 = 1e7;
 /// Largest input the run target fills (bytes); larger inputs are left zeroed.
 const MAX_FILL: usize = 16 << 20;
 

@@ -59,6 +59,7 @@ async fn shutdown_signal() {
 }
 
 fn main() -> ExitCode {
+    switchyard_daemon::registry::pin_malloc_thresholds();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SWITCHYARD_LOG")

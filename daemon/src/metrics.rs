@@ -58,6 +58,8 @@ struct ModelSeries {
     failed: u64,
     queue: Histogram,
     run: Histogram,
+    /// Requests that ran, by the processor the arbiter ran them on.
+    on: BTreeMap<&'static str, u64>,
 }
 
 #[derive(Default)]
@@ -149,6 +151,7 @@ impl Metrics {
         }
         s.queue.observe(queue_us);
         s.run.observe(run_us);
+        *s.on.entry(processor.name()).or_default() += 1;
         *inner.busy_us.entry(processor.name()).or_default() += run_us;
     }
 
@@ -226,7 +229,7 @@ pub fn render(state: &State, viewer: &Viewer) -> String {
     let inner = lock(&state.metrics.inner);
     let _ = writeln!(
         o,
-        "# HELP switchyard_processor_busy_seconds_total Time requests ran, by the processor their model is placed on."
+        "# HELP switchyard_processor_busy_seconds_total Time requests ran, by the processor they ran on."
     );
     let _ = writeln!(o, "# TYPE switchyard_processor_busy_seconds_total counter");
     for (p, us) in &inner.busy_us {
@@ -283,6 +286,22 @@ pub fn render(state: &State, viewer: &Viewer) -> String {
             "switchyard_requests_total{{{l},outcome=\"failed\"}} {}",
             s.failed
         );
+    }
+    let _ = writeln!(
+        o,
+        "# HELP switchyard_model_processor_runs_total Requests that ran, by tenant, model and the processor the arbiter ran them on (migration runs a model placed on an accelerator on the cpu when that finishes first)."
+    );
+    let _ = writeln!(o, "# TYPE switchyard_model_processor_runs_total counter");
+    for ((t, m), s) in inner.models.iter().filter(|((t, _), _)| viewer.sees(t)) {
+        for (p, n) in &s.on {
+            let _ = writeln!(
+                o,
+                "switchyard_model_processor_runs_total{{tenant=\"{}\",model=\"{}\",name=\"{}\",processor=\"{p}\"}} {n}",
+                label(&t.to_string()),
+                label(m),
+                label(&s.name)
+            );
+        }
     }
     let _ = writeln!(
         o,

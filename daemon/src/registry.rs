@@ -18,7 +18,7 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
@@ -32,7 +32,7 @@ use switchyard_scheduler::serving::Variant;
 use tokio::sync::Semaphore;
 
 use crate::error::DaemonError;
-use crate::placement::{ModelPlacement, Placer};
+use crate::placement::{ModelPlacement, Placer, Validation};
 use crate::tenant::lock;
 
 /// Input shape sets one plan keeps prepared: each resize to a new shape prepares the
@@ -62,6 +62,30 @@ struct PlanSlot {
     ready: Mutex<Option<Arc<Plan>>>,
 }
 
+/// One placement of a model with the plans prepared for it. A request takes the model's
+/// current one when it arrives and runs on it to the end; background validation
+/// replaces it as a whole when it allows an accelerator, for later requests.
+pub struct Placed {
+    /// Where the scheduler placed the model's partitions; the plans use it.
+    pub placement: ModelPlacement,
+    /// The main form's plan.
+    pub plan: Arc<Plan>,
+    plans: Mutex<HashMap<Form, Arc<PlanSlot>>>,
+}
+
+impl Placed {
+    /// Bytes the plans hold for every session (packed weights, folded constants).
+    fn plan_bytes(&self) -> u64 {
+        let others: usize = lock(&self.plans)
+            .values()
+            .filter_map(|s| s.ready.try_lock().ok().and_then(|p| p.clone()))
+            .filter(|p| !Arc::ptr_eq(p, &self.plan))
+            .map(|p| p.shared_bytes())
+            .sum();
+        (self.plan.shared_bytes() + others) as u64
+    }
+}
+
 pub struct PreparedModel {
     pub sha256: [u8; 32],
     pub sha256_hex: String,
@@ -70,10 +94,10 @@ pub struct PreparedModel {
     pub arena_bytes: u64,
     pub inputs: Vec<TensorSpec>,
     pub outputs: Vec<TensorSpec>,
-    /// The immutable prepared model every session of every tenant runs on (its main
-    /// form; other forms in `plans`).
-    pub plan: Arc<Plan>,
-    plans: Mutex<HashMap<Form, Arc<PlanSlot>>>,
+    /// The placement and plans requests start on now (see [`Placed`]).
+    placed: RwLock<Arc<Placed>>,
+    /// Where validating the model's accelerators stands.
+    validation: Mutex<Validation>,
     resolver: Arc<dyn OpResolver>,
     options: PlanOptions,
     /// Whether a session keeps state between runs (see [`Plan::is_stateful`]).
@@ -82,8 +106,6 @@ pub struct PreparedModel {
     /// per form.
     idle: Mutex<HashMap<Form, Vec<Session>>>,
     pool_size: usize,
-    /// Where the scheduler placed the model's partitions; the plan uses it.
-    pub placement: ModelPlacement,
     placer: Arc<Placer>,
     /// One permit per run without a session of this model at once (the pool's bound);
     /// waiting here is queue wait.
@@ -91,6 +113,13 @@ pub struct PreparedModel {
     /// How long verifying, placing and preparing took: a tenant loading a copy someone
     /// else prepared waits as long, so sharing is not observable through timing.
     pub prepare_time: Duration,
+    /// Microseconds the first loader's whole load took to answer (0 until it has):
+    /// with validation in the background, preparing is a small part of a fresh load,
+    /// so a shared copy answers no sooner than this either.
+    pub first_answer_us: std::sync::atomic::AtomicU64,
+    /// Whether background validation is still to be started (by the first loader,
+    /// once its load has answered: see [`crate::placement::start_validation`]).
+    validation_pending: std::sync::atomic::AtomicBool,
 }
 
 /// A pooled session lent to one run; it goes back to the pool (or is dropped) through
@@ -103,34 +132,106 @@ pub struct Lent {
 impl PreparedModel {
     /// Bytes the plans hold for every session (packed weights, folded constants).
     pub fn plan_bytes(&self) -> u64 {
-        let others: usize = lock(&self.plans)
-            .values()
-            .filter_map(|s| s.ready.try_lock().ok().and_then(|p| p.clone()))
-            .map(|p| p.shared_bytes())
-            .sum();
-        (self.plan.shared_bytes() + others) as u64
+        self.placed().plan_bytes()
     }
 
-    /// The plan of `form` (threads clamped to what the daemon allows), prepared now if
-    /// nobody has asked for it before (once, however many ask at the same time).
-    pub fn plan_for(&self, form: Form) -> Result<Arc<Plan>, DaemonError> {
+    /// The placement and plans a request arriving now runs on.
+    pub fn placed(&self) -> Arc<Placed> {
+        self.placed
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The current main plan (what a new session starts on).
+    pub fn plan(&self) -> Arc<Plan> {
+        self.placed().plan.clone()
+    }
+
+    /// Where validating the model's accelerators stands.
+    pub fn validation(&self) -> Validation {
+        lock(&self.validation).clone()
+    }
+
+    /// True once, for the caller that is to start the background validation.
+    pub(crate) fn take_validation_start(&self) -> bool {
+        self.validation_pending
+            .swap(false, std::sync::atomic::Ordering::AcqRel)
+    }
+
+    pub(crate) fn set_validation(&self, v: Validation) {
+        *lock(&self.validation) = v;
+    }
+
+    /// A new placement for later requests (background validation decided it): the plans
+    /// made for the CPU so far become the new placement's CPU-only forms, and requests
+    /// already running keep the placement they started with.
+    pub(crate) fn switch(&self, placement: ModelPlacement) -> Result<(), DaemonError> {
+        let old = self.placed();
+        let next = if placement.placed.is_empty() {
+            // Still all on the CPU: the same plans, with the decision's explanations.
+            Placed {
+                placement,
+                plan: old.plan.clone(),
+                plans: Mutex::new(lock(&old.plans).clone()),
+            }
+        } else {
+            let plan = Plan::with_placement(
+                old.plan.model().clone(),
+                self.resolver.clone(),
+                PlanOptions {
+                    threads: 1,
+                    ..self.options.clone()
+                },
+                placement.placed.clone(),
+            )
+            .map_err(DaemonError::Prepare)?;
+            let mut plans: HashMap<Form, Arc<PlanSlot>> = HashMap::new();
+            if old.placement.placed.is_empty() {
+                plans.insert(
+                    (Variant::CpuOnly, 1),
+                    Arc::new(PlanSlot {
+                        ready: Mutex::new(Some(old.plan.clone())),
+                    }),
+                );
+                for ((_, threads), slot) in lock(&old.plans).iter() {
+                    plans.insert((Variant::CpuOnly, *threads), slot.clone());
+                }
+            }
+            Placed {
+                placement,
+                plan,
+                plans: Mutex::new(plans),
+            }
+        };
+        *self
+            .placed
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(next);
+        Ok(())
+    }
+
+    /// The plan of `form` in `placed` (threads clamped to what the daemon allows),
+    /// prepared now if nobody has asked for it before (once, however many ask at the
+    /// same time).
+    pub fn plan_for(&self, placed: &Placed, form: Form) -> Result<Arc<Plan>, DaemonError> {
         let form = (form.0, form.1.clamp(1, self.options.threads.max(1)));
         // A model placed on nothing has one form on the CPU.
-        let form = if self.placement.placed.is_empty() {
+        let form = if placed.placement.placed.is_empty() {
             (Variant::Placed, form.1)
         } else {
             form
         };
         if form == MAIN_FORM {
-            return Ok(self.plan.clone());
+            return Ok(placed.plan.clone());
         }
-        let slot = lock(&self.plans).entry(form).or_default().clone();
+        let slot = lock(&placed.plans).entry(form).or_default().clone();
         let mut ready = lock(&slot.ready);
         if let Some(p) = ready.as_ref() {
             return Ok(p.clone());
         }
-        let placed = match form.0 {
-            Variant::Placed => self.placement.placed.clone(),
+        let partitions = match form.0 {
+            Variant::Placed => placed.placement.placed.clone(),
             Variant::CpuOnly => Vec::new(),
         };
         let options = PlanOptions {
@@ -138,33 +239,52 @@ impl PreparedModel {
             ..self.options.clone()
         };
         let plan = Plan::with_placement(
-            self.plan.model().clone(),
+            placed.plan.model().clone(),
             self.resolver.clone(),
             options,
-            placed,
+            partitions,
         )
         .map_err(DaemonError::Prepare)?;
         *ready = Some(plan.clone());
         Ok(plan)
     }
 
-    /// Moves `session` onto the plan of `form` (keeping its stream's state) unless it is
-    /// there already.
-    pub fn bind(&self, session: &mut Session, form: Form) -> Result<(), DaemonError> {
-        let plan = self.plan_for(form)?;
+    /// Moves `session` onto the plan of `form` in `placed` (keeping its stream's state)
+    /// unless it is there already.
+    pub fn bind(
+        &self,
+        placed: &Placed,
+        session: &mut Session,
+        form: Form,
+    ) -> Result<(), DaemonError> {
+        let plan = self.plan_for(placed, form)?;
         if Arc::ptr_eq(session.plan(), &plan) {
             return Ok(());
         }
         session.rebind(plan).map_err(memory_or_prepare)
     }
 
-    /// An idle pooled session of `form`, or a new one (the caller holds a slot permit,
-    /// which bounds how many exist), counted in `pool` while lent. A stateful model's
-    /// session is reset first, so a run without a session always starts a fresh stream.
-    pub fn lend(&self, pool: &MemoryPool, form: Form) -> Result<Lent, DaemonError> {
-        let plan = self.plan_for(form)?;
+    /// An idle pooled session of `form` in `placed`, or a new one (the caller holds a
+    /// slot permit, which bounds how many exist), counted in `pool` while lent. A
+    /// stateful model's session is reset first, so a run without a session always
+    /// starts a fresh stream.
+    pub fn lend(
+        &self,
+        placed: &Placed,
+        pool: &MemoryPool,
+        form: Form,
+    ) -> Result<Lent, DaemonError> {
+        let plan = self.plan_for(placed, form)?;
         let form = (form.0, plan.options().threads);
         let idle = lock(&self.idle).get_mut(&form).and_then(Vec::pop);
+        // An idle session of an earlier placement moves onto this one's plan.
+        let idle = idle.and_then(|mut s| {
+            if Arc::ptr_eq(s.plan(), &plan) || s.rebind(plan.clone()).is_ok() {
+                Some(s)
+            } else {
+                None
+            }
+        });
         let mut session = match idle {
             Some(s) => s,
             None => {
@@ -211,7 +331,7 @@ impl PreparedModel {
     pub fn open_session(&self, pool: &MemoryPool) -> Result<Session, DaemonError> {
         let limit = pool.limit().saturating_sub(pool.used());
         let mut s = self
-            .plan
+            .plan()
             .session(SessionLimits { max_bytes: limit })
             .map_err(|e| in_pool(e, pool))?;
         s.set_memory_pool(Some(pool)).map_err(memory_or_prepare)?;
@@ -234,14 +354,55 @@ impl PreparedModel {
     }
 
     /// Records one request's delegate failures and timings (`before` is the session's
-    /// partition reports from before the request).
-    pub fn observe(&self, before: &[switchyard_interpreter::PartitionReport], s: &Session) {
+    /// partition reports from before the request, which ran on `placed`).
+    pub fn observe(
+        &self,
+        placed: &Placed,
+        before: &[switchyard_interpreter::PartitionReport],
+        s: &Session,
+    ) {
         self.placer
-            .observe(&self.placement, before, s.partition_reports());
+            .observe(&placed.placement, before, s.partition_reports());
     }
 
     pub fn id(&self) -> String {
         self.sha256_hex[..16].to_owned()
+    }
+}
+
+/// Returns the malloc heap's free pages to the system. A first load leaves megabytes
+/// of freed temporaries in the heap (the client's bytes, DENSIFY outputs, dequantized
+/// weights that kernels packed and the plan released, packing scratch), spread between
+/// live blocks where glibc's own trimming (top of the heap only) never reaches: for
+/// pose detection that was ~17 MiB of resident memory nobody used. Called after a load
+/// and after an unload; it walks the heap once, well under a millisecond here.
+pub fn release_free_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only takes the allocator's own locks and releases pages of
+    // free chunks; it has no preconditions on the caller.
+    #[allow(unsafe_code)]
+    unsafe {
+        nix::libc::malloc_trim(0);
+    }
+}
+
+/// Keeps glibc's large-block thresholds at their start values (128 KiB) for the
+/// daemon's lifetime. By default the first free of a mapped block raises them to that
+/// block's size: after a model's bytes (megabytes) are freed, request tensors and
+/// prepare temporaries come from the heap, and the per-thread heaps keep them resident
+/// after they are freed. Measured with pose detection (one model, one session,
+/// `cargo bench -p switchyard-daemon --bench memory`): 38.0 MiB of growth with the
+/// dynamic thresholds, 35.6 MiB pinned; `MALLOC_ARENA_MAX=2` changed nothing. The cost
+/// is one mapping per block of 128 KiB and up (a request tensor of that size), as
+/// glibc does anyway until its first such free. Call before any thread starts.
+pub fn pin_malloc_thresholds() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets the allocator's parameters; called at start, before
+    // other threads allocate.
+    #[allow(unsafe_code)]
+    unsafe {
+        nix::libc::mallopt(nix::libc::M_MMAP_THRESHOLD, 128 * 1024);
+        nix::libc::mallopt(nix::libc::M_TRIM_THRESHOLD, 128 * 1024);
     }
 }
 
@@ -346,6 +507,8 @@ impl ModelRegistry {
             resolver: Arc::new(CpuResolver::optimized()),
             options: PlanOptions {
                 threads: kernel_threads.max(1),
+                // Plans serve requests only; nobody reads their folded values after.
+                release_consumed: true,
                 prepare: PrepareLimits {
                     max_shape_sets: MAX_SHAPE_SETS,
                     ..PrepareLimits::default()
@@ -369,7 +532,9 @@ impl ModelRegistry {
 
     /// Returns the shared prepared model for `bytes`, preparing it (verify, place,
     /// plan) if no tenant holds it. Blocking: call from the blocking pool. The flag
-    /// tells whether an existing copy was reused.
+    /// tells whether an existing copy was reused. With `validate_in_background` the
+    /// model is prepared for the CPU only; its accelerators are validated once the
+    /// caller starts it (see [`crate::placement::start_validation`]).
     pub fn load(&self, bytes: &[u8]) -> Result<(Arc<PreparedModel>, bool), DaemonError> {
         self.load_digest(Self::digest(bytes), bytes)
     }
@@ -400,7 +565,14 @@ impl ModelRegistry {
         let sha256_hex = sha256_hex(&digest);
         let _span = tracing::info_span!("prepare", model = &sha256_hex[..16]).entered();
         let model = Arc::new(Model::from_bytes(bytes)?);
-        let placement = self.placer.place(model.clone(), &sha256_hex)?;
+        let background = self.placer.validates_in_background();
+        let (placement, validation) = if background {
+            (self.placer.cpu_placement(&sha256_hex), Validation::Running)
+        } else {
+            let p = self.placer.place(model.clone(), &sha256_hex)?;
+            let v = self.placer.finished(&p);
+            (p, v)
+        };
         // One thread: requests run side by side on the cores unless the arbiter finds
         // them idle; a plan with more threads is made when first asked for.
         let plan = Plan::with_placement(
@@ -444,16 +616,21 @@ impl ModelRegistry {
             stateful: plan.is_stateful(),
             inputs,
             outputs,
-            plan,
-            plans: Mutex::new(HashMap::new()),
+            placed: RwLock::new(Arc::new(Placed {
+                placement,
+                plan,
+                plans: Mutex::new(HashMap::new()),
+            })),
+            validation: Mutex::new(validation),
             resolver: self.resolver.clone(),
             options: self.options.clone(),
             idle: Mutex::new(HashMap::new()),
             pool_size: self.pool_size,
-            placement,
             placer: self.placer.clone(),
             slots: Arc::new(Semaphore::new(self.pool_size)),
             prepare_time: started.elapsed(),
+            first_answer_us: std::sync::atomic::AtomicU64::new(0),
+            validation_pending: std::sync::atomic::AtomicBool::new(background),
         });
         tracing::info!(
             stateful = prepared.stateful,
@@ -546,7 +723,7 @@ pub(crate) mod tests {
         assert!(!shared_a);
         assert!(shared_b);
         assert!(Arc::ptr_eq(&a, &b));
-        assert!(Arc::ptr_eq(&a.plan, &b.plan));
+        assert!(Arc::ptr_eq(&a.plan(), &b.plan()));
         assert_eq!(reg.live(), 1);
         let other = reg.load(&add_constant(2.0)).unwrap().0;
         assert_eq!(reg.live(), 2);
@@ -595,9 +772,9 @@ pub(crate) mod tests {
         let (m, _) = reg.load(&resizable_model()).unwrap();
         assert!(!m.stateful);
         let pool = MemoryPool::new(1 << 20);
-        let a = m.lend(&pool, MAIN_FORM).unwrap();
-        let b = m.lend(&pool, MAIN_FORM).unwrap();
-        let c = m.lend(&pool, MAIN_FORM).unwrap();
+        let a = m.lend(&m.placed(), &pool, MAIN_FORM).unwrap();
+        let b = m.lend(&m.placed(), &pool, MAIN_FORM).unwrap();
+        let c = m.lend(&m.placed(), &pool, MAIN_FORM).unwrap();
         assert_eq!(pool.used() as u64, 3 * m.arena_bytes);
         m.give_back(a, true);
         m.give_back(b, true);
@@ -607,7 +784,7 @@ pub(crate) mod tests {
         assert_eq!(m.inputs.len(), 1);
         assert_eq!(m.inputs[0].dtype, DType::F32);
         // A pooled session grown by a resize is not kept.
-        let mut grown = m.lend(&pool, MAIN_FORM).unwrap();
+        let mut grown = m.lend(&m.placed(), &pool, MAIN_FORM).unwrap();
         grown.session.resize_input(0, &[1, 64]).unwrap();
         let x = Tensor::from_f32(vec![1, 64], &[1.0; 64]).unwrap();
         grown
@@ -621,16 +798,17 @@ pub(crate) mod tests {
         // Another form (more threads) gets its own plan, prepared once, and its own pool.
         let reg2 = ModelRegistry::new(2, 2, cpu_only());
         let (m2, _) = reg2.load(&resizable_model()).unwrap();
-        let two = m2.plan_for((Variant::Placed, 2)).unwrap();
-        assert!(!Arc::ptr_eq(&two, &m2.plan));
+        let placed = m2.placed();
+        let two = m2.plan_for(&placed, (Variant::Placed, 2)).unwrap();
+        assert!(!Arc::ptr_eq(&two, &m2.plan()));
         assert!(Arc::ptr_eq(
             &two,
-            &m2.plan_for((Variant::Placed, 7)).unwrap()
+            &m2.plan_for(&placed, (Variant::Placed, 7)).unwrap()
         ));
         let mut s = m2.open_session(&pool).unwrap();
-        m2.bind(&mut s, (Variant::Placed, 2)).unwrap();
+        m2.bind(&placed, &mut s, (Variant::Placed, 2)).unwrap();
         assert!(Arc::ptr_eq(s.plan(), &two));
-        let lent = m2.lend(&pool, (Variant::Placed, 2)).unwrap();
+        let lent = m2.lend(&placed, &pool, (Variant::Placed, 2)).unwrap();
         m2.give_back(lent, true);
         assert_eq!(m2.pooled().0, 1);
     }

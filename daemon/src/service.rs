@@ -19,11 +19,13 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::error::DaemonError;
 use crate::metrics::{Metrics, Viewer, refusal_reason};
-use crate::registry::{ModelRegistry, PreparedModel, TensorSpec, dtype_from_wire, dtype_to_wire};
+use crate::registry::{
+    ModelRegistry, Placed, PreparedModel, TensorSpec, dtype_from_wire, dtype_to_wire,
+};
 use crate::sessions::{Opener, SessionEntry};
 use crate::shm::{Region, Regions, check_range};
 use crate::tenant::{Caller, Handle, TenantId, TenantSnapshot, Tenants};
-use switchyard_interpreter::{Budget, DType, MemoryPool, Session};
+use switchyard_interpreter::{Budget, DType, MemoryPool, ProcessorKind, Session};
 
 /// Longest tensor rank accepted from a client.
 const MAX_RANK: usize = 16;
@@ -304,6 +306,8 @@ async fn spawn_load(
                 st.tenants.precheck_load(&c, bytes.len() as u64)?;
             }
             let (model, reused) = st.registry.load_digest(digest, &bytes)?;
+            drop(bytes);
+            crate::registry::release_free_heap();
             Ok((model, held, reused))
         })
     })
@@ -312,10 +316,21 @@ async fn spawn_load(
     // Whether another tenant holds the same model must not be observable: a copy
     // prepared for someone else answers no sooner than preparing it took.
     if reused && !held_before {
-        let prepared_in = model.prepare_time.min(MAX_SHARING_DELAY);
+        let first = std::time::Duration::from_micros(model.first_answer_us.load(Ordering::Relaxed));
+        let prepared_in = model.prepare_time.max(first).min(MAX_SHARING_DELAY);
         tokio::time::sleep_until((started + prepared_in).into()).await;
     }
-    let (resp, reloaded) = state.finish_load(caller, name, model, held_before)?;
+    let kept = model.clone();
+    let finished = state.finish_load(caller, name, model, held_before);
+    if !reused {
+        let us = started.elapsed().as_micros() as u64;
+        kept.first_answer_us.store(us, Ordering::Relaxed);
+    }
+    // Once the answer is ready, so validation does not delay it. Any loader may start
+    // it (once): the first one's load may have failed after preparing.
+    crate::placement::start_validation(&state.registry.placer, &kept);
+    drop(kept);
+    let (resp, reloaded) = finished?;
     // Reloading a model starts fresh streams on the tenant's sessions of it.
     for entry in reloaded {
         let mut s = entry.state.lock().await;
@@ -522,12 +537,17 @@ pub struct RunJob {
     /// at the next node instead of finishing for nobody.
     cancel: Arc<std::sync::atomic::AtomicBool>,
     model: Arc<PreparedModel>,
+    /// The model's placement when the request arrived: it runs on it to the end, even
+    /// if background validation switches the model meanwhile.
+    placed: Arc<Placed>,
     lease: Option<Lease>,
     inputs: Vec<CheckedInput>,
     outputs: Option<Vec<OutputDest>>,
     _permit: tokio::sync::OwnedSemaphorePermit,
     result: Option<Result<Vec<v1::Tensor>, DaemonError>>,
     run_us: u64,
+    /// Where the arbiter ran it (metrics count requests per processor).
+    ran_on: Option<ProcessorKind>,
 }
 
 impl Work for RunJob {
@@ -537,12 +557,14 @@ impl Work for RunJob {
         let inputs = std::mem::take(&mut self.inputs);
         let outputs = self.outputs.take();
         let model = &self.model;
+        let placed = &self.placed;
+        self.ran_on = Some(at.processor);
         let mut budget = Budget::nodes(self.max_nodes).with_cancel(self.cancel.clone());
         if let Some(t) = self.max_time {
             budget = budget.with_timeout(t);
         }
         let res = crate::panics::contain("run", self.request_id, || match lease {
-            Some(lease) => execute_on(model, lease, at, inputs, outputs, &mut budget),
+            Some(lease) => execute_on(model, placed, lease, at, inputs, outputs, &mut budget),
             None => Err(DaemonError::Internal("the run was started twice".into())),
         });
         self.run_us = t.elapsed().as_micros() as u64;
@@ -556,6 +578,7 @@ impl Work for RunJob {
 /// threads): the whole execution of a run, in one place.
 fn execute_on(
     model: &PreparedModel,
+    placed: &Placed,
     lease: Lease,
     at: Assigned,
     inputs: Vec<CheckedInput>,
@@ -567,14 +590,14 @@ fn execute_on(
         Lease::Own(mut session, entry) => {
             // The stream's state stays in the session whichever plan runs it.
             let result = model
-                .bind(&mut session, form)
-                .and_then(|()| execute(model, &mut session, inputs, outputs, budget));
+                .bind(placed, &mut session, form)
+                .and_then(|()| execute(model, placed, &mut session, inputs, outputs, budget));
             entry.ran(&session, true);
             result
         }
         Lease::Pooled(_permit, memory) => {
-            let mut lent = model.lend(&memory, form)?;
-            let result = execute(model, &mut lent.session, inputs, outputs, budget);
+            let mut lent = model.lend(placed, &memory, form)?;
+            let result = execute(model, placed, &mut lent.session, inputs, outputs, budget);
             model.give_back(lent, result.is_ok());
             result
         }
@@ -585,6 +608,7 @@ fn execute_on(
 /// outputs inline or written to shm. Runs on the blocking pool.
 fn execute(
     model: &PreparedModel,
+    placed: &Placed,
     s: &mut Session,
     inputs: Vec<CheckedInput>,
     outputs: Option<Vec<OutputDest>>,
@@ -609,7 +633,7 @@ fn execute(
         s.set_input(i, bytes).map_err(DaemonError::from_run)?;
     }
     let invoked = s.invoke(budget).map_err(DaemonError::from_run);
-    model.observe(&before, s);
+    model.observe(placed, &before, s);
     invoked?;
     let mut out = Vec::with_capacity(s.output_count());
     for i in 0..s.output_count() {
@@ -732,6 +756,7 @@ impl Switchyard for Service {
         let caller = self.state.caller(&req)?;
         let id = req.into_inner().id;
         self.state.tenants.remove(&caller, &id)?;
+        crate::registry::release_free_heap();
         info!(tenant = %caller.tenant, model = %id, "model unloaded");
         Ok(Response::new(v1::UnloadModelResponse {}))
     }
@@ -768,8 +793,8 @@ impl Switchyard for Service {
         let tenant = caller.tenant.clone();
         let outcome = async move {
             let handle = state.tenants.handle(&caller, &r.model_id)?;
-            let (model_name, processor) =
-                (handle.name.clone(), handle.model.placement.serving.main());
+            let placed = handle.model.placed();
+            let (model_name, main) = (handle.name.clone(), placed.placement.serving.main());
             let permit = state.tenants.admit(&caller)?;
             let result = async {
                 let model = handle.model.clone();
@@ -807,12 +832,14 @@ impl Switchyard for Service {
                     max_time: (max_ms > 0).then(|| std::time::Duration::from_millis(max_ms)),
                     cancel,
                     model: model.clone(),
+                    placed: placed.clone(),
                     lease: Some(lease),
                     inputs,
                     outputs,
                     _permit: permit,
                     result: None,
                     run_us: 0,
+                    ran_on: None,
                 };
                 let job = state
                     .gate
@@ -821,21 +848,22 @@ impl Switchyard for Service {
                         caller.tenant.to_string(),
                         class_from_wire(r.priority),
                         r.deadline_ms,
-                        model.placement.serving.clone(),
+                        placed.placement.serving.clone(),
                         job,
                     )
                     .await?;
                 let run_us = job.run_us;
+                let processor = job.ran_on.unwrap_or(main);
                 let tensors = job.result.ok_or_else(|| {
                     DaemonError::Internal("the run ended without a result".into())
                 })?;
                 // Waiting for an interpreter and in the arbiter's queue.
                 let queue_us = (queued.elapsed().as_micros() as u64).saturating_sub(run_us);
-                Ok::<_, DaemonError>((tensors, queue_us, run_us))
+                Ok::<_, DaemonError>((tensors, queue_us, run_us, processor))
             }
             .await;
             match result {
-                Ok((Ok(outputs), queue_us, run_us)) => {
+                Ok((Ok(outputs), queue_us, run_us, processor)) => {
                     state.tenants.record(&caller, true, queue_us, run_us);
                     state.metrics.ran(
                         &caller.tenant,
@@ -852,7 +880,7 @@ impl Switchyard for Service {
                         request_id,
                     })
                 }
-                Ok((Err(e), queue_us, run_us)) => {
+                Ok((Err(e), queue_us, run_us, processor)) => {
                     state.tenants.record(&caller, false, queue_us, run_us);
                     // A refusal inside the run (e.g. a resize that does not fit) is
                     // counted below with the others.
@@ -1054,8 +1082,13 @@ impl Switchyard for Service {
         let caller = self.state.caller(&req)?;
         let id = req.into_inner().model_id;
         let handle = self.state.tenants.handle(&caller, &id)?;
+        // Validation state first: a placement switched after this read is newer, never
+        // older, than the state says.
+        let (validation, reason) = handle.model.validation().wire();
         Ok(Response::new(v1::GetPlacementResponse {
-            plan_json: handle.model.placement.plan_json.clone(),
+            plan_json: handle.model.placed().placement.plan_json.clone(),
+            validation: validation.to_owned(),
+            validation_reason: reason,
         }))
     }
 

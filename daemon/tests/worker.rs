@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 use switchyard_config::Config;
 use switchyard_daemon::worker::{ValidationRequest, WorkerError, WorkerPool, WorkerValidator};
 use switchyard_delegates::CpuResolver;
-use switchyard_interpreter::builder::ModelBuilder;
+use switchyard_interpreter::example_models::four_op_chain;
 use switchyard_interpreter::{
-    Activation, BuiltinOp, DType, Delegate, Interpreter, InterpreterOptions, Model, OpKind,
-    OpOptions, Partition, PartitionReport, PlacedPartition, Tensor,
+    DType, Delegate, Interpreter, InterpreterOptions, Model, Partition, PartitionReport,
+    PlacedPartition, Tensor,
 };
 use switchyard_scheduler::allowlist::{Tolerance, Validator, Verdict};
 
@@ -59,45 +59,9 @@ fn config(validation_timeout_ms: u64) -> Config {
     cfg
 }
 
-/// x -> ADD c (RELU) -> MUL x2 -> LOGISTIC -> SUB c -> y over float32 [2, 3, 5]: every
-/// node runs on the example NPU.
+/// Every node of the chain runs on the example NPU.
 fn float_chain() -> Arc<Model> {
-    let dims = [2, 3, 5];
-    let n: usize = dims.iter().product();
-    let mut mb = ModelBuilder::new();
-    let sg = mb.main();
-    let x = sg.tensor("x", DType::F32, &dims);
-    let x2 = sg.tensor("x2", DType::F32, &dims);
-    let cv: Vec<f32> = (0..n).map(|i| (i as f32 - 12.0) * 0.25).collect();
-    let c = sg.constant_f32("c", &dims, &cv);
-    let a = sg.tensor("a", DType::F32, &dims);
-    let m = sg.tensor("m", DType::F32, &dims);
-    let l = sg.tensor("l", DType::F32, &dims);
-    let y = sg.tensor("y", DType::F32, &dims);
-    let b = OpKind::Builtin;
-    let act = |a| OpOptions::Activation(a);
-    sg.op(
-        b(BuiltinOp::Add),
-        &[Some(x), Some(c)],
-        &[a],
-        act(Activation::Relu),
-    );
-    sg.op(
-        b(BuiltinOp::Mul),
-        &[Some(a), Some(x2)],
-        &[m],
-        act(Activation::None),
-    );
-    sg.op(b(BuiltinOp::Logistic), &[Some(m)], &[l], OpOptions::None);
-    sg.op(
-        b(BuiltinOp::Sub),
-        &[Some(l), Some(c)],
-        &[y],
-        act(Activation::None),
-    );
-    sg.set_inputs(&[x, x2]);
-    sg.set_outputs(&[y]);
-    Arc::new(Model::from_bytes(&mb.finish()).unwrap())
+    Arc::new(Model::from_bytes(&four_op_chain(&[2, 3, 5])).unwrap())
 }
 
 fn inputs(seed: u64) -> Vec<Tensor> {

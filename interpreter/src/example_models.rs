@@ -26,6 +26,48 @@ pub fn add_constant(c: f32) -> Vec<u8> {
     mb.finish()
 }
 
+/// `y = SUB(LOGISTIC(MUL(RELU(ADD(x, c)), x2)), c)` over float32 `dims`, inputs `x` and
+/// `x2`: four elementwise ops that every delegate (the example vendor plugin
+/// included) runs, so the whole graph is one partition. `c` cycles through
+/// -3.0..=3.0 in steps of 0.25.
+pub fn four_op_chain(dims: &[usize]) -> Vec<u8> {
+    let n: usize = dims.iter().product();
+    let cv: Vec<f32> = (0..n).map(|i| ((i % 25) as f32 - 12.0) * 0.25).collect();
+    let mut mb = ModelBuilder::new();
+    let sg = mb.main();
+    let x = sg.tensor("x", DType::F32, dims);
+    let x2 = sg.tensor("x2", DType::F32, dims);
+    let c = sg.constant_f32("c", dims, &cv);
+    let a = sg.tensor("a", DType::F32, dims);
+    let m = sg.tensor("m", DType::F32, dims);
+    let l = sg.tensor("l", DType::F32, dims);
+    let y = sg.tensor("y", DType::F32, dims);
+    let b = OpKind::Builtin;
+    let act = OpOptions::Activation;
+    sg.op(
+        b(BuiltinOp::Add),
+        &[Some(x), Some(c)],
+        &[a],
+        act(Activation::Relu),
+    );
+    sg.op(
+        b(BuiltinOp::Mul),
+        &[Some(a), Some(x2)],
+        &[m],
+        act(Activation::None),
+    );
+    sg.op(b(BuiltinOp::Logistic), &[Some(m)], &[l], OpOptions::None);
+    sg.op(
+        b(BuiltinOp::Sub),
+        &[Some(l), Some(c)],
+        &[y],
+        act(Activation::None),
+    );
+    sg.set_inputs(&[x, x2]);
+    sg.set_outputs(&[y]);
+    mb.finish()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

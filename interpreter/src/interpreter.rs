@@ -57,6 +57,7 @@ impl InterpreterOptions {
             fold_constants: self.fold_constants,
             max_while_iterations: self.max_while_iterations,
             max_call_depth: self.max_call_depth,
+            release_consumed: false,
             prepare: PrepareLimits {
                 max_arena_bytes: self.max_arena_bytes,
                 ..PrepareLimits::default()

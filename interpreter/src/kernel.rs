@@ -132,6 +132,14 @@ pub trait OpKernel: Send + Sync {
         &[]
     }
 
+    /// Node inputs this kernel copied into its own form at prepare (packed weights,
+    /// bias) and never reads at run time. The executor passes them as `None`, and a plan
+    /// drops a value folded at prepare that nothing else reads: a float copy of fp16
+    /// weights would otherwise stay beside their packed copy for the plan's lifetime.
+    fn consumed_inputs(&self) -> &[usize] {
+        &[]
+    }
+
     /// Short name for profiles, e.g. "conv2d/f32/im2col".
     fn name(&self) -> &str {
         "kernel"

@@ -476,6 +476,24 @@ fn decode_tensor(
         if q.scale.iter().any(|s| !s.is_finite()) {
             return Err(err("non-finite quantization scale".into()));
         }
+        // A zero point is a value of the tensor's type (TFLite's kernels offset by it
+        // in int32 arithmetic, scaled by up to 2^20): one outside the type's range is
+        // no real model's and would overflow that arithmetic. Refused once here, for
+        // every kernel.
+        let range = match dtype {
+            DType::U8 => Some((0, 255)),
+            DType::I8 => Some((-128, 127)),
+            DType::I16 => Some((-32768, 32767)),
+            DType::U16 => Some((0, 65535)),
+            _ => None,
+        };
+        if let Some((lo, hi)) = range
+            && let Some(zp) = q.zero_point.iter().find(|z| !(lo..=hi).contains(*z))
+        {
+            return Err(err(format!(
+                "zero point {zp} outside the range of {dtype:?} ({lo}..={hi})"
+            )));
+        }
     }
 
     let buffer_index = t.buffer() as usize;

@@ -165,12 +165,41 @@ pub fn element_count(shape: &[usize]) -> Option<usize> {
 #[repr(C, align(64))]
 struct Line([u8; 64]);
 
+/// Buffers from this size up take whole pages from the kernel (an anonymous private
+/// mapping) instead of the heap: the pages are zero when first touched and not resident
+/// before, so a large buffer (a session's arena) costs nothing until it is written and
+/// nothing on open, and dropping it returns the memory to the system at once instead of
+/// leaving a hole in the allocator's heap. Smaller buffers, made per request, stay on
+/// the heap where allocation is cheaper than a system call.
+const PAGES_FROM: usize = 1 << 20;
+
+/// Where an [`AlignedBuf`]'s bytes live.
+enum Storage {
+    Lines(Vec<Line>),
+    /// At least [`PAGES_FROM`] bytes, page-aligned; `len` may be below the mapping's.
+    Pages(memmap2::MmapMut),
+}
+
 /// A zero-initialised byte buffer whose start is 64-byte aligned, so it can be viewed as
 /// a slice of any element type and fed to SIMD code.
-#[derive(Clone, Default)]
 pub struct AlignedBuf {
-    lines: Vec<Line>,
+    storage: Storage,
     len: usize,
+}
+
+impl Default for AlignedBuf {
+    fn default() -> Self {
+        AlignedBuf {
+            storage: Storage::Lines(Vec::new()),
+            len: 0,
+        }
+    }
+}
+
+impl Clone for AlignedBuf {
+    fn clone(&self) -> Self {
+        AlignedBuf::from_bytes(self.as_slice())
+    }
 }
 
 /// An allocation the system refused (or one too large to ask for): returned instead of
@@ -181,14 +210,24 @@ pub struct AllocError {
     pub bytes: usize,
 }
 
+/// Zeroed heap lines for `len` bytes, or an error when the memory cannot be had.
+fn try_lines(len: usize) -> Result<Vec<Line>, AllocError> {
+    let mut lines = Vec::new();
+    lines
+        .try_reserve_exact(len.div_ceil(64))
+        .map_err(|_| AllocError { bytes: len })?;
+    lines.resize(len.div_ceil(64), Line([0; 64]));
+    Ok(lines)
+}
+
 impl AlignedBuf {
     /// Infallible constructor for sizes the caller has already bounded (test data, small
     /// metadata). Anything sized by a model or a client goes through [`AlignedBuf::try_zeroed`].
     pub fn zeroed(len: usize) -> AlignedBuf {
-        AlignedBuf {
-            lines: vec![Line([0; 64]); len.div_ceil(64)],
+        AlignedBuf::try_zeroed(len).unwrap_or_else(|_| AlignedBuf {
+            storage: Storage::Lines(vec![Line([0; 64]); len.div_ceil(64)]),
             len,
-        }
+        })
     }
 
     pub fn from_bytes(bytes: &[u8]) -> AlignedBuf {
@@ -197,14 +236,15 @@ impl AlignedBuf {
         buf
     }
 
-    /// A zeroed buffer, or an error when the memory cannot be had.
+    /// A zeroed buffer, or an error when the memory cannot be had. Large buffers are
+    /// fresh pages that become resident only where they are written.
     pub fn try_zeroed(len: usize) -> Result<AlignedBuf, AllocError> {
-        let mut lines = Vec::new();
-        lines
-            .try_reserve_exact(len.div_ceil(64))
-            .map_err(|_| AllocError { bytes: len })?;
-        lines.resize(len.div_ceil(64), Line([0; 64]));
-        Ok(AlignedBuf { lines, len })
+        let storage = if len >= PAGES_FROM {
+            Storage::Pages(memmap2::MmapMut::map_anon(len).map_err(|_| AllocError { bytes: len })?)
+        } else {
+            Storage::Lines(try_lines(len)?)
+        };
+        Ok(AlignedBuf { storage, len })
     }
 
     /// A copy of `bytes`, or an error when the memory cannot be had.
@@ -214,13 +254,30 @@ impl AlignedBuf {
         Ok(buf)
     }
 
+    /// Bytes the storage holds without moving.
+    fn capacity(&self) -> usize {
+        match &self.storage {
+            Storage::Lines(l) => l.len() * 64,
+            Storage::Pages(m) => m.len(),
+        }
+    }
+
     /// [`AlignedBuf::resize`] that reports a refused allocation instead of aborting.
     pub fn try_resize(&mut self, len: usize) -> Result<(), AllocError> {
-        let lines = len.div_ceil(64);
-        if lines > self.lines.len() {
-            self.lines
-                .try_reserve_exact(lines - self.lines.len())
-                .map_err(|_| AllocError { bytes: len })?;
+        if len > self.capacity() {
+            if len >= PAGES_FROM || matches!(self.storage, Storage::Pages(_)) {
+                // Moves to fresh pages (a heap buffer's growth would copy as well).
+                let mut grown = AlignedBuf::try_zeroed(len)?;
+                let keep = self.len;
+                grown.as_mut_slice()[..keep].copy_from_slice(self.as_slice());
+                *self = grown;
+                return Ok(());
+            }
+            if let Storage::Lines(lines) = &mut self.storage {
+                lines
+                    .try_reserve_exact(len.div_ceil(64) - lines.len())
+                    .map_err(|_| AllocError { bytes: len })?;
+            }
         }
         self.resize(len);
         Ok(())
@@ -240,17 +297,33 @@ impl AlignedBuf {
     }
 
     pub fn as_slice(&self) -> &[u8] {
-        &bytemuck::cast_slice::<Line, u8>(&self.lines)[..self.len]
+        match &self.storage {
+            Storage::Lines(l) => &bytemuck::cast_slice::<Line, u8>(l)[..self.len],
+            Storage::Pages(m) => &m[..self.len],
+        }
     }
 
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
-        &mut bytemuck::cast_slice_mut::<Line, u8>(&mut self.lines)[..self.len]
+        match &mut self.storage {
+            Storage::Lines(l) => &mut bytemuck::cast_slice_mut::<Line, u8>(l)[..self.len],
+            Storage::Pages(m) => &mut m[..self.len],
+        }
     }
 
     /// Resizes to `len` bytes; contents are preserved up to the shorter length and new
     /// bytes are zero.
     pub fn resize(&mut self, len: usize) {
-        self.lines.resize(len.div_ceil(64), Line([0; 64]));
+        if len > self.capacity() && (len >= PAGES_FROM || matches!(self.storage, Storage::Pages(_)))
+        {
+            let mut grown = AlignedBuf::zeroed(len);
+            let keep = self.len;
+            grown.as_mut_slice()[..keep].copy_from_slice(self.as_slice());
+            *self = grown;
+            return;
+        }
+        if let Storage::Lines(lines) = &mut self.storage {
+            lines.resize(len.div_ceil(64), Line([0; 64]));
+        }
         if len > self.len {
             let old = self.len;
             self.len = len;
@@ -439,6 +512,34 @@ mod tests {
         assert_eq!(b.len(), 10);
         b.try_resize(200).unwrap();
         assert_eq!(b.len(), 200);
+    }
+
+    #[test]
+    fn large_buffers_are_zero_pages_that_keep_contents_across_resizes() {
+        let mut b = AlignedBuf::try_zeroed(3 * PAGES_FROM + 5).unwrap();
+        assert!(matches!(b.storage, Storage::Pages(_)));
+        assert_eq!(b.as_slice().as_ptr() as usize % 64, 0);
+        assert!(b.as_slice().iter().all(|&x| x == 0));
+        b.as_mut_slice()[PAGES_FROM] = 7;
+        let last = b.len() - 1;
+        b.as_mut_slice()[last] = 9;
+        let copy = b.clone();
+        assert_eq!(copy.as_slice(), b.as_slice());
+        // Shrinking keeps the pages; growing again within them reads zeros past the old
+        // length, not what was there before.
+        b.resize(PAGES_FROM + 1);
+        b.resize(3 * PAGES_FROM + 5);
+        assert_eq!((b.as_slice()[PAGES_FROM], b.as_slice()[last]), (7, 0));
+        // Growing past the mapping moves to a larger one with the contents.
+        b.try_resize(4 * PAGES_FROM).unwrap();
+        assert_eq!(b.as_slice()[PAGES_FROM], 7);
+        // A small heap buffer grown past the threshold moves to pages.
+        let mut s = AlignedBuf::from_bytes(&[1, 2, 3]);
+        s.try_resize(PAGES_FROM).unwrap();
+        assert!(matches!(s.storage, Storage::Pages(_)));
+        assert_eq!(&s.as_slice()[..4], &[1, 2, 3, 0]);
+        assert!(s.try_resize(usize::MAX / 2).is_err());
+        assert_eq!(s.len(), PAGES_FROM);
     }
 
     #[test]

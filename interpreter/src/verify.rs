@@ -180,6 +180,37 @@ mod tests {
         assert!(e.contains("reads tensor 1 before node 1 writes it"), "{e}");
     }
 
+    /// The fuzzer's quantized ADD with a uint8 zero point of 2^40 overflowed the int32
+    /// offset arithmetic; every kernel relies on zero points being values of the type.
+    #[test]
+    fn zero_points_outside_the_types_range_are_rejected() {
+        for (dtype, zp, ok) in [
+            (DType::U8, 256, false),
+            (DType::U8, -1, false),
+            (DType::U8, 255, true),
+            (DType::I8, -129, false),
+            (DType::I8, 1 << 40, false),
+            (DType::I8, -128, true),
+            (DType::I16, 40_000, false),
+        ] {
+            let mut mb = ModelBuilder::new();
+            let sg = mb.main();
+            let x = sg.tensor("x", dtype, &[4]);
+            let y = sg.tensor("y", dtype, &[4]);
+            sg.set_quant(x, crate::tensor::Quant::per_tensor(0.5, zp));
+            sg.set_quant(y, crate::tensor::Quant::per_tensor(0.5, 0));
+            sg.op(add(), &[Some(x), Some(x)], &[y], act());
+            sg.set_inputs(&[x]);
+            sg.set_outputs(&[y]);
+            if ok {
+                Model::from_bytes(&mb.finish()).expect("a zero point in range loads");
+            } else {
+                let e = load_err(&mb);
+                assert!(e.contains(&format!("zero point {zp} outside")), "{e}");
+            }
+        }
+    }
+
     #[test]
     fn a_node_reading_its_own_output_is_rejected() {
         let mut mb = ModelBuilder::new();

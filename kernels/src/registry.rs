@@ -351,8 +351,16 @@ impl OpKernel for Checked {
         self.inner.mutated_inputs()
     }
 
+    fn consumed_inputs(&self) -> &[usize] {
+        self.inner.consumed_inputs()
+    }
+
     fn name(&self) -> &str {
         self.inner.name()
+    }
+
+    fn memory_bytes(&self) -> usize {
+        self.inner.memory_bytes()
     }
 }
 

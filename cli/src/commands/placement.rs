@@ -49,6 +49,11 @@ pub struct PlacementArgs {
     /// model there, so the decision is the daemon's, validated and allowlisted).
     #[arg(long, conflicts_with_all = ["svg", "config", "assume_allowed"])]
     pub socket: Option<PathBuf>,
+    /// With --socket: wait until the daemon's background validation of the model has
+    /// ended (a first load answers on the CPU plan before it), then print the final
+    /// placement.
+    #[arg(long, requires = "socket")]
+    pub wait: bool,
     /// Also print the per-node table (one line per node with its full reason); by
     /// default nodes are grouped by partition and reason.
     #[arg(long)]
@@ -556,7 +561,12 @@ fn from_daemon(socket: &std::path::Path, args: &PlacementArgs) -> anyhow::Result
     let m = client
         .load(&args.model)
         .with_context(|| format!("loading {} into the daemon", args.model.display()))?;
-    let plan_json = client.placement(m.id())?;
+    let status = if args.wait {
+        client.wait_placed(m.id(), std::time::Duration::from_secs(600))?
+    } else {
+        client.placement_status(m.id())?
+    };
+    let plan_json = status.plan_json;
     if args.json {
         println!("{plan_json}");
         return Ok(());
@@ -567,8 +577,18 @@ fn from_daemon(socket: &std::path::Path, args: &PlacementArgs) -> anyhow::Result
         args.model.display(),
         m.meta().sha256
     );
+    match status.validation.as_str() {
+        "validating" => println!(
+            "validating: {} (--wait prints the final placement)",
+            status.validation_reason
+        ),
+        "" => {}
+        v => println!("validation {v}: {}", status.validation_reason),
+    }
     if plan.is_null() {
-        println!("no delegates configured: every node runs on the cpu");
+        if status.validation != "validating" {
+            println!("every node runs on the cpu");
+        }
         return Ok(());
     }
     let empty = Vec::new();

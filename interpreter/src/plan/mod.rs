@@ -49,6 +49,12 @@ pub struct PlanOptions {
     pub max_while_iterations: usize,
     /// Maximum nesting of subgraph calls.
     pub max_call_depth: usize,
+    /// Drop each folded value that no step reads at run time once the subgraph is
+    /// prepared (fp16 weights dequantized to float for a convolution that packed them):
+    /// it would otherwise stay beside the packed copy as long as the plan. Off where a
+    /// caller inspects folded values after prepare (the placement planner reads them
+    /// through [`crate::Interpreter::prepared_value`]).
+    pub release_consumed: bool,
     pub prepare: PrepareLimits,
 }
 
@@ -59,6 +65,7 @@ impl Default for PlanOptions {
             fold_constants: true,
             max_while_iterations: 1_000_000,
             max_call_depth: 16,
+            release_consumed: false,
             prepare: PrepareLimits::default(),
         }
     }
@@ -108,7 +115,7 @@ pub const DEFAULT_MAX_NODE_WORK: f64 = 1e10;
 pub(crate) fn node_work_within(work: Option<f64>, limits: &PrepareLimits) -> Result<(), RunError> {
     match work {
         // `as` saturates: a NaN or astronomically large bound reads as u64::MAX.
-        Some(work) if !(work <= limits.max_node_work) => Err(BudgetExceeded::NodeWork {
+        Some(work) if work.is_nan() || work > limits.max_node_work => Err(BudgetExceeded::NodeWork {
             work: if work.is_nan() { u64::MAX } else { work as u64 },
             limit: limits.max_node_work as u64,
         }

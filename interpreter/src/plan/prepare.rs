@@ -11,7 +11,7 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use super::steps::{Callee, Loc, Prepared, Step, StepIo};
+use super::steps::{Callee, InLoc, Loc, Prepared, Step, StepIo};
 use super::{Plan, PrepareCx, node_work_within};
 use crate::error::{KernelError, RunError};
 use crate::kernel::{PrepareCtx, TensorMeta};
@@ -263,6 +263,9 @@ pub(crate) fn prepare_subgraph(
     for (step, scratch) in steps.iter_mut().zip(&scratch_of) {
         fix_io(plan, si, sg, &known.locs, scratch, step)?;
     }
+    if options.release_consumed {
+        release_unread(sg, &known.locs, &steps, &mut known.folded);
+    }
     let run_nodes = steps.iter().flat_map(Step::nodes).collect();
     let kernel_bytes = steps.iter().map(step_kernel_bytes).sum();
     let folded_bytes = known.folded.iter().map(AlignedBuf::len).sum();
@@ -280,6 +283,54 @@ pub(crate) fn prepare_subgraph(
         folded_bytes,
         kernel_bytes,
     })
+}
+
+/// Empties every folded value no step reads at run time: inputs that only fed other
+/// folded nodes (a DENSIFY output behind a DEQUANTIZE), and weights a kernel packed
+/// (its [`crate::OpKernel::consumed_inputs`], left out of its views by `fix_io`). A
+/// kernel or partition reads what its views name; any other step (lazy, control flow,
+/// variables) may read any input of its node, so those are kept whole.
+fn release_unread(sg: &Subgraph, locs: &[Loc], steps: &[Step], folded: &mut [AlignedBuf]) {
+    fn views(io: &StepIo, read: &mut [bool]) {
+        for (_, at) in &io.ins {
+            if let InLoc::Folded(f) = at
+                && let Some(r) = read.get_mut(*f)
+            {
+                *r = true;
+            }
+        }
+    }
+    fn mark(sg: &Subgraph, locs: &[Loc], step: &Step, read: &mut [bool]) {
+        match step {
+            Step::Kernel { io, .. } => views(io, read),
+            Step::Partition(p) => {
+                views(&p.io, read);
+                for s in &p.fallback {
+                    mark(sg, locs, s, read);
+                }
+            }
+            other => {
+                for n in other.nodes() {
+                    for &t in sg.nodes[n].inputs.iter().flatten() {
+                        if let Some(Loc::Folded(f)) = locs.get(t)
+                            && let Some(r) = read.get_mut(*f)
+                        {
+                            *r = true;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let mut read = vec![false; folded.len()];
+    for step in steps {
+        mark(sg, locs, step, &mut read);
+    }
+    for (value, read) in folded.iter_mut().zip(read) {
+        if !read {
+            *value = AlignedBuf::default();
+        }
+    }
 }
 
 fn step_kernel_bytes(step: &Step) -> usize {
@@ -313,7 +364,13 @@ fn fix_io(
                 })?;
                 written.push(t);
             }
-            *io = StepIo::build(locs, &node.inputs, &written, mutated)
+            // Inputs the kernel packed at prepare are not viewed at run time either.
+            let skip: Vec<usize> = mutated
+                .iter()
+                .chain(kernel.consumed_inputs())
+                .copied()
+                .collect();
+            *io = StepIo::build(locs, &node.inputs, &written, &skip)
                 .map_err(|e| kernel_err(si, node, e))?;
         }
         Step::Partition(p) => {

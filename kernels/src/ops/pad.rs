@@ -20,6 +20,12 @@ use crate::registry::OpDescriptor;
 use crate::support;
 use switchyard_interpreter::NodeSupportCtx;
 
+/// Longest padded dimension MIRROR_PAD keeps a source map for (one offset per output
+/// row of that dimension, built at prepare): far above any real image or sequence, far
+/// below what a hostile shape would make prepare allocate (a 1.4e9-long dimension asked
+/// for 11 GB of offsets).
+const MAX_MIRROR_DIM: usize = 1 << 24;
+
 /// PAD, PADV2, MIRROR_PAD.
 pub const DESCRIPTORS: &[OpDescriptor] = &[
     OpDescriptor::new(BuiltinOp::Pad, prepare)
@@ -197,18 +203,25 @@ pub fn prepare(ctx: &PrepareCtx<'_>) -> Result<PreparedKernel, KernelError> {
             } else {
                 before + n + after
             };
-            let map = (0..len)
-                .map(|o| {
-                    let i = if o < before {
-                        before - o - 1 + skip
-                    } else if o - before < n {
-                        o - before
-                    } else {
-                        2 * n - 1 - skip - (o - before)
-                    };
-                    i * in_strides[d]
-                })
-                .collect();
+            if len > MAX_MIRROR_DIM {
+                return Err(KernelError::invalid(format!(
+                    "{mode:?} padding: dimension {d} would be {len} long, more than {MAX_MIRROR_DIM}"
+                )));
+            }
+            let mut map = Vec::new();
+            map.try_reserve_exact(len).map_err(|_| {
+                KernelError::invalid(format!("cannot allocate {len} source offsets"))
+            })?;
+            map.extend((0..len).map(|o| {
+                let i = if o < before {
+                    before - o - 1 + skip
+                } else if o - before < n {
+                    o - before
+                } else {
+                    2 * n - 1 - skip - (o - before)
+                };
+                i * in_strides[d]
+            }));
             sources.push(map);
         }
         return Ok(PreparedKernel::new(
@@ -551,6 +564,11 @@ mod tests {
             ..spec(BuiltinOp::MirrorPad, DType::F32, &[2, 3], &[0, 3, 1, 1])
         });
         expect_error(&mb, &inputs, "exceeds 2");
+        // A dimension so long that its source map would be a prepare-time allocation
+        // of the model's choosing (the fuzzer asked for 11 GB): refused, not allocated.
+        let long = [MAX_MIRROR_DIM];
+        let (mb, inputs) = build(&spec(BuiltinOp::MirrorPad, DType::I8, &long, &[1, 1]));
+        expect_error(&mb, &inputs, "more than 16777216");
         // Paddings of the wrong shape.
         let mut mb = ModelBuilder::new();
         let sg = mb.main();

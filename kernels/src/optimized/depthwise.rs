@@ -66,6 +66,11 @@ impl DepthwiseF32 {
         })
     }
 
+    /// Bytes of the filter and bias copies it holds.
+    pub fn weight_bytes(&self) -> usize {
+        (self.filter.len() + self.bias.len()) * 4
+    }
+
     pub fn run(
         &self,
         pool: &ThreadPool,

@@ -121,6 +121,13 @@ impl OpKernel for ConvKernel {
     fn name(&self) -> &str {
         self.name
     }
+    /// Filter and bias live packed in the kernel.
+    fn consumed_inputs(&self) -> &[usize] {
+        &[1, 2]
+    }
+    fn memory_bytes(&self) -> usize {
+        self.conv.packed_bytes()
+    }
 }
 
 /// CONV_2D, float32, constant filter `[out][kh][kw][in]`.
@@ -186,6 +193,13 @@ impl OpKernel for DepthwiseKernel {
     }
     fn name(&self) -> &str {
         self.name
+    }
+    /// Filter and bias live packed in the kernel.
+    fn consumed_inputs(&self) -> &[usize] {
+        &[1, 2]
+    }
+    fn memory_bytes(&self) -> usize {
+        self.dw.weight_bytes()
     }
 }
 
@@ -265,6 +279,13 @@ impl OpKernel for FcKernel {
     }
     fn name(&self) -> &str {
         self.name
+    }
+    /// Filter and bias live packed in the kernel.
+    fn consumed_inputs(&self) -> &[usize] {
+        &[1, 2]
+    }
+    fn memory_bytes(&self) -> usize {
+        self.packed.bytes()
     }
 }
 
