@@ -193,7 +193,7 @@ pub fn prepare(ctx: &PrepareCtx<'_>) -> Result<PreparedKernel, KernelError> {
 }
 
 pub fn prepare_optimized(ctx: &PrepareCtx<'_>) -> Result<PreparedKernel, KernelError> {
-    if let Some(hybrid) = super::hybrid::route(ctx)? {
+    if let Some(hybrid) = super::hybrid::route_optimized(ctx)? {
         return Ok(hybrid);
     }
     let params = prepare_params(ctx)?;

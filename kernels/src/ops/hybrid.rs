@@ -13,14 +13,32 @@
 
 use std::cell::RefCell;
 
+use crate::optimized::ConvGeom;
+use crate::optimized::hconv::{HybridConv, HybridDepthwise};
+use crate::optimized::hquant;
 use switchyard_interpreter::{
     Activation, BuiltinOp, DType, KernelError, OpKernel, OpOptions, Padding, PrepareCtx,
     PreparedKernel, TensorMeta, TensorView, TensorViewMut, kernel::input,
 };
 
 /// The hybrid kernel for `ctx.node` when it has float input and int8 weights; `None`
-/// for every other node (the op's own prepare goes on).
+/// for every other node (the op's own prepare goes on). These are the plain loops, the
+/// oracle of [`route_optimized`]'s.
 pub fn route(ctx: &PrepareCtx<'_>) -> Result<Option<PreparedKernel>, KernelError> {
+    route_with(ctx, false)
+}
+
+/// As [`route`], for the optimized registry: convolutions run their int32 sums on the
+/// packed int8 GEMM or the channel-vectorised depthwise loop
+/// ([`crate::optimized::hconv`]), bit-identical to the plain loops.
+pub fn route_optimized(ctx: &PrepareCtx<'_>) -> Result<Option<PreparedKernel>, KernelError> {
+    route_with(ctx, true)
+}
+
+fn route_with(
+    ctx: &PrepareCtx<'_>,
+    optimized: bool,
+) -> Result<Option<PreparedKernel>, KernelError> {
     let (Some(x), Some(w)) = (
         ctx.inputs.first().copied().flatten(),
         ctx.inputs.get(1).copied().flatten(),
@@ -39,10 +57,10 @@ pub fn route(ctx: &PrepareCtx<'_>) -> Result<Option<PreparedKernel>, KernelError
                     ..
                 }
             );
-            prepare_fully_connected(ctx, asymmetric).map(Some)
+            prepare_fully_connected(ctx, asymmetric, optimized).map(Some)
         }
-        Some(BuiltinOp::Conv2d) => prepare_conv(ctx, false).map(Some),
-        Some(BuiltinOp::DepthwiseConv2d) => prepare_conv(ctx, true).map(Some),
+        Some(BuiltinOp::Conv2d) => prepare_conv(ctx, false, optimized).map(Some),
+        Some(BuiltinOp::DepthwiseConv2d) => prepare_conv(ctx, true, optimized).map(Some),
         Some(BuiltinOp::BatchMatmul) => prepare_batch_matmul(ctx).map(Some),
         _ => Ok(None),
     }
@@ -51,21 +69,20 @@ pub fn route(ctx: &PrepareCtx<'_>) -> Result<Option<PreparedKernel>, KernelError
 /// Quantizes `x` symmetrically into `q` (range ±127) and returns the scale: the row's
 /// largest magnitude over 127, or 1 for an all-zero row (whose `q` is all zero).
 pub fn quantize_row_symmetric(x: &[f32], q: &mut [i8]) -> f32 {
-    let (mut lo, mut hi) = (f32::INFINITY, f32::NEG_INFINITY);
-    for &v in x {
-        lo = lo.min(v);
-        hi = hi.max(v);
-    }
+    quantize_row_symmetric_with(x, q, false)
+}
+
+/// [`quantize_row_symmetric`], on the AVX2 build of its loops when `avx2`.
+pub fn quantize_row_symmetric_with(x: &[f32], q: &mut [i8], avx2: bool) -> f32 {
+    let (lo, hi) = hquant::min_max(x, f32::INFINITY, f32::NEG_INFINITY, avx2);
     let range = lo.abs().max(hi.abs());
     if x.is_empty() || range == 0.0 {
         q.iter_mut().for_each(|v| *v = 0);
         return 1.0;
     }
     let inv = 127.0f32 / range;
-    for (o, &v) in q.iter_mut().zip(x) {
-        // f32::round rounds half away from zero, as TfLiteRound does.
-        *o = ((v * inv).round() as i32).clamp(-127, 127) as i8;
-    }
+    // f32::round rounds half away from zero, as TfLiteRound does.
+    hquant::quantize(x, q, inv, 0.0, -127, 127, avx2);
     range / 127.0
 }
 
@@ -73,11 +90,12 @@ pub fn quantize_row_symmetric(x: &[f32], q: &mut [i8]) -> f32 {
 /// and returns (scale, zero point). The zero point is chosen, as in LiteRT, from the end
 /// of the range whose rounding error is smaller, in double precision.
 pub fn quantize_row_asymmetric(x: &[f32], q: &mut [i8]) -> (f32, i32) {
-    let (mut lo, mut hi) = (0.0f32, 0.0f32);
-    for &v in x {
-        lo = lo.min(v);
-        hi = hi.max(v);
-    }
+    quantize_row_asymmetric_with(x, q, false)
+}
+
+/// [`quantize_row_asymmetric`], on the AVX2 build of its loops when `avx2`.
+pub fn quantize_row_asymmetric_with(x: &[f32], q: &mut [i8], avx2: bool) -> (f32, i32) {
+    let (lo, hi) = hquant::min_max(x, 0.0, 0.0, avx2);
     let (rmin, rmax) = (f64::from(lo), f64::from(hi));
     if rmin == rmax {
         q.iter_mut().for_each(|v| *v = 0);
@@ -103,12 +121,11 @@ pub fn quantize_row_asymmetric(x: &[f32], q: &mut [i8]) -> (f32, i32) {
     };
     let scale_f = scale as f32;
     let inv = (1.0f64 / f64::from(scale_f)) as f32;
-    let zpf = zero_point as f32;
-    for (o, &v) in q.iter_mut().zip(x) {
-        *o = ((zpf + v * inv).round() as i32).clamp(-128, 127) as i8;
-    }
+    hquant::quantize(x, q, inv, zero_point as f32, -128, 127, avx2);
     (scale_f, zero_point)
 }
+
+pub use crate::optimized::qgemm::dot_i8;
 
 /// Sum of each row of `w` (`rows` × `cols`, row-major): the zero-point correction of
 /// asymmetric inputs, computed once at prepare.
@@ -131,6 +148,7 @@ pub struct HybridWeights<'a> {
 /// FULLY_CONNECTED with int8 weights and float input, as LiteRT computes it: `out`
 /// (`batch` × `rows`) starts as the bias (or 0), each input row is quantized (symmetric,
 /// or asymmetric with a zero point), and `dot * scale` is added in float.
+#[allow(clippy::too_many_arguments)]
 pub fn fully_connected(
     input: &[f32],
     batch: usize,
@@ -139,15 +157,16 @@ pub fn fully_connected(
     asymmetric: bool,
     quantized: &mut [i8],
     out: &mut [f32],
+    avx2: bool,
 ) {
     let cols = w.cols;
     for b in 0..batch {
         let x = &input[b * cols..(b + 1) * cols];
         let q = &mut quantized[..cols];
         let (mut scale, zp) = if asymmetric {
-            quantize_row_asymmetric(x, q)
+            quantize_row_asymmetric_with(x, q, avx2)
         } else {
-            (quantize_row_symmetric(x, q), 0)
+            (quantize_row_symmetric_with(x, q, avx2), 0)
         };
         let per_tensor = w.scales.len() == 1;
         if per_tensor {
@@ -156,11 +175,7 @@ pub fn fully_connected(
         let o = &mut out[b * w.rows..(b + 1) * w.rows];
         for (r, ov) in o.iter_mut().enumerate() {
             let row = &w.data[r * cols..(r + 1) * cols];
-            let mut dot: i32 = row
-                .iter()
-                .zip(q.iter())
-                .map(|(&a, &v)| i32::from(a) * i32::from(v))
-                .sum();
+            let mut dot = dot_i8(row, q, avx2);
             let s = if per_tensor {
                 scale
             } else {
@@ -327,6 +342,13 @@ fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [i8]) -> R) -> Result<R, Kern
     })
 }
 
+/// Whether the optimized hybrid kernels may take their AVX2 paths: the int8 path
+/// detection, so `QIsa::forced` pins them in tests too.
+pub(crate) fn avx2_detected() -> bool {
+    use crate::optimized::qgemm::QIsa;
+    QIsa::detect() != QIsa::Portable
+}
+
 fn clamp_of(a: Activation) -> (f32, f32) {
     match a {
         Activation::Relu => (0.0, f32::INFINITY),
@@ -423,6 +445,9 @@ struct Fc {
     bias: Option<Vec<f32>>,
     asymmetric: bool,
     clamp: (f32, f32),
+    /// The AVX2 dot product (optimized registry on an AVX2 CPU).
+    avx2: bool,
+    name: &'static str,
 }
 
 /// FULLY_CONNECTED with float input and int8 weights. `asymmetric`: the node's
@@ -430,6 +455,7 @@ struct Fc {
 pub fn prepare_fully_connected(
     ctx: &PrepareCtx<'_>,
     asymmetric: bool,
+    optimized: bool,
 ) -> Result<PreparedKernel, KernelError> {
     let x = ctx.input(0)?;
     let w = ctx.input(1)?;
@@ -468,6 +494,12 @@ pub fn prepare_fully_connected(
             bias: float_bias(ctx.optional_input(2), units)?,
             asymmetric,
             clamp: clamp_of(activation),
+            avx2: optimized && avx2_detected(),
+            name: if optimized && avx2_detected() {
+                "fully_connected/hybrid/avx2"
+            } else {
+                "fully_connected/hybrid"
+            },
         },
     ))
 }
@@ -493,7 +525,16 @@ impl OpKernel for Fc {
             row_sums: &self.w.row_sums,
         };
         with_scratch(self.cols, |q| {
-            fully_connected(x, batch, &hw, self.bias.as_deref(), self.asymmetric, q, out)
+            fully_connected(
+                x,
+                batch,
+                &hw,
+                self.bias.as_deref(),
+                self.asymmetric,
+                q,
+                out,
+                self.avx2,
+            )
         })?;
         for v in out.iter_mut() {
             *v = v.max(self.clamp.0).min(self.clamp.1);
@@ -501,7 +542,7 @@ impl OpKernel for Fc {
         Ok(())
     }
     fn name(&self) -> &str {
-        "fully_connected/hybrid"
+        self.name
     }
 }
 
@@ -537,10 +578,24 @@ struct Conv {
     w: Weights,
     bias: Option<Vec<f32>>,
     clamp: (f32, f32),
+    /// The optimized kernel and the per-channel scales it reads (a per-tensor scale
+    /// repeated), when the optimized registry prepared this node.
+    fast: Option<(Fast, Vec<f32>)>,
+    name: String,
 }
 
-/// CONV_2D (OHWI weights) or DEPTHWISE_CONV_2D (1HWC) with float input, int8 weights.
-pub fn prepare_conv(ctx: &PrepareCtx<'_>, depthwise: bool) -> Result<PreparedKernel, KernelError> {
+enum Fast {
+    Conv(HybridConv),
+    Depthwise(HybridDepthwise),
+}
+
+/// CONV_2D (OHWI weights) or DEPTHWISE_CONV_2D (1HWC) with float input, int8 weights;
+/// `optimized` picks the packed-GEMM and vectorised kernels over the plain loops.
+pub fn prepare_conv(
+    ctx: &PrepareCtx<'_>,
+    depthwise: bool,
+    optimized: bool,
+) -> Result<PreparedKernel, KernelError> {
     let x = ctx.input(0)?;
     let w = ctx.input(1)?;
     let OpOptions::Conv(o) = &ctx.node.options else {
@@ -593,6 +648,46 @@ pub fn prepare_conv(ctx: &PrepareCtx<'_>, depthwise: bool) -> Result<PreparedKer
     } else {
         weights(&w, out_c, 0, k_h * k_w * in_c)?
     };
+    let op = if depthwise {
+        "depthwise_conv2d"
+    } else {
+        "conv2d"
+    };
+    let mut name = format!("{op}/hybrid");
+    let mut fast = None;
+    if optimized && multiplier.is_none_or(|m| m == 1) {
+        let cg = ConvGeom {
+            batch: 1,
+            in_h,
+            in_w,
+            in_c,
+            out_h,
+            out_w,
+            out_c,
+            k_h,
+            k_w,
+            stride_h: g.stride.0,
+            stride_w: g.stride.1,
+            dil_h: g.dilation.0,
+            dil_w: g.dilation.1,
+            pad_top: pad_t,
+            pad_left: pad_l,
+        };
+        let kernel = if depthwise {
+            Fast::Depthwise(HybridDepthwise::new(cg, &wts.data)?)
+        } else {
+            Fast::Conv(HybridConv::new(cg, &wts.data, &wts.row_sums)?)
+        };
+        let isa = match &kernel {
+            Fast::Conv(k) => k.isa,
+            Fast::Depthwise(k) => k.isa,
+        };
+        name = format!("{op}/hybrid/{}", isa.name());
+        let scales = (0..out_c)
+            .map(|c| wts.scales.get(c).copied().unwrap_or(wts.scales[0]))
+            .collect();
+        fast = Some((kernel, scales));
+    }
     Ok(PreparedKernel::new(
         vec![vec![batch, out_h, out_w, out_c]],
         Conv {
@@ -602,6 +697,8 @@ pub fn prepare_conv(ctx: &PrepareCtx<'_>, depthwise: bool) -> Result<PreparedKer
             w: wts,
             bias: float_bias(ctx.optional_input(2), out_c)?,
             clamp: clamp_of(o.activation),
+            fast,
+            name,
         },
     ))
 }
@@ -629,6 +726,27 @@ impl OpKernel for Conv {
         let expected_out = self.batch * g.out_h * g.out_w * self.bias_len_or_channels();
         if x.len() != self.batch * img || out.len() != expected_out {
             return Err(KernelError::shape("input or output size does not match"));
+        }
+        if let Some((fast, scales)) = &self.fast {
+            let per_out = expected_out / self.batch.max(1);
+            return with_scratch(img, |q| {
+                for b in 0..self.batch {
+                    let image = &x[b * img..(b + 1) * img];
+                    let isa = match fast {
+                        Fast::Conv(k) => k.isa,
+                        Fast::Depthwise(k) => k.isa,
+                    };
+                    let avx2 = isa != crate::optimized::qgemm::QIsa::Portable;
+                    let (sf, zp) = quantize_row_asymmetric_with(image, q, avx2);
+                    let o = &mut out[b * per_out..(b + 1) * per_out];
+                    let bias = self.bias.as_deref();
+                    match fast {
+                        Fast::Conv(k) => k.run(q, zp, sf, scales, bias, self.clamp, o)?,
+                        Fast::Depthwise(k) => k.run(q, zp, sf, scales, bias, self.clamp, o)?,
+                    }
+                }
+                Ok(())
+            })?;
         }
         with_scratch(img, |q| match self.depthwise {
             Some(m) => depthwise(
@@ -666,11 +784,7 @@ impl OpKernel for Conv {
         })
     }
     fn name(&self) -> &str {
-        if self.depthwise.is_some() {
-            "depthwise_conv2d/hybrid"
-        } else {
-            "conv2d/hybrid"
-        }
+        &self.name
     }
 }
 
@@ -757,5 +871,43 @@ impl OpKernel for BatchMatmul {
 
     fn name(&self) -> &str {
         "batch_matmul/hybrid"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::dot_i8;
+    use crate::optimized::qgemm::QIsa;
+
+    /// Both dot-product paths equal the plain sum at every length around the 16- and
+    /// 32-lane steps, with extreme values (which a pairwise madd must not overflow).
+    #[test]
+    fn dot_products_match_the_plain_sum_on_every_path() {
+        let mut seed = 5u64;
+        let mut next = move || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) as u8 as i8
+        };
+        for n in (0..70).chain([127, 128, 1000, 1280]) {
+            for extreme in [false, true] {
+                let (a, b): (Vec<i8>, Vec<i8>) = if extreme {
+                    (vec![-128; n], vec![-128; n])
+                } else {
+                    (
+                        (0..n).map(|_| next()).collect(),
+                        (0..n).map(|_| next()).collect(),
+                    )
+                };
+                let want = a.iter().zip(&b).fold(0i32, |s, (&x, &y)| {
+                    s.wrapping_add(i32::from(x) * i32::from(y))
+                });
+                for isa in QIsa::available() {
+                    let avx2 = isa != QIsa::Portable;
+                    assert_eq!(dot_i8(&a, &b, avx2), want, "n {n} {isa:?}");
+                }
+            }
+        }
     }
 }

@@ -178,21 +178,45 @@ pub fn copy_strided(
     to.check(shape, dst.len(), elem, "destination")?;
     // Drop unit dimensions and merge neighbours that are contiguous in both walks, so
     // the innermost loop is as long as possible.
-    let mut dims: Vec<(usize, isize, isize)> = Vec::with_capacity(shape.len());
+    // Ranks up to 8 (all TFLite tensors in practice) keep the loop state on the stack:
+    // this runs on every slice, concatenation and transpose of every invoke.
+    const INLINE: usize = 8;
+    let mut dims_inline = [(0usize, 0isize, 0isize); INLINE];
+    let mut idx_inline = [0usize; INLINE];
+    let (mut dims_heap, mut idx_heap) = (Vec::new(), Vec::new());
+    let (dims_buf, idx_buf): (&mut [(usize, isize, isize)], &mut [usize]) = if shape.len() <= INLINE
+    {
+        (&mut dims_inline, &mut idx_inline)
+    } else {
+        dims_heap.resize(shape.len(), (0, 0, 0));
+        idx_heap.resize(shape.len(), 0);
+        (&mut dims_heap, &mut idx_heap)
+    };
+    let mut len = 0usize;
     for ((&n, &s), &d) in shape.iter().zip(&from.strides).zip(&to.strides) {
         if n == 1 {
             continue;
         }
-        match dims.last_mut() {
+        match len.checked_sub(1).map(|l| &mut dims_buf[l]) {
             Some(last) if last.1 == s * n as isize && last.2 == d * n as isize => {
                 *last = (last.0 * n, s, d);
             }
-            _ => dims.push((n, s, d)),
+            _ => {
+                dims_buf[len] = (n, s, d);
+                len += 1;
+            }
         }
     }
-    let (inner_n, inner_s, inner_d) = dims.pop().unwrap_or((1, 1, 1));
+    let (inner_n, inner_s, inner_d) = match len.checked_sub(1) {
+        Some(l) => {
+            len = l;
+            dims_buf[l]
+        }
+        None => (1, 1, 1),
+    };
+    let dims = &dims_buf[..len];
+    let idx = &mut idx_buf[..len];
     let contiguous = inner_s == 1 && inner_d == 1;
-    let mut idx = vec![0usize; dims.len()];
     let (mut s, mut d) = (from.offset as isize, to.offset as isize);
     loop {
         // In bounds: both walks were checked against their buffers above.

@@ -37,6 +37,8 @@ struct Sliced {
     walk: Walk,
     /// One entry per input dimension: how many elements the walk takes there.
     walk_shape: Vec<usize>,
+    /// The dense output layout of `walk_shape`, made once at prepare.
+    out_walk: Walk,
 }
 
 impl OpKernel for Sliced {
@@ -54,7 +56,7 @@ impl OpKernel for Sliced {
             x.bytes,
             &self.walk,
             out.bytes,
-            &Walk::contiguous(&self.walk_shape),
+            &self.out_walk,
             &self.walk_shape,
             self.elem,
         )
@@ -377,6 +379,7 @@ pub fn prepare(ctx: &PrepareCtx<'_>) -> Result<PreparedKernel, KernelError> {
             elem,
             in_shape: x.shape.to_vec(),
             walk,
+            out_walk: Walk::contiguous(&walk_shape),
             walk_shape,
         },
     ))

@@ -17,6 +17,8 @@ pub mod batch_matmul;
 pub mod conv;
 pub mod depthwise;
 pub mod gemm;
+pub mod hconv;
+pub mod hquant;
 pub mod kernels;
 pub mod pool;
 pub mod qconv;

@@ -45,6 +45,34 @@ impl OutPtr {
     }
 }
 
+/// Widens the im2col row of output pixel `pix` of `g` into `dst` (at least `k_h·k_w·in_c`
+/// values; the rest is zeroed): taps in the padding hold `zero`, the input zero point, so
+/// that they add nothing once the zero point is taken out.
+pub(crate) fn gather_i16(g: &ConvGeom, input: &[i8], pix: usize, zero: i16, dst: &mut [i16]) {
+    let ox = pix % g.out_w;
+    let oy = (pix / g.out_w) % g.out_h;
+    let b = pix / (g.out_w * g.out_h);
+    let mut o = 0;
+    for ky in 0..g.k_h {
+        let iy = (oy * g.stride_h + ky * g.dil_h).checked_sub(g.pad_top);
+        for kx in 0..g.k_w {
+            let ix = (ox * g.stride_w + kx * g.dil_w).checked_sub(g.pad_left);
+            let d = &mut dst[o..o + g.in_c];
+            match (iy, ix) {
+                (Some(iy), Some(ix)) if iy < g.in_h && ix < g.in_w => {
+                    let base = ((b * g.in_h + iy) * g.in_w + ix) * g.in_c;
+                    for (t, &x) in d.iter_mut().zip(&input[base..base + g.in_c]) {
+                        *t = i16::from(x);
+                    }
+                }
+                _ => d.fill(zero),
+            }
+            o += g.in_c;
+        }
+    }
+    dst[o..].fill(0);
+}
+
 impl QConv {
     /// Output pixels, and bytes of one input/output pixel.
     fn pixels(&self) -> usize {
@@ -54,30 +82,7 @@ impl QConv {
 
     /// Widens the im2col row of output pixel `pix` into `dst` (`kp` values).
     fn gather(&self, input: &[i8], pix: usize, dst: &mut [i16]) {
-        let g = &self.geom;
-        let ox = pix % g.out_w;
-        let oy = (pix / g.out_w) % g.out_h;
-        let b = pix / (g.out_w * g.out_h);
-        let zero = i16::from(self.input_zero);
-        let mut o = 0;
-        for ky in 0..g.k_h {
-            let iy = (oy * g.stride_h + ky * g.dil_h).checked_sub(g.pad_top);
-            for kx in 0..g.k_w {
-                let ix = (ox * g.stride_w + kx * g.dil_w).checked_sub(g.pad_left);
-                let d = &mut dst[o..o + g.in_c];
-                match (iy, ix) {
-                    (Some(iy), Some(ix)) if iy < g.in_h && ix < g.in_w => {
-                        let base = ((b * g.in_h + iy) * g.in_w + ix) * g.in_c;
-                        for (t, &x) in d.iter_mut().zip(&input[base..base + g.in_c]) {
-                            *t = i16::from(x);
-                        }
-                    }
-                    _ => d.fill(zero),
-                }
-                o += g.in_c;
-            }
-        }
-        dst[o..].fill(0);
+        gather_i16(&self.geom, input, pix, i16::from(self.input_zero), dst);
     }
 
     pub fn run(

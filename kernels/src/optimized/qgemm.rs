@@ -245,6 +245,44 @@ impl PackedQ {
         self.panels.len() * 2 + self.bias.len() * 16
     }
 
+    /// Weights alone, for kernels that scale the raw int32 sums themselves (the hybrid
+    /// kernels, whose input zero point is only known per run): no bias, and a
+    /// requantization that [`PackedQ::panel_acc`] never applies.
+    pub fn raw(w: &[i8], n: usize, k: usize) -> Result<PackedQ, KernelError> {
+        let ones = alloc(n, 1i32 << 30)?;
+        let zeros = alloc(n, 0i32)?;
+        PackedQ::new(w, n, k, None, 0, &ones, &zeros, 0, -128, 127)
+    }
+
+    /// The raw sums `Σ_k a[r][k]·W[c][k]` of panel `p` (columns `p*QNR ..`), without bias.
+    ///
+    /// # Safety
+    /// `a[..rows]` each point to `kp` readable int16 values (zero past `k`); `isa` runs
+    /// on this CPU.
+    pub unsafe fn panel_acc(
+        &self,
+        isa: QIsa,
+        a: &[*const i16; QMR],
+        rows: usize,
+        p: usize,
+        acc: &mut [[i32; QNR]; QMR],
+    ) {
+        let b = unsafe { self.panels.as_ptr().add(p * self.kp * QNR) };
+        let kp2 = self.kp / 2;
+        // SAFETY: forwarded from the caller; `b` is panel `p` of `kp * QNR` values.
+        unsafe {
+            match isa {
+                QIsa::Portable => micro_portable(kp2, a, rows, b, acc),
+                #[cfg(target_arch = "x86_64")]
+                QIsa::Avx2 => micro_avx2(kp2, a, rows, b, acc),
+                #[cfg(target_arch = "x86_64")]
+                QIsa::Avx512 => micro_avx512(kp2, a, rows, b, acc, false),
+                #[cfg(target_arch = "x86_64")]
+                QIsa::Avx512Vnni => micro_avx512(kp2, a, rows, b, acc, true),
+            }
+        }
+    }
+
     /// Rows `a[r]` (each `kp` int16 values, zero past `k`) times panel `p`, requantized
     /// into `out[r][p*QNR ..]` (only the first `n` columns are written).
     ///
@@ -260,20 +298,8 @@ impl PackedQ {
         out: &[*mut i8; QMR],
     ) {
         let mut acc = [[0i32; QNR]; QMR];
-        let b = unsafe { self.panels.as_ptr().add(p * self.kp * QNR) };
-        let kp2 = self.kp / 2;
-        // SAFETY: forwarded from the caller; `b` is panel `p` of `kp * QNR` values.
-        unsafe {
-            match isa {
-                QIsa::Portable => micro_portable(kp2, a, rows, b, &mut acc),
-                #[cfg(target_arch = "x86_64")]
-                QIsa::Avx2 => micro_avx2(kp2, a, rows, b, &mut acc),
-                #[cfg(target_arch = "x86_64")]
-                QIsa::Avx512 => micro_avx512(kp2, a, rows, b, &mut acc, false),
-                #[cfg(target_arch = "x86_64")]
-                QIsa::Avx512Vnni => micro_avx512(kp2, a, rows, b, &mut acc, true),
-            }
-        }
+        // SAFETY: forwarded from the caller.
+        unsafe { self.panel_acc(isa, a, rows, p, &mut acc) };
         let c0 = p * QNR;
         let cols = (self.n - c0).min(QNR);
         let rq = &self.requant;
@@ -299,6 +325,66 @@ impl PackedQ {
             unsafe { std::ptr::copy_nonoverlapping(o.as_ptr(), out[r].add(c0), cols) };
         }
     }
+}
+
+/// `Σ a[i]·b[i]` over int8 vectors (the shorter length), in wrapping int32: LiteRT's
+/// hybrid dot product, exact in any order. `avx2` (from [`crate::optimized::qgemm::QIsa`]
+/// at prepare, so tests can force either path) picks 16-lane `vpmaddwd` steps.
+pub fn dot_i8(a: &[i8], b: &[i8], avx2: bool) -> i32 {
+    #[cfg(target_arch = "x86_64")]
+    if avx2 {
+        // SAFETY: `avx2` is only set where AVX2 was detected (or a test forced a path
+        // detected on this CPU).
+        return unsafe { dot_i8_avx2(a, b) };
+    }
+    let _ = avx2;
+    a.iter().zip(b).fold(0i32, |s, (&x, &y)| {
+        s.wrapping_add(i32::from(x) * i32::from(y))
+    })
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn dot_i8_avx2(a: &[i8], b: &[i8]) -> i32 {
+    use std::arch::x86_64::*;
+    let n = a.len().min(b.len());
+    let (mut acc0, mut acc1) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+    let mut i = 0;
+    while i + 32 <= n {
+        // SAFETY: `i + 32 <= n` bytes lie in both slices.
+        unsafe {
+            let x0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(a.as_ptr().add(i) as *const __m128i));
+            let y0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(b.as_ptr().add(i) as *const __m128i));
+            let x1 =
+                _mm256_cvtepi8_epi16(_mm_loadu_si128(a.as_ptr().add(i + 16) as *const __m128i));
+            let y1 =
+                _mm256_cvtepi8_epi16(_mm_loadu_si128(b.as_ptr().add(i + 16) as *const __m128i));
+            acc0 = _mm256_add_epi32(acc0, _mm256_madd_epi16(x0, y0));
+            acc1 = _mm256_add_epi32(acc1, _mm256_madd_epi16(x1, y1));
+        }
+        i += 32;
+    }
+    if i + 16 <= n {
+        // SAFETY: `i + 16 <= n` bytes lie in both slices.
+        unsafe {
+            let x0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(a.as_ptr().add(i) as *const __m128i));
+            let y0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(b.as_ptr().add(i) as *const __m128i));
+            acc0 = _mm256_add_epi32(acc0, _mm256_madd_epi16(x0, y0));
+        }
+        i += 16;
+    }
+    let acc = _mm256_add_epi32(acc0, acc1);
+    let s = _mm_add_epi32(
+        _mm256_castsi256_si128(acc),
+        _mm256_extracti128_si256(acc, 1),
+    );
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
+    let mut total = _mm_cvtsi128_si32(s);
+    for (&x, &y) in a[i..n].iter().zip(&b[i..n]) {
+        total = total.wrapping_add(i32::from(x) * i32::from(y));
+    }
+    total
 }
 
 /// Per-lane constants of one panel.
@@ -333,10 +419,90 @@ fn requant_half_up(acc: &[i32; QNR], l: &Lanes<'_>, rq: &Requant, out: &mut [i8;
     }
 }
 
+/// [`requant_half_up`] on 16 lanes with AVX2: the doubling high multiply as two
+/// `vpmuldq` (even and odd lanes) on 64-bit products, the division by 2^31 toward zero as
+/// a bias on negative products and a logical shift (bits 31..62 are all that survive the
+/// cast to int32, and they do not depend on the shift's sign fill).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 fn requant_avx2(acc: &[i32; QNR], l: &Lanes<'_>, rq: &Requant, out: &mut [i8; QNR]) {
-    requant_half_up(acc, l, rq, out)
+    use std::arch::x86_64::*;
+    // SAFETY: every slice holds QNR = 16 values (two 8-lane vectors); AVX2 is enabled.
+    unsafe {
+        let ld = |s: &[i32], h: usize| _mm256_loadu_si256(s.as_ptr().add(8 * h) as *const __m256i);
+        let mut half = [_mm256_setzero_si256(); 2];
+        for (h, v) in half.iter_mut().enumerate() {
+            let x = _mm256_add_epi32(ld(acc, h), ld(l.bias, h));
+            *v = requant8_avx2(x, ld(l.m, h), ld(l.left, h), ld(l.right, h));
+        }
+        let packed = clamp_pack16_avx2(half[0], half[1], rq.output_offset, rq.act_min, rq.act_max);
+        _mm_storeu_si128(out.as_mut_ptr() as *mut __m128i, packed);
+    }
+}
+
+/// Eight lanes of [`requant_half_up`] up to (not including) the output offset and
+/// clamp; `left` is at most 30 and `right` at most 31, as [`PackedQ::new`] checks.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+pub(crate) fn requant8_avx2(
+    x: std::arch::x86_64::__m256i,
+    m: std::arch::x86_64::__m256i,
+    left: std::arch::x86_64::__m256i,
+    right: std::arch::x86_64::__m256i,
+) -> std::arch::x86_64::__m256i {
+    use std::arch::x86_64::*;
+    let a = _mm256_sllv_epi32(x, left);
+    let zero = _mm256_setzero_si256();
+    let nudge_pos = _mm256_set1_epi64x(1 << 30);
+    let nudge_neg_extra = _mm256_set1_epi64x(1 - (1i64 << 31));
+    let low31 = _mm256_set1_epi64x((1i64 << 31) - 1);
+    let high = |p: __m256i| {
+        let nudge = _mm256_add_epi64(
+            nudge_pos,
+            _mm256_and_si256(_mm256_cmpgt_epi64(zero, p), nudge_neg_extra),
+        );
+        let v = _mm256_add_epi64(p, nudge);
+        let v = _mm256_add_epi64(v, _mm256_and_si256(_mm256_cmpgt_epi64(zero, v), low31));
+        _mm256_srli_epi64(v, 31)
+    };
+    let even = high(_mm256_mul_epi32(a, m));
+    let odd = high(_mm256_mul_epi32(
+        _mm256_srli_epi64(a, 32),
+        _mm256_srli_epi64(m, 32),
+    ));
+    let h = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0b1010_1010);
+    // floor((h + round) / 2^right) without overflow: (h >> right) plus the carry out of
+    // the low bits, which sum below 2^32 as unsigned.
+    let one = _mm256_set1_epi32(1);
+    let pow = _mm256_sllv_epi32(one, right);
+    let mask = _mm256_sub_epi32(pow, one);
+    let round = _mm256_srli_epi32(pow, 1);
+    let carry = _mm256_srlv_epi32(_mm256_add_epi32(_mm256_and_si256(h, mask), round), right);
+    _mm256_add_epi32(_mm256_srav_epi32(h, right), carry)
+}
+
+/// Adds the output offset to 16 int32 lanes, clamps them into `[act_min, act_max]`
+/// (inside int8, so the saturating packs are exact) and packs them in order.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+pub(crate) fn clamp_pack16_avx2(
+    lo: std::arch::x86_64::__m256i,
+    hi: std::arch::x86_64::__m256i,
+    offset: i32,
+    act_min: i32,
+    act_max: i32,
+) -> std::arch::x86_64::__m128i {
+    use std::arch::x86_64::*;
+    let (off, mn, mx) = (
+        _mm256_set1_epi32(offset),
+        _mm256_set1_epi32(act_min),
+        _mm256_set1_epi32(act_max),
+    );
+    let fix = |v: __m256i| _mm256_min_epi32(_mm256_max_epi32(_mm256_add_epi32(v, off), mn), mx);
+    let w = _mm256_permute4x64_epi64(_mm256_packs_epi32(fix(lo), fix(hi)), 0b11_01_10_00);
+    _mm_packs_epi16(_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1))
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -372,6 +538,17 @@ unsafe fn micro_portable(
     }
 }
 
+/// Dispatches `rows` (at most [`QMR`]) to the row-count-specialised kernel: a single
+/// streaming row must not pay for six (or twelve) rows of multiply-adds.
+macro_rules! by_rows {
+    ($rows:expr, $f:ident, $($n:literal)+; $args:tt) => {
+        match $rows {
+            $( $n => $f::<$n> $args, )+
+            _ => {}
+        }
+    };
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn micro_avx2(
@@ -381,42 +558,57 @@ unsafe fn micro_avx2(
     b: *const i16,
     acc: &mut [[i32; QNR]; QMR],
 ) {
-    use std::arch::x86_64::*;
     // Six rows at a time: 12 accumulators, 2 panel vectors, 1 broadcast.
     let mut r0 = 0;
-    while r0 < rows {
-        let n = (rows - r0).min(6);
-        let mut rp = [a[r0]; 6];
-        for (i, p) in rp.iter_mut().enumerate().take(n) {
-            *p = a[r0 + i];
-        }
-        let mut c = [[_mm256_setzero_si256(); 2]; 6];
-        for kk in 0..kp2 {
-            // SAFETY: panel row `kk` is 32 int16 values; row pointers hold `2 * kp2`.
-            unsafe {
-                let b0 = _mm256_loadu_si256(b.add(kk * 32) as *const __m256i);
-                let b1 = _mm256_loadu_si256(b.add(kk * 32 + 16) as *const __m256i);
-                for i in 0..6 {
-                    let av = _mm256_set1_epi32((rp[i].add(2 * kk) as *const i32).read_unaligned());
-                    c[i][0] = _mm256_add_epi32(c[i][0], _mm256_madd_epi16(av, b0));
-                    c[i][1] = _mm256_add_epi32(c[i][1], _mm256_madd_epi16(av, b1));
-                }
-            }
-        }
-        for i in 0..n {
-            // SAFETY: `acc[r0 + i]` is 16 int32s.
-            unsafe {
-                let dst = acc[r0 + i].as_mut_ptr() as *mut __m256i;
-                _mm256_storeu_si256(dst, c[i][0]);
-                _mm256_storeu_si256(dst.add(1), c[i][1]);
-            }
-        }
+    while r0 < rows.min(QMR) {
+        let n = (rows.min(QMR) - r0).min(6);
+        // SAFETY: forwarded from the caller; rows r0..r0 + n exist in `a` and `acc`.
+        unsafe { by_rows!(n, micro_avx2_r, 1 2 3 4 5 6; (kp2, a, r0, b, acc)) };
         r0 += n;
     }
 }
 
+/// `R` rows of [`micro_avx2`] starting at row `r0`.
+///
+/// # Safety
+/// As [`PackedQ::panel`]; `r0 + R <= QMR`.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn micro_avx2_r<const R: usize>(
+    kp2: usize,
+    a: &[*const i16; QMR],
+    r0: usize,
+    b: *const i16,
+    acc: &mut [[i32; QNR]; QMR],
+) {
+    use std::arch::x86_64::*;
+    let rp: [*const i16; R] = std::array::from_fn(|i| a[r0 + i]);
+    let mut c = [[_mm256_setzero_si256(); 2]; R];
+    for kk in 0..kp2 {
+        // SAFETY: panel row `kk` is 32 int16 values; row pointers hold `2 * kp2`.
+        unsafe {
+            let b0 = _mm256_loadu_si256(b.add(kk * 32) as *const __m256i);
+            let b1 = _mm256_loadu_si256(b.add(kk * 32 + 16) as *const __m256i);
+            for i in 0..R {
+                let av = _mm256_set1_epi32((rp[i].add(2 * kk) as *const i32).read_unaligned());
+                c[i][0] = _mm256_add_epi32(c[i][0], _mm256_madd_epi16(av, b0));
+                c[i][1] = _mm256_add_epi32(c[i][1], _mm256_madd_epi16(av, b1));
+            }
+        }
+    }
+    for i in 0..R {
+        // SAFETY: `acc[r0 + i]` is 16 int32s.
+        unsafe {
+            let dst = acc[r0 + i].as_mut_ptr() as *mut __m256i;
+            _mm256_storeu_si256(dst, c[i][0]);
+            _mm256_storeu_si256(dst.add(1), c[i][1]);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
 unsafe fn micro_avx512(
     kp2: usize,
     a: &[*const i16; QMR],
@@ -425,36 +617,75 @@ unsafe fn micro_avx512(
     acc: &mut [[i32; QNR]; QMR],
     vnni: bool,
 ) {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        if vnni {
+            by_rows!(rows, micro_avx512_vnni, 1 2 3 4 5 6 7 8 9 10 11 12; (kp2, a, b, acc));
+        } else {
+            by_rows!(rows, micro_avx512_madd, 1 2 3 4 5 6 7 8 9 10 11 12; (kp2, a, b, acc));
+        }
+    }
+}
+
+/// `R` rows of the AVX-512 kernel with `vpdpwssd`.
+///
+/// # Safety
+/// As [`PackedQ::panel`]; `R <= rows`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+#[inline]
+unsafe fn micro_avx512_vnni<const R: usize>(
+    kp2: usize,
+    a: &[*const i16; QMR],
+    b: *const i16,
+    acc: &mut [[i32; QNR]; QMR],
+) {
     use std::arch::x86_64::*;
-    let mut rp = [a[0]; QMR];
-    for (i, p) in rp.iter_mut().enumerate().take(rows.min(QMR)) {
-        *p = a[i];
-    }
-    let mut c = [_mm512_setzero_si512(); QMR];
-    if vnni {
-        for kk in 0..kp2 {
-            // SAFETY: as in `micro_avx2`.
-            unsafe {
-                let bv = _mm512_loadu_si512(b.add(kk * 32) as *const _);
-                for i in 0..QMR {
-                    let av = _mm512_set1_epi32((rp[i].add(2 * kk) as *const i32).read_unaligned());
-                    c[i] = _mm512_dpwssd_epi32(c[i], av, bv);
-                }
-            }
-        }
-    } else {
-        for kk in 0..kp2 {
-            // SAFETY: as in `micro_avx2`.
-            unsafe {
-                let bv = _mm512_loadu_si512(b.add(kk * 32) as *const _);
-                for i in 0..QMR {
-                    let av = _mm512_set1_epi32((rp[i].add(2 * kk) as *const i32).read_unaligned());
-                    c[i] = _mm512_add_epi32(c[i], _mm512_madd_epi16(av, bv));
-                }
+    let rp: [*const i16; R] = std::array::from_fn(|i| a[i]);
+    let mut c = [_mm512_setzero_si512(); R];
+    for kk in 0..kp2 {
+        // SAFETY: as in `micro_avx2_r`.
+        unsafe {
+            let bv = _mm512_loadu_si512(b.add(kk * 32) as *const _);
+            for i in 0..R {
+                let av = _mm512_set1_epi32((rp[i].add(2 * kk) as *const i32).read_unaligned());
+                c[i] = _mm512_dpwssd_epi32(c[i], av, bv);
             }
         }
     }
-    for i in 0..rows.min(QMR) {
+    for i in 0..R {
+        // SAFETY: `acc[i]` is 16 int32s.
+        unsafe { _mm512_storeu_si512(acc[i].as_mut_ptr() as *mut _, c[i]) };
+    }
+}
+
+/// `R` rows of the AVX-512BW kernel with `vpmaddwd` and an add.
+///
+/// # Safety
+/// As [`PackedQ::panel`]; `R <= rows`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+#[inline]
+unsafe fn micro_avx512_madd<const R: usize>(
+    kp2: usize,
+    a: &[*const i16; QMR],
+    b: *const i16,
+    acc: &mut [[i32; QNR]; QMR],
+) {
+    use std::arch::x86_64::*;
+    let rp: [*const i16; R] = std::array::from_fn(|i| a[i]);
+    let mut c = [_mm512_setzero_si512(); R];
+    for kk in 0..kp2 {
+        // SAFETY: as in `micro_avx2_r`.
+        unsafe {
+            let bv = _mm512_loadu_si512(b.add(kk * 32) as *const _);
+            for i in 0..R {
+                let av = _mm512_set1_epi32((rp[i].add(2 * kk) as *const i32).read_unaligned());
+                c[i] = _mm512_add_epi32(c[i], _mm512_madd_epi16(av, bv));
+            }
+        }
+    }
+    for i in 0..R {
         // SAFETY: `acc[i]` is 16 int32s.
         unsafe { _mm512_storeu_si512(acc[i].as_mut_ptr() as *mut _, c[i]) };
     }

@@ -16,7 +16,7 @@ use switchyard_interpreter::{
 };
 
 use super::{Lstm, Reusable, Types, check_activation, idx, normalize, sigmoid, structure, zeroed};
-use crate::ops::hybrid::{quantize_row_asymmetric, quantize_row_symmetric, row_sums};
+use crate::ops::hybrid::{quantize_row_asymmetric_with, quantize_row_symmetric_with, row_sums};
 
 const TYPES: Types = Types {
     kind: "hybrid",
@@ -35,6 +35,9 @@ struct QMatrix {
     scale: f32,
     row_sums: Vec<i32>,
     cols: usize,
+    /// The AVX2 dot product ([`crate::ops::hybrid::dot_i8`]); exact, so both registries
+    /// take it (LSTM has one kernel).
+    avx2: bool,
 }
 
 /// A quantized input row: values, scale and zero point.
@@ -70,6 +73,7 @@ impl QMatrix {
             scale,
             row_sums: sums,
             cols,
+            avx2: crate::ops::hybrid::avx2_detected(),
         })
     }
 
@@ -82,11 +86,7 @@ impl QMatrix {
             .zip(self.data.chunks_exact(self.cols))
             .zip(&self.row_sums)
         {
-            let dot: i32 = row
-                .iter()
-                .zip(x.q)
-                .map(|(&a, &b)| i32::from(a) * i32::from(b))
-                .sum();
+            let dot = crate::ops::hybrid::dot_i8(row, x.q, self.avx2);
             let dot = dot.wrapping_sub(sum.wrapping_mul(x.zero_point));
             *o += dot as f32 * scale;
         }
@@ -230,10 +230,12 @@ impl HybridLstm {
         if x.iter().all(|&v| v == 0.0) {
             return None;
         }
+        // The matrices carry the path detected at prepare.
+        let avx2 = self.w.iter().flatten().any(|m| m.avx2);
         let (scale, zero_point) = if self.asymmetric {
-            quantize_row_asymmetric(x, q)
+            quantize_row_asymmetric_with(x, q, avx2)
         } else {
-            (quantize_row_symmetric(x, q), 0)
+            (quantize_row_symmetric_with(x, q, avx2), 0)
         };
         Some(QRow {
             q,
