@@ -4,60 +4,12 @@
 //! processor ran them; which processor ran each request is read from the daemon's
 //! metrics (`switchyard_processor_requests_total`).
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use switchyard_client::blocking::{Client, Model};
 use switchyard_client::{OutputData, Run, Tensor};
-use switchyard_tests::{golden, model_path, workspace_binary};
-
-struct Daemon {
-    child: Child,
-    socket: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Daemon {
-    fn start(extra: &str) -> Daemon {
-        let dir = tempfile::tempdir().unwrap();
-        let socket = dir.path().join("switchyard.sock");
-        let config = dir.path().join("switchyard.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[daemon]\nsocket = \"{}\"\nstate_dir = \"{}\"\n{extra}",
-                socket.display(),
-                dir.path().join("state").display()
-            ),
-        )
-        .unwrap();
-        let child = Command::new(workspace_binary("switchyardd"))
-            .arg("--config")
-            .arg(&config)
-            .env("SWITCHYARD_LOG", "warn")
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
-            assert!(Instant::now() < deadline, "switchyardd did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Daemon {
-            child,
-            socket,
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use switchyard_tests::spawn::Daemon;
+use switchyard_tests::{golden, model_path};
 
 /// Requests of model `id` that ran on each processor so far, from the daemon's metrics.
 fn runs_by_processor(c: &mut Client, id: &str) -> Vec<(String, u64)> {
