@@ -74,13 +74,7 @@ impl HybridConv {
     ) -> Result<(), KernelError> {
         let g = &self.geom;
         let n = g.out_c;
-        if q.len() != g.input_len()
-            || out.len() != g.output_len()
-            || scales.len() != n
-            || bias.is_some_and(|b| b.len() != n)
-        {
-            return Err(KernelError::shape("hybrid convolution buffers disagree"));
-        }
+        buffers_agree(g, q, out, scales, bias, "hybrid convolution")?;
         let zero = i16::try_from(zp)
             .map_err(|_| KernelError::invalid(format!("input zero point {zp} out of range")))?;
         let m = g.out_h * g.out_w;
@@ -171,13 +165,7 @@ impl HybridDepthwise {
     ) -> Result<(), KernelError> {
         let g = &self.geom;
         let c = g.out_c;
-        if q.len() != g.input_len()
-            || out.len() != g.output_len()
-            || scales.len() != c
-            || bias.is_some_and(|b| b.len() != c)
-        {
-            return Err(KernelError::shape("hybrid depthwise buffers disagree"));
-        }
+        buffers_agree(g, q, out, scales, bias, "hybrid depthwise")?;
         ROW.with(|row| {
             let mut row = row.borrow_mut();
             grow(&mut row, c)?;
@@ -257,6 +245,27 @@ struct DwArgs<'a> {
     scales: &'a [f32],
     bias: Option<&'a [f32]>,
     clamp: (f32, f32),
+}
+
+/// The buffers one run is handed against the geometry prepared: the image, the output,
+/// and one scale (and bias) per output channel.
+fn buffers_agree(
+    g: &ConvGeom,
+    q: &[i8],
+    out: &[f32],
+    scales: &[f32],
+    bias: Option<&[f32]>,
+    what: &str,
+) -> Result<(), KernelError> {
+    let n = g.out_c;
+    if q.len() != g.input_len()
+        || out.len() != g.output_len()
+        || scales.len() != n
+        || bias.is_some_and(|b| b.len() != n)
+    {
+        return Err(KernelError::shape(format!("{what} buffers disagree")));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
