@@ -104,17 +104,7 @@ fn open_raw(d: &Daemon, model_id: &str) -> RawChannel {
         .unwrap();
     let socket = d.socket.clone();
     let reply = rt.block_on(async move {
-        let channel = tonic::transport::Endpoint::from_static("http://switchyard.local")
-            .connect_with_connector(tower::service_fn(move |_| {
-                let socket = socket.clone();
-                async move {
-                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                        tokio::net::UnixStream::connect(socket).await?,
-                    ))
-                }
-            }))
-            .await
-            .unwrap();
+        let channel = switchyard_tests::spawn::raw_channel(socket.clone()).await;
         let mut rpc = v1::switchyard_client::SwitchyardClient::new(channel);
         rpc.open_run_channel(v1::OpenRunChannelRequest {
             model_id: model_id.to_owned(),

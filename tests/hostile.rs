@@ -632,17 +632,7 @@ fn helper_tenant_b_probes() {
     let mut fresh_bytes = shared_bytes.clone();
     fresh_bytes.extend_from_slice(&[0u8; 64]);
     let loads = rt.block_on(async {
-        let channel = tonic::transport::Endpoint::from_static("http://localhost")
-            .connect_with_connector(tower::service_fn(move |_| {
-                let socket = socket.clone();
-                async move {
-                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                        tokio::net::UnixStream::connect(socket).await?,
-                    ))
-                }
-            }))
-            .await
-            .unwrap();
+        let channel = switchyard_tests::spawn::raw_channel(socket.clone()).await;
         let mut rpc = SwitchyardClient::new(channel).max_decoding_message_size(64 << 20);
         let mut out = Vec::new();
         for bytes in [&fresh_bytes, &shared_bytes, &shared_bytes] {

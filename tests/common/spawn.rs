@@ -224,3 +224,20 @@ pub fn example_plugin() -> PathBuf {
     );
     p
 }
+
+/// A raw tonic channel to the daemon's Unix socket, for tests that speak the wire
+/// protocol beneath the client library (hand-made requests, RPCs it does not expose).
+pub async fn raw_channel(socket: impl AsRef<Path>) -> tonic::transport::Channel {
+    let socket = socket.as_ref().to_path_buf();
+    tonic::transport::Endpoint::from_static("http://switchyard.local")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let socket = socket.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(socket).await?,
+                ))
+            }
+        }))
+        .await
+        .expect("connect to the daemon's socket")
+}
