@@ -182,6 +182,16 @@ fn memory(model: &Path, devices_off: bool, litert: Option<(f64, f64)>) {
         .expect("placement");
     let validated = t.elapsed();
     let after_load = d.rss_mib();
+    // One session, as an app holds it, run 5 times: the figure set against a LiteRT
+    // process (one interpreter, 5 invokes).
+    let t = Instant::now();
+    let first = m.open_session().expect("open session");
+    let mut open_ms = vec![ms(t.elapsed())];
+    for _ in 0..5 {
+        first.run(zero_run(&m)).expect("run session");
+    }
+    let rss_one = d.rss_mib();
+    // Runs without a session take a pooled one: a second arena.
     for _ in 0..5 {
         m.run(zero_run(&m)).expect("run");
     }
@@ -205,19 +215,20 @@ fn memory(model: &Path, devices_off: bool, litert: Option<(f64, f64)>) {
     }
     println!(
         "daemon RSS {base:.1} MiB at start; +{:.1} MiB after the load ({:.0} ms; plan {:.2} MiB, \
-         session {:.2} MiB); +{:.1} MiB after 5 runs without a session",
+         session {:.2} MiB); +{:.1} MiB with one session run 5 times; +{:.1} MiB after 5 more \
+         runs without a session (a pooled session: a second arena)",
         after_load - base,
         ms(load),
         m.meta().plan_bytes as f64 / (1 << 20) as f64,
         m.meta().arena_bytes as f64 / (1 << 20) as f64,
+        rss_one - base,
         after_pooled - base,
     );
-    // Sessions: open, run each once (so its arena is touched), measure.
-    let mut sessions = Vec::new();
-    let mut open_ms = Vec::new();
-    let mut rows = Vec::new();
-    let mut rss_one = 0.0;
-    for n in [1usize, 4, 16] {
+    // More sessions: open, run each once (so its arena is touched), measure. Growth per
+    // added session counts from after the pooled runs.
+    let mut sessions = vec![first];
+    let mut rows = vec![(1usize, rss_one, 0.0)];
+    for n in [4usize, 16] {
         while sessions.len() < n {
             let t = Instant::now();
             let s = m.open_session().expect("open session");
@@ -225,19 +236,18 @@ fn memory(model: &Path, devices_off: bool, litert: Option<(f64, f64)>) {
             s.run(zero_run(&m)).expect("run session");
             sessions.push(s);
         }
-        let rss = d.rss_mib();
-        if n == 1 {
-            rss_one = rss;
-        }
-        let arena = c
-            .list_sessions()
-            .expect("list")
-            .iter()
-            .map(|s| s.memory_bytes)
-            .max()
-            .unwrap_or(0) as f64
-            / (1 << 20) as f64;
-        rows.push((n, rss, arena));
+        rows.push((n, d.rss_mib(), 0.0));
+    }
+    let arena = c
+        .list_sessions()
+        .expect("list")
+        .iter()
+        .map(|s| s.memory_bytes)
+        .max()
+        .unwrap_or(0) as f64
+        / (1 << 20) as f64;
+    for r in &mut rows {
+        r.2 = arena;
     }
     println!(
         "| sessions | daemon RSS growth MiB | per added session MiB | session arena MiB | ratio |"
@@ -245,7 +255,7 @@ fn memory(model: &Path, devices_off: bool, litert: Option<(f64, f64)>) {
     println!("|---:|---:|---:|---:|---:|");
     for &(n, rss, arena) in &rows {
         let per = if n > 1 {
-            (rss - rss_one) / (n - 1) as f64
+            (rss - after_pooled) / (n - 1) as f64
         } else {
             f64::NAN
         };

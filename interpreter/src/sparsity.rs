@@ -428,7 +428,8 @@ mod tests {
         let m = crate::model::Model::from_bytes(&mb.finish()).unwrap();
         let t = &m.subgraphs[0].tensors[0];
         assert!(t.was_sparse);
-        let f: &[f32] = bytemuck::cast_slice(t.data.as_ref().unwrap().as_slice());
+        let dense = t.data.as_ref().unwrap().dense().unwrap();
+        let f: &[f32] = bytemuck::cast_slice(&dense[..]);
         assert_eq!(f, &[1.0, 0.0, 2.0, 0.0, 0.0, 3.0]);
     }
 }

@@ -465,6 +465,12 @@ mod tests {
         for path in paths {
             let model = Model::from_path(&path).expect("model loads");
             let sg = &model.subgraphs[0];
+            // Constants as dense bytes (sparse ones expanded).
+            let dense: Vec<Option<Vec<u8>>> = sg
+                .tensors
+                .iter()
+                .map(|d| d.data.as_ref().map(|c| c.dense().unwrap().into_owned()))
+                .collect();
             for node in &sg.nodes {
                 let meta = |t: usize| {
                     let d = &sg.tensors[t];
@@ -472,7 +478,7 @@ mod tests {
                         dtype: d.dtype,
                         shape: &d.shape,
                         quant: d.quant.as_ref(),
-                        data: d.data.as_ref().map(|c| c.as_slice()),
+                        data: dense[t].as_deref(),
                         name: &d.name,
                     }
                 };
@@ -497,8 +503,8 @@ mod tests {
                         .map(|t| {
                             t.map(|t| {
                                 let d = &sg.tensors[t];
-                                let buf = match &d.data {
-                                    Some(c) => AlignedBuf::from_bytes(c.as_slice()),
+                                let buf = match &dense[t] {
+                                    Some(c) => AlignedBuf::from_bytes(c),
                                     None => AlignedBuf::zeroed(
                                         d.shape.iter().product::<usize>() * d.dtype.size(),
                                     ),

@@ -22,6 +22,10 @@ use crate::decide::Decision;
 /// prepared interpreter.
 pub const WIDE_MIN_S: f64 = 2e-3;
 
+/// Recent weight below which a learned figure counts as stale: about two half-lives
+/// after a single run, six after a full window.
+pub const STALE_WEIGHT: f64 = 0.25;
+
 /// Which prepared form of the model a processor choice means.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Variant {
@@ -156,6 +160,7 @@ impl ServingPlan {
                 service_s: l.seconds,
                 measured: l.measured,
                 wide: None,
+                stale: l.samples < 2 || l.weight < STALE_WEIGHT,
             },
             None => StageOption::prior(p, prior),
         };

@@ -80,12 +80,28 @@ fn prepares(resolver: &dyn OpResolver, sg: &Subgraph, n: &Node) -> String {
     if runs_in_interpreter(n) {
         return "interpreter".to_string();
     }
+    // Constant inputs as dense bytes (a sparse one expanded for this node).
+    let values: Vec<(usize, std::borrow::Cow<'_, [u8]>)> = n
+        .inputs
+        .iter()
+        .flatten()
+        .filter_map(|&t| {
+            let data = sg.tensors.get(t)?.data.as_ref()?;
+            Some((t, data.dense().unwrap_or_default()))
+        })
+        .collect();
     let meta = |t: usize| {
         sg.tensors.get(t).map(|d| TensorMeta {
             dtype: d.dtype,
             shape: &d.shape,
             quant: d.quant.as_ref(),
-            data: d.data.as_ref().map(|c| c.as_slice()),
+            data: d
+                .data
+                .as_ref()
+                .map(|c| match values.iter().find(|v| v.0 == t) {
+                    Some((_, v)) => &v[..],
+                    None => c.as_slice(),
+                }),
             name: &d.name,
         })
     };

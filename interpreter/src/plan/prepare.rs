@@ -148,6 +148,20 @@ pub(crate) fn prepare_subgraph(
         folded: Vec::new(),
         dynamic: vec![false; n],
     };
+    // Sparse constants are expanded for this prepare only: as folded values, which the
+    // plan drops once no step reads them.
+    for (t, def) in sg.tensors.iter().enumerate() {
+        if let Some(sparse) = def.data.as_ref().and_then(|d| d.sparse())
+            && !def.is_variable
+        {
+            cx.fold(sparse.dense_len(), &options.prepare)?;
+            let dense = sparse.densify().map_err(|what| RunError::Graph {
+                subgraph: si,
+                what: format!("sparse tensor {t} ({}): {what}", def.name),
+            })?;
+            known.set_folded(t, dense);
+        }
+    }
     for (&t, s) in sg.inputs.iter().zip(&input_shapes) {
         known.shapes[t] = s.clone();
     }
@@ -323,6 +337,14 @@ fn release_unread(sg: &Subgraph, locs: &[Loc], steps: &[Step], folded: &mut [Ali
         }
     }
     let mut read = vec![false; folded.len()];
+    // The subgraph's outputs are read by whoever called it.
+    for &t in &sg.outputs {
+        if let Some(Loc::Folded(f)) = locs.get(t)
+            && let Some(r) = read.get_mut(*f)
+        {
+            *r = true;
+        }
+    }
     for step in steps {
         mark(sg, locs, step, &mut read);
     }

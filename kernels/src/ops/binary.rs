@@ -614,25 +614,30 @@ impl Binary {
             let v = match kind {
                 Kind::Add | Kind::Sub => {
                     let sx = multiply_by_quantized_multiplier(
-                        (x - q.zp1) * (1 << ADD_LEFT_SHIFT),
+                        (x - q.zp1).wrapping_mul(1 << ADD_LEFT_SHIFT),
                         q.m1.0,
                         q.m1.1,
                     );
                     let sy = multiply_by_quantized_multiplier(
-                        (y - q.zp2) * (1 << ADD_LEFT_SHIFT),
+                        (y - q.zp2).wrapping_mul(1 << ADD_LEFT_SHIFT),
                         q.m2.0,
                         q.m2.1,
                     );
-                    let raw = if kind == Kind::Add { sx + sy } else { sx - sy };
-                    multiply_by_quantized_multiplier(raw, q.m_out.0, q.m_out.1) + q.zp_out
+                    // Saturating: hostile scales can put each rescaled operand near 2^31.
+                    let raw = if kind == Kind::Add {
+                        sx.saturating_add(sy)
+                    } else {
+                        sx.saturating_sub(sy)
+                    };
+                    multiply_by_quantized_multiplier(raw, q.m_out.0, q.m_out.1)
+                        .saturating_add(q.zp_out)
                 }
-                Kind::Mul => {
-                    multiply_by_quantized_multiplier(
-                        (x - q.zp1) * (y - q.zp2),
-                        q.m_out.0,
-                        q.m_out.1,
-                    ) + q.zp_out
-                }
+                Kind::Mul => multiply_by_quantized_multiplier(
+                    (x - q.zp1).wrapping_mul(y - q.zp2),
+                    q.m_out.0,
+                    q.m_out.1,
+                )
+                .saturating_add(q.zp_out),
                 Kind::Max => x.max(y),
                 _ => x.min(y),
             };

@@ -422,7 +422,8 @@ mod tests {
             let (i, o) = (node.inputs[0].unwrap(), node.outputs[0]);
             let (input, output) = (&sg.tensors[i], &sg.tensors[o]);
             assert!(input.was_sparse, "{} is not sparse", input.name);
-            let data = input.data.as_ref().unwrap().as_slice();
+            let data = input.data.as_ref().unwrap().dense().unwrap();
+            let data = &data[..];
 
             let ctx = PrepareCtx {
                 node,

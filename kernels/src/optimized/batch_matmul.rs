@@ -15,7 +15,7 @@ use switchyard_interpreter::{KernelError, OpKernel, TensorView, TensorViewMut, k
 
 use super::gemm::{Isa, PackedRef, SendPtr, gemm, gemm_serial, pack_runtime, packed_len};
 use super::pool::ThreadPool;
-use crate::util::for_each_broadcast;
+use crate::util::broadcast_strides;
 
 thread_local! {
     /// Packed right operand and transposed left operand of the batch this thread runs.
@@ -40,8 +40,15 @@ pub struct BatchMatmulF32 {
     n: usize,
     adj_x: bool,
     adj_y: bool,
-    /// Element offsets (output, lhs, rhs) of every output matrix, broadcasting resolved.
-    batches: Vec<(usize, usize, usize)>,
+    /// Output matrices (the product of the output's batch dimensions).
+    out_batches: usize,
+    /// The output's batch dimensions, with each operand's element stride along them
+    /// (zero where it broadcasts). Offsets are derived per batch at run time rather
+    /// than tabled at prepare: the batch dimensions come from the model, and a table
+    /// could outgrow the tensors themselves.
+    out_batch: Vec<usize>,
+    lhs_strides: Vec<usize>,
+    rhs_strides: Vec<usize>,
     lhs_len: usize,
     rhs_len: usize,
     out_len: usize,
@@ -81,11 +88,15 @@ impl BatchMatmulF32 {
         let lhs_len = count(s.lhs_batch, m.saturating_mul(k))?;
         let rhs_len = count(s.rhs_batch, k.saturating_mul(n))?;
         let out_len = count(s.out_batch, m.saturating_mul(n))?;
-        let mut batches = Vec::new();
-        let (mk, kn, mn) = (m * k, k * n, m * n);
-        for_each_broadcast(s.lhs_batch, s.rhs_batch, s.out_batch, |o, a, b| {
-            batches.push((o * mn, a * mk, b * kn))
-        });
+        let (mk, kn) = (m * k, k * n);
+        let out_batches = count(s.out_batch, 1)?;
+        let scaled = |b: &[usize], per: usize| -> Vec<usize> {
+            broadcast_strides(b, s.out_batch)
+                .into_iter()
+                .map(|st| st * per)
+                .collect()
+        };
+        let (lhs_strides, rhs_strides) = (scaled(s.lhs_batch, mk), scaled(s.rhs_batch, kn));
         let packed_rhs = match rhs {
             Some(w) if w.len() == rhs_len && kn > 0 => {
                 let pl = packed_len(k, n);
@@ -111,7 +122,10 @@ impl BatchMatmulF32 {
             n,
             adj_x: s.adj_x,
             adj_y: s.adj_y,
-            batches,
+            out_batches,
+            out_batch: s.out_batch.to_vec(),
+            lhs_strides,
+            rhs_strides,
             lhs_len,
             rhs_len,
             out_len,
@@ -120,6 +134,20 @@ impl BatchMatmulF32 {
             pool,
             name,
         })
+    }
+
+    /// Element offsets (output, lhs, rhs) of output matrix `o`, broadcasting resolved.
+    fn batch(&self, mut o: usize) -> (usize, usize, usize) {
+        let out = o * self.m * self.n;
+        let (mut l, mut r) = (0, 0);
+        for d in (0..self.out_batch.len()).rev() {
+            let dim = self.out_batch[d].max(1);
+            let i = o % dim;
+            o /= dim;
+            l += i * self.lhs_strides[d];
+            r += i * self.rhs_strides[d];
+        }
+        (out, l, r)
     }
 
     /// Bytes of the prepare-time packing.
@@ -213,12 +241,12 @@ impl OpKernel for BatchMatmulF32 {
         }
         let ptr = SendPtr(out.as_mut_ptr());
         let threads = self.pool.threads();
-        if threads > 1 && self.batches.len() >= threads {
+        if threads > 1 && self.out_batches >= threads {
             let failed = AtomicBool::new(false);
-            self.pool.run(self.batches.len(), &|t| {
+            self.pool.run(self.out_batches, &|t| {
                 // SAFETY: output matrices of distinct batches do not overlap, and
                 // `out` holds out_len floats (checked above).
-                if unsafe { self.one(lhs, rhs, ptr, self.batches[t], None) }.is_err() {
+                if unsafe { self.one(lhs, rhs, ptr, self.batch(t), None) }.is_err() {
                     failed.store(true, Ordering::Relaxed);
                 }
             });
@@ -229,9 +257,9 @@ impl OpKernel for BatchMatmulF32 {
             }
         } else {
             let pool = (threads > 1).then_some(&*self.pool);
-            for &b in &self.batches {
+            for o in 0..self.out_batches {
                 // SAFETY: batches run one after another here; bounds as above.
-                unsafe { self.one(lhs, rhs, ptr, b, pool)? };
+                unsafe { self.one(lhs, rhs, ptr, self.batch(o), pool)? };
             }
         }
         Ok(())

@@ -34,10 +34,17 @@ fn one(op: QBinary, p: &QArith, x: i8, y: i8) -> i8 {
         QBinary::Add | QBinary::Sub => {
             let sx = multiply_by_quantized_multiplier(x << p.left_shift, p.m1.0, p.m1.1);
             let sy = multiply_by_quantized_multiplier(y << p.left_shift, p.m2.0, p.m2.1);
-            let raw = if op == QBinary::Add { sx + sy } else { sx - sy };
-            multiply_by_quantized_multiplier(raw, p.m_out.0, p.m_out.1) + p.zp_out
+            // Saturating: hostile scales can put each rescaled operand near 2^31.
+            let raw = if op == QBinary::Add {
+                sx.saturating_add(sy)
+            } else {
+                sx.saturating_sub(sy)
+            };
+            multiply_by_quantized_multiplier(raw, p.m_out.0, p.m_out.1).saturating_add(p.zp_out)
         }
-        QBinary::Mul => multiply_by_quantized_multiplier(x * y, p.m_out.0, p.m_out.1) + p.zp_out,
+        QBinary::Mul => {
+            multiply_by_quantized_multiplier(x * y, p.m_out.0, p.m_out.1).saturating_add(p.zp_out)
+        }
     };
     v.clamp(p.act_min, p.act_max) as i8
 }

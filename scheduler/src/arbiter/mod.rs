@@ -94,6 +94,10 @@ pub struct StageOption {
     /// The same stage with intra-op threads (CPU only), when the model can run so.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub wide: Option<Wide>,
+    /// The figure is a prior, rests on one run, or is old: worth measuring again when
+    /// the processor is idle anyway (see [`migration::soonest`]). Without that, one slow
+    /// run (a cold cache, a busy moment) would keep a processor out of use for good.
+    pub stale: bool,
 }
 
 impl StageOption {
@@ -104,6 +108,7 @@ impl StageOption {
             service_s,
             measured: true,
             wide: None,
+            stale: false,
         }
     }
 
@@ -111,6 +116,7 @@ impl StageOption {
     pub fn prior(processor: ProcessorKind, service_s: f64) -> StageOption {
         StageOption {
             measured: false,
+            stale: true,
             ..StageOption::measured(processor, service_s)
         }
     }

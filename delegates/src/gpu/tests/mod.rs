@@ -1426,11 +1426,17 @@ fn descriptor_rules_and_lowering_checks_agree() {
     for (name, bytes) in &models {
         let model = Model::from_bytes(bytes).unwrap_or_else(|e| panic!("{name}: {e}"));
         for sg in &model.subgraphs {
+            // Constants as dense bytes (sparse ones expanded).
+            let dense: Vec<Option<Vec<u8>>> = sg
+                .tensors
+                .iter()
+                .map(|d| d.data.as_ref().map(|c| c.dense().unwrap().into_owned()))
+                .collect();
             let meta = |t: usize| TensorMeta {
                 dtype: sg.tensors[t].dtype,
                 shape: &sg.tensors[t].shape,
                 quant: sg.tensors[t].quant.as_ref(),
-                data: sg.tensors[t].data.as_ref().map(|c| c.as_slice()),
+                data: dense[t].as_deref(),
                 name: &sg.tensors[t].name,
             };
             for (n, node) in sg.nodes.iter().enumerate() {
