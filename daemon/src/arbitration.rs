@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use switchyard_config::SchedulerConfig;
 use switchyard_interpreter::ProcessorKind;
-use switchyard_scheduler::arbiter::runtime::{ArbiterService, StageRunner};
+use switchyard_scheduler::arbiter::runtime::{ArbiterService, RunsOn, StageRunner};
 use switchyard_scheduler::arbiter::{
     Arbiter, ArbiterOptions, Job, Outcome, Policy, PriorityClass, Request,
 };
@@ -136,7 +136,7 @@ impl<W: Work> Gate<W> {
 
     /// Queues `work` for `tenant` as `plan` offers it, waits until it has run and
     /// returns it (with its result inside), or says why it was refused, dropped or
-    /// could not run.
+    /// could not run. It runs on the blocking pool.
     pub async fn run(
         &self,
         id: u64,
@@ -145,6 +145,23 @@ impl<W: Work> Gate<W> {
         deadline_ms: u64,
         plan: Arc<ServingPlan>,
         work: W,
+    ) -> Result<W, DaemonError> {
+        self.run_on(id, tenant, class, deadline_ms, plan, work, RunsOn::Pool)
+            .await
+    }
+
+    /// [`Gate::run`], saying where a request the arbiter starts at once runs (see
+    /// [`ArbiterService::submit_on`]).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn run_on(
+        &self,
+        id: u64,
+        tenant: String,
+        class: PriorityClass,
+        deadline_ms: u64,
+        plan: Arc<ServingPlan>,
+        work: W,
+        on: RunsOn,
     ) -> Result<W, DaemonError> {
         let now = self.service.now();
         let deadline = if deadline_ms == 0 {
@@ -167,7 +184,11 @@ impl<W: Work> Gate<W> {
             deadline,
             stages,
         };
-        match self.service.submit(request, Carried { work, plan }).await {
+        match self
+            .service
+            .submit_on(request, Carried { work, plan }, on)
+            .await
+        {
             (Outcome::Completed { .. }, Some(c)) => Ok(c.work),
             (Outcome::Completed { .. }, None) => Err(DaemonError::Internal(
                 "the request completed without its work".into(),

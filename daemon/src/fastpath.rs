@@ -45,7 +45,7 @@ use switchyard_proto::v1::{self, tensor::Data};
 use tracing::{debug, info, info_span, warn};
 
 use crate::error::DaemonError;
-use crate::service::State;
+use crate::service::{RunThread, State};
 use crate::tenant::{Caller, TenantId, lock};
 
 /// First bytes of a channel claim on the side socket; 24 bytes follow (the channel id,
@@ -228,7 +228,9 @@ pub fn open(
 
 /// Tells a channel's thread to stop: raised when its side connection closes.
 struct Closer {
-    closed: AtomicBool,
+    /// Also the cancel flag of the run in flight, which may be running on the channel's
+    /// thread where nothing can drop it (see [`RunThread::Caller`]).
+    closed: Arc<AtomicBool>,
     /// An eventfd the thread polls next to the doorbell, so a sleeping thread wakes.
     wake: OwnedFd,
     /// Wakes a thread waiting for a run in flight, which then cancels it.
@@ -392,7 +394,7 @@ pub fn start(p: Pending) -> Result<(Live, [OwnedFd; 3]), DaemonError> {
     let doorbell = eventfd()?;
     let completion = eventfd()?;
     let closer = Arc::new(Closer {
-        closed: AtomicBool::new(false),
+        closed: Arc::new(AtomicBool::new(false)),
         wake: eventfd()?,
         notify: tokio::sync::Notify::new(),
     });
@@ -562,7 +564,14 @@ impl Ctx {
             tokio::select! {
                 biased;
                 _ = closer.notify.notified() => None,
-                r = crate::service::run_request(state, self.p.caller.clone(), run) => Some(r),
+                r = crate::service::run_request(
+                    state,
+                    self.p.caller.clone(),
+                    run,
+                    // This thread serves only this channel and may block: a request the
+                    // arbiter starts at once runs here, without two thread handoffs.
+                    RunThread::Caller { cancel: closer.closed.clone() },
+                ) => Some(r),
             }
         });
         if answer.is_none() || self.closer.is_closed() {

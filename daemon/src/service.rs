@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use switchyard_config::{Config, DaemonConfig};
+use switchyard_scheduler::arbiter::runtime::RunsOn;
 
 use crate::arbitration::{Assigned, Gate, Work, class_from_wire};
 use crate::placement::Placer;
@@ -702,6 +703,18 @@ pub async fn reap_sessions(state: Arc<State>) {
     }
 }
 
+/// Where a run executes, and so how it is cancelled.
+pub(crate) enum RunThread {
+    /// The blocking pool (gRPC handlers): dropping the request's future cancels the run.
+    Pool,
+    /// The calling thread, when the arbiter can start the run at once (a run channel's
+    /// own thread). That thread is inside the kernels and cannot drop the future, so the
+    /// run stops at its next node once `cancel` is raised (the channel closing).
+    Caller {
+        cancel: Arc<std::sync::atomic::AtomicBool>,
+    },
+}
+
 /// One run, from a checked caller to its response: the request's checks, admission, the
 /// arbiter, tenant accounting and metrics. The gRPC `Run` and the run channels
 /// (crate::fastpath) both come through here, so the two paths cannot drift apart.
@@ -709,7 +722,12 @@ pub(crate) async fn run_request(
     state: &Arc<State>,
     caller: Caller,
     r: v1::RunRequest,
+    thread: RunThread,
 ) -> Result<v1::RunResponse, DaemonError> {
+    let (on, cancelled_by) = match thread {
+        RunThread::Pool => (RunsOn::Pool, None),
+        RunThread::Caller { cancel } => (RunsOn::Caller, Some(cancel)),
+    };
     let request_id = state.next_request.fetch_add(1, Ordering::Relaxed);
     let client_request_id = client_request_id(&r.client_request_id)?;
     let span = info_span!(
@@ -754,8 +772,12 @@ pub(crate) async fn run_request(
                 Lease::Pooled(slot, state.tenants.memory(&caller))
             };
             let (max_nodes, max_ms) = state.config.limits.run_budget(&caller.tenant.to_string());
-            let cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
-            let _cancel_on_drop = CancelOnDrop(cancel.clone());
+            let cancel = cancelled_by
+                .clone()
+                .unwrap_or_else(|| Arc::new(std::sync::atomic::AtomicBool::new(false)));
+            // An outside flag belongs to its owner: raising it here would close the
+            // channel after every run.
+            let _cancel_on_drop = cancelled_by.is_none().then(|| CancelOnDrop(cancel.clone()));
             let job = RunJob {
                 request_id,
                 max_nodes,
@@ -773,13 +795,14 @@ pub(crate) async fn run_request(
             };
             let job = state
                 .gate
-                .run(
+                .run_on(
                     request_id,
                     caller.tenant.to_string(),
                     class_from_wire(r.priority),
                     r.deadline_ms,
                     placed.placement.serving.clone(),
                     job,
+                    on,
                 )
                 .await?;
             let run_us = job.run_us;
@@ -927,7 +950,7 @@ impl Switchyard for Service {
     async fn run(&self, req: Request<v1::RunRequest>) -> Result<Response<v1::RunResponse>, Status> {
         let _active = self.state.enter();
         let caller = self.state.caller(&req)?;
-        let resp = run_request(&self.state, caller, req.into_inner()).await?;
+        let resp = run_request(&self.state, caller, req.into_inner(), RunThread::Pool).await?;
         Ok(Response::new(resp))
     }
 

@@ -78,11 +78,17 @@ pub struct SparseConst {
     sparsity: Sparsity,
     shape: Vec<usize>,
     dtype: DType,
+    /// The expansion the loader made to check it, handed to the first prepare so a
+    /// load expands each sparse tensor once.
+    checked: std::sync::Mutex<Option<AlignedBuf>>,
 }
 
 impl SparseConst {
-    /// The dense tensor, in a new aligned buffer.
+    /// The dense tensor, in a new aligned buffer (the loader's own the first time).
     pub fn densify(&self) -> Result<AlignedBuf, String> {
+        if let Some(dense) = self.checked.lock().ok().and_then(|mut c| c.take()) {
+            return Ok(dense);
+        }
         densify(
             &self.sparsity,
             &self.shape,
@@ -587,9 +593,9 @@ fn decode_tensor(
         Some(range) => {
             if let Some(sp) = t.sparsity() {
                 let sparsity = decode_sparsity(&sp).map_err(err)?;
-                // Expanded once here so a malformed one is refused at load; the dense
-                // copy is dropped (see `ConstData::Sparse`).
-                densify(&sparsity, &shape, dtype, &file[range.clone()]).map_err(err)?;
+                // Expanded here so a malformed one is refused at load; the first prepare
+                // takes this copy and drops it (see `ConstData::Sparse`).
+                let dense = densify(&sparsity, &shape, dtype, &file[range.clone()]).map_err(err)?;
                 was_sparse = true;
                 Some(ConstData::Sparse(Arc::new(SparseConst {
                     bytes: storage.clone(),
@@ -597,6 +603,7 @@ fn decode_tensor(
                     sparsity,
                     shape: shape.clone(),
                     dtype,
+                    checked: std::sync::Mutex::new(Some(dense)),
                 })))
             } else {
                 if dtype != DType::Str && range.len() != count {

@@ -78,10 +78,22 @@ impl<W: Send + 'static> ArbiterService<W> {
 
     /// Submits a request with its work and waits for its outcome: completed, or
     /// refused/dropped/failed with the reason. The work comes back unless it was lost
-    /// with a failed stage.
+    /// with a failed stage. Stages run on the blocking pool.
     pub async fn submit(&self, request: Request, work: W) -> (Outcome, Option<W>) {
+        self.submit_on(request, work, RunsOn::Pool).await
+    }
+
+    /// [`ArbiterService::submit`], choosing where a stage the arbiter can start at once
+    /// runs. With [`RunsOn::Caller`] it runs on the calling thread, which must be one
+    /// that may block (a dedicated thread in `block_on`, never a runtime worker): each
+    /// handoff between threads costs a wake-up, tens of µs on small machines, which is
+    /// most of a small request's fixed cost. The arbiter decides exactly as for a
+    /// pooled stage; a stage that has to wait still runs on the pool when its turn
+    /// comes.
+    pub async fn submit_on(&self, request: Request, work: W, on: RunsOn) -> (Outcome, Option<W>) {
         let id = request.id;
         let (tx, rx) = oneshot::channel();
+        let mut mine = None;
         {
             let mut st = self.inner.state.lock().await;
             let now = self.now();
@@ -96,6 +108,35 @@ impl<W: Send + 'static> ArbiterService<W> {
             }
             st.works.insert(id, work);
             st.waiters.insert(id, tx);
+            if on == RunsOn::Caller {
+                for a in st.arbiter.dispatch(now) {
+                    if a.job.request == id && mine.is_none() {
+                        match st.works.remove(&id) {
+                            Some(w) => mine = Some((a, w)),
+                            None => st.arbiter.fail(
+                                id,
+                                a.job.stage,
+                                Refusal::Failed("the request's work is gone".into()),
+                            ),
+                        }
+                    } else {
+                        self.launch(&mut st, a);
+                    }
+                }
+                deliver(&mut st);
+            }
+        }
+        if let Some((a, mut work)) = mine {
+            let (stage, p, threads) = (a.job.stage, a.processor, a.threads);
+            let started = self.now();
+            let runner = self.inner.runner.clone();
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                runner.run(&mut work, &a.job, p, threads)
+            }))
+            .map(|r| (work, r))
+            .map_err(|_| "the stage panicked".to_string());
+            let mut st = self.inner.state.lock().await;
+            self.finish(&mut st, id, stage, started, r);
         }
         self.inner.wake.notify_one();
         rx.await.unwrap_or((
@@ -107,6 +148,59 @@ impl<W: Send + 'static> ArbiterService<W> {
         ))
     }
 
+    /// Starts an assigned stage on the blocking pool; it reports back when done.
+    fn launch(&self, st: &mut State<W>, a: super::Assignment) {
+        let (id, stage, p, threads) = (a.job.request, a.job.stage, a.processor, a.threads);
+        let Some(mut work) = st.works.remove(&id) else {
+            st.arbiter.fail(
+                id,
+                stage,
+                Refusal::Failed("the request's work is gone".into()),
+            );
+            return;
+        };
+        let me = self.clone();
+        tokio::spawn(async move {
+            let runner = me.inner.runner.clone();
+            let job = a.job;
+            let started = me.now();
+            let result = tokio::task::spawn_blocking(move || {
+                let r = runner.run(&mut work, &job, p, threads);
+                (work, r)
+            })
+            .await
+            .map_err(|e| format!("stage task failed: {e}"));
+            let mut st = me.inner.state.lock().await;
+            me.finish(&mut st, id, stage, started, result);
+            drop(st);
+            me.inner.wake.notify_one();
+        });
+    }
+
+    /// Reports a stage's end to the arbiter and hands out what it decided.
+    fn finish(
+        &self,
+        st: &mut State<W>,
+        id: u64,
+        stage: usize,
+        started: f64,
+        result: Result<(W, Result<(), String>), String>,
+    ) {
+        let now = self.now();
+        match result {
+            Ok((work, Ok(()))) => {
+                st.works.insert(id, work);
+                st.arbiter.complete(id, stage, now, now - started);
+            }
+            Ok((work, Err(e))) => {
+                st.works.insert(id, work);
+                st.arbiter.fail(id, stage, Refusal::Failed(e));
+            }
+            Err(e) => st.arbiter.fail(id, stage, Refusal::Failed(e)),
+        }
+        deliver(st);
+    }
+
     /// Dispatches until `shutdown` resolves. Stages already running finish on the
     /// blocking pool; waiters of unfinished requests learn that the arbiter stopped.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
@@ -115,49 +209,8 @@ impl<W: Send + 'static> ArbiterService<W> {
             {
                 let mut st = self.inner.state.lock().await;
                 let now = self.now();
-                let assigned = st.arbiter.dispatch(now);
-                for a in assigned {
-                    let (id, stage, p, threads) =
-                        (a.job.request, a.job.stage, a.processor, a.threads);
-                    let Some(mut work) = st.works.remove(&id) else {
-                        st.arbiter.fail(
-                            id,
-                            stage,
-                            Refusal::Failed("the request's work is gone".into()),
-                        );
-                        continue;
-                    };
-                    let me = self.clone();
-                    tokio::spawn(async move {
-                        let runner = me.inner.runner.clone();
-                        let job = a.job;
-                        let started = me.now();
-                        let result = tokio::task::spawn_blocking(move || {
-                            let r = runner.run(&mut work, &job, p, threads);
-                            (work, r)
-                        })
-                        .await;
-                        let mut st = me.inner.state.lock().await;
-                        let now = me.now();
-                        match result {
-                            Ok((work, Ok(()))) => {
-                                st.works.insert(id, work);
-                                st.arbiter.complete(id, stage, now, now - started);
-                            }
-                            Ok((work, Err(e))) => {
-                                st.works.insert(id, work);
-                                st.arbiter.fail(id, stage, Refusal::Failed(e));
-                            }
-                            Err(e) => st.arbiter.fail(
-                                id,
-                                stage,
-                                Refusal::Failed(format!("stage task failed: {e}")),
-                            ),
-                        }
-                        deliver(&mut st);
-                        drop(st);
-                        me.inner.wake.notify_one();
-                    });
+                for a in st.arbiter.dispatch(now) {
+                    self.launch(&mut st, a);
                 }
                 deliver(&mut st);
             }
@@ -169,6 +222,15 @@ impl<W: Send + 'static> ArbiterService<W> {
         let mut st = self.inner.state.lock().await;
         st.waiters.clear();
     }
+}
+
+/// Where a stage the arbiter can start at once runs (see [`ArbiterService::submit_on`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunsOn {
+    /// The blocking pool: for callers on the runtime's workers (gRPC handlers).
+    Pool,
+    /// The submitting thread: for a dedicated thread that may block (the fast path).
+    Caller,
 }
 
 fn deliver<W>(st: &mut State<W>) {
@@ -292,6 +354,84 @@ mod tests {
                 .collect();
             assert_eq!(stages, vec![(0, Gpu), (1, Cpu)]);
         }
+        let _ = stop_tx.send(());
+        dispatcher.await.unwrap();
+    }
+
+    /// Records the thread each stage ran on; panics on request 77.
+    #[derive(Default)]
+    struct Threads(StdMutex<Vec<(u64, usize, std::thread::ThreadId)>>);
+
+    impl StageRunner<Seen> for Threads {
+        fn run(
+            &self,
+            work: &mut Seen,
+            job: &Job,
+            _: ProcessorKind,
+            _: usize,
+        ) -> Result<(), String> {
+            if job.request == 77 {
+                panic!("a kernel bug");
+            }
+            work.push(job.stage);
+            if let Ok(mut v) = self.0.lock() {
+                v.push((job.request, job.stage, std::thread::current().id()));
+            }
+            Ok(())
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_stage_started_at_once_runs_on_the_caller_and_later_ones_on_the_pool() {
+        let rec = Arc::new(Threads::default());
+        let arb = Arbiter::new(&[(Cpu, 2), (Gpu, 1)], ArbiterOptions::default());
+        let svc = ArbiterService::new(arb, rec.clone());
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let dispatcher = tokio::spawn(svc.clone().run(async {
+            let _ = stop_rx.await;
+        }));
+        let me = std::thread::current().id();
+        let (outcome, work) = svc
+            .submit_on(request(&svc, 1, 60.0), Vec::new(), RunsOn::Caller)
+            .await;
+        assert!(
+            matches!(outcome, Outcome::Completed { request: 1, .. }),
+            "{outcome:?}"
+        );
+        assert_eq!(work, Some(vec![0, 1]));
+        let ran = rec.0.lock().unwrap().clone();
+        assert_eq!(ran.len(), 2, "{ran:?}");
+        assert_eq!(
+            (ran[0].1, ran[0].2),
+            (0, me),
+            "the first stage ran on the caller"
+        );
+        assert_ne!(
+            ran[1].2, me,
+            "the stage that waited for its turn ran on the pool"
+        );
+
+        // A stage that panics on the caller's thread fails its request; the service
+        // and the caller live on.
+        let (outcome, _) = svc
+            .submit_on(request(&svc, 77, 60.0), Vec::new(), RunsOn::Caller)
+            .await;
+        match outcome {
+            Outcome::Rejected {
+                request: 77,
+                reason: Refusal::Failed(reason),
+            } => {
+                assert!(reason.contains("panicked"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+        let (outcome, _) = svc
+            .submit_on(request(&svc, 2, 60.0), Vec::new(), RunsOn::Caller)
+            .await;
+        assert!(
+            matches!(outcome, Outcome::Completed { request: 2, .. }),
+            "{outcome:?}"
+        );
         let _ = stop_tx.send(());
         dispatcher.await.unwrap();
     }
