@@ -142,8 +142,8 @@ impl SoftmaxQ {
         for (o, x) in out.iter_mut().zip(row) {
             let p = at(x) * inv;
             let q = match self.dtype {
-                DType::I8 => p.round() as i32 + self.zero_point,
-                _ => (p + 0.5) as i32 + self.zero_point,
+                DType::I8 => (p.round() as i32).saturating_add(self.zero_point),
+                _ => ((p + 0.5) as i32).saturating_add(self.zero_point),
             };
             *o = q.clamp(lo, hi) as u8;
         }

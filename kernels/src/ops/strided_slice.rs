@@ -244,7 +244,10 @@ fn plan_strided_slice(
                 out_shape.push(1);
                 continue;
             }
-            _ => (shape[d] as i64, in_strides[d] as isize),
+            _ => (
+                shape[d] as i64,
+                isize::try_from(in_strides[d]).unwrap_or(isize::MAX),
+            ),
         };
         let (start, len, step) = match e {
             Entry::Full | Entry::NewAxis => (0, size, 1),
@@ -287,10 +290,12 @@ fn plan_strided_slice(
             out_shape.push(len as usize);
         }
         walk_shape.push(len as usize);
+        // Saturating: a shape with a zero dimension has no elements whatever its other
+        // dimensions, so those (hostile) may be near usize::MAX; such a walk never reads.
         walk.offset = walk
             .offset
-            .saturating_add((start.max(0) as usize) * in_strides[d]);
-        walk.strides.push(step as isize * in_stride);
+            .saturating_add((start.max(0) as usize).saturating_mul(in_strides[d]));
+        walk.strides.push((step as isize).saturating_mul(in_stride));
         d += 1;
     }
     // An empty output never reads, so an offset at the very end is harmless.
@@ -348,7 +353,10 @@ pub fn prepare(ctx: &PrepareCtx<'_>) -> Result<PreparedKernel, KernelError> {
             let strides = row_major_strides(x.shape);
             let mut walk = Walk {
                 offset: 0,
-                strides: strides.iter().map(|&s| s as isize).collect(),
+                strides: strides
+                    .iter()
+                    .map(|&s| isize::try_from(s).unwrap_or(isize::MAX))
+                    .collect(),
             };
             let mut shape = Vec::with_capacity(rank);
             for d in 0..rank {
@@ -361,7 +369,11 @@ pub fn prepare(ctx: &PrepareCtx<'_>) -> Result<PreparedKernel, KernelError> {
                         size[d]
                     )));
                 }
-                walk.offset += b as usize * strides[d];
+                // Saturating, as in `plan_strided_slice`: only an empty input can
+                // have strides this large, and its walk never reads.
+                walk.offset = walk
+                    .offset
+                    .saturating_add((b as usize).saturating_mul(strides[d]));
                 shape.push(s as usize);
             }
             (shape.clone(), walk, shape)
@@ -791,5 +803,22 @@ mod tests {
             &[x, ints(&[3], &[-1, 0, 0]), ints(&[3], &[1, 1, 1])],
             "out of range",
         );
+    }
+
+    /// Found by fuzzing: an empty input whose other dimensions are huge made the walk's
+    /// offset and strides overflow. It has no elements, so the plan is an empty walk.
+    #[test]
+    fn an_empty_input_with_huge_dimensions_plans_without_overflow() {
+        let huge = 1usize << 40;
+        let (out, _, walk_shape) = plan_strided_slice(
+            &[0, huge, huge, huge],
+            &[0, 3, 5, 1],
+            &[0, 4, 6, 2],
+            &[1, 1, -1, 1],
+            &StridedSliceOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(out.iter().product::<usize>(), 0);
+        assert_eq!(walk_shape[0], 0);
     }
 }
