@@ -136,21 +136,7 @@ impl<W: Work> Gate<W> {
 
     /// Queues `work` for `tenant` as `plan` offers it, waits until it has run and
     /// returns it (with its result inside), or says why it was refused, dropped or
-    /// could not run. It runs on the blocking pool.
-    pub async fn run(
-        &self,
-        id: u64,
-        tenant: String,
-        class: PriorityClass,
-        deadline_ms: u64,
-        plan: Arc<ServingPlan>,
-        work: W,
-    ) -> Result<W, DaemonError> {
-        self.run_on(id, tenant, class, deadline_ms, plan, work, RunsOn::Pool)
-            .await
-    }
-
-    /// [`Gate::run`], saying where a request the arbiter starts at once runs (see
+    /// could not run. `on` says where a request the arbiter starts at once runs (see
     /// [`ArbiterService::submit_on`]).
     #[allow(clippy::too_many_arguments)]
     pub async fn run_on(
@@ -263,8 +249,16 @@ mod tests {
                 ms: 40,
             };
             tasks.push(tokio::spawn(async move {
-                g.run(i, "t".into(), PriorityClass::Interactive, 0, p, w)
-                    .await
+                g.run_on(
+                    i,
+                    "t".into(),
+                    PriorityClass::Interactive,
+                    0,
+                    p,
+                    w,
+                    RunsOn::Pool,
+                )
+                .await
             }));
         }
         for t in tasks {
@@ -303,7 +297,15 @@ mod tests {
             ms: 1,
         };
         let err = match gate
-            .run(1, "t".into(), PriorityClass::Realtime, 10, plan, w)
+            .run_on(
+                1,
+                "t".into(),
+                PriorityClass::Realtime,
+                10,
+                plan,
+                w,
+                RunsOn::Pool,
+            )
             .await
         {
             Err(e) => e,
